@@ -1,0 +1,26 @@
+"""hf_unlearn: machine unlearning for Hugging Face models.
+
+Drop-in ``transformers.Trainer`` subclasses for gradient ascent (GA, GA_Diff, KL_Min), NPO, MMUnlearner and VKD,
+saliency masks that save, load and push like PEFT configs, and an evaluator for MLLMU-Bench-style metrics.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from .config import GAConfig, NPOConfig, UnlearnConfig
+from .data.collators import PairedCollator, UnlearnDataCollator
+from .data.pairing import ForgetRetainDataset
+from .trainers import GATrainer, NPOTrainer, UnlearnTrainer, UnlearningDivergedError
+
+__all__ = [
+    "__version__",
+    "UnlearnConfig",
+    "GAConfig",
+    "NPOConfig",
+    "UnlearnTrainer",
+    "GATrainer",
+    "NPOTrainer",
+    "UnlearningDivergedError",
+    "UnlearnDataCollator",
+    "PairedCollator",
+    "ForgetRetainDataset",
+]

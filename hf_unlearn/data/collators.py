@@ -1,0 +1,203 @@
+"""Collators that turn question/answer rows into model batches whose labels cover only the answer.
+
+The prompt (chat template, question and image placeholder) and the completion (answer + end of turn) are tokenized
+separately and concatenated, the recipe of TRL's vision-language collator: the prompt goes through the processor,
+which expands image placeholders into their image tokens, so the answer's label positions stay exact whatever the
+expansion (LLaVA: one ``<image>`` per patch; Qwen2-VL: ``t*h*w / merge**2`` ``<|image_pad|>`` tokens).
+
+Rows use the columns documented in ``hf_unlearn.data.schema``: ``question`` and ``answer`` (plus an optional
+``image``), or chat ``messages`` (the last assistant turn is the answer) with an optional ``images`` list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from transformers import ProcessorMixin
+from trl.trainer.utils import flush_left, pad
+
+IGNORE_INDEX = -100
+# Per-example values the trainers attach to forget rows (e.g. precomputed reference log-probs); collated as tensors.
+RESERVED_FLOAT_KEYS = ("ref_logp",)
+
+
+def _tokenizer_of(processing_class):
+    return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+
+
+def _user_and_answer(row: dict) -> tuple[list[dict], str, list]:
+    """Split a row into (prompt messages, answer text, images)."""
+    if "messages" in row and row["messages"] is not None:
+        messages = list(row["messages"])
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError("A `messages` row must end with an assistant turn: it is the answer to learn or forget.")
+        answer = messages[-1]["content"]
+        if not isinstance(answer, str):
+            answer = "".join(part.get("text", "") for part in answer if part.get("type") == "text")
+        images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+        return messages[:-1], answer, list(images)
+    missing = [c for c in ("question", "answer") if c not in row]
+    if missing:
+        raise ValueError(
+            f"Row is missing column(s) {missing}; columns found: {sorted(row)}. Provide `question` and `answer` "
+            "(and optionally `image`), or chat `messages`; rename with `dataset.rename_column(old, new)`."
+        )
+    image = row.get("image")
+    content: list[dict] = [{"type": "image"}] if image is not None else []
+    content.append({"type": "text", "text": row["question"]})
+    return [{"role": "user", "content": content}], row["answer"], ([image] if image is not None else [])
+
+
+def _plain_text(messages: list[dict]) -> list[dict]:
+    """Flatten multimodal content to strings for tokenizer chat templates (text-only models)."""
+    flat = []
+    for m in messages:
+        content = m["content"]
+        if not isinstance(content, str):
+            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
+        flat.append({"role": m["role"], "content": content})
+    return flat
+
+
+@dataclass
+class UnlearnDataCollator:
+    """Collate question/answer rows for text or vision-language models.
+
+    Args:
+        processing_class: a tokenizer (text models) or a processor with an image processor (vision-language models).
+        answer_only: labels cover only the answer tokens (default); otherwise every non-padding, non-image token.
+        max_length: truncate the answer so that prompt + answer fit; a prompt alone longer than this is an error
+            (cutting it would cut image tokens).
+    """
+
+    processing_class: Any
+    answer_only: bool = True
+    max_length: int | None = None
+    _image_token_id: int | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        tok = _tokenizer_of(self.processing_class)
+        if tok.pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
+        image_token = getattr(self.processing_class, "image_token", None)
+        if image_token is not None:
+            self._image_token_id = tok.convert_tokens_to_ids(image_token)
+
+    # -- prompt / completion text ------------------------------------------------------------------------------
+    def _render(self, messages: list[dict], answer: str) -> tuple[str, str]:
+        pc = self.processing_class
+        is_processor = isinstance(pc, ProcessorMixin)
+        template_owner = pc if getattr(pc, "chat_template", None) else _tokenizer_of(pc)
+        if getattr(template_owner, "chat_template", None):
+            msgs = messages if is_processor else _plain_text(messages)
+            full_msgs = msgs + [{"role": "assistant", "content": answer if not is_processor else
+                                 [{"type": "text", "text": answer}]}]
+            prompt = template_owner.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+            full = template_owner.apply_chat_template(full_msgs, tokenize=False)
+            if not full.startswith(prompt):
+                raise ValueError("The chat template does not render the prompt as a prefix of the full conversation; "
+                                 "pass rows whose template is prefix-consistent or set a simple chat template.")
+            return prompt, full[len(prompt):]
+        # No chat template: a plain "USER/ASSISTANT" layout with the processor's image placeholder.
+        image_token = getattr(pc, "image_token", "<image>")
+        parts = []
+        for m in messages:
+            text = m["content"] if isinstance(m["content"], str) else "".join(
+                (image_token + "\n") if p["type"] == "image" else p.get("text", "") for p in m["content"])
+            parts.append(("USER: " if m["role"] == "user" else "ASSISTANT: ") + text)
+        eos = _tokenizer_of(pc).eos_token or ""
+        return " ".join(parts) + " ASSISTANT:", " " + answer + eos
+
+    # -- collation ---------------------------------------------------------------------------------------------
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if not rows:
+            raise ValueError("Cannot collate an empty batch.")
+        prompts, completions, images = [], [], []
+        for row in rows:
+            messages, answer, row_images = _user_and_answer(row)
+            prompt, completion = self._render(messages, answer)
+            prompts.append(prompt)
+            completions.append(completion)
+            images.extend(row_images)
+        tok = _tokenizer_of(self.processing_class)
+
+        if isinstance(self.processing_class, ProcessorMixin):
+            prompt_batch = self.processing_class(
+                images=images or None, text=prompts, padding=True, padding_side="left", return_tensors="pt"
+            )
+        else:
+            prompt_batch = tok(prompts, padding=True, padding_side="left", return_tensors="pt")
+        completion_ids = [torch.tensor(ids) for ids in tok(completions, add_special_tokens=False)["input_ids"]]
+        completion_ids = pad(completion_ids, padding_value=tok.pad_token_id, padding_side="right")
+        completion_attn = pad(
+            [torch.ones(len(ids), dtype=torch.long) for ids in tok(completions, add_special_tokens=False)["input_ids"]],
+            padding_value=0, padding_side="right",
+        )
+
+        prompt_ids, prompt_attn = prompt_batch["input_ids"], prompt_batch["attention_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_attn, completion_attn], dim=1)
+        completion_mask = torch.cat([torch.zeros_like(prompt_attn), completion_attn], dim=1)
+        extra_seq = {}
+        for key in ("mm_token_type_ids", "token_type_ids"):
+            if key in prompt_batch:
+                extra_seq[key] = torch.cat([prompt_batch[key], torch.zeros_like(completion_ids)], dim=1)
+        # Move padding to the right so every sequence starts at position 0.
+        flushed = flush_left(attention_mask, input_ids, completion_mask, *extra_seq.values())
+        attention_mask, input_ids, completion_mask, *extra_values = flushed
+        extra_seq = dict(zip(extra_seq, extra_values))
+        input_ids = input_ids.masked_fill(attention_mask == 0, tok.pad_token_id)
+
+        if self.max_length is not None and input_ids.shape[1] > self.max_length:
+            prompt_len = (attention_mask.bool() & ~completion_mask.bool()).sum(1).max().item()
+            if prompt_len >= self.max_length:
+                raise ValueError(
+                    f"A prompt has {prompt_len} tokens (image tokens included) but max_length={self.max_length}: "
+                    "truncating it would cut image tokens. Raise `max_length` or shorten the questions."
+                )
+            input_ids, attention_mask, completion_mask = (
+                t[:, : self.max_length] for t in (input_ids, attention_mask, completion_mask))
+            extra_seq = {k: v[:, : self.max_length] for k, v in extra_seq.items()}
+
+        if self.answer_only:
+            keep = completion_mask.bool()
+        else:
+            keep = attention_mask.bool()
+            if self._image_token_id is not None:
+                keep &= input_ids != self._image_token_id
+        labels = input_ids.masked_fill(~keep, IGNORE_INDEX)
+
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **extra_seq}
+        for key, value in prompt_batch.items():
+            if key not in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"):
+                batch[key] = value  # pixel_values, image_grid_thw, image_sizes, ...
+        return batch
+
+
+class PairedCollator:
+    """Collate ``{"forget": row, "retain": row}`` pairs into ``{"forget": batch, "retain": batch}``.
+
+    Plain rows (evaluation) go through the inner collator unchanged, so one collator serves training and evaluation.
+    Reserved per-row values (``ref_logp``) are lifted out before the inner collator and added back as tensors.
+    """
+
+    def __init__(self, collator: Callable[[list[dict]], dict]):
+        self.collator = collator
+
+    def _collate_side(self, rows: list[dict]) -> dict:
+        reserved = {k: [r[k] for r in rows] for k in RESERVED_FLOAT_KEYS if k in rows[0]}
+        rows = [{k: v for k, v in r.items() if k not in reserved} for r in rows]
+        batch = dict(self.collator(rows))
+        for key, values in reserved.items():
+            batch[key] = torch.tensor(values, dtype=torch.float32)
+        return batch
+
+    def __call__(self, features: list[dict]) -> dict:
+        if isinstance(features[0], dict) and "forget" in features[0]:
+            batch = {"forget": self._collate_side([f["forget"] for f in features])}
+            if features[0].get("retain") is not None:
+                batch["retain"] = self._collate_side([f["retain"] for f in features])
+            return batch
+        return self.collator(features)

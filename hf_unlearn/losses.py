@@ -1,0 +1,89 @@
+"""Unlearning losses as pure tensor functions.
+
+Conventions: ``logits`` are (B, T, V) next-token logits as returned by a causal LM (position t predicts token t+1),
+``labels`` (B, T) hold ``-100`` where no loss is taken. Sequence log-probabilities are *summed* over answer tokens
+(NPO as in the paper and OpenUnlearning); ``token_mean_nll`` is the usual token-averaged cross-entropy (HF ``.loss``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from trl.trainer.utils import selective_log_softmax
+
+IGNORE_INDEX = -100
+
+
+def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align logits at position t with the label at t+1."""
+    return logits[:, :-1, :], labels[:, 1:]  # (B, T-1, V), (B, T-1)
+
+
+def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log p(label) and the mask of scored positions, both (B, T-1)."""
+    logits, labels = shift_for_next_token(logits, labels)
+    mask = labels != IGNORE_INDEX
+    logps = selective_log_softmax(logits.float(), labels.masked_fill(~mask, 0))
+    return logps * mask, mask
+
+
+def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed answer log-probability per sequence and the number of answer tokens, both (B,)."""
+    logps, mask = token_log_probs(logits, labels)
+    return logps.sum(-1), mask.sum(-1)
+
+
+def token_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy averaged over all answer tokens of the batch (equals ``model(...).loss``)."""
+    logps, mask = token_log_probs(logits, labels)
+    return -logps.sum() / mask.sum().clamp(min=1)
+
+
+def gradient_ascent_loss(forget_nll: torch.Tensor) -> torch.Tensor:
+    """GA: minimise the negative forget NLL, i.e. push the forget answers' likelihood down (unbounded)."""
+    return -forget_nll
+
+
+def npo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative Preference Optimization (Zhang et al. 2024), averaged over the batch.
+
+    L = -(2/beta) * mean log sigmoid(-beta * (log pi(y|x) - log pi_ref(y|x))). Bounded below by 0 and approaching
+    0 as the policy's likelihood of the forget answers falls below the reference's, so it cannot diverge like GA.
+    """
+    if beta <= 0:
+        raise ValueError(f"NPO beta must be > 0, got {beta}.")
+    log_ratio = policy_logps - ref_logps  # (B,)
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
+def kl_to_reference(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-level KL(p_ref || p_theta) over the full vocabulary, averaged over the scored positions."""
+    logits, labels = shift_for_next_token(logits, labels)
+    ref_logits = ref_logits[:, :-1, :]
+    mask = labels != IGNORE_INDEX  # (B, T-1)
+    logp = F.log_softmax(logits.float(), dim=-1)
+    ref_logp = F.log_softmax(ref_logits.float(), dim=-1)
+    kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1)  # (B, T-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Per-row distance between feature tensors of shape (N, D) (or (B, N, D), flattened to rows).
+
+    ``mse``: mean squared error over D; ``cosine``: 1 - cosine similarity; ``smooth_l1``: Huber with beta 1.
+    Returns (N,) distances, so callers can average them or apply a margin per token.
+    """
+    s = student.reshape(-1, student.shape[-1]).float()
+    t = teacher.reshape(-1, teacher.shape[-1]).float()
+    if kind == "mse":
+        return (s - t).pow(2).mean(-1)
+    if kind == "cosine":
+        return 1.0 - F.cosine_similarity(s, t, dim=-1)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(s, t, reduction="none").mean(-1)
+    raise ValueError(f"Unknown feature distance {kind!r}; use 'mse', 'cosine' or 'smooth_l1'.")
+
+
+def hinge_push_away(distances: torch.Tensor, margin: float) -> torch.Tensor:
+    """Mean of max(0, margin - d): zero once every feature is at least ``margin`` away (bounded, unlike ascent)."""
+    return F.relu(margin - distances).mean()

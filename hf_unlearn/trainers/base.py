@@ -1,0 +1,344 @@
+"""``UnlearnTrainer``: a ``transformers.Trainer`` whose training loss is an unlearning objective.
+
+Swap ``Trainer`` for a subclass (``GATrainer``, ``NPOTrainer``, ``MMUnlearnerTrainer``, ``VKDTrainer``) and pass the
+forget set as ``train_dataset`` and, usually, ``retain_dataset=``. Each optimizer step sees a forget batch and a
+retain batch paired by ``ForgetRetainDataset``. Evaluation computes the plain LM loss on whatever rows it is given.
+A subclass implements ``forget_loss``; the retain term, reference model, masks, logging and stopping live here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from contextlib import contextmanager
+from copy import deepcopy
+from dataclasses import fields
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+from .. import losses
+from ..config import UnlearnConfig
+from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCollator
+from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
+from ..masking import GradientMasker
+
+
+class UnlearningDivergedError(RuntimeError):
+    """Raised when a training loss becomes NaN or infinite (before the step, so no saved checkpoint is touched)."""
+
+
+class _MaskedStepCallback(TrainerCallback):
+    """Snapshot masked entries before the optimizer step and restore them after it (single process / DDP)."""
+
+    def __init__(self, trainer: "UnlearnTrainer"):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer._step_fully_masked = True
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer._step_fully_masked and not self.trainer.is_deepspeed_enabled:
+            self.trainer.masker.snapshot()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer._step_fully_masked and not self.trainer.is_deepspeed_enabled:
+            self.trainer.masker.restore()
+
+
+class _StopOnForgetLossCallback(TrainerCallback):
+    """Stop once a step's mean forget NLL passes ``args.stop_forget_loss_above`` (GA diverges if left alone)."""
+
+    def __init__(self, trainer: "UnlearnTrainer"):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        value = self.trainer._last_forget_nll
+        if value is not None and value > args.stop_forget_loss_above:
+            self.trainer.stopped_early_at = (state.global_step, value)
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+class UnlearnTrainer(Trainer):
+    """Base class of every unlearning trainer. See the module docstring."""
+
+    config_class = UnlearnConfig
+    _tag_names = ["hf_unlearn", "unlearning"]
+    _name = "Unlearning"
+    _method_tag = "unlearning"
+    _paper: dict | None = None
+    # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+    # Subclasses that need pi_ref on forget batches (NPO) set this.
+    needs_reference_on_forget = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module,
+        args: TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        retain_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        ref_model: PreTrainedModel | str | None = None,
+        saliency_mask=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+        **kwargs,
+    ):
+        # Args
+        args = self._coerce_args(args, model)
+        if args.retain_loss_type is None:
+            args.retain_loss_type = "nll" if retain_dataset is not None else "none"
+
+        # Data: the forget set is the training set; retain rows are paired with it
+        if train_dataset is None or len(train_dataset) == 0:
+            raise ValueError(
+                "The forget set (`train_dataset`) is empty: there is nothing to unlearn. Pass the rows to forget."
+            )
+        if self.uses_retain(args) and retain_dataset is None:
+            raise ValueError(
+                f"{type(self).__name__} with retain_loss_type={args.retain_loss_type!r} needs `retain_dataset=`; "
+                "pass one, or set retain_loss_type='none'."
+            )
+        if retain_dataset is not None and len(retain_dataset) == 0:
+            raise ValueError("`retain_dataset` is empty; pass retain rows or `retain_dataset=None`.")
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("Pass `processing_class` (tokenizer or processor) or a `data_collator`.")
+            data_collator = UnlearnDataCollator(
+                processing_class, answer_only=args.answer_only_loss, max_length=args.max_length
+            )
+        self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
+        self.pairing = ForgetRetainDataset(
+            train_dataset, retain_dataset if self.uses_retain(args) else None, anchor=args.pairing_anchor,
+            seed=args.seed,
+        )
+
+        # Reference model (frozen starting point) for KL retain terms and NPO
+        self.ref_model = None
+        self._use_adapter_free_reference = False
+        if self.needs_reference(args):
+            self.ref_model = self._build_reference_model(model, ref_model, args)
+
+        # Saliency mask: hooks are registered before the Trainer (and DeepSpeed) wrap the model
+        self.saliency_mask = saliency_mask
+        self.masker = None
+        if saliency_mask is not None:
+            masks = self._resolve_mask(model, saliency_mask)
+            self.masker = GradientMasker(model, masks, freeze_uncovered=args.freeze_unmasked_parameters)
+
+        callbacks = list(callbacks or []) + [PairingEpochCallback(self.pairing)]
+        if self.masker is not None:
+            callbacks.append(_MaskedStepCallback(self))
+        if args.stop_forget_loss_above is not None:
+            callbacks.append(_StopOnForgetLossCallback(self))
+
+        super().__init__(
+            model=model, args=args, data_collator=PairedCollator(data_collator), train_dataset=self.pairing,
+            eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+            optimizers=optimizers, **kwargs,
+        )
+
+        # Prepare the reference model for inference the way the policy is distributed
+        if self.ref_model is not None:
+            self.ref_model = self._prepare_for_inference(self.ref_model)
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names + [self._method_tag])
+
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._last_forget_nll: float | None = None
+        self._step_fully_masked = True
+        self._loss_part: str | None = None  # "forget" / "retain" while a two-pass step runs
+        self.stopped_early_at: tuple[int, float] | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Configuration helpers
+    # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def _coerce_args(cls, args: TrainingArguments | None, model) -> UnlearnConfig:
+        """Accept the user's existing ``TrainingArguments`` (drop-in swap) and lift them to our config class."""
+        if args is None:
+            name = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
+            return cls.config_class(output_dir=f"{os.path.basename(name) or 'model'}-{cls._method_tag}")
+        if isinstance(args, cls.config_class):
+            return args
+        values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init and hasattr(args, f.name)}
+        # Raw VLM rows need their columns; a user's Trainer script that kept the default would break here.
+        if not isinstance(args, UnlearnConfig):
+            values["remove_unused_columns"] = False
+        else:
+            values.update({f.name: getattr(args, f.name) for f in fields(UnlearnConfig) if f.init})
+        return cls.config_class(**values)
+
+    def uses_retain(self, args: UnlearnConfig | None = None) -> bool:
+        args = args or self.args
+        return args.retain_loss_type != "none"
+
+    def needs_reference(self, args: UnlearnConfig) -> bool:
+        return args.retain_loss_type == "kl" or self.needs_reference_on_forget
+
+    def _build_reference_model(self, model, ref_model, args) -> nn.Module | None:
+        if ref_model is model:
+            raise ValueError("`ref_model` is the model being trained; pass a separate model, a path, or None.")
+        if isinstance(ref_model, str):
+            ref_model = type(model).from_pretrained(ref_model)
+        if ref_model is not None:
+            return ref_model.eval().requires_grad_(False)
+        if hasattr(model, "disable_adapter"):  # PEFT: the base model with adapters off *is* the reference
+            self._use_adapter_free_reference = True
+            return None
+        if is_deepspeed_zero3_enabled():
+            raise ValueError(
+                "Under DeepSpeed ZeRO-3 a deep copy of a partitioned model is not a model. Pass `ref_model=` a path or "
+                "model id loaded with from_pretrained, or (NPO) set precompute_ref_log_probs=True."
+            )
+        return deepcopy(model).eval().requires_grad_(False)
+
+    def _prepare_for_inference(self, model: nn.Module) -> nn.Module:
+        if self.is_deepspeed_enabled:
+            from ..integrations.deepspeed import prepare_for_inference
+
+            return prepare_for_inference(model, self.accelerator)
+        return self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    @staticmethod
+    def _resolve_mask(model, saliency_mask) -> dict[str, torch.Tensor]:
+        if hasattr(saliency_mask, "validate"):
+            saliency_mask.validate(model)
+            return dict(saliency_mask.masks)
+        if not isinstance(saliency_mask, dict):
+            raise TypeError("`saliency_mask` must be a SaliencyMask or a dict {parameter name: bool tensor}.")
+        params = dict(model.named_parameters())
+        problems = [f"{n}: not a parameter of the model" for n in saliency_mask if n not in params]
+        problems += [f"{n}: mask {tuple(m.shape)} vs parameter {tuple(params[n].shape)}"
+                     for n, m in saliency_mask.items() if n in params and m.shape != params[n].shape]
+        if problems:
+            raise ValueError("The saliency mask does not match the model:\n  " + "\n  ".join(problems))
+        return saliency_mask
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Reference forward passes
+    # ------------------------------------------------------------------------------------------------------------
+    @contextmanager
+    def _reference_context(self, model):
+        if self._use_adapter_free_reference:
+            with self.accelerator.unwrap_model(model).disable_adapter():
+                yield
+        else:
+            yield
+
+    @torch.no_grad()
+    def reference_logits(self, model, inputs: dict) -> torch.Tensor:
+        """Logits of the frozen reference (a separate model, or the PEFT base with adapters disabled)."""
+        with self._reference_context(model):
+            ref = model if self._use_adapter_free_reference else self.ref_model
+            if ref is None:
+                raise RuntimeError("No reference model is available (it was dropped after precomputing).")
+            return ref(**inputs).logits
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loss
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        """The batch without the per-row values our trainers attach (they are not model arguments)."""
+        return {k: v for k, v in batch.items() if k not in RESERVED_FLOAT_KEYS}
+
+    def forget_loss(self, model, forget: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The forget objective for one batch (before ``forget_weight``) and values to log. Subclasses implement."""
+        raise NotImplementedError
+
+    def retain_loss(self, model, retain: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The retain objective: NLL on retain answers, or KL to the reference model."""
+        inputs = self.model_inputs(retain)
+        outputs = model(**inputs)
+        if self.args.retain_loss_type == "kl":
+            kl = losses.kl_to_reference(outputs.logits, self.reference_logits(model, inputs), inputs["labels"])
+            return kl, {"retain_kl": kl.item(), "retain_nll": outputs.loss.item()}
+        return outputs.loss, {"retain_nll": outputs.loss.item()}
+
+    def loss_parts(self) -> tuple[str, ...]:
+        """Which terms this optimizer step uses (MMUnlearner alternates forget and retain steps)."""
+        return ("forget", "retain") if self.uses_retain() else ("forget",)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if "forget" not in inputs:  # evaluation (or plain rows): the ordinary LM loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        parts = (self._loss_part,) if self._loss_part else self.loss_parts()
+        total = 0.0
+        logs: dict[str, float] = {}
+        if "forget" in parts and self.args.forget_weight > 0:
+            forget, forget_logs = self.forget_loss(model, inputs["forget"])
+            total = total + self.args.forget_weight * forget
+            logs.update(forget_logs, forget_loss=forget.item())
+            self._last_forget_nll = forget_logs.get("forget_nll", self._last_forget_nll)
+        if "retain" in parts and "retain" in inputs and self.args.retain_weight > 0:
+            retain, retain_logs = self.retain_loss(model, inputs["retain"])
+            total = total + self.args.retain_weight * retain
+            logs.update(retain_logs, retain_loss=retain.item())
+        if not torch.is_tensor(total):
+            raise ValueError("This step has no loss term: both forget_weight and retain_weight are 0.")
+        if not torch.isfinite(total):
+            where = f" (last checkpoint: {self._last_checkpoint_dir()})" if self._last_checkpoint_dir() else ""
+            raise UnlearningDivergedError(
+                f"The unlearning loss became {total.item()} at step {self.state.global_step} with terms {logs}. "
+                f"Training stopped before this step touched the weights{where}. Lower `learning_rate`, set "
+                "`stop_forget_loss_above`, use a bounded forget loss (NPOTrainer), or add a retain term."
+            )
+        for key, value in logs.items():
+            self._metrics[key].append(value)
+        return (total, None) if return_outputs else total
+
+    def _last_checkpoint_dir(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        out = self.args.output_dir
+        return get_last_checkpoint(out) if out and os.path.isdir(out) else None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training step: masks
+    # ------------------------------------------------------------------------------------------------------------
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.masker is None or "forget" not in inputs:
+            return super().training_step(model, inputs, num_items_in_batch)
+        parts = self.loss_parts()
+        if self.args.mask_scope == "all" or parts == ("forget",) or "retain" not in inputs:
+            # One backward whose whole gradient is masked: restore masked entries after the step.
+            self.masker.active = True
+            return self._backward_part(model, inputs, num_items_in_batch, part=None, last=True)
+        # The mask restricts the forget gradient only: two backward passes, masked then unmasked.
+        self._step_fully_masked = False
+        loss = 0.0
+        for i, part in enumerate(parts):
+            self.masker.active = part == "forget"
+            loss = loss + self._backward_part(model, inputs, num_items_in_batch, part, last=i == len(parts) - 1)
+        self.masker.active = True
+        return loss
+
+    def _backward_part(self, model, inputs, num_items_in_batch, part: str | None, last: bool):
+        self._loss_part = part
+        try:
+            if self.is_deepspeed_enabled:
+                from ..integrations.deepspeed import defer_step_unless
+
+                with defer_step_unless(self.accelerator, last):
+                    return super().training_step(model, inputs, num_items_in_batch)
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            self._loss_part = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Logging
+    # ------------------------------------------------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training and self._metrics:  # training logs: add each loss term under its own name
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items() if v}}
+            self._metrics.clear()
+        super().log(logs, start_time)

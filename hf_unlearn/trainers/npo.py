@@ -1,0 +1,86 @@
+"""Negative Preference Optimization (Zhang et al., 2024)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import TrainerCallback
+
+from .. import losses
+from ..config import NPOConfig
+from .base import UnlearnTrainer
+
+
+class _PrecomputeReferenceCallback(TrainerCallback):
+    """Compute reference log-probs once the model is prepared (DeepSpeed included), before the first batch."""
+
+    def __init__(self, trainer: "NPOTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.precompute_reference_log_probs()
+
+
+class NPOTrainer(UnlearnTrainer):
+    """NPO: L = -(2/beta) E log sigmoid(-beta log(pi(y|x) / pi_ref(y|x))) on forget answers, plus the retain term.
+
+    The reference is a frozen copy of the starting model (or the PEFT base with adapters off), or ``ref_model=``
+    (a model or a path). With ``precompute_ref_log_probs=True`` the reference log-probs of every forget example are
+    computed once at the start of training and no reference model is kept.
+    """
+
+    config_class = NPOConfig
+    _name = "NPO"
+    _method_tag = "npo"
+    _paper = {
+        "title": "Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning",
+        "id": "2404.05868",
+        "citation": "@inproceedings{zhang2024negative,\n  title={Negative Preference Optimization: From Catastrophic "
+                    "Collapse to Effective Unlearning},\n  author={Zhang, Ruiqi and Lin, Licong and Bai, Yu and Mei, "
+                    "Song},\n  booktitle={COLM},\n  year={2024}\n}",
+    }
+    needs_reference_on_forget = True
+
+    def __init__(self, *args, ref_model=None, **kwargs):
+        self._given_ref_model = ref_model
+        super().__init__(*args, ref_model=ref_model, **kwargs)
+        if self.args.precompute_ref_log_probs:
+            self.add_callback(_PrecomputeReferenceCallback(self))
+
+    def needs_reference(self, args) -> bool:
+        # Precomputing from the starting model needs no second model; a given ref_model is used once then dropped.
+        if args.precompute_ref_log_probs and args.retain_loss_type != "kl":
+            return self._given_ref_model is not None
+        return super().needs_reference(args)
+
+    @torch.no_grad()
+    def precompute_reference_log_probs(self) -> None:
+        """Fill ``ref_logp`` for every forget row, then drop the reference model (unless a KL term needs it)."""
+        if "ref_logp" in self.pairing.forget_extras:
+            return  # already there (resumed from a checkpoint)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        collate = self.data_collator.collator
+        bs = self.args.per_device_eval_batch_size
+        values: list[float] = []
+        for start in range(0, len(self.forget_dataset), bs):
+            rows = [self.forget_dataset[i] for i in range(start, min(start + bs, len(self.forget_dataset)))]
+            batch = self._prepare_inputs(collate(rows))
+            logits = (self.ref_model(**batch) if self.ref_model is not None else model(**batch)).logits
+            logps, _ = losses.sequence_log_probs(logits, batch["labels"])
+            values.extend(logps.float().cpu().tolist())
+        self.pairing.forget_extras["ref_logp"] = values
+        if self.args.retain_loss_type != "kl":
+            self.ref_model = None
+        model.train(was_training)
+
+    def forget_loss(self, model, forget):
+        inputs = self.model_inputs(forget)
+        outputs = model(**inputs)
+        logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])  # (B,)
+        if "ref_logp" in forget:
+            ref_logps = forget["ref_logp"].to(logps)
+        else:
+            ref_logps, _ = losses.sequence_log_probs(self.reference_logits(model, inputs), inputs["labels"])
+        loss = losses.npo_loss(logps, ref_logps, self.args.beta)
+        return loss, {"forget_nll": outputs.loss.item(), "log_ratio": (logps - ref_logps).mean().item()}

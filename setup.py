@@ -1,0 +1,34 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hf_unlearn",
+    version="0.1.0.dev0",
+    description="Machine unlearning for Hugging Face models: drop-in Trainer subclasses (GA, NPO, MMUnlearner, VKD).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["hf_unlearn", "hf_unlearn.*"]),
+    package_data={"hf_unlearn": ["templates/*.md"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "peft>=0.17",
+        "trl>=1.0",
+        "datasets>=3.0",
+        "accelerate>=1.5",
+        "safetensors>=0.4",
+        "huggingface_hub>=1.0",
+        "pillow",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "rouge_score",
+    ],
+    extras_require={
+        "deepspeed": ["deepspeed>=0.16"],
+        "plot": ["matplotlib"],
+        "dev": ["pytest>=8", "pytest-timeout", "deepspeed>=0.16", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},
+)
