@@ -126,3 +126,66 @@ class NPOConfig(UnlearnConfig):
         super().__post_init__()
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}.")
+
+
+@dataclass
+class MMUnlearnerConfig(UnlearnConfig):
+    r"""MMUnlearner: masked forgetting of visual knowledge with retain descent (Huo et al., ACL 2025 Findings).
+
+    > Parameters that control the schedule
+
+    Args:
+        schedule (`str`, defaults to `"alternate"`): ``"alternate"`` is the reference loop: every ``forget_every``-th
+            optimizer step is a masked forget step, the others are retain steps. ``"joint"`` takes
+            L = forget_weight * L_f + retain_weight * L_r at every step, the mask on the forget gradient only
+            (``mask_scope="forget"``) or on both (``"all"``).
+        forget_every (`int`, defaults to `2`): one forget step every k steps in the alternate schedule.
+        forget_loss_type (`str`, defaults to `"ga"`): ``"ga"`` (gradient ascent, the paper) or ``"npo"`` (bounded).
+        beta (`float`, defaults to `0.4`): NPO inverse temperature when ``forget_loss_type="npo"``.
+
+    > Parameters that control the retain-loss guard (geometry constraint)
+
+    Args:
+        retain_guard_max_loss (`float` or `None`): after a forget update, if the retain probe loss exceeds this
+            value, apply ``retain_guard_action``. ``None`` disables the guard.
+        retain_guard_action (`str`, defaults to `"shrink"`): ``"shrink"`` scales the update by
+            ``retain_guard_shrink`` (repeatedly, up to 4 times) or ``"rollback"`` undoes it.
+        retain_guard_shrink (`float`, defaults to `0.5`): factor applied to the update when shrinking.
+    """
+
+    retain_loss_type: str | None = field(
+        default="nll", metadata={"help": "Retain term: 'nll' (the paper's retain descent), 'kl' or 'none'."}
+    )
+    schedule: str = field(
+        default="alternate",
+        metadata={"help": "'alternate' (forget step every k steps, others retain) or 'joint' (summed objective).",
+                  "choices": ["alternate", "joint"]},
+    )
+    forget_every: int = field(default=2, metadata={"help": "Alternate schedule: one forget step every k steps."})
+    forget_loss_type: str = field(
+        default="ga", metadata={"help": "Forget loss: 'ga' (paper) or 'npo' (bounded).", "choices": ["ga", "npo"]}
+    )
+    beta: float = field(default=0.4, metadata={"help": "NPO beta when forget_loss_type='npo'."})
+    retain_guard_max_loss: float | None = field(
+        default=None, metadata={"help": "Retain probe loss above which a forget update is shrunk or rolled back."}
+    )
+    retain_guard_action: str = field(
+        default="shrink", metadata={"help": "'shrink' or 'rollback'.", "choices": ["shrink", "rollback"]}
+    )
+    retain_guard_shrink: float = field(default=0.5, metadata={"help": "Update scale factor when shrinking."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.schedule not in ("alternate", "joint"):
+            raise ValueError(f"schedule={self.schedule!r}; use 'alternate' or 'joint'.")
+        if self.forget_every < 1:
+            raise ValueError(f"forget_every must be >= 1, got {self.forget_every}.")
+        if self.forget_loss_type not in ("ga", "npo"):
+            raise ValueError(f"forget_loss_type={self.forget_loss_type!r}; use 'ga' or 'npo'.")
+        if self.retain_guard_action not in ("shrink", "rollback"):
+            raise ValueError(f"retain_guard_action={self.retain_guard_action!r}; use 'shrink' or 'rollback'.")
+        if not 0 < self.retain_guard_shrink < 1:
+            raise ValueError(f"retain_guard_shrink must be in (0, 1), got {self.retain_guard_shrink}.")
+        if self.schedule == "alternate" and self.retain_loss_type == "none":
+            raise ValueError("schedule='alternate' alternates forget and retain steps: it needs a retain term "
+                             "(retain_loss_type='nll' or 'kl').")
