@@ -6,19 +6,21 @@ saliency masks that save, load and push like PEFT configs, and an evaluator for 
 
 __version__ = "0.1.0.dev0"
 
-from .config import GAConfig, NPOConfig, UnlearnConfig
+from .config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset
-from .trainers import GATrainer, NPOTrainer, UnlearnTrainer, UnlearningDivergedError
+from .trainers import GATrainer, MMUnlearnerTrainer, NPOTrainer, UnlearnTrainer, UnlearningDivergedError
 
 __all__ = [
     "__version__",
     "UnlearnConfig",
     "GAConfig",
     "NPOConfig",
+    "MMUnlearnerConfig",
     "UnlearnTrainer",
     "GATrainer",
     "NPOTrainer",
+    "MMUnlearnerTrainer",
     "UnlearningDivergedError",
     "UnlearnDataCollator",
     "PairedCollator",

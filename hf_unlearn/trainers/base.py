@@ -37,6 +37,12 @@ class _MaskedStepCallback(TrainerCallback):
     def __init__(self, trainer: "UnlearnTrainer"):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer.is_deepspeed_enabled:  # the step runs inside backward: restore around engine.step() there
+            from ..integrations.deepspeed import install_masked_step
+
+            install_masked_step(self.trainer.accelerator, self.trainer.masker, lambda: self.trainer._step_fully_masked)
+
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer._step_fully_masked = True
 
@@ -215,10 +221,12 @@ class UnlearnTrainer(Trainer):
             return dict(saliency_mask.masks)
         if not isinstance(saliency_mask, dict):
             raise TypeError("`saliency_mask` must be a SaliencyMask or a dict {parameter name: bool tensor}.")
-        params = dict(model.named_parameters())
-        problems = [f"{n}: not a parameter of the model" for n in saliency_mask if n not in params]
-        problems += [f"{n}: mask {tuple(m.shape)} vs parameter {tuple(params[n].shape)}"
-                     for n, m in saliency_mask.items() if n in params and m.shape != params[n].shape]
+        from ..integrations.deepspeed import param_shape  # ZeRO-3 partitioned parameters have shape [0]
+
+        shapes = {n: param_shape(p) for n, p in model.named_parameters()}
+        problems = [f"{n}: not a parameter of the model" for n in saliency_mask if n not in shapes]
+        problems += [f"{n}: mask {tuple(m.shape)} vs parameter {tuple(shapes[n])}"
+                     for n, m in saliency_mask.items() if n in shapes and m.shape != shapes[n]]
         if problems:
             raise ValueError("The saliency mask does not match the model:\n  " + "\n  ".join(problems))
         return saliency_mask

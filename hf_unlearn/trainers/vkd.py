@@ -1,0 +1,428 @@
+"""VKD: unlearning visual knowledge by distilling intermediate features into the vision side, LLM frozen.
+
+hf_unlearn's reading of "MLLM Machine Unlearning via Visual Knowledge Distillation" (Wang et al., arXiv 2512.11325;
+no public code). Only the vision tower and projector train; the language model and ``lm_head`` are frozen before the
+optimizer exists and stay bit-identical. A frozen teacher (a copy of the starting model by default, sharing the
+frozen language-model weights instead of copying them) gives features at a feature site (``hf_unlearn.features``).
+
+Loss per step:
+    forget_weight * (forget_output + push_away_weight * mean max(0, margin - d(f_s, f_t)))      on forget batches
+  + retain_weight * (feature_match_weight * mean d(f_s, f_t) + retain_nll_weight * NLL)        on retain batches
+where forget_output is NPO or GA on the forget answers (or nothing), and d is a per-token distance divided by the
+teacher's feature scale (``normalize_distance``). Unless an output term needs it, the language model does not run:
+the vision sites need only the vision tower and projector.
+
+Precomputing (``precompute_teacher_features=True``) stores the teacher's features of every forget and retain row on
+CPU at the start of training, indexed by row: both datasets are wrapped so each row carries its index
+(``vkd_row_index``), which the collator turns into a tensor and the losses use to look the features up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from transformers import TrainerCallback
+
+from .. import losses
+from ..config import VKDConfig
+from ..features import extract_features, feature_module, features_per_row, vision_blocks
+from ..models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
+from .base import UnlearnTrainer
+
+logger = logging.getLogger(__name__)
+
+ROW_INDEX_KEY = "vkd_row_index"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainable set
+# ----------------------------------------------------------------------------------------------------------------
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def vkd_trainable_parameter_names(model: nn.Module, trainable_vision_blocks: int | None = None) -> list[str]:
+    """Names (as in ``model.named_parameters()``) of the parameters VKD trains.
+
+    The vision tower and projector; with ``trainable_vision_blocks=N`` only the last N vision blocks, the modules
+    after them (e.g. CLIP ``post_layernorm``) and the projector. On a PEFT model only parameters that already
+    require grad (the adapters) count.
+    """
+    names = vision_parameter_names(model, include_projector=True)
+    if trainable_vision_blocks is not None:
+        blocks = vision_blocks(model)
+        n, k = len(blocks), trainable_vision_blocks
+        if not 0 <= k <= n:
+            raise ValueError(f"trainable_vision_blocks={k}, but the vision tower has {n} blocks; use 0..{n} or None.")
+        keep = {id(p) for block in list(blocks)[n - k:] for p in block.parameters()}
+        projector = get_projector(model)
+        if projector is not None:
+            keep |= {id(p) for p in projector.parameters()}
+        # Top-level children of the vision tower registered after the one holding the blocks run after them.
+        tower = get_vision_tower(model)
+        block_ids = {id(p) for p in blocks.parameters()}
+        after = False
+        for child in tower.children():
+            child_ids = {id(p) for p in child.parameters()}
+            if after:
+                keep |= child_ids
+            if child_ids & block_ids:
+                after = True
+        params = dict(model.named_parameters())
+        names = [name for name in names if id(params[name]) in keep]
+    if _is_peft(model):
+        params = dict(model.named_parameters())
+        names = [name for name in names if params[name].requires_grad]
+    return names
+
+
+def freeze_for_vkd(model: nn.Module, trainable_vision_blocks: int | None = None) -> list[str]:
+    """Freeze everything VKD does not train (language model, ``lm_head``, excluded vision blocks) in place.
+
+    Returns the trainable names. Call it before ``compute_saliency_mask`` so a mask covers only trainable
+    parameters; ``VKDTrainer`` calls it itself.
+    """
+    trainable = set(vkd_trainable_parameter_names(model, trainable_vision_blocks))
+    if not trainable:
+        raise ValueError(
+            "VKD has no parameter to train: no vision-tower or projector parameter "
+            + ("requires grad on this PEFT model; target vision modules with the adapter (e.g. "
+               "target_modules=r'.*vision_tower.*\\.(q_proj|v_proj)')." if _is_peft(model) else "was found.")
+        )
+    peft = _is_peft(model)
+    for name, p in model.named_parameters():
+        if name in trainable:
+            if not peft:
+                p.requires_grad_(True)
+        else:
+            p.requires_grad_(False)
+    return [name for name, _ in model.named_parameters() if name in trainable]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Row indices (for the precomputed teacher features)
+# ----------------------------------------------------------------------------------------------------------------
+class IndexedRows(Dataset):
+    """``dataset[i]`` plus ``{"vkd_row_index": i}``: which stored teacher features belong to a row."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**dict(self.dataset[i]), ROW_INDEX_KEY: int(i)}
+
+
+class RowIndexCollator:
+    """Wrap a row collator: lift ``vkd_row_index`` out of the rows and add it to the batch as a LongTensor."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if not rows or ROW_INDEX_KEY not in rows[0]:
+            return self.collator(rows)
+        index = torch.tensor([r[ROW_INDEX_KEY] for r in rows], dtype=torch.long)
+        batch = dict(self.collator([{k: v for k, v in r.items() if k != ROW_INDEX_KEY} for r in rows]))
+        batch[ROW_INDEX_KEY] = index
+        return batch
+
+
+class _TeacherSetupCallback(TrainerCallback):
+    """Measure the feature scale and (optionally) precompute teacher features once the model is prepared."""
+
+    def __init__(self, trainer: "VKDTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.prepare_teacher(resumed=state.global_step > 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer
+# ----------------------------------------------------------------------------------------------------------------
+class VKDTrainer(UnlearnTrainer):
+    """Visual knowledge distillation with a frozen LLM. See the module docstring and ``VKDConfig``.
+
+    Args (beyond ``UnlearnTrainer``'s):
+        teacher_model: the frozen teacher, a model or a path (``from_pretrained``). Default: a frozen copy of the
+            starting model (PEFT: the base with adapters off). It also serves as the NPO reference.
+        ref_model: an alias of ``teacher_model`` (the base class's name); pass one or the other.
+        saliency_mask: a mask over trainable visual parameters only (see ``freeze_for_vkd``).
+    """
+
+    config_class = VKDConfig
+    _name = "VKD"
+    _method_tag = "vkd"
+    _paper = {
+        "title": "MLLM Machine Unlearning via Visual Knowledge Distillation",
+        "id": "2512.11325",
+        "citation": "@article{wang2025vkd,\n  title={MLLM Machine Unlearning via Visual Knowledge Distillation},\n  "
+                    "author={Wang, Yuhang and Niu, Zhenxing and Ji, Haoxuan and He, Guangyu and Gao, Haichang and "
+                    "Hua, Gang},\n  journal={arXiv preprint arXiv:2512.11325},\n  year={2025}\n}",
+    }
+
+    def __init__(self, model, args=None, data_collator=None, train_dataset=None, retain_dataset=None,
+                 eval_dataset=None, processing_class=None, teacher_model=None, ref_model=None, saliency_mask=None,
+                 **kwargs):
+        if teacher_model is not None and ref_model is not None:
+            raise ValueError("Pass the teacher as `teacher_model=` or `ref_model=`, not both.")
+        teacher_model = teacher_model if teacher_model is not None else ref_model
+        self._given_teacher = teacher_model
+        args = self._coerce_args(args, model)
+
+        # Freeze before the optimizer exists: the LLM never enters it, so it stays bit-identical.
+        self.trainable_names = freeze_for_vkd(model, args.trainable_vision_blocks)
+        self._check_feature_site(model, args)
+        if saliency_mask is not None:
+            self._check_mask(model, saliency_mask, args)
+
+        self.teacher_features: dict[str, list[torch.Tensor]] | None = None
+        self.feature_scale: float | None = 1.0 if (args.distance == "cosine" or not args.normalize_distance) else None
+        self._modules: dict[int, nn.Module] = {}
+        super().__init__(
+            model, args, data_collator=data_collator,
+            train_dataset=IndexedRows(train_dataset) if train_dataset is not None else None,
+            retain_dataset=IndexedRows(retain_dataset) if retain_dataset is not None else None,
+            eval_dataset=eval_dataset, processing_class=processing_class, ref_model=teacher_model,
+            saliency_mask=saliency_mask, **kwargs,
+        )
+        if self.uses_retain() and self.args.feature_match_weight == 0 and self.args.retain_nll_weight == 0:
+            raise ValueError("The retain term is empty: feature_match_weight=0 and retain_nll_weight=0. Set one, or "
+                             "retain_loss_type='none'.")
+        self.data_collator.collator = RowIndexCollator(self.data_collator.collator)
+        self.add_callback(_TeacherSetupCallback(self))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Set-up checks
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_feature_site(model, args: VKDConfig) -> None:
+        feature_module(model, args.feature_site, args.feature_layer)  # raises on a bad site or layer
+        if args.feature_site != "vision_layer":
+            return
+        blocks = vision_blocks(model)
+        n, k = len(blocks), args.feature_layer % len(blocks)
+        if args.trainable_vision_blocks is not None and k < n - args.trainable_vision_blocks:
+            raise ValueError(
+                f"feature_site='vision_layer' at block {k} lies before the trainable blocks (the last "
+                f"{args.trainable_vision_blocks} of {n}): its features cannot move. Pick feature_layer >= "
+                f"{n - args.trainable_vision_blocks}, more trainable_vision_blocks, or feature_site='projector'."
+            )
+        vfl = getattr(unwrap_model(model).config, "vision_feature_layer", None)
+        if isinstance(vfl, int) and k > (vfl % (n + 1)) - 1:
+            logger.warning("VKD feature block %d runs after the layer the language model reads "
+                           "(vision_feature_layer=%d): its features do not reach the LLM. Use feature_layer=%d.",
+                           k, vfl, (vfl % (n + 1)) - 1)
+
+    def _check_mask(self, model, saliency_mask, args: VKDConfig) -> None:
+        masks = self._resolve_mask(model, saliency_mask)
+        trainable = set(self.trainable_names)
+        outside = [name for name in masks if name not in trainable]
+        if outside:
+            groups = dict(Counter(parameter_group(name) or "other" for name in outside))
+            raise ValueError(
+                f"The saliency mask covers {len(outside)} parameters that VKD keeps frozen (by group: {groups}; e.g. "
+                f"{outside[:3]}). VKD trains only the vision tower and projector"
+                + (f" (last {args.trainable_vision_blocks} blocks)" if args.trainable_vision_blocks is not None
+                   else "")
+                + ". Compute the mask on the trainable visual parameters: call "
+                "hf_unlearn.trainers.vkd.freeze_for_vkd(model, trainable_vision_blocks) before compute_saliency_mask "
+                "(with target_modules='vision'), or drop those entries."
+            )
+
+    def needs_reference(self, args) -> bool:
+        # Precomputing from the starting model needs no second model; a given teacher is used once, then dropped.
+        if args.precompute_teacher_features:
+            return self._given_teacher is not None
+        return True
+
+    def _build_reference_model(self, model, ref_model, args) -> nn.Module | None:
+        if ref_model is None and not hasattr(model, "disable_adapter") and not getattr(args, "deepspeed", None):
+            # The frozen language model is identical in student and teacher: share its weights instead of copying.
+            from copy import deepcopy
+
+            shared = {id(p): p for p in model.parameters() if not p.requires_grad}
+            return deepcopy(model, memo=shared).eval().requires_grad_(False)
+        return super()._build_reference_model(model, ref_model, args)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Teacher
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        return {k: v for k, v in UnlearnTrainer.model_inputs(batch).items() if k != ROW_INDEX_KEY}
+
+    def _feature_module(self, model) -> nn.Module:
+        key = id(unwrap_model(model))
+        if key not in self._modules:
+            self._modules[key] = feature_module(model, self.args.feature_site, self.args.feature_layer)
+        return self._modules[key]
+
+    def _features(self, model, inputs: dict, need_outputs: bool):
+        return extract_features(model, inputs, self.args.feature_site, self.args.feature_layer,
+                                need_outputs=need_outputs, module=self._feature_module(model))
+
+    @torch.no_grad()
+    def teacher_pass(self, model, inputs: dict, need_outputs: bool = False, teacher: nn.Module | None = None):
+        """Teacher ``(features, outputs)`` for a model batch (the PEFT base with adapters off, or the teacher)."""
+        with self._reference_context(model):
+            if teacher is None:
+                teacher = model if self._use_adapter_free_reference else self.ref_model
+            if teacher is None:
+                raise RuntimeError("No teacher model is available (it was dropped after precomputing features).")
+            return self._features(teacher, inputs, need_outputs)
+
+    def _batches(self, dataset):
+        collate = self.data_collator.collator  # RowIndexCollator(inner)
+        bs = self.args.per_device_eval_batch_size
+        for start in range(0, len(dataset), bs):
+            yield self._prepare_inputs(collate([dataset[i] for i in range(start, min(start + bs, len(dataset)))]))
+
+    @torch.no_grad()
+    def prepare_teacher(self, resumed: bool = False) -> None:
+        """At train begin: precompute teacher features (if asked) and measure the feature scale."""
+        args = self.args
+        if args.precompute_teacher_features and self.teacher_features is None:
+            if resumed and self._given_teacher is None:
+                raise ValueError(
+                    "Resuming with precompute_teacher_features=True and no teacher_model: the starting model is gone "
+                    "and the checkpoint's weights are not the teacher. Pass teacher_model=<the original model path>."
+                )
+            self.precompute_teacher_features()
+        if self.feature_scale is None:
+            self.feature_scale = self._measure_feature_scale()
+            self._metrics["feature_scale"].append(self.feature_scale)
+
+    @torch.no_grad()
+    def precompute_teacher_features(self) -> None:
+        """Store the teacher's features of every forget / retain row on CPU (and NPO ref log-probs); drop it."""
+        args, model = self.args, self.model
+        # The given teacher, the PEFT base (adapters off, teacher=None), or the starting model itself.
+        teacher = self.ref_model if self.ref_model is not None else (None if self._use_adapter_free_reference
+                                                                    else model)
+        was_training = model.training
+        model.eval()
+        store: dict[str, list[torch.Tensor]] = {}
+        npo = args.forget_loss_type == "npo" and args.forget_weight > 0
+        ref_logps: list[float] = []
+        sides = [("forget", self.forget_dataset, npo)]
+        if self.uses_retain() and args.feature_match_weight > 0:
+            sides.append(("retain", self.retain_dataset, False))
+        for side, dataset, need_outputs in sides:
+            rows: list[torch.Tensor] = []
+            for batch in self._batches(dataset):
+                inputs = self.model_inputs(batch)
+                feats, outputs = self.teacher_pass(model, inputs, need_outputs, teacher=teacher)
+                rows.extend(f.detach().cpu() for f in features_per_row(feats, inputs, model))
+                if need_outputs:
+                    logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])
+                    ref_logps.extend(logps.float().cpu().tolist())
+            store[side] = rows
+        if npo:
+            self.pairing.forget_extras["ref_logp"] = ref_logps
+        self.teacher_features = store
+        self.ref_model = None
+        model.train(was_training)
+
+    @torch.no_grad()
+    def _measure_feature_scale(self) -> float:
+        """Mean distance of the teacher's forget-image features from zero (retain images if the forget set has none)."""
+        for side in ("forget", "retain"):
+            if self.teacher_features is not None and side in self.teacher_features:
+                feats = [f for f in self.teacher_features[side] if f.numel()]
+            else:
+                dataset = self.forget_dataset if side == "forget" else self.retain_dataset
+                if dataset is None or (self.ref_model is None and not self._use_adapter_free_reference):
+                    continue  # no retain set, or the teacher was dropped after precomputing
+                feats = []
+                for batch in self._batches(dataset):
+                    f, _ = self.teacher_pass(self.model, self.model_inputs(batch))
+                    if f is not None:
+                        feats.append(f)
+            if feats:
+                t = torch.cat([f.float() for f in feats])
+                scale = losses.feature_distance(torch.zeros_like(t), t, self.args.distance).mean().item()
+                if not scale > 0:
+                    raise ValueError(f"The teacher's features at {self.args.feature_site!r} are all zero; pick "
+                                     "another feature_site or set normalize_distance=False.")
+                return scale
+        return 1.0
+
+    def _teacher_features_for(self, side: str, model, batch: dict, inputs: dict, like: torch.Tensor) -> torch.Tensor:
+        if self.teacher_features is not None and side in self.teacher_features:
+            rows = self.teacher_features[side]
+            return torch.cat([rows[i] for i in batch[ROW_INDEX_KEY].tolist()]).to(like.device)
+        feats, _ = self.teacher_pass(model, inputs)
+        return feats
+
+    def feature_distance(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Per-token distance (N,), in units of the teacher's feature scale when ``normalize_distance``."""
+        if student.shape != teacher.shape:
+            raise ValueError(
+                f"Student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)} at "
+                f"{self.args.feature_site!r} differ: the teacher must have the student's architecture and sizes."
+            )
+        if self.feature_scale is None:
+            self.feature_scale = self._measure_feature_scale()
+        return losses.feature_distance(student, teacher, self.args.distance) / self.feature_scale
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Losses
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _connected_zero(model) -> torch.Tensor:
+        """A zero that backpropagates (a batch without images and without an output term has nothing to learn)."""
+        return next(p for p in model.parameters() if p.requires_grad).sum() * 0.0
+
+    def forget_loss(self, model, forget):
+        args = self.args
+        inputs = self.model_inputs(forget)
+        need_outputs = args.forget_loss_type != "none"
+        feats, outputs = self._features(model, inputs, need_outputs)
+        loss, logs = self._connected_zero(model), {}
+        if need_outputs:
+            nll = outputs.loss
+            logs["forget_nll"] = nll.item()
+            if args.forget_loss_type == "ga":
+                term = losses.gradient_ascent_loss(nll)
+            else:
+                logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])
+                if "ref_logp" in forget:
+                    ref_logps = forget["ref_logp"].to(logps)
+                else:
+                    _, ref_out = self.teacher_pass(model, inputs, need_outputs=True)
+                    ref_logps, _ = losses.sequence_log_probs(ref_out.logits, inputs["labels"])
+                term = losses.npo_loss(logps, ref_logps, args.beta)
+                logs["log_ratio"] = (logps - ref_logps).mean().item()
+            loss = loss + term
+            logs["forget_output_loss"] = term.item()
+        if args.push_away_weight > 0 and feats is not None:
+            d = self.feature_distance(feats, self._teacher_features_for("forget", model, forget, inputs, feats))
+            hinge = losses.hinge_push_away(d, args.margin)
+            loss = loss + args.push_away_weight * hinge
+            logs.update(push_away=hinge.item(), forget_feature_distance=d.mean().item())
+        return loss, logs
+
+    def retain_loss(self, model, retain):
+        args = self.args
+        inputs = self.model_inputs(retain)
+        need_outputs = args.retain_nll_weight > 0
+        feats, outputs = self._features(model, inputs, need_outputs)
+        loss, logs = self._connected_zero(model), {}
+        if need_outputs:
+            loss = loss + args.retain_nll_weight * outputs.loss
+            logs["retain_nll"] = outputs.loss.item()
+        if args.feature_match_weight > 0 and feats is not None:
+            d = self.feature_distance(feats, self._teacher_features_for("retain", model, retain, inputs, feats))
+            match = d.mean()
+            loss = loss + args.feature_match_weight * match
+            logs["feature_match"] = match.item()
+        return loss, logs

@@ -1,0 +1,57 @@
+"""Shared fixtures: offline environment, a tiny LLaVA that has memorised a toy people dataset."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from hf_unlearn.testing.toy import JOBS, NAMES, toy_people, toy_portrait as portrait  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def toy_data():
+    return toy_people()
+
+
+@pytest.fixture(scope="session")
+def memorised_llava(toy_data, tmp_path_factory):
+    """Path of a tiny LLaVA fine-tuned until it memorised every toy row (plain transformers.Trainer)."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_unlearn import UnlearnDataCollator
+    from hf_unlearn.testing import tiny_llava
+
+    model, processor = tiny_llava(corpus=NAMES + JOBS)
+    out = tmp_path_factory.mktemp("memorised")
+    args = TrainingArguments(
+        output_dir=str(out / "run"), per_device_train_batch_size=4, num_train_epochs=60, learning_rate=3e-3,
+        report_to="none", save_strategy="no", use_cpu=True, remove_unused_columns=False, disable_tqdm=True,
+        logging_strategy="no", seed=0,
+    )
+    Trainer(model=model, args=args, train_dataset=toy_data["all"], data_collator=UnlearnDataCollator(processor)).train()
+    model.save_pretrained(out / "model")
+    processor.save_pretrained(out / "model")
+    return str(out / "model")
+
+
+def load_llava(path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+
+
+@torch.no_grad()
+def mean_nll(model, processor, dataset) -> float:
+    from hf_unlearn import UnlearnDataCollator
+
+    was_training = model.training
+    model.eval()
+    loss = model(**UnlearnDataCollator(processor)(list(dataset))).loss.item()
+    model.train(was_training)
+    return loss

@@ -1,0 +1,88 @@
+"""Answer-only labels must cover exactly the answer tokens, after image-token expansion."""
+
+import pytest
+import torch
+
+from hf_unlearn import PairedCollator, UnlearnDataCollator
+from hf_unlearn.testing import tiny_llama, tiny_vlm
+
+from hf_unlearn.testing.toy import toy_portrait as portrait
+
+ROWS = [
+    {"image": portrait(0), "question": "Who is in the image?", "answer": "Alice Smith"},
+    {"image": None, "question": "What is the job of Bob Jones?", "answer": "pilot"},
+    {"image": portrait(2), "question": "Name?", "answer": "Carol White the third"},
+]
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "qwen2_5_vl"])
+def test_answer_only_labels_cover_exactly_the_answer(arch):
+    model, processor = tiny_vlm(arch)
+    tok = processor.tokenizer
+    batch = UnlearnDataCollator(processor)(ROWS)
+    end_of_turn = "</s>" if arch == "llava" else "<|im_end|>\n"
+    lead = " " if arch == "llava" else ""
+    for i, row in enumerate(ROWS):
+        expected = tok(lead + row["answer"] + end_of_turn, add_special_tokens=False)["input_ids"]
+        labelled = batch["labels"][i][batch["labels"][i] != -100].tolist()
+        assert labelled == expected
+        # The labelled tokens are the last real tokens of the sequence (answer at the end, padding after).
+        length = int(batch["attention_mask"][i].sum())
+        assert batch["input_ids"][i, length - len(expected): length].tolist() == expected
+        assert (batch["labels"][i, :length - len(expected)] == -100).all()
+    image_id = tok.convert_tokens_to_ids(processor.image_token)
+    # Every image placeholder was expanded (16 tokens per 32x32 image) and none of them is labelled.
+    assert int((batch["input_ids"] == image_id).sum()) == 2 * 16
+    assert not (batch["labels"] == image_id).any()
+    if arch != "llava":
+        assert batch["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 8]]
+        assert torch.equal(batch["mm_token_type_ids"] == 1, batch["input_ids"] == image_id)
+    assert model(**batch).loss.isfinite()
+
+
+def test_all_token_labels_exclude_padding_and_image_tokens():
+    _, processor = tiny_vlm("llava")
+    batch = UnlearnDataCollator(processor, answer_only=False)(ROWS)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    expected = batch["attention_mask"].bool() & (batch["input_ids"] != image_id)
+    assert torch.equal(batch["labels"] != -100, expected)
+
+
+def test_text_only_tokenizer_and_missing_columns():
+    model, tok = tiny_llama()
+    batch = UnlearnDataCollator(tok)([ROWS[1]])
+    labelled = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert labelled == tok(" pilot</s>", add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['answer'\].*columns found: \['prompt', 'question'\]"):
+        UnlearnDataCollator(tok)([{"question": "q", "prompt": "p"}])
+
+
+def test_chat_messages_rows():
+    _, processor = tiny_vlm("llava")
+    row = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Who?"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "Alice Smith"}]}],
+           "images": [portrait(0)]}
+    batch = UnlearnDataCollator(processor)([row])
+    labelled = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert labelled == processor.tokenizer(" Alice Smith</s>", add_special_tokens=False)["input_ids"]
+
+
+def test_max_length_truncates_answer_but_never_the_prompt():
+    _, processor = tiny_vlm("llava")
+    full = UnlearnDataCollator(processor)([ROWS[2]])
+    length = full["input_ids"].shape[1]
+    short = UnlearnDataCollator(processor, max_length=length - 2)([ROWS[2]])
+    assert short["input_ids"].shape[1] == length - 2
+    with pytest.raises(ValueError, match="max_length"):
+        UnlearnDataCollator(processor, max_length=10)([ROWS[2]])
+
+
+def test_paired_collator_lifts_reserved_values():
+    _, processor = tiny_vlm("llava")
+    paired = PairedCollator(UnlearnDataCollator(processor))
+    batch = paired([{"forget": {**ROWS[0], "ref_logp": -1.5}, "retain": ROWS[1]},
+                    {"forget": {**ROWS[2], "ref_logp": -2.5}, "retain": ROWS[1]}])
+    assert batch["forget"]["ref_logp"].tolist() == [-1.5, -2.5]
+    assert batch["forget"]["pixel_values"].shape[0] == 2 and "pixel_values" not in batch["retain"]
+    # Plain rows (evaluation) go straight through the inner collator.
+    assert set(paired([ROWS[1]])) >= {"input_ids", "labels"}
