@@ -1,0 +1,333 @@
+"""Loaders that turn the published MLLMU-Bench and CLEAR datasets into the common schema of `schema.py`.
+
+Both accept either a local directory laid out like a Hub dataset snapshot (``<root>/<config>/*.parquet``, what
+``hf download <repo> --repo-type dataset --local-dir <root>`` produces) or a Hub dataset id, loaded with
+``datasets.load_dataset(repo, config)`` (online only). Locally only the needed columns are read, so the large image
+columns of text-only configs are never loaded.
+
+Split names follow the synthetic benchmark: ``forget_vqa``, ``forget_qa``, ``retain_vqa``, ``retain_qa``,
+``general`` (+ ``test_vqa`` / ``test_qa`` / ``general_qa`` for MLLMU-Bench).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import string
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import NUM_OPTIONS, check_columns, rows_to_dataset
+
+MLLMU_REPO = "MLLMMU/MLLMU-Bench"
+CLEAR_REPO = "therem/CLEAR"
+DEFAULT_NAME_QUESTION = "What is the name of the person in the image?"
+_LETTERS = "ABCD"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading one config (local snapshot or Hub) into a pyarrow Table
+# --------------------------------------------------------------------------------------------------------------------
+def _looks_like_path(path_or_repo: str) -> bool:
+    """A Hub id is ``name`` or ``owner/name``; anything else that does not exist is a mistyped directory."""
+    return (
+        os.path.isabs(path_or_repo)
+        or path_or_repo.startswith((".", "~"))
+        or path_or_repo.count("/") > 1
+        or (os.sep != "/" and os.sep in path_or_repo)
+    )
+
+
+def _read_config(
+    path_or_repo: str, config: str, required: Sequence[str], optional: Sequence[str] = (), *, benchmark: str
+) -> pa.Table:
+    """Read ``required`` (checked) and ``optional`` (if present) columns of one config as a pyarrow Table.
+
+    Image columns stay in their stored form, ``{"bytes": ..., "path": ...}`` structs: nothing is decoded here.
+    """
+    repo = MLLMU_REPO if benchmark == "MLLMU-Bench" else CLEAR_REPO
+    download = f"`hf download {repo} --repo-type dataset --local-dir DIR`"
+    hint = f"The {benchmark} loader expects the published column layout of config {config!r} (see {repo} on the Hub)."
+    if os.path.isdir(path_or_repo):
+        config_dir = os.path.join(path_or_repo, config)
+        files = sorted(glob.glob(os.path.join(config_dir, "**", "*.parquet"), recursive=True))
+        if not files:
+            found = sorted(
+                d
+                for d in os.listdir(path_or_repo)
+                if glob.glob(os.path.join(path_or_repo, d, "**", "*.parquet"), recursive=True)
+            )
+            raise FileNotFoundError(
+                f"{benchmark} config {config!r} not found: no parquet files under {config_dir}. "
+                f"Configs found in {path_or_repo}: {found}. Download the full snapshot with {download} "
+                "and pass DIR."
+            )
+        names = pq.read_schema(files[0]).names
+        check_columns(names, required, f"{config} ({config_dir})", hint=hint)
+        columns = list(required) + [c for c in optional if c in names and c not in required]
+        tables = [pq.read_table(f, columns=columns) for f in files]
+        return pa.concat_tables(tables, promote_options="default")
+    if _looks_like_path(path_or_repo):
+        raise FileNotFoundError(
+            f"{path_or_repo!r} is not a directory. Pass a local snapshot directory (download it with {download}) "
+            f"or a Hub dataset id such as {repo!r}."
+        )
+    try:
+        loaded = datasets.load_dataset(path_or_repo, config)
+    except Exception as err:  # network, offline mode, unknown config: all need the same advice
+        raise ConnectionError(
+            f"Could not load config {config!r} of the Hub dataset {path_or_repo!r}: {err}. "
+            f"If you are offline, download a snapshot elsewhere with {download} and pass the local DIR."
+        ) from err
+    split = "train" if "train" in loaded else next(iter(loaded))
+    ds = loaded[split]
+    check_columns(ds, required, f"{config} ({path_or_repo})", hint=hint)
+    columns = list(required) + [c for c in optional if c in ds.column_names and c not in required]
+    return ds.select_columns(columns).with_format("arrow")[:]
+
+
+def _image(value: Any) -> dict[str, Any] | None:
+    """A stored image struct, kept encoded (``datasets.Image`` decodes lazily); None when there is no image.
+
+    The stored ``path`` is only a file name from the uploader's machine; it is dropped when the bytes are embedded,
+    otherwise ``datasets.Image`` would prefer a same-named file that happens to exist in the working directory.
+    """
+    if value is None or (value.get("bytes") is None and value.get("path") is None):
+        return None
+    if value.get("bytes") is not None:
+        return {"bytes": value["bytes"], "path": None}
+    return {"bytes": None, "path": value["path"]}
+
+
+def _row_rng(seed: int, *keys: Any) -> np.random.Generator:
+    """A generator tied to the seed and the row's identity (not its position in a file), stable across runs."""
+    return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in keys)])
+
+
+def _options_with_answer(
+    answer: str, candidates: Sequence[str], fallback: Sequence[str], rng: np.random.Generator
+) -> tuple[list[str], int]:
+    """4 options: the answer at a seeded position among the first 3 distinct ``candidates`` that differ from it,
+    topped up with seeded picks from ``fallback`` (other rows' answers) when there are fewer than 3."""
+    distractors: list[str] = []
+    for cand in candidates:
+        if cand is not None and cand != answer and cand not in distractors:
+            distractors.append(cand)
+    distractors = distractors[: NUM_OPTIONS - 1]
+    extra = sorted({f for f in fallback if f is not None and f != answer and f not in distractors})
+    if len(distractors) + len(extra) < NUM_OPTIONS - 1:
+        raise ValueError(
+            f"Cannot build {NUM_OPTIONS} distinct options: only {len(distractors) + len(extra) + 1} distinct answers "
+            "are available; the split needs at least 4 rows with different answers."
+        )
+    need = NUM_OPTIONS - 1 - len(distractors)
+    if need:
+        distractors += [extra[i] for i in rng.choice(len(extra), size=need, replace=False)]
+    label = int(rng.integers(NUM_OPTIONS))
+    return distractors[:label] + [answer] + distractors[label:], label
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# MLLMU-Bench
+# --------------------------------------------------------------------------------------------------------------------
+_MLLMU_TASKS = ("Image_Textual_Questions", "Pure_Text_Questions")
+
+
+def _mllmu_label(letter: Any, where: str) -> int:
+    """'A', 'a', 'A.', '(A)', 'A: text' -> 0."""
+    text = str(letter or "").strip().lstrip("(").upper()
+    if not text or text[0] not in _LETTERS or (len(text) > 1 and text[1] in string.ascii_uppercase):
+        raise ValueError(f"{where}: Correct_Answer {letter!r} is not one of the option letters {list(_LETTERS)}.")
+    return _LETTERS.index(text[0])
+
+
+def _mllmu_rows(
+    profile: dict[str, Any], task: str, kind: str, person_id: int, image: dict[str, Any] | None, where: str
+) -> list[dict[str, Any]]:
+    """The multiple-choice rows of one profile for ``task`` (image or pure-text questions)."""
+    cls = profile["Classification_Task"]
+    if not isinstance(cls, dict) or task not in cls:
+        found = list(cls) if isinstance(cls, dict) else type(cls).__name__
+        raise ValueError(f"{where}: Classification_Task has no {task!r} field; fields found: {found}.")
+    rows = []
+    for i, item in enumerate(cls[task] or []):
+        options = [str((item["Options"] or {}).get(k) or "") for k in _LETTERS]
+        label = _mllmu_label(item["Correct_Answer"], f"{where}, {task}[{i}]")
+        rows.append(dict(person_id=person_id, kind=kind, image=image, question=item["Question"],
+                         answer=options[label], options=options, label=label))  # fmt: skip
+    return rows
+
+
+def _mllmu_person_ids(ids: Sequence[str]) -> dict[str, int]:
+    """Profile IDs are strings; numeric ones keep their value, otherwise their rank in sorted order."""
+    unique = sorted(set(ids))
+    if all(str(i).isdigit() for i in unique):
+        return {i: int(i) for i in unique}
+    return {i: rank for rank, i in enumerate(unique)}
+
+
+def load_mllmu_bench(
+    path_or_repo: str, forget_split: str = "forget_5", *, image_choice_seed: int = 0
+) -> datasets.DatasetDict:
+    """Load MLLMU-Bench (``MLLMMU/MLLMU-Bench``) into the common schema.
+
+    Splits: ``forget_vqa`` / ``forget_qa`` (image and pure-text MCQs of the ``forget_split`` profiles),
+    ``retain_vqa`` / ``retain_qa`` (the matching ``retain_{100-N}`` config), ``test_vqa`` / ``test_qa`` (``Test_Set``
+    restricted to the forget IDs; one image per profile chosen from its ``images`` list with ``image_choice_seed``),
+    ``general`` / ``general_qa`` (``Retain_Set``: real celebrities, utility; ``person_id`` -1, kind ``"general"``,
+    ``general_qa`` has no image). Options are A-D in order and ``label`` is the index of ``Correct_Answer``.
+    """
+    match = re.fullmatch(r"forget_(\d+)", forget_split)
+    if not match or not 0 < int(match.group(1)) < 100:
+        raise ValueError(f"forget_split must look like 'forget_5', 'forget_10' or 'forget_15', got {forget_split!r}.")
+    retain_split = f"retain_{100 - int(match.group(1))}"
+    profile_cols = ("ID", "image", "Classification_Task")
+
+    def read(config: str, required: Sequence[str]) -> list[dict[str, Any]]:
+        return _read_config(path_or_repo, config, required, benchmark="MLLMU-Bench").to_pylist()
+
+    forget, retain = read(forget_split, profile_cols), read(retain_split, profile_cols)
+    id_map = _mllmu_person_ids([str(p["ID"]) for p in forget + retain])
+    splits: dict[str, list[dict[str, Any]]] = {}
+    for name, profiles, config in (("forget", forget, forget_split), ("retain", retain, retain_split)):
+        vqa, qa = [], []
+        for n, p in enumerate(profiles):
+            pid, where = id_map[str(p["ID"])], f"config {config!r} row {n} (ID {p['ID']})"
+            vqa += _mllmu_rows(p, "Image_Textual_Questions", "vqa", pid, _image(p["image"]), where)
+            qa += _mllmu_rows(p, "Pure_Text_Questions", "qa", pid, None, where)
+        splits[f"{name}_vqa"], splits[f"{name}_qa"] = vqa, qa
+
+    forget_ids = {str(p["ID"]) for p in forget}
+    test_vqa, test_qa = [], []
+    for n, p in enumerate(read("Test_Set", ("ID", "images", "Classification_Task"))):
+        if str(p["ID"]) not in forget_ids:
+            continue
+        where = f"config 'Test_Set' row {n} (ID {p['ID']})"
+        images = [img for img in (_image(v) for v in (p["images"] or [])) if img is not None]
+        if not images:
+            raise ValueError(f"{where}: the 'images' list is empty; Test_Set rows need at least one image.")
+        image = images[int(_row_rng(image_choice_seed, p["ID"]).integers(len(images)))]
+        test_vqa += _mllmu_rows(p, "Image_Textual_Questions", "vqa", id_map[str(p["ID"])], image, where)
+        test_qa += _mllmu_rows(p, "Pure_Text_Questions", "qa", id_map[str(p["ID"])], None, where)
+    splits["test_vqa"], splits["test_qa"] = test_vqa, test_qa
+
+    general, general_qa = [], []
+    for n, p in enumerate(read("Retain_Set", ("image", "Classification_Task"))):
+        where = f"config 'Retain_Set' row {n}"
+        general += _mllmu_rows(p, "Image_Textual_Questions", "general", -1, _image(p["image"]), where)
+        general_qa += _mllmu_rows(p, "Pure_Text_Questions", "general", -1, None, where)
+    splits["general"], splits["general_qa"] = general, general_qa
+    return datasets.DatasetDict({name: rows_to_dataset(rows) for name, rows in splits.items()})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLEAR
+# --------------------------------------------------------------------------------------------------------------------
+def _match_person(text: str, names_longest_first: Sequence[str], name_ids: dict[str, int]) -> int:
+    """The person a TOFU text row is about: the longest known name that appears in it, else -1."""
+    for name in names_longest_first:
+        if name in text:
+            return name_ids[name]
+    return -1
+
+
+def _clear_name_rows(
+    table: list[dict[str, Any]], name_ids: dict[str, int], question: str, seed: int, split: str
+) -> list[dict[str, Any]]:
+    """Name MCQs from a ``*_perturbed`` config: the true ``name`` among the first 3 ``perturbed_names``."""
+    all_names = sorted(name_ids)
+    rows = []
+    for n, r in enumerate(table):
+        options, label = _options_with_answer(
+            r["name"], r["perturbed_names"] or [], all_names, _row_rng(seed, split, n, r["name"])
+        )
+        rows.append(dict(person_id=name_ids[r["name"]], kind="vqa", image=_image(r["image"]), question=question,
+                         answer=r["name"], options=options, label=label))  # fmt: skip
+    return rows
+
+
+def _clear_text_rows(
+    table: list[dict[str, Any]], name_ids: dict[str, int], seed: int, split: str
+) -> list[dict[str, Any]]:
+    """QA rows from a ``*+tofu`` config: the rows with a question (the others are image captions).
+
+    The config has no options; the documented fallback is the answer + 3 answers of other rows of the same split
+    (seeded). An ``options`` column, if a future version adds one, is used first.
+    """
+    text_rows = [r for r in table if r.get("question")]
+    answers = [r["answer"] for r in text_rows]
+    names = sorted(name_ids, key=len, reverse=True)
+    rows = []
+    for n, r in enumerate(text_rows):
+        options, label = _options_with_answer(
+            r["answer"], r.get("options") or [], answers, _row_rng(seed, split, n, r["question"])
+        )
+        pid = _match_person(f"{r['question']} {r['answer']}", names, name_ids)
+        rows.append(dict(person_id=pid, kind="qa", image=None, question=r["question"], answer=r["answer"],
+                         options=options, label=label))  # fmt: skip
+    return rows
+
+
+def load_clear(
+    path_or_repo: str,
+    forget_split: str = "forget05",
+    *,
+    option_seed: int = 0,
+    name_question: str = DEFAULT_NAME_QUESTION,
+) -> datasets.DatasetDict:
+    """Load CLEAR (``therem/CLEAR``) into the common schema, following MMUnlearner's "visual accuracy" protocol.
+
+    * ``forget_vqa``: name MCQ on ``{forget_split}_perturbed`` (``name_question``; the true ``name`` at a seeded
+      position among the first 3 distinct ``perturbed_names``).
+    * ``retain_vqa``: the same on ``retain_perturbed``, minus any forget person.
+    * ``forget_qa`` / ``retain_qa``: the text rows (those with a ``question``) of ``{forget_split}+tofu`` and
+      ``retain{100-N}+tofu``. Those configs have no options, so options = the answer + 3 answers of other rows of the
+      split (seeded). ``person_id`` is the longest known name found in the question or answer, else -1.
+    * ``general``: ``real_faces`` (``question`` if present, else ``name_question``; ``options`` hold distractors,
+      the answer is inserted at a seeded position), ``person_id`` -1.
+
+    Person ids number the names of ``{forget_split}_perturbed`` and ``retain_perturbed`` in sorted order.
+    """
+    match = re.fullmatch(r"forget(\d\d)", forget_split)
+    if not match or not 0 < int(match.group(1)) < 100:
+        raise ValueError(f"forget_split must look like 'forget01', 'forget05' or 'forget10', got {forget_split!r}.")
+    retain_split = f"retain{100 - int(match.group(1)):02d}"
+    perturbed_cols = ("image", "name", "perturbed_names")
+
+    def read(config: str, required: Sequence[str], optional: Sequence[str] = ()) -> list[dict[str, Any]]:
+        return _read_config(path_or_repo, config, required, optional, benchmark="CLEAR").to_pylist()
+
+    forget_p = read(f"{forget_split}_perturbed", perturbed_cols)
+    forget_names = {r["name"] for r in forget_p}
+    retain_p = [r for r in read("retain_perturbed", perturbed_cols) if r["name"] not in forget_names]
+    name_ids = {name: i for i, name in enumerate(sorted(forget_names | {r["name"] for r in retain_p}))}
+
+    splits = {
+        "forget_vqa": _clear_name_rows(forget_p, name_ids, name_question, option_seed, "forget_vqa"),
+        "forget_qa": _clear_text_rows(
+            read(f"{forget_split}+tofu", ("question", "answer"), ("options",)), name_ids, option_seed, "forget_qa"
+        ),
+        "retain_vqa": _clear_name_rows(retain_p, name_ids, name_question, option_seed, "retain_vqa"),
+        "retain_qa": _clear_text_rows(
+            read(f"{retain_split}+tofu", ("question", "answer"), ("options",)), name_ids, option_seed, "retain_qa"
+        ),
+    }
+    faces = read("real_faces", ("image", "answer", "options"), ("question",))
+    real_answers = [r["answer"] for r in faces]
+    general = []
+    for n, r in enumerate(faces):
+        options, label = _options_with_answer(
+            r["answer"], r["options"] or [], real_answers, _row_rng(option_seed, "general", n, r["answer"])
+        )
+        general.append(dict(person_id=-1, kind="general", image=_image(r["image"]),
+                            question=r.get("question") or name_question, answer=r["answer"], options=options,
+                            label=label))  # fmt: skip
+    splits["general"] = general
+    return datasets.DatasetDict({name: rows_to_dataset(rows) for name, rows in splits.items()})
