@@ -274,7 +274,8 @@ class UnlearnTrainer(Trainer):
 
     def loss_parts(self) -> tuple[str, ...]:
         """Which terms this optimizer step uses (MMUnlearner alternates forget and retain steps)."""
-        return ("forget", "retain") if self.uses_retain() else ("forget",)
+        parts = ("forget",) if self.args.forget_weight > 0 else ()
+        return parts + (("retain",) if self.uses_retain() and self.args.retain_weight > 0 else ())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "forget" not in inputs:  # evaluation (or plain rows): the ordinary LM loss
@@ -282,12 +283,12 @@ class UnlearnTrainer(Trainer):
         parts = (self._loss_part,) if self._loss_part else self.loss_parts()
         total = 0.0
         logs: dict[str, float] = {}
-        if "forget" in parts and self.args.forget_weight > 0:
+        if "forget" in parts:
             forget, forget_logs = self.forget_loss(model, inputs["forget"])
             total = total + self.args.forget_weight * forget
             logs.update(forget_logs, forget_loss=forget.item())
             self._last_forget_nll = forget_logs.get("forget_nll", self._last_forget_nll)
-        if "retain" in parts and "retain" in inputs and self.args.retain_weight > 0:
+        if "retain" in parts and "retain" in inputs:
             retain, retain_logs = self.retain_loss(model, inputs["retain"])
             total = total + self.args.retain_weight * retain
             logs.update(retain_logs, retain_loss=retain.item())
@@ -300,6 +301,11 @@ class UnlearnTrainer(Trainer):
                 f"Training stopped before this step touched the weights{where}. Lower `learning_rate`, set "
                 "`stop_forget_loss_above`, use a bounded forget loss (NPOTrainer), or add a retain term."
             )
+        if model.training and not total.requires_grad:
+            # E.g. a text-only retain batch while only the vision tower trains: nothing to learn from it, but the
+            # Trainer (and DeepSpeed's step accounting) still needs a backward pass.
+            anchor = next(p for p in model.parameters() if p.requires_grad)
+            total = total + 0.0 * anchor.sum()
         for key, value in logs.items():
             self._metrics[key].append(value)
         return (total, None) if return_outputs else total
