@@ -9,6 +9,7 @@ __version__ = "0.1.0.dev0"
 from .config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset
+from .saliency import SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
 from .trainers import GATrainer, MMUnlearnerTrainer, NPOTrainer, UnlearnTrainer, UnlearningDivergedError
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "NPOTrainer",
     "MMUnlearnerTrainer",
     "UnlearningDivergedError",
+    "SaliencyMaskConfig",
+    "SaliencyMask",
+    "compute_saliency_mask",
     "UnlearnDataCollator",
     "PairedCollator",
     "ForgetRetainDataset",

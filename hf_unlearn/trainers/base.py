@@ -216,9 +216,8 @@ class UnlearnTrainer(Trainer):
 
     @staticmethod
     def _resolve_mask(model, saliency_mask) -> dict[str, torch.Tensor]:
-        if hasattr(saliency_mask, "validate"):
-            saliency_mask.validate(model)
-            return dict(saliency_mask.masks)
+        if hasattr(saliency_mask, "masks_for"):  # a SaliencyMask: validated, keyed by this model's own names
+            return saliency_mask.masks_for(model)
         if not isinstance(saliency_mask, dict):
             raise TypeError("`saliency_mask` must be a SaliencyMask or a dict {parameter name: bool tensor}.")
         from ..integrations.deepspeed import param_shape  # ZeRO-3 partitioned parameters have shape [0]

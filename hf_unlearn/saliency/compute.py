@@ -1,0 +1,380 @@
+"""Scoring parameters on forget / preserve data and thresholding the scores into a `SaliencyMask`.
+
+Scores (``config.score``), for every covered entry j:
+
+- ``fisher_ratio`` (MMUnlearner, SFR-on): ``F[j] = mean over batches of (dL_batch/dθ_j)^2`` on the forget set and on
+  the group's preserve sets; selected iff ``(F_f + eps) / (F_p + eps) >= gamma``.
+- ``grad_magnitude`` (SalUn): ``|Σ_batches dL_batch/dθ_j|`` on the forget set; the top ``threshold`` fraction of all
+  covered entries is selected.
+- ``random``: seeded uniform scores, top ``threshold`` fraction (ablation).
+
+Gradients are read in the model's dtype and accumulated in fp32, so a bf16 / fp16 model does not underflow to a zero
+Fisher the way squaring in half precision does.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..models import LANGUAGE, PROJECTOR, VISION, unwrap_model
+from .config import SaliencyMaskConfig
+from .mask import SaliencyMask
+
+logger = logging.getLogger(__name__)
+
+Collator = Callable[[list[dict[str, Any]]], Mapping[str, Any]]
+
+
+# ------------------------------------------------------------------------------------------------ gradient passes
+@contextmanager
+def _gradient_mode(model: nn.Module, param_names: list[str]) -> Iterator[dict[str, nn.Parameter]]:
+    """Eval mode, gradients only for ``param_names``; everything restored on exit.
+
+    Restored: every parameter's ``requires_grad`` and ``.grad``, every module's training flag and the input-grad hooks.
+    Layers with gradient checkpointing enabled are flagged as training (transformers only checkpoints in training
+    mode), so checkpointing still saves memory; their submodules, dropout included, stay in eval mode.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    params = dict(model.named_parameters())
+    missing = [name for name in param_names if name not in params]
+    if missing:
+        raise ValueError(f"{len(missing)} parameter name(s) not in the model, e.g. {missing[:5]}.")
+    flags = {name: p.requires_grad for name, p in params.items()}
+    grads = {name: p.grad for name, p in params.items()}
+    modes = {module: module.training for module in model.modules()}
+    base = unwrap_model(model)
+    added_input_hooks = False
+    wanted = set(param_names)
+    try:
+        for name, p in params.items():
+            p.requires_grad_(name in wanted)
+            p.grad = None
+        model.eval()
+        checkpointed = [
+            m for m in model.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing
+        ]
+        for layer in checkpointed:
+            layer.training = True
+        # Reentrant checkpointing drops gradients of checkpointed layers whose inputs do not require grad (e.g. LoRA
+        # on a frozen base): make the input embeddings' outputs require grad, as PEFT and transformers do.
+        if checkpointed and hasattr(base, "enable_input_require_grads") and not getattr(
+            base, "_require_grads_hooks", None
+        ):
+            base.enable_input_require_grads()
+            added_input_hooks = True
+        yield {name: params[name] for name in param_names}
+    finally:
+        if added_input_hooks:
+            base.disable_input_require_grads()
+        for module, mode in modes.items():
+            module.training = mode
+        for name, p in params.items():
+            p.requires_grad_(flags[name])
+            p.grad = grads[name]
+
+
+def _batches(dataset: Iterable, batch_size: int, max_batches: int | None) -> Iterator[list[dict]]:
+    """Consecutive batches of rows, in dataset order (no shuffling), the last one possibly short."""
+    chunk: list[dict] = []
+    count = 0
+    for row in dataset:
+        chunk.append(row)
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk, count = [], count + 1
+            if max_batches is not None and count >= max_batches:
+                return
+    if chunk:
+        yield chunk
+
+
+def _num_batches(dataset: Any, batch_size: int, max_batches: int | None) -> int | None:
+    try:
+        total = math.ceil(len(dataset) / batch_size)
+    except TypeError:
+        return max_batches
+    return total if max_batches is None else min(total, max_batches)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _accumulate(
+    model: nn.Module,
+    dataset: Iterable,
+    data_collator: Collator,
+    param_names: list[str],
+    batch_size: int,
+    max_batches: int | None,
+    *,
+    square: bool,
+    device: str | torch.device | None = None,
+    fisher_device: str | torch.device | None = None,
+    show_progress: bool = False,
+    desc: str = "gradients",
+) -> tuple[dict[str, torch.Tensor], int, set[str]]:
+    """Per-parameter fp32 sums over batches of ``grad ** 2`` (``square``) or ``grad``.
+
+    Returns ``(sums, number of batches, names that received a gradient in at least one batch)``.
+    """
+    if dataset is None:
+        raise ValueError(f"The {desc} dataset is None; pass a datasets.Dataset (or a list of row dicts).")
+    if data_collator is None or not callable(data_collator):
+        raise ValueError(
+            "data_collator must be a callable turning a list of rows into a dict of tensors with `labels`, e.g. "
+            "hf_unlearn.data.collators.UnlearnDataCollator(processor)."
+        )
+    device = torch.device(device) if device is not None else _model_device(model)
+    with _gradient_mode(model, param_names) as params, torch.enable_grad():
+        sums = {
+            name: torch.zeros(p.shape, dtype=torch.float32, device=fisher_device or p.device)
+            for name, p in params.items()
+        }
+        touched: set[str] = set()
+        num = 0
+        progress = tqdm(
+            _batches(dataset, batch_size, max_batches), total=_num_batches(dataset, batch_size, max_batches),
+            desc=desc, disable=not show_progress, unit="batch",
+        )
+        for rows in progress:
+            batch = data_collator(rows)
+            if not isinstance(batch, Mapping) or "labels" not in batch:
+                keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
+                raise ValueError(
+                    f"The data collator must return a dict with `labels` (got {keys}); the loss is model(**batch).loss."
+                )
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            loss = model(**batch).loss
+            if loss is None:
+                raise ValueError("model(**batch) returned no loss; the collator's `labels` must be a tensor.")
+            if not torch.isfinite(loss.detach()):
+                raise ValueError(
+                    f"Non-finite loss ({loss.item()}) in batch {num} of the {desc} dataset; check the labels "
+                    "(all -100?) and the model's dtype."
+                )
+            loss.backward()
+            for name, p in params.items():
+                if p.grad is None:
+                    continue
+                grad = p.grad.detach().to(device=sums[name].device, dtype=torch.float32)  # fp32 before squaring
+                if square:
+                    sums[name].addcmul_(grad, grad)
+                else:
+                    sums[name].add_(grad)
+                touched.add(name)
+                p.grad = None  # zeroed between batches
+            num += 1
+        if num == 0:
+            raise ValueError(f"The {desc} dataset is empty; the Fisher needs at least one batch.")
+    return sums, num, touched
+
+
+def accumulate_fisher(
+    model: nn.Module,
+    dataset: Iterable,
+    data_collator: Collator,
+    param_names: list[str],
+    batch_size: int,
+    max_batches: int | None = None,
+    *,
+    device: str | torch.device | None = None,
+    fisher_device: str | torch.device | None = None,
+    show_progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher: mean over consecutive batches of ``(dL_batch/dθ)^2``, in fp32.
+
+    ``L_batch = model(**data_collator(rows)).loss``. The model runs in eval mode; only ``param_names`` get gradients;
+    ``requires_grad`` flags, ``.grad`` and training modes are restored afterwards. ``device`` is where batches go
+    (default: the device of the model's first parameter; the model is not moved), ``fisher_device`` where the fp32
+    sums live (default: each parameter's device; ``"cpu"`` saves accelerator memory).
+    """
+    sums, num, _ = _accumulate(
+        model, dataset, data_collator, list(param_names), batch_size, max_batches, square=True, device=device,
+        fisher_device=fisher_device, show_progress=show_progress, desc="Fisher",
+    )
+    return {name: s / num for name, s in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------------------- thresholds
+def top_fraction(scores: dict[str, torch.Tensor], fraction: float) -> dict[str, torch.Tensor]:
+    """Select exactly ``round(fraction * N)`` entries with the largest scores, globally over all tensors.
+
+    Ties at the cut-off are broken by position (first come first), so the count is exact and deterministic.
+    """
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().reshape(-1).float().cpu() for n in names])
+    total = flat.numel()
+    k = min(total, max(0, math.floor(fraction * total + 0.5)))
+    if k == total:
+        selected = torch.ones(total, dtype=torch.bool)
+    elif k == 0:
+        selected = torch.zeros(total, dtype=torch.bool)
+    else:
+        cutoff = torch.kthvalue(flat, total - k + 1).values  # the k-th largest score
+        selected = flat > cutoff
+        need = k - int(selected.sum())
+        ties = torch.nonzero(flat == cutoff).reshape(-1)[:need]
+        selected[ties] = True
+    out, offset = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = selected[offset:offset + size].reshape(scores[n].shape).clone()
+        offset += size
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ the mask
+def compute_saliency_mask(
+    model: nn.Module,
+    config: SaliencyMaskConfig,
+    forget_dataset: Iterable | None,
+    preserve_datasets: Mapping[str, Iterable] | None,
+    data_collator: Collator | None,
+    *,
+    device: str | torch.device | None = None,
+    fisher_device: str | torch.device | None = None,
+    show_progress: bool = True,
+) -> SaliencyMask:
+    """Score the parameters covered by ``config`` and threshold them into a `SaliencyMask`.
+
+    Args:
+        model: a ``transformers`` model, possibly PEFT-wrapped (the mask then covers the trainable adapter parameters
+            under their real names) and with gradient checkpointing enabled.
+        config: which parameters, which score, which threshold.
+        forget_dataset: rows (``image``, ``question``, ``answer``, ...) the model should forget; unused by ``random``.
+        preserve_datasets: named preserve datasets, e.g. ``{"retain": ..., "text": ...}``; the names are those of
+            ``config.preserve_sets``. Only ``fisher_ratio`` uses them.
+        data_collator: ``rows -> dict of tensors`` with ``labels`` (e.g. ``UnlearnDataCollator(processor)``).
+        device: where batches are sent (default: the model's first parameter's device; the model is not moved).
+        fisher_device: where the fp32 accumulators live (default: next to each parameter; ``"cpu"`` saves memory).
+        show_progress: show tqdm progress bars.
+
+    Batches are consecutive rows (no shuffling), so the result is deterministic. ``config.max_batches`` caps each
+    dataset separately.
+    """
+    if not isinstance(config, SaliencyMaskConfig):
+        raise TypeError(f"config must be a SaliencyMaskConfig, got {type(config).__name__}.")
+    targets = config.resolve_targets(model)  # name -> group
+    names = list(targets)
+    params = dict(model.named_parameters())
+    summary: dict[str, Any] = {"score": config.score, "threshold": config.threshold}
+    common = dict(device=device, fisher_device=fisher_device, show_progress=show_progress)
+
+    if config.score == "random":
+        generator = torch.Generator().manual_seed(config.seed)
+        scores = {n: torch.rand(params[n].shape, generator=generator) for n in names}
+        masks = top_fraction(scores, config.threshold)
+    elif config.score == "grad_magnitude":
+        sums, num, touched = _accumulate(
+            model, forget_dataset, data_collator, names, config.batch_size, config.max_batches, square=False,
+            desc="forget", **common,
+        )
+        _warn_untouched(names, touched)
+        masks = top_fraction({n: s.abs() for n, s in sums.items()}, config.threshold)
+        summary["num_batches"] = {"forget": num}
+    else:
+        masks, fisher_summary = _fisher_ratio_masks(
+            model, config, targets, forget_dataset, preserve_datasets, data_collator, common
+        )
+        summary.update(fisher_summary)
+
+    masks = {n: m.cpu() for n, m in masks.items()}
+    summary["groups"] = _group_counts(masks, targets)
+    return SaliencyMask(masks, config=config, scores_summary=summary)
+
+
+def _fisher_ratio_masks(
+    model: nn.Module,
+    config: SaliencyMaskConfig,
+    targets: dict[str, str],
+    forget_dataset: Iterable | None,
+    preserve_datasets: Mapping[str, Iterable] | None,
+    data_collator: Collator | None,
+    common: dict,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    names = list(targets)
+    sets_of = {n: config.preserve_set_names(group) for n, group in targets.items()}  # name -> preserve set names
+    needed = list(dict.fromkeys(s for sets in sets_of.values() for s in sets))
+    given = sorted(preserve_datasets or {})
+    missing = [s for s in needed if s not in (preserve_datasets or {})]
+    if missing:
+        raise ValueError(
+            f"preserve_datasets has no {missing} (given: {given}); config.preserve_sets={config.preserve_sets} needs "
+            f"{needed} for the covered groups {sorted(set(targets.values()))}. Pass them, e.g. "
+            "preserve_datasets={'retain': retain_ds, 'text': text_ds}, or change config.preserve_sets."
+        )
+    batch, cap = config.batch_size, config.max_batches
+    forget_sums, num_forget, touched = _accumulate(
+        model, forget_dataset, data_collator, names, batch, cap, square=True, desc="forget", **common
+    )
+    forget_fisher = {n: s.div_(num_forget) for n, s in forget_sums.items()}
+    eps, gamma = config.epsilon, config.threshold
+    # One pass per preserve set, over the parameters whose group uses it; batches never mix two sets. Each set's sums
+    # are folded into a running total ("pooled") or a running AND ("every") and freed, so at most one set's
+    # accumulators exist next to the forget Fisher.
+    pooled_sum: dict[str, torch.Tensor] = {}
+    pooled_batches: dict[str, int] = {}
+    keep: dict[str, torch.Tensor] = {}
+    preserve_batches: dict[str, int] = {}
+    for set_name in needed:
+        covered = [n for n in names if set_name in sets_of[n]]
+        sums, num, seen = _accumulate(
+            model, preserve_datasets[set_name], data_collator, covered, batch, cap, square=True,
+            desc=f"preserve {set_name!r}", **common,
+        )
+        preserve_batches[set_name] = num
+        touched |= seen
+        for n in covered:
+            if config.preserve_combine == "pooled":
+                pooled_sum[n] = sums[n] if n not in pooled_sum else pooled_sum[n].add_(sums[n])
+                pooled_batches[n] = pooled_batches.get(n, 0) + num
+            else:
+                passed = (forget_fisher[n] + eps) / (sums[n] / num + eps) >= gamma
+                keep[n] = passed if n not in keep else keep[n].logical_and_(passed)
+        del sums
+    _warn_untouched(names, touched)
+
+    masks = {}
+    for n in names:
+        if config.preserve_combine == "pooled":
+            # Batch-weighted mean = one Fisher over the concatenation of the sets (whole batches).
+            f_preserve = pooled_sum.pop(n) / pooled_batches[n]
+            masks[n] = (forget_fisher[n] + eps) / (f_preserve + eps) >= gamma
+        else:
+            masks[n] = keep.pop(n)
+    summary = {"num_batches": {"forget": num_forget, "preserve": preserve_batches},
+               "preserve_combine": config.preserve_combine}
+    return masks, summary
+
+
+def _warn_untouched(names: list[str], touched: set[str]) -> None:
+    untouched = [n for n in names if n not in touched]
+    if untouched:
+        logger.warning(
+            "%d covered parameter(s) received no gradient on any batch (unused by the forward pass, e.g. %s): their "
+            "Fishers and gradient sums are 0 (Fisher ratio (0 + eps) / (0 + eps) = 1).",
+            len(untouched), untouched[:3],
+        )
+
+
+def _group_counts(masks: dict[str, torch.Tensor], targets: dict[str, str]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for group in (VISION, PROJECTOR, LANGUAGE):
+        members = [n for n, g in targets.items() if g == group]
+        if members:
+            covered = sum(masks[n].numel() for n in members)
+            selected = sum(int(masks[n].sum()) for n in members)
+            out[group] = {"covered": covered, "selected": selected, "fraction": selected / covered}
+    return out
