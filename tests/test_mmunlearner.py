@@ -1,0 +1,82 @@
+"""MMUnlearner end to end on the memorised toy LLaVA: mask, schedule, retain-loss guard, config errors."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from hf_unlearn import (MMUnlearnerConfig, MMUnlearnerTrainer, SaliencyMaskConfig, UnlearnDataCollator,
+                        compute_saliency_mask)
+
+from conftest import load_llava, mean_nll
+
+
+def args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=12, learning_rate=2e-3,
+                use_cpu=True, logging_steps=1, disable_tqdm=True, save_strategy="no", seed=0)
+    base.update(kw)
+    return MMUnlearnerConfig(**base)
+
+
+def split(toy_data):
+    retain_vqa = Dataset.from_list([r for r in toy_data["retain"] if r["image"] is not None])
+    text_qa = Dataset.from_list([r for r in toy_data["retain"] if r["image"] is None])
+    return retain_vqa, text_qa
+
+
+def test_vision_mask_forgets_images_and_keeps_text_bit_for_bit(memorised_llava, toy_data, tmp_path):
+    model, processor = load_llava(memorised_llava)
+    retain_vqa, text_qa = split(toy_data)
+    collator = UnlearnDataCollator(processor)
+    mask = compute_saliency_mask(model, SaliencyMaskConfig(target_modules="vision", batch_size=2),
+                                 toy_data["forget"], {"retain": retain_vqa, "text": text_qa}, collator,
+                                 show_progress=False)
+    assert 0.0 < mask.sparsity < 1.0
+    before = {"forget": mean_nll(model, processor, toy_data["forget"]), "retain_vqa": mean_nll(model, processor, retain_vqa),
+              "text": mean_nll(model, processor, text_qa)}
+    trainer = MMUnlearnerTrainer(model=model, args=args(tmp_path, learning_rate=1e-2), train_dataset=toy_data["forget"],
+                                 retain_dataset=toy_data["retain"], processing_class=processor, saliency_mask=mask)
+    trainer.train()
+    after = {"forget": mean_nll(model, processor, toy_data["forget"]), "retain_vqa": mean_nll(model, processor, retain_vqa),
+             "text": mean_nll(model, processor, text_qa)}
+    assert after["forget"] > before["forget"] + 1.0       # the forget people are no longer recognised
+    assert after["retain_vqa"] < 1.0                      # other people still are
+    assert after["text"] == before["text"]                # text knowledge untouched: the LLM is frozen
+
+
+def test_retain_guard_rollback_undoes_every_forget_update(memorised_llava, toy_data, tmp_path):
+    model, processor = load_llava(memorised_llava)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = args(tmp_path, max_steps=4, forget_every=1, retain_guard_max_loss=0.0, retain_guard_action="rollback")
+    trainer = MMUnlearnerTrainer(model=model, args=cfg, train_dataset=toy_data["forget"],
+                                 retain_dataset=toy_data["retain"], processing_class=processor)
+    trainer.train()
+    assert trainer.retain_guard.triggered == 4
+    assert all(torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
+    assert sum(h.get("guard_triggered", 0) for h in trainer.state.log_history) == 4
+
+
+def test_retain_guard_shrink_limits_damage(memorised_llava, toy_data, tmp_path):
+    results = {}
+    for guard in (None, 0.2):
+        model, processor = load_llava(memorised_llava)
+        cfg = args(tmp_path, max_steps=6, forget_every=1, learning_rate=5e-3, retain_guard_max_loss=guard)
+        MMUnlearnerTrainer(model=model, args=cfg, train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"],
+                           processing_class=processor).train()
+        results[guard] = mean_nll(model, processor, toy_data["retain"])
+    assert results[0.2] < results[None]
+
+
+def test_config_errors_name_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="schedule"):
+        args(tmp_path, schedule="sometimes")
+    with pytest.raises(ValueError, match="needs a retain term"):
+        args(tmp_path, retain_loss_type="none")
+    with pytest.raises(ValueError, match="retain_guard_shrink"):
+        args(tmp_path, retain_guard_shrink=1.5)
+
+
+def test_warns_without_mask(memorised_llava, toy_data, tmp_path):
+    model, processor = load_llava(memorised_llava)
+    with pytest.warns(UserWarning, match="not MMUnlearner"):
+        MMUnlearnerTrainer(model=model, args=args(tmp_path), train_dataset=toy_data["forget"],
+                           retain_dataset=toy_data["retain"], processing_class=processor)
