@@ -1,0 +1,1 @@
+"""Integrations with distributed-training back ends (DeepSpeed) and memory arithmetic."""

@@ -1,0 +1,212 @@
+"""Per-GPU memory arithmetic for unlearning under DeepSpeed ZeRO-2, ZeRO-3 and ZeRO-3 + CPU offload.
+
+Shared by ``hf-unlearn estimate-memory`` and ``docs/deepspeed.md`` (a test checks that the docs table is the
+command's output). Model states follow DeepSpeed's own estimators (``estimate_zero2_model_states_mem_needs`` and
+``estimate_zero3_model_states_mem_needs``, the functions behind ``..._all_cold``), split into their parts so that
+frozen parameters (no gradient, no Adam state) and the unlearning extras can be added:
+
+* bf16 working weights (2 B/param): replicated under ZeRO-2, 1/N under ZeRO-3, on the CPU with offload.
+* per *trainable* parameter, partitioned 1/N: gradients (ZeRO-2: bf16 + fp32 partitions, 6 B; ZeRO-3: fp32, 4 B, as
+  DeepSpeed counts them), fp32 master weights (4 B), Adam moments (8 B); on the CPU with offload.
+* ZeRO-3 working set: the largest layer gathered with its gradient (4 B x its parameters), DeepSpeed's term.
+* saliency masks: full shape on every GPU (the gradient hooks see full gradients), 1 B/param as ``bool``; 1 bit
+  bit-packed is shown for comparison.
+* exact-mask snapshot: this rank's fp32 master values of the masked parameters, 4 B/param / N, during the step (with
+  optimizer offload it lives on the CPU).
+* reference / teacher model: a copy (ZeRO-2: a bf16 stage-0 replica per GPU; ZeRO-3: sharded 1/N; offload: on the CPU)
+  or precomputed (one float per forget row, on the CPU).
+
+Activations are not included: they depend on batch size, sequence length (576 image tokens per LLaVA-1.5 image) and
+gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+GIB = 2**30
+SETUPS = ("zero2", "zero3", "zero3_offload")
+SETUP_TITLES = {"zero2": "ZeRO-2", "zero3": "ZeRO-3", "zero3_offload": "ZeRO-3 + CPU offload"}
+TRAINABLE_CHOICES = ("all", "language", "vision")
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Parameter counts of a model (shared parameters counted once)."""
+
+    total: int
+    language: int
+    vision: int  # vision tower
+    projector: int
+    largest_layer: int  # most parameters held directly by one module (DeepSpeed's "largest layer")
+
+    def trainable(self, which: str) -> int:
+        """Parameters that train: ``all``, ``language`` (LM + lm_head) or ``vision`` (vision tower + projector)."""
+        if which not in TRAINABLE_CHOICES:
+            raise ValueError(f"trainable={which!r}; use one of {TRAINABLE_CHOICES}.")
+        return {"all": self.total, "language": self.language, "vision": self.vision + self.projector}[which]
+
+
+def count_parameters(model) -> ParameterCounts:
+    """Count a model's parameters by group (works on the ``meta`` device: nothing is allocated)."""
+    from ..models import LANGUAGE, PROJECTOR, VISION, parameter_groups
+
+    groups = parameter_groups(model)
+    seen: set[int] = set()
+    sums = {LANGUAGE: 0, VISION: 0, PROJECTOR: 0, None: 0}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        sums[groups.get(name, LANGUAGE)] += p.numel()
+    largest = max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+    total = sum(sums.values())
+    # Parameters of no recognised group in a vision-language model (rare) count as language here.
+    return ParameterCounts(total=total, language=sums[LANGUAGE] + sums[None], vision=sums[VISION],
+                           projector=sums[PROJECTOR], largest_layer=largest)
+
+
+def load_config(model_id_or_path: str):
+    """``AutoConfig`` from a local ``config.json`` (file or folder) or a Hub id (needs the network)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    path = os.path.expanduser(model_id_or_path)
+    if os.path.isfile(path):
+        config_dict, _ = PretrainedConfig.get_config_dict(path)
+        model_type = config_dict.get("model_type")
+        if model_type is None:
+            raise ValueError(f"{path} has no `model_type`: it is not a transformers config.json.")
+        return AutoConfig.for_model(**config_dict)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        where = "the folder has no config.json" if os.path.isdir(path) else (
+            "it is not a local file or folder, and the Hugging Face Hub could not be reached (offline?)")
+        raise ValueError(
+            f"Could not load a model config from {model_id_or_path!r}: {where}. Pass a local config.json (e.g. "
+            f"examples/deepspeed/llava-1.5-13b-config.json) or a folder containing one. ({type(error).__name__})"
+        ) from error
+
+
+def count_parameters_from_config(config) -> ParameterCounts:
+    """Build the model on the ``meta`` device from its config and count its parameters."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    auto = AutoModelForImageTextToText if getattr(config, "vision_config", None) is not None else AutoModelForCausalLM
+    with init_empty_weights():
+        model = auto.from_config(config)
+    return count_parameters(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arithmetic
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What trains and what the run holds besides the model states."""
+
+    num_gpus: int = 8
+    trainable: str = "all"
+    masked: bool = True  # a saliency mask covers every trainable parameter
+    weight_bytes: int = 2  # bf16 / fp16 working weights
+
+    def __post_init__(self):
+        if self.num_gpus < 1:
+            raise ValueError(f"num_gpus must be >= 1, got {self.num_gpus}.")
+        if self.trainable not in TRAINABLE_CHOICES:
+            raise ValueError(f"trainable={self.trainable!r}; use one of {TRAINABLE_CHOICES}.")
+
+
+ROWS = (
+    ("weights", "weights (bf16)"),
+    ("gradients", "gradients (ZeRO-2: bf16 + fp32, ZeRO-3: fp32)"),
+    ("master", "fp32 master weights"),
+    ("adam", "Adam moments (fp32 m, v)"),
+    ("working", "ZeRO-3 gathered largest layer (+ grad)"),
+    ("mask_bool", "saliency masks, bool (1 B/param)"),
+    ("snapshot", "exact-mask snapshot (fp32, 1/N)"),
+    ("reference", "reference / teacher copy"),
+)
+
+
+def breakdown(counts: ParameterCounts, plan: MemoryPlan, setup: str) -> dict[str, float]:
+    """Bytes per GPU by component (``ROWS`` keys) for one setup, plus ``mask_bit`` and ``cpu`` (bytes per node)."""
+    if setup not in SETUPS:
+        raise ValueError(f"setup={setup!r}; use one of {SETUPS}.")
+    n, p, t, w = plan.num_gpus, counts.total, counts.trainable(plan.trainable), plan.weight_bytes
+    m = t if plan.masked else 0
+    offload = setup == "zero3_offload"
+    grad_bytes = 6 if setup == "zero2" else 4
+    rows = {
+        "weights": w * p if setup == "zero2" else (0 if offload else w * p / n),
+        "gradients": 0 if offload else grad_bytes * t / n,
+        "master": 0 if offload else 4 * t / n,
+        "adam": 0 if offload else 8 * t / n,
+        "working": 0 if setup == "zero2" else 4 * counts.largest_layer,
+        "mask_bool": m,
+        "mask_bit": m / 8,
+        "snapshot": 0 if offload else 4 * m / n,
+        "reference": w * p if setup == "zero2" else (0 if offload else w * p / n),
+    }
+    rows["cpu"] = deepspeed_estimate(counts, plan.num_gpus, setup)[0]
+    return rows
+
+
+def deepspeed_estimate(counts: ParameterCounts, num_gpus: int, setup: str,
+                       total_params: int | None = None) -> tuple[int, int]:
+    """``(cpu bytes per node, gpu bytes per GPU)`` from DeepSpeed's estimators (every parameter trainable)."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    total = counts.total if total_params is None else total_params
+    if setup == "zero2":
+        return estimate_zero2_model_states_mem_needs(total, num_gpus_per_node=num_gpus, cpu_offload=False)
+    cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
+        total, counts.largest_layer, num_gpus_per_node=num_gpus, cpu_offload=setup == "zero3_offload",
+        cpu_offload_params=setup == "zero3_offload", zero_init=True)
+    return cpu, gpu
+
+
+def model_states(rows: dict[str, float]) -> float:
+    """The model-state part of a breakdown (what DeepSpeed's estimators count)."""
+    return sum(rows[k] for k in ("weights", "gradients", "master", "adam", "working"))
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.2f}"
+
+
+def format_report(name: str, counts: ParameterCounts, plan: MemoryPlan, setups=SETUPS) -> str:
+    """The markdown report printed by ``hf-unlearn estimate-memory`` and embedded in ``docs/deepspeed.md``."""
+    tables = {s: breakdown(counts, plan, s) for s in setups}
+    b = 1e9
+    lines = [
+        f"Model: {name}",
+        f"Parameters: {counts.total / b:.2f}B total = language {counts.language / b:.2f}B + vision "
+        f"{counts.vision / b:.2f}B + projector {counts.projector / b:.2f}B; largest layer "
+        f"{counts.largest_layer / 1e6:.1f}M",
+        f"Trainable: {plan.trainable} ({counts.trainable(plan.trainable) / b:.2f}B), saliency mask: "
+        f"{'on the trainable parameters' if plan.masked else 'none'}, {plan.num_gpus} GPUs, bf16 weights, AdamW",
+        "",
+        "| GiB per GPU | " + " | ".join(SETUP_TITLES[s] for s in setups) + " |",
+        "|---|" + "---:|" * len(setups),
+    ]
+
+    def row(label: str, values) -> None:
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+
+    for key, label in ROWS:
+        row(label, [_gib(tables[s][key]) for s in setups])
+    row("**total, reference copy**", [f"**{_gib(model_states(t) + t['mask_bool'] + t['snapshot'] + t['reference'])}**"
+                                      for t in tables.values()])
+    row("**total, precomputed reference**", [f"**{_gib(model_states(t) + t['mask_bool'] + t['snapshot'])}**"
+                                             for t in tables.values()])
+    row("masks bit-packed instead (1 bit/param)", [_gib(t["mask_bit"]) for t in tables.values()])
+    row("DeepSpeed estimator, all parameters trainable",
+        [_gib(deepspeed_estimate(counts, plan.num_gpus, s)[1]) for s in setups])
+    row("CPU RAM per node, DeepSpeed estimator (all trainable)", [_gib(t["cpu"]) for t in tables.values()])
+    lines.append("")
+    lines.append("Activations are not included (batch, sequence length, gradient checkpointing).")
+    return "\n".join(lines)
