@@ -52,7 +52,7 @@ class UnlearnConfig(TrainingArguments):
         default=False,
         metadata={"help": "Keep raw columns (image/question/answer): the unlearning collator needs them."},
     )
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Integrations to report to."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations to report to."})
 
     # Objective
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget term."})
@@ -189,3 +189,125 @@ class MMUnlearnerConfig(UnlearnConfig):
         if self.schedule == "alternate" and self.retain_loss_type == "none":
             raise ValueError("schedule='alternate' alternates forget and retain steps: it needs a retain term "
                              "(retain_loss_type='nll' or 'kl').")
+
+
+VKD_FEATURE_SITES = ("vision_layer", "projector", "llm_hidden")
+VKD_DISTANCES = ("mse", "cosine", "smooth_l1")
+VKD_FORGET_LOSS_TYPES = ("ga", "npo", "none")
+
+
+@dataclass
+class VKDConfig(UnlearnConfig):
+    r"""VKD: visual knowledge distillation with a frozen language model (hf_unlearn's reading of Wang et al., 2025).
+
+    Only the vision tower and projector train; the language model and ``lm_head`` are frozen. A frozen teacher (the
+    starting model by default) supplies intermediate features: forget-image features are pushed at least ``margin``
+    away from the teacher's, retain-image features are pulled onto them. See ``docs/methods/vkd.md`` for which of
+    these choices the paper leaves open.
+
+    > Parameters that control the features
+
+    Args:
+        feature_site (`str`, defaults to `"projector"`): where features are compared: ``"vision_layer"`` (output of
+            vision block ``feature_layer``), ``"projector"`` (projector / Qwen2-VL merger output) or ``"llm_hidden"``
+            (output of decoder layer ``feature_layer`` at the image-token positions; runs the frozen LLM).
+        feature_layer (`int`, defaults to `-1`): block index for ``vision_layer`` / ``llm_hidden`` (negative counts
+            from the end). LLaVA-1.5 feeds the LM from ``vision_feature_layer=-2``: use -2 there.
+        distance (`str`, defaults to `"mse"`): per-token distance ``"mse"``, ``"cosine"`` (1 - cos) or ``"smooth_l1"``.
+        normalize_distance (`bool`, defaults to `True`): divide distances by the teacher's feature scale (the mean
+            distance of the teacher's forget features from the zero vector, measured once at the start), so
+            ``margin`` and the weights mean the same on any model. A no-op for ``cosine`` (the scale is 1).
+
+    > Parameters that control the objective
+
+    Args:
+        forget_loss_type (`str`, defaults to `"npo"`): output-level term on forget answers: ``"npo"``, ``"ga"`` or
+            ``"none"`` (features only; the language model never runs on forget batches then). The hinge alone
+            cannot start from a student equal to its teacher (d = 0 is where its gradient vanishes), so ``"none"``
+            needs a ``teacher_model`` that differs from the starting model.
+        beta (`float`, defaults to `0.1`): NPO inverse temperature.
+        push_away_weight (`float`, defaults to `1.0`): weight of the hinge max(0, margin - d(f_s, f_t)) on forget
+            images.
+        margin (`float`, defaults to `1.0`): hinge margin, in normalized units when ``normalize_distance``: 1.0 asks
+            forget features to be as far from the teacher's as the teacher's are from zero.
+        feature_match_weight (`float`, defaults to `10.0`): weight of d(f_s, f_t) on retain images (in normalized
+            units a retain drift of 0.1 costs as much as a fully violated forget hinge).
+        retain_nll_weight (`float`, defaults to `0.0`): weight of the output NLL on retain answers (reaches the
+            vision side through the image tokens; text-only retain rows give it no gradient).
+        retain_loss_type (`str` or `None`): ``"nll"`` (the default with a retain set) enables VKD's retain terms
+            above, ``"none"`` disables them; ``"kl"`` is not supported.
+
+    > Parameters that control what trains and the teacher
+
+    Args:
+        trainable_vision_blocks (`int` or `None`, defaults to `None`): train only the last N vision blocks (plus the
+            modules after them and the projector); ``None`` trains the whole vision tower and projector, 0 only the
+            projector.
+        precompute_teacher_features (`bool`, defaults to `False`): compute the teacher's features (and NPO reference
+            log-probs) for every forget and retain row once at the start, keep them on CPU and hold no teacher
+            model afterwards.
+    """
+
+    feature_site: str = field(
+        default="projector",
+        metadata={"help": "Feature site: 'vision_layer', 'projector' or 'llm_hidden' (at image tokens).",
+                  "choices": list(VKD_FEATURE_SITES)},
+    )
+    feature_layer: int = field(
+        default=-1, metadata={"help": "Block index for vision_layer / llm_hidden; negative counts from the end."}
+    )
+    distance: str = field(
+        default="mse", metadata={"help": "Feature distance: 'mse', 'cosine' or 'smooth_l1'.",
+                                 "choices": list(VKD_DISTANCES)},
+    )
+    normalize_distance: bool = field(
+        default=True,
+        metadata={"help": "Divide distances by the teacher's feature scale (mean distance of its forget features "
+                          "from zero), making margin and weights scale-free."},
+    )
+    forget_loss_type: str = field(
+        default="npo", metadata={"help": "Output-level forget term: 'npo', 'ga' or 'none'.",
+                                 "choices": list(VKD_FORGET_LOSS_TYPES)},
+    )
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (> 0)."})
+    push_away_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the hinge max(0, margin - d) on forget-image features."}
+    )
+    margin: float = field(
+        default=1.0, metadata={"help": "Hinge margin (normalized units when normalize_distance)."}
+    )
+    feature_match_weight: float = field(
+        default=10.0, metadata={"help": "Weight of the feature distance to the teacher on retain images."}
+    )
+    retain_nll_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the output NLL on retain answers (0 = feature matching only)."}
+    )
+    trainable_vision_blocks: int | None = field(
+        default=None,
+        metadata={"help": "Train only the last N vision blocks (+ projector); None = whole vision tower."},
+    )
+    precompute_teacher_features: bool = field(
+        default=False,
+        metadata={"help": "Compute teacher features once at the start (kept on CPU); hold no teacher afterwards."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name, allowed in (("feature_site", VKD_FEATURE_SITES), ("distance", VKD_DISTANCES),
+                              ("forget_loss_type", VKD_FORGET_LOSS_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        for name in ("push_away_weight", "margin", "feature_match_weight", "retain_nll_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.trainable_vision_blocks is not None and self.trainable_vision_blocks < 0:
+            raise ValueError(f"trainable_vision_blocks must be None or >= 0, got {self.trainable_vision_blocks}.")
+        if self.retain_loss_type == "kl":
+            raise ValueError("VKDConfig does not support retain_loss_type='kl': VKD's retain term is feature matching "
+                             "(feature_match_weight) plus an optional retain NLL (retain_nll_weight). Use 'nll' or "
+                             "'none'.")
+        if self.forget_weight > 0 and self.forget_loss_type == "none" and self.push_away_weight == 0:
+            raise ValueError("The forget term is empty: forget_loss_type='none' and push_away_weight=0. Set one, or "
+                             "forget_weight=0.")

@@ -169,25 +169,28 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(memorised_llava, 
     assert not (tmp_path / "out" / "checkpoint-4").exists()
 
 
-def test_resume_from_checkpoint_equals_uninterrupted(memorised_llava, toy_data, tmp_path):
-    finals = []
-    for name, resume in (("straight", False), ("resumed", True)):
+@pytest.mark.parametrize("method", ["ga_diff", "npo_precomputed"])
+def test_resume_from_checkpoint_equals_uninterrupted(method, memorised_llava, toy_data, tmp_path):
+    def make(name):
         model, processor = load_llava(memorised_llava)
-        args = GAConfig(**ga_args(tmp_path, output_dir=str(tmp_path / name), max_steps=6, num_train_epochs=3,
-                                  save_strategy="steps", save_steps=3, per_device_train_batch_size=1,
-                                  learning_rate=5e-4))
-        trainer = GATrainer(model=model, args=args, train_dataset=toy_data["forget"],
-                            retain_dataset=toy_data["retain"], processing_class=processor)
-        if resume:
-            trainer.train()  # run to the end once to create checkpoint-3, then restart from it with a fresh model
-            model, processor = load_llava(memorised_llava)
-            trainer = GATrainer(model=model, args=args, train_dataset=toy_data["forget"],
+        common = ga_args(tmp_path, output_dir=str(tmp_path / name), max_steps=6, save_strategy="steps",
+                         save_steps=3, per_device_train_batch_size=1, learning_rate=5e-4)
+        if method == "npo_precomputed":  # the reference log-probs must come from the *starting* model on resume too
+            return model, NPOTrainer(model=model, args=NPOConfig(**common, precompute_ref_log_probs=True),
+                                     train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"],
+                                     processing_class=processor)
+        return model, GATrainer(model=model, args=GAConfig(**common), train_dataset=toy_data["forget"],
                                 retain_dataset=toy_data["retain"], processing_class=processor)
-            trainer.train(resume_from_checkpoint=str(tmp_path / name / "checkpoint-3"))
-        else:
-            trainer.train()
-        finals.append({k: v.clone() for k, v in model.state_dict().items()})
-    assert all(torch.equal(v, finals[1][k]) for k, v in finals[0].items())
+
+    straight_model, straight = make("straight")
+    straight.train()
+    _, first = make("resumed")
+    first.train()  # writes checkpoint-3 (and -6); then restart from checkpoint-3 with a fresh starting model
+    resumed_model, resumed = make("resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    assert resumed.state.global_step == 6
+    diffs = [(k, (v - resumed_model.state_dict()[k]).abs().max().item()) for k, v in straight_model.state_dict().items()]
+    assert max(d for _, d in diffs) == 0.0, [d for d in diffs if d[1] > 0][:3]
 
 
 def test_stop_rule_stops_once_forget_nll_passes_threshold(memorised_llava, toy_data, tmp_path):

@@ -16,6 +16,7 @@ from safetensors.numpy import save_file
 from torch import nn
 from transformers.utils import PushToHubMixin
 
+from ..integrations.deepspeed import param_shape
 from ..models import canonical_parameter_name
 from .config import CONFIG_NAME, SaliencyMaskConfig, push_folder, resolve_file
 
@@ -202,9 +203,9 @@ class SaliencyMask(PushToHubMixin):
                 problems.append(f"  - {name}: no such parameter in the model")
                 continue
             param = params[target]
-            if tuple(param.shape) != tuple(mask.shape):
+            if tuple(param_shape(param)) != tuple(mask.shape):
                 problems.append(
-                    f"  - {name}: mask shape {tuple(mask.shape)} != parameter shape {tuple(param.shape)}"
+                    f"  - {name}: mask shape {tuple(mask.shape)} != parameter shape {tuple(param_shape(param))}"
                     + (f" (model parameter {target})" if target != name else "")
                 )
                 continue

@@ -8,6 +8,7 @@ A subclass implements ``forget_loss``; the retain term, reference model, masks, 
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from contextlib import contextmanager
@@ -19,12 +20,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .. import losses
 from ..config import UnlearnConfig
 from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCollator
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
 from ..masking import GradientMasker
+from ..utils import write_json_atomic
 
 
 class UnlearningDivergedError(RuntimeError):
@@ -310,8 +313,6 @@ class UnlearnTrainer(Trainer):
         return (total, None) if return_outputs else total
 
     def _last_checkpoint_dir(self) -> str | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
         out = self.args.output_dir
         return get_last_checkpoint(out) if out and os.path.isdir(out) else None
 
@@ -346,6 +347,40 @@ class UnlearnTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
         finally:
             self._loss_part = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints: unlearning state saved with each checkpoint, weights reloaded with key conversion
+    # ------------------------------------------------------------------------------------------------------------
+    STATE_NAME = "hf_unlearn_state.json"
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.pairing.forget_extras and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            write_json_atomic(os.path.join(folder, self.STATE_NAME), {"forget_extras": self.pairing.forget_extras})
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint:
+            state_file = os.path.join(resume_from_checkpoint, self.STATE_NAME)
+            if os.path.isfile(state_file):  # e.g. NPO's precomputed reference log-probs of the *starting* model
+                with open(state_file, encoding="utf-8") as f:
+                    self.pairing.forget_extras.update(json.load(f)["forget_extras"])
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # transformers 5.23 saves some architectures (LLaVA) under legacy key names and Trainer's resume loads them
+        # raw: nothing matches and training silently restarts from the starting weights. from_pretrained converts.
+        model = model if model is not None else self.model
+        has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
+                          for name in ("model.safetensors", "model.safetensors.index.json"))
+        if not self.is_deepspeed_enabled and isinstance(model, PreTrainedModel) and has_weights:
+            dtype = next(model.parameters()).dtype
+            loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
+            model.load_state_dict(loaded.state_dict())
+            return
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     # ------------------------------------------------------------------------------------------------------------
     # Logging
