@@ -28,6 +28,7 @@ from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCol
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
 from ..masking import GradientMasker
 from ..utils import write_json_atomic
+from .card import ModelCardMixin
 
 
 class UnlearningDivergedError(RuntimeError):
@@ -73,7 +74,7 @@ class _StopOnForgetLossCallback(TrainerCallback):
         return control
 
 
-class UnlearnTrainer(Trainer):
+class UnlearnTrainer(ModelCardMixin, Trainer):
     """Base class of every unlearning trainer. See the module docstring."""
 
     config_class = UnlearnConfig
