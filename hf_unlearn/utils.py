@@ -1,23 +1,44 @@
-"""Small shared helpers."""
+"""File writes that are never half done: write a temporary file next to the target, then rename it over it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON to a temporary file next to ``path`` and rename it over ``path``: never half written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+@contextmanager
+def _temporary_sibling(path: str) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success move it over ``path``, on failure remove it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with _temporary_sibling(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    with _temporary_sibling(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 from transformers.utils import PushToHubMixin
 
+from ..utils import atomic_write_text
 from ..models import (
     GROUPS,
     LANGUAGE,
@@ -357,20 +358,6 @@ def _candidate_names(name: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- shared file I/O
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and move it into place (never half written)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def resolve_file(
     path_or_repo_id: str | os.PathLike, filename: str, subfolder: str | None = None, **hub_kwargs: Any
 ) -> str:

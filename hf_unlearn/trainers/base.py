@@ -14,7 +14,6 @@ from collections import defaultdict
 from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import fields
-from typing import Any
 
 import torch
 from torch import nn

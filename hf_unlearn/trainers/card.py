@@ -18,7 +18,6 @@ import fnmatch
 import json
 import logging
 import os
-import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -32,6 +31,7 @@ from transformers.utils.hub import PushInProgress
 
 from ..hub import _flatten_metrics, _hub_id, build_model_card, safe_settings
 from ..models import is_vision_language_model, unwrap_model
+from ..utils import atomic_copy, atomic_write_bytes
 from ..saliency.config import CONFIG_NAME as MASK_CONFIG_NAME
 from ..saliency.mask import MASK_NAME, SaliencyMask
 
@@ -78,34 +78,6 @@ class HubPushError(RuntimeError):
 def _never_pushed(rel: str) -> bool:
     name = rel.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatch(name, pattern) for pattern in NEVER_PUSHED)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary file next to ``path``, then ``os.replace`` it (nothing half written)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_copy(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dst)), prefix=".tmp-")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _check_adapter_config(folder: str) -> None:
@@ -413,8 +385,8 @@ class ModelCardMixin:
             card.data.license = license
         if language is not None:
             card.data.language = language
-        _atomic_write(os.path.join(output_dir, CARD_NAME), str(card).encode("utf-8"))
-        _atomic_write(os.path.join(output_dir, CARD_INPUTS_NAME),
+        atomic_write_bytes(os.path.join(output_dir, CARD_NAME), str(card).encode("utf-8"))
+        atomic_write_bytes(os.path.join(output_dir, CARD_INPUTS_NAME),
                       (json.dumps(inputs, indent=2, sort_keys=True) + "\n").encode("utf-8"))
         return card
 
@@ -524,7 +496,7 @@ class ModelCardMixin:
         files = publishable_files(checkpoint_folder, self._processor_file_names())
         output_dir = self.args.output_dir
         for rel in files:  # the output directory mirrors the last pushed checkpoint, as with Trainer
-            _atomic_copy(os.path.join(checkpoint_folder, *rel.split("/")), os.path.join(output_dir, *rel.split("/")))
+            atomic_copy(os.path.join(checkpoint_folder, *rel.split("/")), os.path.join(output_dir, *rel.split("/")))
         if self.args.save_strategy == "steps":
             message = f"Training in progress, step {self.state.global_step}"
         else:
