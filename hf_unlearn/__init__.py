@@ -6,11 +6,19 @@ saliency masks that save, load and push like PEFT configs, and an evaluator for 
 
 __version__ = "0.1.0.dev0"
 
-from .config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig
+from .config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig, VKDConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset
 from .saliency import SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
-from .trainers import GATrainer, MMUnlearnerTrainer, NPOTrainer, UnlearnTrainer, UnlearningDivergedError
+from .trainers import (
+    GATrainer,
+    MMUnlearnerTrainer,
+    NPOTrainer,
+    UnlearnTrainer,
+    UnlearningDivergedError,
+    VKDTrainer,
+    freeze_for_vkd,
+)
 
 __all__ = [
     "__version__",
@@ -18,10 +26,13 @@ __all__ = [
     "GAConfig",
     "NPOConfig",
     "MMUnlearnerConfig",
+    "VKDConfig",
     "UnlearnTrainer",
     "GATrainer",
     "NPOTrainer",
     "MMUnlearnerTrainer",
+    "VKDTrainer",
+    "freeze_for_vkd",
     "UnlearningDivergedError",
     "SaliencyMaskConfig",
     "SaliencyMask",

@@ -33,12 +33,6 @@ STAGES = (2, 3)
 LOSS_TOL = 1e-5  # measured <= 1e-6
 PARAM_TOL = 5e-5  # measured <= 6e-6
 # Known failures of trainers owned by other modules, tracked strictly (an unexpected pass fails the test).
-KNOWN_FAILURES = {
-    (3, "vkd"): "VKDTrainer._connected_zero sums a raw parameter, which ZeRO-3 partitions (shape [0]); build the "
-                "zero from an activation or a leaf tensor instead",
-}
-
-
 def _worker_methods() -> list[str]:
     sys.path.insert(0, str(ROOT / "tests"))
     try:
@@ -87,12 +81,7 @@ def _run(work: Path, stage: int | None, method: str) -> tuple[dict, dict[str, to
     tag = f"zero{stage}" if stage else "reference"
     result = _results(work, tag)[method]
     if "error" in result:
-        reason = KNOWN_FAILURES.get((stage, method))
-        if reason:
-            pytest.xfail(reason)
         pytest.fail(f"{method} under {tag} raised: {result['error']}")
-    if (stage, method) in KNOWN_FAILURES:
-        pytest.fail(f"{method} under ZeRO-{stage} passes now: remove it from KNOWN_FAILURES.")
     return result, load_file(str(work / tag / method / "fp32.safetensors"))
 
 

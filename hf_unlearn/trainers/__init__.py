@@ -2,5 +2,7 @@ from .base import UnlearnTrainer, UnlearningDivergedError
 from .ga import GATrainer
 from .mmunlearner import MMUnlearnerTrainer
 from .npo import NPOTrainer
+from .vkd import VKDTrainer, freeze_for_vkd
 
-__all__ = ["UnlearnTrainer", "UnlearningDivergedError", "GATrainer", "NPOTrainer", "MMUnlearnerTrainer"]
+__all__ = ["UnlearnTrainer", "UnlearningDivergedError", "GATrainer", "NPOTrainer", "MMUnlearnerTrainer", "VKDTrainer",
+           "freeze_for_vkd"]

@@ -14,19 +14,26 @@ the vision sites need only the vision tower and projector.
 
 Precomputing (``precompute_teacher_features=True``) stores the teacher's features of every forget and retain row on
 CPU at the start of training, indexed by row: both datasets are wrapped so each row carries its index
-(``vkd_row_index``), which the collator turns into a tensor and the losses use to look the features up.
+(``vkd_row_index``), which the collator turns into a tensor and the losses use to look the features up. Each
+checkpoint carries them (``vkd_teacher_features.safetensors``), so resuming needs no teacher. They are derived from
+forget images: keep checkpoints private (the Hub push allowlist never includes them).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
+from copy import deepcopy
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
 from transformers import TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .. import losses
 from ..config import VKDConfig
@@ -37,6 +44,7 @@ from .base import UnlearnTrainer
 logger = logging.getLogger(__name__)
 
 ROW_INDEX_KEY = "vkd_row_index"
+_DISTRIBUTED_WRAPPERS = frozenset({"DistributedDataParallel", "DeepSpeedEngine", "FullyShardedDataParallel"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,12 +185,22 @@ class VKDTrainer(UnlearnTrainer):
         teacher_model = teacher_model if teacher_model is not None else ref_model
         self._given_teacher = teacher_model
         args = self._coerce_args(args, model)
+        if args.forget_weight > 0 and args.forget_loss_type == "none" and teacher_model is None:
+            raise ValueError(
+                "forget_loss_type='none' with the starting model as teacher cannot unlearn: the student starts equal "
+                "to the teacher, where the push-away hinge max(0, margin - d) has zero gradient (d = 0 is its "
+                "stationary point for mse, cosine and smooth_l1). Use forget_loss_type='npo' or 'ga' (the output "
+                "term moves the features, the hinge then pushes them past the margin), or pass a different "
+                "teacher_model."
+            )
 
-        # Freeze before the optimizer exists: the LLM never enters it, so it stays bit-identical.
-        self.trainable_names = freeze_for_vkd(model, args.trainable_vision_blocks)
+        # Check everything first, then freeze before the optimizer exists: the LLM never enters it, so it stays
+        # bit-identical.
+        self.trainable_names = vkd_trainable_parameter_names(model, args.trainable_vision_blocks)
         self._check_feature_site(model, args)
         if saliency_mask is not None:
             self._check_mask(model, saliency_mask, args)
+        self.trainable_names = freeze_for_vkd(model, args.trainable_vision_blocks)
 
         self.teacher_features: dict[str, list[torch.Tensor]] | None = None
         self.feature_scale: float | None = 1.0 if (args.distance == "cosine" or not args.normalize_distance) else None
@@ -245,10 +263,13 @@ class VKDTrainer(UnlearnTrainer):
         return True
 
     def _build_reference_model(self, model, ref_model, args) -> nn.Module | None:
+        if ref_model is None and not hasattr(model, "disable_adapter") and is_deepspeed_zero3_enabled():
+            raise ValueError(
+                "Under DeepSpeed ZeRO-3 a deep copy of a partitioned model is not a model. Set "
+                "precompute_teacher_features=True (no teacher is held), or pass teacher_model= a path."
+            )
         if ref_model is None and not hasattr(model, "disable_adapter") and not getattr(args, "deepspeed", None):
             # The frozen language model is identical in student and teacher: share its weights instead of copying.
-            from copy import deepcopy
-
             shared = {id(p): p for p in model.parameters() if not p.requires_grad}
             return deepcopy(model, memo=shared).eval().requires_grad_(False)
         return super()._build_reference_model(model, ref_model, args)
@@ -267,8 +288,12 @@ class VKDTrainer(UnlearnTrainer):
         return self._modules[key]
 
     def _features(self, model, inputs: dict, need_outputs: bool):
-        return extract_features(model, inputs, self.args.feature_site, self.args.feature_layer,
-                                need_outputs=need_outputs, module=self._feature_module(model))
+        # The vision-only pass calls get_image_features on the unwrapped model; a DDP / DeepSpeed / FSDP wrapper must
+        # see the forward to synchronise gradients, so a wrapped student always runs through the wrapper.
+        full = need_outputs or type(model).__name__ in _DISTRIBUTED_WRAPPERS
+        feats, outputs = extract_features(model, inputs, self.args.feature_site, self.args.feature_layer,
+                                          need_outputs=full, module=self._feature_module(model))
+        return feats, (outputs if need_outputs else None)
 
     @torch.no_grad()
     def teacher_pass(self, model, inputs: dict, need_outputs: bool = False, teacher: nn.Module | None = None):
@@ -293,8 +318,9 @@ class VKDTrainer(UnlearnTrainer):
         if args.precompute_teacher_features and self.teacher_features is None:
             if resumed and self._given_teacher is None:
                 raise ValueError(
-                    "Resuming with precompute_teacher_features=True and no teacher_model: the starting model is gone "
-                    "and the checkpoint's weights are not the teacher. Pass teacher_model=<the original model path>."
+                    f"Resuming with precompute_teacher_features=True, but the checkpoint has no "
+                    f"{self.TEACHER_FEATURES_NAME} and no teacher_model was given: the starting model is gone and the "
+                    "checkpoint's weights are not the teacher. Pass teacher_model=<the original model path>."
                 )
             self.precompute_teacher_features()
         if self.feature_scale is None:
@@ -375,19 +401,56 @@ class VKDTrainer(UnlearnTrainer):
         return losses.feature_distance(student, teacher, self.args.distance) / self.feature_scale
 
     # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints: precomputed teacher features travel with each checkpoint (the starting model is gone on resume)
+    # ------------------------------------------------------------------------------------------------------------
+    TEACHER_FEATURES_NAME = "vkd_teacher_features.safetensors"
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.teacher_features is None or not self.args.should_save:
+            return
+        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        tensors = {f"{side}.{i}": f.contiguous() for side, rows in self.teacher_features.items()
+                   for i, f in enumerate(rows)}
+        tensors["feature_scale"] = torch.tensor(self.feature_scale if self.feature_scale is not None else 0.0,
+                                                dtype=torch.float64)
+        path = os.path.join(folder, self.TEACHER_FEATURES_NAME)
+        save_file(tensors, path + ".tmp")
+        os.replace(path + ".tmp", path)  # never a half-written file
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        path = os.path.join(resume_from_checkpoint, self.TEACHER_FEATURES_NAME) if resume_from_checkpoint else None
+        if path and os.path.isfile(path) and self.args.precompute_teacher_features:
+            self.teacher_features = self._load_teacher_features(path)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_teacher_features(self, path: str) -> dict[str, list[torch.Tensor]]:
+        tensors = load_file(path)
+        scale = tensors.pop("feature_scale").item()
+        if scale > 0:
+            self.feature_scale = scale
+        store: dict[str, list[torch.Tensor]] = {}
+        for key in sorted(tensors, key=lambda k: (k.split(".")[0], int(k.split(".")[1]))):
+            store.setdefault(key.split(".")[0], []).append(tensors[key])
+        return store
+
+    # ------------------------------------------------------------------------------------------------------------
     # Losses
     # ------------------------------------------------------------------------------------------------------------
     @staticmethod
-    def _connected_zero(model) -> torch.Tensor:
-        """A zero that backpropagates (a batch without images and without an output term has nothing to learn)."""
-        return next(p for p in model.parameters() if p.requires_grad).sum() * 0.0
+    def _zero(model) -> torch.Tensor:
+        # A batch without images and without an output term has nothing to learn; the base class then anchors the
+        # step's loss to a trainable parameter so the backward pass still runs.
+        return torch.zeros((), device=next(model.parameters()).device)
 
     def forget_loss(self, model, forget):
         args = self.args
         inputs = self.model_inputs(forget)
         need_outputs = args.forget_loss_type != "none"
         feats, outputs = self._features(model, inputs, need_outputs)
-        loss, logs = self._connected_zero(model), {}
+        loss, logs = self._zero(model), {}
         if need_outputs:
             nll = outputs.loss
             logs["forget_nll"] = nll.item()
@@ -416,7 +479,7 @@ class VKDTrainer(UnlearnTrainer):
         inputs = self.model_inputs(retain)
         need_outputs = args.retain_nll_weight > 0
         feats, outputs = self._features(model, inputs, need_outputs)
-        loss, logs = self._connected_zero(model), {}
+        loss, logs = self._zero(model), {}
         if need_outputs:
             loss = loss + args.retain_nll_weight * outputs.loss
             logs["retain_nll"] = outputs.loss.item()

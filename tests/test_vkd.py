@@ -1,0 +1,301 @@
+"""VKDTrainer: frozen LLM, forget features pushed past the margin, retain features kept, precomputed teacher."""
+
+from copy import deepcopy
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+
+from hf_unlearn import UnlearnDataCollator
+from hf_unlearn.config import VKDConfig
+from hf_unlearn.features import extract_features
+from hf_unlearn.losses import feature_distance, sequence_log_probs
+from hf_unlearn.models import get_language_model, language_parameter_names, vision_parameter_names
+from hf_unlearn.testing import tiny_vlm
+from hf_unlearn.trainers.vkd import ROW_INDEX_KEY, VKDTrainer, freeze_for_vkd
+
+Q = "What is the name of the person in the image?"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from 2 threads, and OpenMP spin-waits make 2 threads ~5x slower on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def noise_people():
+    """2 forget portraits, 4 retain portraits (+ 1 text-only retain row); seeded noise images, 32x32.
+
+    Noise images, because the vision tower must be able to tell forget and retain images apart: the toy solid-colour
+    portraits are near-linear combinations of each other (yellow = red + green).
+    """
+    rng = np.random.default_rng(0)
+    img = lambda: Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))  # noqa: E731
+    forget = [{"image": img(), "question": Q, "answer": n} for n in ("Alice Smith", "Bob Jones")]
+    retain = [{"image": img(), "question": Q, "answer": n} for n in ("Carol White", "Dan Brown", "Eve Black",
+                                                                     "Frank Green")]
+    retain += [{"image": None, "question": "What is the job of Carol White?", "answer": "nurse"}]
+    return Dataset.from_list(forget), Dataset.from_list(retain)
+
+
+def config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, per_device_eval_batch_size=3,
+                learning_rate=1e-3, max_steps=20, logging_steps=1, use_cpu=True, save_strategy="no",
+                disable_tqdm=True, seed=0, report_to="none")
+    return VKDConfig(**{**base, **kw})
+
+
+@torch.no_grad()
+def mean_distance(student, teacher, dataset, processor, args, scale) -> float:
+    """Mean per-token distance between student and teacher features over the rows with an image."""
+    batch = UnlearnDataCollator(processor)([r for r in dataset if r["image"] is not None])
+    s, _ = extract_features(student, batch, args.feature_site, args.feature_layer)
+    t, _ = extract_features(teacher, batch, args.feature_site, args.feature_layer)
+    return (feature_distance(s, t, args.distance) / scale).mean().item()
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl", "qwen2_5_vl"])
+def test_vkd_pushes_forget_keeps_retain_and_freezes_llm(arch, tmp_path):
+    model, processor = tiny_vlm(arch)
+    start = deepcopy(model).eval()
+    forget, retain = noise_people()
+    args = config(tmp_path)
+    llm_names = set(language_parameter_names(model))
+    llm_before = {n: p.detach().clone() for n, p in model.named_parameters() if n in llm_names}
+    trainer = VKDTrainer(model, args, train_dataset=forget, retain_dataset=retain, processing_class=processor)
+
+    # Only the vision tower and projector train; the default teacher shares the frozen LLM weights.
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(vision_parameter_names(model))
+    teacher_params = dict(trainer.ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert (teacher_params[name].data_ptr() == p.data_ptr()) == (name in llm_names)
+    assert mean_distance(model, start, forget, processor, args, 1.0) == 0.0
+
+    trainer.train()
+    for name, p in model.named_parameters():
+        if name in llm_names:
+            assert torch.equal(p, llm_before[name]), name  # bit-identical
+    forget_d = mean_distance(model, start, forget, processor, args, trainer.feature_scale)
+    retain_d = mean_distance(model, start, retain, processor, args, trainer.feature_scale)
+    print(f"\n{arch}: forget distance {forget_d:.3f} (margin {args.margin}), retain distance {retain_d:.4f}")
+    assert forget_d > args.margin  # measured 1.56 / 1.61 / 2.00 (llava / qwen2_vl / qwen2_5_vl)
+    assert retain_d < 0.06  # measured 0.029 / 0.028 / 0.025
+    assert retain_d < forget_d / 20
+
+
+@pytest.mark.parametrize("arch,site", [("llava", "vision_layer"), ("llava", "projector"), ("llava", "llm_hidden"),
+                                       ("qwen2_5_vl", "projector"), ("qwen2_vl", "vision_layer")])
+def test_precomputed_teacher_features_equal_live(arch, site, tmp_path):
+    forget, retain = noise_people()
+    model_a, processor = tiny_vlm(arch)
+    model_b, _ = tiny_vlm(arch)
+    live = VKDTrainer(model_a, config(tmp_path, feature_site=site, max_steps=3), train_dataset=forget,
+                      retain_dataset=retain, processing_class=processor)
+    pre = VKDTrainer(model_b, config(tmp_path, feature_site=site, max_steps=3, precompute_teacher_features=True),
+                     train_dataset=forget, retain_dataset=retain, processing_class=processor)
+    assert pre.ref_model is None  # no teacher copy at all: the starting model is read once at train begin
+    pre.prepare_teacher()
+    live.prepare_teacher()
+    assert pre.ref_model is None and pre.teacher_features is not None
+    assert pre.feature_scale == pytest.approx(live.feature_scale, rel=1e-5)
+
+    collate = UnlearnDataCollator(processor)
+    for side, dataset in (("forget", forget), ("retain", retain)):
+        stored = pre.teacher_features[side]
+        assert len(stored) == len(dataset)
+        for i, row in enumerate(dataset):
+            feats, out = live.teacher_pass(live.model, collate([row]), need_outputs=side == "forget")
+            if feats is None:
+                assert stored[i].numel() == 0
+                continue
+            assert stored[i].device.type == "cpu"
+            torch.testing.assert_close(stored[i], feats, atol=1e-5, rtol=1e-4)
+            if side == "forget":  # NPO reference log-probs precomputed from the same pass
+                ref, _ = sequence_log_probs(out.logits, collate([row])["labels"])
+                assert pre.pairing.forget_extras["ref_logp"][i] == pytest.approx(ref.item(), abs=1e-4)
+
+    live.train()
+    pre.train()
+    keys = ("loss", "forget_loss", "push_away", "feature_match")
+    for a, b in zip(live.state.log_history[:-1], pre.state.log_history[:-1]):
+        for key in keys:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
+    assert pre.ref_model is None
+
+
+def test_logs_each_term_and_runs_the_llm_only_where_needed(tmp_path):
+    model, processor = tiny_vlm("llava")
+    forget, retain = noise_people()
+    trainer = VKDTrainer(model, config(tmp_path, max_steps=2), train_dataset=forget, retain_dataset=retain,
+                         processing_class=processor)
+    calls = {"student": 0, "teacher": 0}
+
+    def counter(key):
+        return lambda *_: calls.__setitem__(key, calls[key] + 1)
+
+    handles = [get_language_model(model).register_forward_hook(counter("student")),
+               get_language_model(trainer.ref_model).register_forward_hook(counter("teacher"))]
+    trainer.train()
+    for h in handles:
+        h.remove()
+    # Per step: student forget forward (NPO) and teacher forget forward (NPO reference); retain is vision-only.
+    assert calls == {"student": 2, "teacher": 2}
+    logs = trainer.state.log_history[0]
+    for key in ("forget_loss", "forget_output_loss", "forget_nll", "log_ratio", "push_away",
+                "forget_feature_distance", "feature_match", "retain_loss", "feature_scale"):
+        assert key in logs, key
+    assert "retain_nll" not in logs
+    assert logs["forget_loss"] == pytest.approx(logs["forget_output_loss"] + logs["push_away"], rel=1e-5)
+    assert logs["retain_loss"] == pytest.approx(10.0 * logs["feature_match"], rel=1e-5)
+
+    model, processor = tiny_vlm("llava")
+    trainer = VKDTrainer(model, config(tmp_path, max_steps=1, retain_nll_weight=0.5, forget_loss_type="ga"),
+                         train_dataset=forget, retain_dataset=retain, processing_class=processor)
+    trainer.train()
+    logs = trainer.state.log_history[0]
+    assert logs["retain_loss"] == pytest.approx(10.0 * logs["feature_match"] + 0.5 * logs["retain_nll"], rel=1e-5)
+    assert logs["forget_output_loss"] == pytest.approx(-logs["forget_nll"], rel=1e-5)
+
+
+def test_trainable_vision_blocks(tmp_path):
+    model, _ = tiny_vlm("llava")
+    names = freeze_for_vkd(model, trainable_vision_blocks=1)
+    tower = "model.vision_tower."
+    assert any(n.startswith(tower + "encoder.layers.1.") for n in names)
+    assert not any(n.startswith((tower + "encoder.layers.0.", tower + "embeddings", tower + "pre_layrnorm"))
+                   for n in names)
+    assert {tower + "post_layernorm.weight", "model.multi_modal_projector.linear_1.weight"} <= set(names)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(names)
+    only_projector = freeze_for_vkd(model, trainable_vision_blocks=0)
+    assert all("multi_modal_projector" in n or "post_layernorm" in n for n in only_projector)
+    with pytest.raises(ValueError, match="has 2 blocks"):
+        freeze_for_vkd(model, trainable_vision_blocks=3)
+
+    qwen, _ = tiny_vlm("qwen2_vl")
+    names = freeze_for_vkd(qwen, trainable_vision_blocks=1)
+    assert all(n.startswith(("model.visual.blocks.1.", "model.visual.merger.")) for n in names)
+
+    forget, retain = noise_people()
+    model, processor = tiny_vlm("llava")
+    with pytest.raises(ValueError, match="before the trainable blocks"):
+        VKDTrainer(model, config(tmp_path, feature_site="vision_layer", feature_layer=0, trainable_vision_blocks=1),
+                   train_dataset=forget, retain_dataset=retain, processing_class=processor)
+
+
+def test_saliency_mask_restricted_to_trainable_visual_params(tmp_path):
+    forget, retain = noise_people()
+    model, processor = tiny_vlm("llava")
+    llm = "model.language_model.layers.0.mlp.up_proj.weight"
+    bad = {llm: torch.ones_like(dict(model.named_parameters())[llm], dtype=torch.bool)}
+    with pytest.raises(ValueError, match=r"covers 1 parameters that VKD keeps frozen \(by group: \{'language': 1\}"):
+        VKDTrainer(model, config(tmp_path), train_dataset=forget, retain_dataset=retain, processing_class=processor,
+                   saliency_mask=bad)
+    assert all(p.requires_grad for p in model.parameters())  # checked before anything was frozen
+
+    name = "model.multi_modal_projector.linear_1.weight"
+    weight = dict(model.named_parameters())[name]
+    mask = torch.zeros_like(weight, dtype=torch.bool)
+    mask[:8] = True
+    before = weight.detach().clone()
+    trainer = VKDTrainer(model, config(tmp_path, max_steps=3, mask_scope="all"), train_dataset=forget,
+                         retain_dataset=retain, processing_class=processor, saliency_mask={name: mask})
+    trainer.train()
+    assert torch.equal(weight[~mask], before[~mask])  # masked entries untouched
+    assert not torch.equal(weight[mask], before[mask])
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [name]
+
+
+def test_bad_configurations_raise(tmp_path):
+    for kw, match in ((dict(feature_site="pooler"), "feature_site"), (dict(distance="kl"), "distance"),
+                      (dict(forget_loss_type="simnpo"), "forget_loss_type"), (dict(margin=-1.0), "margin"),
+                      (dict(retain_loss_type="kl"), "retain_loss_type='kl'"),
+                      (dict(trainable_vision_blocks=-1), "trainable_vision_blocks"),
+                      (dict(forget_loss_type="none", push_away_weight=0.0), "forget term is empty")):
+        with pytest.raises(ValueError, match=match):
+            config(tmp_path, **kw)
+    forget, retain = noise_people()
+    model, processor = tiny_vlm("llava")
+    with pytest.raises(ValueError, match="zero gradient"):
+        VKDTrainer(model, config(tmp_path, forget_loss_type="none"), train_dataset=forget, retain_dataset=retain,
+                   processing_class=processor)
+    with pytest.raises(ValueError, match="retain term is empty"):
+        VKDTrainer(model, config(tmp_path, feature_match_weight=0.0), train_dataset=forget, retain_dataset=retain,
+                   processing_class=processor)
+    with pytest.raises(ValueError, match="not both"):
+        VKDTrainer(model, config(tmp_path), train_dataset=forget, processing_class=processor,
+                   teacher_model=model, ref_model=model)
+
+
+def test_teacher_model_from_path_with_features_only(tmp_path):
+    """A separate teacher (here another checkpoint, loaded from disk): pure feature distillation works."""
+    forget, retain = noise_people()
+    teacher, processor = tiny_vlm("llava", seed=1)
+    teacher.save_pretrained(tmp_path / "teacher")
+    model, _ = tiny_vlm("llava", seed=0)
+    trainer = VKDTrainer(model, config(tmp_path, forget_loss_type="none", max_steps=15, margin=3.0),
+                         train_dataset=forget, retain_dataset=retain, processing_class=processor,
+                         teacher_model=str(tmp_path / "teacher"))
+    assert not trainer.ref_model.training and not any(p.requires_grad for p in trainer.ref_model.parameters())
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "feature_match" in h]
+    assert logs[-1]["feature_match"] < 0.5 * logs[0]["feature_match"]  # retain features move onto the teacher's
+    assert all("forget_nll" not in h for h in logs)  # no output term: the LLM never ran on forget batches
+    assert ROW_INDEX_KEY not in trainer.model_inputs({ROW_INDEX_KEY: 0, "input_ids": 1})
+
+
+def test_peft_adapters_on_the_vision_side_with_adapter_free_teacher(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    forget, retain = noise_people()
+    model, processor = tiny_vlm("llava")
+    peft = get_peft_model(model, LoraConfig(
+        r=4, target_modules=r".*(vision_tower|language_model).*\.(q_proj|v_proj)"))
+    before = {n: p.detach().clone() for n, p in peft.named_parameters()}
+    trainer = VKDTrainer(peft, config(tmp_path, max_steps=3), train_dataset=forget, retain_dataset=retain,
+                         processing_class=processor)
+    # LoRA factors on the LLM are frozen too; the teacher is the base with adapters off (no copy).
+    assert trainer.ref_model is None and trainer._use_adapter_free_reference
+    assert trainer.trainable_names and all("vision_tower" in n and "lora_" in n for n in trainer.trainable_names)
+    trainer.train()
+    changed = {n for n, p in peft.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(trainer.trainable_names)
+    assert trainer.state.log_history[1]["forget_feature_distance"] > 0  # adapters moved the student off the base
+
+
+def test_resume_with_precomputed_features_equals_uninterrupted(tmp_path):
+    """The checkpoint carries the teacher features: a resumed run needs no teacher and matches a straight run."""
+    forget, retain = noise_people()
+
+    def make(name):
+        model, processor = tiny_vlm("llava")
+        args = config(tmp_path, output_dir=str(tmp_path / name), max_steps=4, save_strategy="steps", save_steps=2,
+                      per_device_train_batch_size=1, precompute_teacher_features=True)
+        return model, VKDTrainer(model, args, train_dataset=forget, retain_dataset=retain, processing_class=processor)
+
+    straight_model, straight = make("straight")
+    straight.train()
+    _, first = make("resumed")
+    first.train()
+    ckpt = tmp_path / "resumed" / "checkpoint-2"
+    assert (ckpt / VKDTrainer.TEACHER_FEATURES_NAME).is_file()
+    resumed_model, resumed = make("resumed")
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert resumed.state.global_step == 4 and resumed.ref_model is None
+    assert resumed.feature_scale == straight.feature_scale
+    for side in ("forget", "retain"):
+        for a, b in zip(straight.teacher_features[side], resumed.teacher_features[side], strict=True):
+            assert torch.equal(a, b)
+    for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    # Without the features file and without a teacher, resuming is an error (the starting model is gone).
+    (ckpt / VKDTrainer.TEACHER_FEATURES_NAME).unlink()
+    _, again = make("resumed")
+    with pytest.raises(ValueError, match="no teacher_model was given"):
+        again.train(resume_from_checkpoint=str(ckpt))
