@@ -1,0 +1,18 @@
+"""The built-in demo: a synthetic benchmark, vanilla/oracle tiny LLaVA models and every registered method."""
+
+from .methods import METHODS, MethodData, MethodSpec, MethodUnavailableError, get_method, register_method
+from .pipeline import DemoConfig, default_cache_dir, evaluate_model, load_or_train_reference_models, run_demo
+
+__all__ = [
+    "DemoConfig",
+    "METHODS",
+    "MethodData",
+    "MethodSpec",
+    "MethodUnavailableError",
+    "default_cache_dir",
+    "evaluate_model",
+    "get_method",
+    "load_or_train_reference_models",
+    "register_method",
+    "run_demo",
+]

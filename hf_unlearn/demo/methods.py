@@ -1,0 +1,188 @@
+"""The registry of unlearning methods the demo (and ``hf-unlearn run``) can apply.
+
+An entry is a ``MethodSpec``: a name, a description, its hyper-parameters and ``build_trainer(model, processor, data,
+output_dir, seed, **overrides) -> Trainer``. The demo calls ``trainer.train()`` on what it returns and evaluates
+``trainer.model`` afterwards. Add a tuned entry with ``register_method(MethodSpec(...))``.
+
+Trainers are imported inside ``build_trainer``, so an entry whose trainer does not exist (yet) raises
+``MethodUnavailableError`` when built and the demo skips it with a note.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+from transformers import Trainer
+
+
+class MethodUnavailableError(ImportError):
+    """The method's trainer (or a dependency) cannot be imported in this installation."""
+
+
+@dataclass
+class MethodData:
+    """What an unlearning run gets.
+
+    Attributes:
+        forget: rows to unlearn (the demo: forget_vqa, the forget people's image questions).
+        retain: rows to keep (the demo: retain_vqa + retain_qa + forget_qa; the forget people's *text* knowledge is
+            part of what must be kept: the MMUnlearner framing).
+        preserve: named preserve sets for saliency masks (``{"retain": image rows, "text": text rows}``, the names of
+            ``SaliencyMaskConfig.preserve_sets``).
+    """
+
+    forget: datasets.Dataset
+    retain: datasets.Dataset | None = None
+    preserve: dict[str, datasets.Dataset] = field(default_factory=dict)
+
+    @property
+    def retain_images(self) -> datasets.Dataset | None:
+        """The retain rows that carry an image (for methods whose retain term acts on the vision side only)."""
+        if self.retain is None or "kind" not in self.retain.column_names:
+            return self.retain
+        keep = [i for i, kind in enumerate(self.retain["kind"]) if kind != "qa"]
+        return self.retain.select(keep) if keep else None
+
+
+BuildTrainer = Callable[..., Trainer]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One registered method.
+
+    Attributes:
+        name: registry key (``--methods`` accepts it).
+        build_trainer: ``(model, processor, data, output_dir, seed, **overrides) -> Trainer`` ready to ``train()``;
+            ``overrides`` are training-argument values that replace the entry's (``hf-unlearn run``'s ``training:``
+            section). It may raise ``MethodUnavailableError``.
+        description: one line for listings and reports.
+        hyperparameters: the values ``build_trainer`` uses, recorded in results for reproducibility.
+    """
+
+    name: str
+    build_trainer: BuildTrainer
+    description: str
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec, overwrite: bool = False) -> MethodSpec:
+    """Add ``spec`` to ``METHODS`` (``overwrite=True`` replaces an entry of the same name)."""
+    if spec.name in METHODS and not overwrite:
+        raise ValueError(f"Method {spec.name!r} is already registered; pass overwrite=True to replace it.")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def get_method(name: str) -> MethodSpec:
+    """The registered method called ``name``; the error lists the known names."""
+    if name not in METHODS:
+        raise KeyError(f"Unknown method {name!r}; registered methods: {sorted(METHODS)}.")
+    return METHODS[name]
+
+
+def import_symbol(name: str, module: str) -> Any:
+    """``hf_unlearn.<name>`` if exported, else ``<module>.<name>``; ``MethodUnavailableError`` if neither exists."""
+    top = importlib.import_module("hf_unlearn")
+    if hasattr(top, name):
+        return getattr(top, name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise MethodUnavailableError(f"{name} is not available in this version of hf_unlearn ({err}).") from err
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Built-in entries. Budgets are fixed step counts (the tiny demo models memorise in minutes and collapse in seconds).
+# ------------------------------------------------------------------------------------------------------------------
+def common_args(output_dir: str, seed: int, **overrides: Any) -> dict[str, Any]:
+    """Training arguments shared by the built-in entries: fixed steps, constant lr, no checkpoints, quiet."""
+    args = dict(
+        output_dir=output_dir, seed=seed, data_seed=seed, per_device_train_batch_size=4, max_steps=20,
+        learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_steps=5,
+        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
+    )
+    args.update(overrides)
+    return args
+
+
+# Tuned on the default demo (vanilla memorised, oracle forget-VQA accuracy 0.1): each budget brings forget-VQA
+# accuracy to about the oracle's while keeping as much retain-VQA accuracy as the method allows.
+GA_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
+GA_DIFF_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
+KL_MIN_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
+NPO_HPARAMS = dict(max_steps=30, learning_rate=5e-4, beta=0.4)
+MMUNLEARNER_HPARAMS = dict(max_steps=80, learning_rate=1e-3, forget_every=2, mask_threshold=1.0)
+VKD_HPARAMS = dict(max_steps=60, learning_rate=1e-3)
+
+
+def _ga_builder(retain_loss_type: str, hparams: Mapping[str, Any]) -> BuildTrainer:
+    def build(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
+        from ..config import GAConfig
+        from ..trainers import GATrainer
+
+        args = GAConfig(**common_args(output_dir, seed, **{"retain_loss_type": retain_loss_type, **hparams,
+                                                            **overrides}))
+        retain = data.retain if retain_loss_type != "none" else None
+        return GATrainer(model, args=args, train_dataset=data.forget, retain_dataset=retain,
+                         processing_class=processor)
+
+    return build
+
+
+def _build_npo(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
+    from ..config import NPOConfig
+    from ..trainers import NPOTrainer
+
+    args = NPOConfig(**common_args(output_dir, seed, **{"retain_loss_type": "nll", "precompute_ref_log_probs": True,
+                                                        **NPO_HPARAMS, **overrides}))
+    return NPOTrainer(model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
+                      processing_class=processor)
+
+
+def _build_mmunlearner(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
+    trainer_cls = import_symbol("MMUnlearnerTrainer", "hf_unlearn.trainers.mmunlearner")
+    config_cls = import_symbol("MMUnlearnerConfig", "hf_unlearn.config")
+    from ..data.collators import UnlearnDataCollator
+    from ..saliency import SaliencyMaskConfig, compute_saliency_mask
+
+    hp = {"schedule": "alternate", "retain_loss_type": "nll", **MMUNLEARNER_HPARAMS, **overrides}
+    mask_config = SaliencyMaskConfig(target_modules="vision", score="fisher_ratio", threshold=hp.pop("mask_threshold"))
+    mask = compute_saliency_mask(model, mask_config, data.forget, data.preserve, UnlearnDataCollator(processor),
+                                 show_progress=False)
+    args = config_cls(**common_args(output_dir, seed, **hp))
+    return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
+                       processing_class=processor, saliency_mask=mask)
+
+
+def _build_vkd(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
+    trainer_cls = import_symbol("VKDTrainer", "hf_unlearn.trainers.vkd")
+    config_cls = import_symbol("VKDConfig", "hf_unlearn.config")
+    # VKD trains the vision side only; text-only retain rows never reach it, so it gets the image rows.
+    args = config_cls(**common_args(output_dir, seed, **{"retain_loss_type": "nll", **VKD_HPARAMS, **overrides}))
+    return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain_images,
+                       processing_class=processor)
+
+
+for _spec in (
+    MethodSpec("ga", _ga_builder("none", GA_HPARAMS), "Gradient ascent on the forget answers (unbounded; collapses).",
+               GA_HPARAMS),
+    MethodSpec("ga_diff", _ga_builder("nll", GA_DIFF_HPARAMS),
+               "GA_Diff: gradient ascent on forget + descent on retain answers.", GA_DIFF_HPARAMS),
+    MethodSpec("kl_min", _ga_builder("kl", KL_MIN_HPARAMS),
+               "KL_Min: gradient ascent on forget + KL to the starting model on retain rows.", KL_MIN_HPARAMS),
+    MethodSpec("npo", _build_npo, "NPO (bounded forget loss) + retain NLL.", NPO_HPARAMS),
+    MethodSpec("mmunlearner", _build_mmunlearner,
+               "MMUnlearner: Fisher-ratio vision saliency mask, masked ascent alternating with retain descent.",
+               MMUNLEARNER_HPARAMS),
+    MethodSpec("vkd", _build_vkd, "VKD: vision-side feature distillation with NPO, language model frozen.",
+               VKD_HPARAMS),
+):
+    register_method(_spec)

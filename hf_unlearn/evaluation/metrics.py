@@ -1,0 +1,65 @@
+"""Pure metric functions: multiple-choice accuracy, ROUGE-L and ROC-AUC.
+
+Nothing here touches a model; the evaluator computes scores and hands them over, so every metric can be checked
+against a hand computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def mcq_predictions(option_scores: np.ndarray) -> np.ndarray:
+    """Index of the best-scoring option per question, (N, K) -> (N,). Ties go to the first option (deterministic)."""
+    scores = np.asarray(option_scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"option_scores must be (num_questions, num_options), got shape {scores.shape}.")
+    return scores.argmax(axis=1)
+
+
+def mcq_accuracy(option_scores: np.ndarray, labels: Sequence[int]) -> float:
+    """Fraction of questions whose highest-scoring option is the labelled one."""
+    labels = np.asarray(labels)
+    preds = mcq_predictions(option_scores)
+    if preds.shape != labels.shape:
+        raise ValueError(f"{preds.shape[0]} questions scored but {labels.shape[0]} labels given.")
+    if len(labels) == 0:
+        raise ValueError("Cannot compute an accuracy over zero questions.")
+    return float((preds == labels).mean())
+
+
+_ROUGE_SCORER = None
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (``rouge_score``, Porter stemmer on, as MLLMU-Bench's ``eval.py``)."""
+    global _ROUGE_SCORER
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    if not predictions:
+        raise ValueError("Cannot compute ROUGE-L over zero predictions.")
+    if _ROUGE_SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [_ROUGE_SCORER.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return float(np.mean(scores))
+
+
+def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> float:
+    """Area under the ROC curve of telling positives from negatives by score (higher score = "positive").
+
+    Computed as the Mann-Whitney statistic: P(score_pos > score_neg) + 0.5 * P(tie). 0.5 means no signal; 1.0 means
+    every positive outscores every negative; below 0.5 means the ordering is reversed (which is a signal too).
+    """
+    pos = np.asarray(positive_scores, dtype=np.float64)
+    neg = np.asarray(negative_scores, dtype=np.float64)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError(f"ROC-AUC needs both classes; got {pos.size} positives and {neg.size} negatives.")
+    if np.isnan(pos).any() or np.isnan(neg).any():
+        raise ValueError("ROC-AUC scores contain NaN (the model's loss is NaN: it diverged); evaluate a finite model.")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))

@@ -1,0 +1,137 @@
+"""The demo pipeline end to end on a micro configuration: schema of results.json, report files, cache reuse."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
+from hf_unlearn.demo import METHODS, DemoConfig, MethodSpec, MethodUnavailableError, run_demo
+from hf_unlearn.demo import pipeline
+from hf_unlearn.demo.pipeline import RESULT_KEYS, DemoTrainingConfig
+from hf_unlearn.evaluation import RelearnConfig
+
+ACCURACIES = [k for k in RESULT_KEYS if k != "wall_time_s"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro_config(seed: int = 0, epochs: int = 3) -> DemoConfig:
+    return DemoConfig(
+        benchmark=SyntheticBenchmarkConfig(num_people=4, num_holdout_people=2, forget_ratio=0.25, num_general=4),
+        training=DemoTrainingConfig(num_train_epochs=epochs, batch_size=8, warmup_steps=0),
+        relearn=RelearnConfig(steps=2, batch_size=2), seed=seed,
+    )
+
+
+def _unavailable(*args, **kwargs):
+    raise MethodUnavailableError("FancyTrainer is not importable")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Run the micro demo twice with the same cache; the second run must load vanilla and oracle from it."""
+    root = tmp_path_factory.mktemp("demo")
+    cache = root / "cache"
+    METHODS["not_yet"] = MethodSpec("not_yet", _unavailable, "a method whose trainer does not exist yet")
+    try:
+        logs = [[], []]
+        payloads = [
+            run_demo(micro_config(), output_dir=str(root / f"out{i}"), methods=["ga", "npo", "not_yet"],
+                     cache_dir=str(cache), show_progress=False, log=logs[i].append)
+            for i in range(2)
+        ]
+    finally:
+        del METHODS["not_yet"]
+    return root, cache, payloads, logs
+
+
+def test_results_json_follows_the_schema(two_runs):
+    root, _, payloads, _ = two_runs
+    with open(root / "out0" / "results.json") as f:
+        results = json.load(f)
+    assert results == payloads[0]
+    assert set(results) == {"benchmark", "methods"}
+    assert results["benchmark"]["benchmark"]["num_people"] == 4
+    assert set(results["methods"]) == {"vanilla", "oracle", "ga", "npo"}  # not_yet skipped
+    for name, row in results["methods"].items():
+        assert list(row) == list(RESULT_KEYS), name
+        for key in ACCURACIES:
+            assert isinstance(row[key], float) and 0.0 <= row[key] <= 1.0, (name, key)
+        assert row["wall_time_s"] > 0
+
+
+def test_report_and_plot_are_written(two_runs):
+    root, *_ = two_runs
+    report = (root / "out0" / "report.md").read_text()
+    assert "| Method | Forget VQA ↓ |" in report and "| npo |" in report and "| oracle |" in report
+    assert "not_yet: skipped, its trainer is not importable (FancyTrainer is not importable)" in report
+    assert "How to read the table" in report and "![forget/retain trade-off](tradeoff.png)" in report
+    png = (root / "out0" / "tradeoff.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert not [p for p in os.listdir(root / "out0") if p.startswith(".tmp")]  # nothing half written
+
+
+def test_second_run_loads_the_cache_and_reproduces_the_results(two_runs):
+    _, cache, payloads, logs = two_runs
+    key = micro_config().cache_key()
+    assert sorted(os.listdir(cache / "demo" / key)) == ["oracle", "vanilla"]  # no temporary folders left
+    assert any("vanilla: training from scratch" in line for line in logs[0])
+    assert any("vanilla: loaded from cache" in line for line in logs[1])
+    assert any("oracle: loaded from cache" in line for line in logs[1])
+    assert not any("training from scratch" in line for line in logs[1])
+    # Cached training time is reported, not re-measured; every metric is identical (deterministic for a seed).
+    first, second = payloads[0]["methods"], payloads[1]["methods"]
+    for name in first:
+        for key_ in ACCURACIES:
+            assert first[name][key_] == second[name][key_], (name, key_)
+    assert first["vanilla"]["wall_time_s"] == second["vanilla"]["wall_time_s"]
+
+
+def test_cache_key_tracks_settings():
+    assert micro_config().cache_key() == micro_config().cache_key()
+    assert micro_config(seed=1).cache_key() != micro_config().cache_key()
+    assert micro_config(epochs=4).cache_key() != micro_config().cache_key()
+    cfg = micro_config()
+    cfg.relearn = RelearnConfig(steps=7)  # evaluation settings do not invalidate trained models
+    assert cfg.cache_key() == micro_config().cache_key()
+
+
+def test_interrupted_training_leaves_no_cache_entry(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "train_reference_model", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(micro_config(), output_dir=str(tmp_path / "out"), methods=["ga"], cache_dir=str(tmp_path),
+                 show_progress=False, log=lambda s: None)
+    assert os.listdir(tmp_path / "demo" / micro_config().cache_key()) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_method_is_rejected_with_the_registry(tmp_path):
+    with pytest.raises(ValueError, match=r"Unknown method\(s\) \['nope'\]; registered methods: \["):
+        run_demo(micro_config(), output_dir=str(tmp_path), methods=["nope"], cache_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_quick_demo_command_end_to_end(tmp_path):
+    from hf_unlearn.cli import main
+
+    out = tmp_path / "quick"
+    assert main(["demo", "--quick", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["methods"]) >= {"vanilla", "oracle", "ga", "ga_diff", "kl_min", "npo"}
+    vanilla, oracle = results["methods"]["vanilla"], results["methods"]["oracle"]
+    # The reduced recipe still memorises, and the oracle never saw the forget images.
+    assert vanilla["forget_vqa_acc"] >= 0.9 and vanilla["forget_qa_acc"] >= 0.9
+    assert oracle["forget_vqa_acc"] < vanilla["forget_vqa_acc"]
+    assert (out / "report.md").exists() and (out / "tradeoff.png").exists()
