@@ -9,6 +9,7 @@ __version__ = "0.1.0.dev0"
 from .config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig, VKDConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset
+from .evaluation import Evaluator
 from .saliency import SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
 from .trainers import (
     GATrainer,
@@ -37,6 +38,7 @@ __all__ = [
     "SaliencyMaskConfig",
     "SaliencyMask",
     "compute_saliency_mask",
+    "Evaluator",
     "UnlearnDataCollator",
     "PairedCollator",
     "ForgetRetainDataset",

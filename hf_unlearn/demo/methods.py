@@ -119,8 +119,8 @@ GA_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
 GA_DIFF_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
 KL_MIN_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
 NPO_HPARAMS = dict(max_steps=30, learning_rate=5e-4, beta=0.4)
-MMUNLEARNER_HPARAMS = dict(max_steps=80, learning_rate=1e-3, forget_every=2, mask_threshold=1.0)
-VKD_HPARAMS = dict(max_steps=60, learning_rate=1e-3)
+MMUNLEARNER_HPARAMS = dict(max_steps=60, learning_rate=1e-3, schedule="joint", mask_threshold=1.0)
+VKD_HPARAMS = dict(max_steps=80, learning_rate=2e-3)
 
 
 def _ga_builder(retain_loss_type: str, hparams: Mapping[str, Any]) -> BuildTrainer:
