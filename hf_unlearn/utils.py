@@ -13,10 +13,14 @@ from typing import Any, Iterator
 @contextmanager
 def _temporary_sibling(path: str) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success move it over ``path``, on failure remove it."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
     try:
         yield tmp
         os.replace(tmp, path)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
+
+from ..utils import atomic_write_bytes, atomic_write_text
 
 # (key, header, direction): the direction says which way is better after unlearning.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -67,27 +68,9 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def _atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write text atomically (temp file + ``os.replace``)."""
-    _atomic_write(path, text.encode("utf-8"))
+    atomic_write_text(path, text)
 
 
 def render_report(
@@ -158,4 +141,4 @@ def plot_tradeoff(
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _atomic_write(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,119 @@
+"""Saliency-mask computation time against one forward + backward pass over the same data (measurement 4).
+
+B: ``compute_saliency_mask`` with the MMUnlearner score (Fisher ratio) over the forget set and the preserve sets.
+A: the floor any gradient-based score must pay: one forward + backward pass over exactly the same batches (same
+collator, batch size, eval mode, gradients only for the covered parameters), gradients discarded. B / A is the
+overhead of squaring and accumulating in fp32, the ratio test and the bookkeeping. Two coverages: ``"vision"``
+(vision tower + projector, the MMUnlearner default; preserve set: retain images) and ``"both"`` (the whole model;
+preserve sets: retain images and text questions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+import common
+from common import Row, Settings
+
+PRESETS = ("vision", "both")
+ROWS_PER_SET = 12  # 3 batches of 4 per dataset
+
+
+def datasets_for(data) -> tuple:
+    forget = data["forget_vqa"]
+    forget = forget.select(range(min(ROWS_PER_SET, len(forget))))
+    preserve = {"retain": data["retain_vqa"].select(range(ROWS_PER_SET)),
+                "text": data["retain_qa"].select(range(ROWS_PER_SET))}
+    return forget, preserve
+
+
+def forward_backward_pass(model, datasets, collator, param_names: list[str], batch_size: int, device: str) -> None:
+    """One forward + backward pass over consecutive batches of each dataset; only ``param_names`` get gradients.
+    Flags, gradients and training mode are restored, as ``compute_saliency_mask`` does."""
+    import torch
+
+    params = dict(model.named_parameters())
+    flags = {n: p.requires_grad for n, p in params.items()}
+    wanted = set(param_names)
+    was_training = model.training
+    try:
+        for n, p in params.items():
+            p.requires_grad_(n in wanted)
+        model.eval()
+        for dataset in datasets:
+            rows = list(dataset)
+            for start in range(0, len(rows), batch_size):
+                batch = collator(rows[start:start + batch_size])
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                model(**batch).loss.backward()
+                for p in params.values():
+                    p.grad = None
+    finally:
+        model.train(was_training)
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+
+
+def measure(settings: Settings, size: str, log=print) -> list[Row]:
+    from hf_unlearn import SaliencyMaskConfig, UnlearnDataCollator, compute_saliency_mask
+
+    model_dir = common.saved_model_dir(settings, size)
+    label = common.size_label(size, common.num_parameters(model_dir))
+    model, processor = common.load_model(model_dir)
+    model.to(settings.device)
+    collator = UnlearnDataCollator(processor)
+    forget, preserve = datasets_for(common.benchmark_data())
+    rows = []
+    for preset in PRESETS:
+        config = SaliencyMaskConfig(target_modules=preset, batch_size=common.BATCH_SIZE)
+        targets = config.resolve_targets(model)  # name -> group
+        names = list(targets)
+        needed = sorted({s for group in set(targets.values()) for s in config.preserve_set_names(group)})
+        sets = {name: preserve[name] for name in needed}
+        times = {"pass": [], "mask": []}
+        for rep in range(settings.reps):
+            for variant in common.alternating(["pass", "mask"], rep):
+                common.synchronize(settings.device)
+                t0 = time.perf_counter()
+                if variant == "pass":
+                    forward_backward_pass(model, [forget, *sets.values()], collator, names, common.BATCH_SIZE,
+                                          settings.device)
+                else:
+                    mask = compute_saliency_mask(model, config, forget, sets, collator, show_progress=False)
+                common.synchronize(settings.device)
+                times[variant].append(time.perf_counter() - t0)
+            log(f"  saliency {size}/{preset} rep {rep + 1}/{settings.reps}: pass={times['pass'][-1]:.2f}s "
+                f"mask={times['mask'][-1]:.2f}s")
+        rows.append(Row(
+            f"4. saliency ({preset}) / one fwd+bwd pass", label,
+            f"fwd+bwd over forget + {'+'.join(sets)} ({len(names)} tensors)", "compute_saliency_mask (Fisher ratio)",
+            "s", times["pass"], times["mask"], goal=1.1,
+            extra={"covered_parameters": mask.num_covered, "rows": {"forget": len(forget),
+                                                                    **{k: len(v) for k, v in sets.items()}}},
+        ))
+        common.free_memory()
+    return rows
+
+
+def main(argv=None) -> list[Row]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(common.SIZES))
+    a = parser.parse_args(argv)
+    settings = Settings(device=a.device, threads=a.threads, quick=a.quick, reps=2 if a.quick else 5,
+                        sizes=tuple(a.sizes or (["tiny"] if a.quick else ["tiny", "mid"])))
+    common.configure_torch(settings)
+    try:
+        rows = [row for size in settings.sizes for row in measure(settings, size)]
+    finally:
+        shutil.rmtree(settings.workdir, ignore_errors=True)
+    print(common.markdown_table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
