@@ -14,8 +14,6 @@ because scoring 0.3 billion random entries would only cost time.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import os
 import tempfile
 
@@ -97,20 +95,8 @@ def measure_llava_7b_vision(log=print) -> Row:
 
 
 def main(argv=None) -> list[Row]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(common.SIZES))
-    a = parser.parse_args(argv)
-    settings = Settings(quick=a.quick, sizes=tuple(a.sizes or (["tiny"] if a.quick else ["tiny", "mid"])))
-    try:
-        rows = [row for size in settings.sizes for row in measure(settings, size)]
-        if not a.quick:
-            rows.append(measure_llava_7b_vision())
-    finally:
-        shutil.rmtree(settings.workdir, ignore_errors=True)
-    print(common.markdown_table(rows))
-    return rows
-
+    return common.standalone_main(__doc__.splitlines()[0], measure, argv, full_reps=1,
+                                  extra_rows=lambda: [measure_llava_7b_vision()])
 
 if __name__ == "__main__":
     main()

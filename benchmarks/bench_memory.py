@@ -19,8 +19,6 @@ lazy imports are already resident.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import time
 import warnings
 from dataclasses import asdict
@@ -167,23 +165,11 @@ def measure(settings: Settings, size: str, pool, log=print) -> list[Row]:
 
 
 def main(argv=None) -> list[Row]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(common.SIZES))
-    a = parser.parse_args(argv)
-    settings = Settings(device=a.device, threads=a.threads, quick=a.quick, reps=2 if a.quick else 3,
-                        sizes=tuple(a.sizes or (["tiny"] if a.quick else ["tiny", "mid"])))
-    common.configure_torch(settings)
-    try:
+    def measure_in_pool(settings: Settings, size: str) -> list[Row]:
         with common.isolated_pool(settings) as pool:
-            rows = [row for size in settings.sizes for row in measure(settings, size, pool)]
-    finally:
-        shutil.rmtree(settings.workdir, ignore_errors=True)
-    print(common.markdown_table(rows))
-    return rows
+            return measure(settings, size, pool)
 
+    return common.standalone_main(__doc__.splitlines()[0], measure_in_pool, argv, full_reps=3)
 
 if __name__ == "__main__":
     main()

@@ -15,8 +15,6 @@ order of the variants in a round is reversed every other repetition.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import statistics
 import warnings
 
@@ -132,22 +130,7 @@ def measure(settings: Settings, size: str, log=print) -> list[Row]:
 
 
 def main(argv=None) -> list[Row]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(common.SIZES))
-    a = parser.parse_args(argv)
-    settings = Settings(device=a.device, threads=a.threads, quick=a.quick, reps=2 if a.quick else 5,
-                        sizes=tuple(a.sizes or (["tiny"] if a.quick else ["tiny", "mid"])))
-    common.configure_torch(settings)
-    try:
-        rows = [row for size in settings.sizes for row in measure(settings, size)]
-    finally:
-        shutil.rmtree(settings.workdir, ignore_errors=True)
-    print(common.markdown_table(rows))
-    return rows
-
+    return common.standalone_main(__doc__.splitlines()[0], measure, argv)
 
 if __name__ == "__main__":
     main()

@@ -434,3 +434,28 @@ def markdown_table(rows: Iterable[Row]) -> str:
 
 
 write_atomic = atomic_write_text  # one implementation, in hf_unlearn.utils
+
+
+def standalone_main(description: str, measure_size: Callable[[Settings, str], list[Row]], argv=None,
+                    full_reps: int = 5, extra_rows: Callable[[], list[Row]] | None = None) -> list[Row]:
+    """The command line shared by every ``bench_*.py``: parse, measure each size, print the table."""
+    import argparse
+    import shutil
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES))
+    a = parser.parse_args(argv)
+    settings = Settings(device=a.device, threads=a.threads, quick=a.quick, reps=2 if a.quick else full_reps,
+                        sizes=tuple(a.sizes or (["tiny"] if a.quick else ["tiny", "mid"])))
+    configure_torch(settings)
+    try:
+        rows = [row for size in settings.sizes for row in measure_size(settings, size)]
+        if extra_rows is not None and not a.quick:
+            rows += extra_rows()
+    finally:
+        shutil.rmtree(settings.workdir, ignore_errors=True)
+    print(markdown_table(rows))
+    return rows

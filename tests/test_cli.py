@@ -15,14 +15,6 @@ from hf_unlearn.testing import tiny_llava
 BENCH = dict(num_people=4, num_holdout_people=2, forget_ratio=0.25, num_general=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     bench = build_synthetic_benchmark(SyntheticBenchmarkConfig(**BENCH))

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
 from hf_unlearn.demo import METHODS, DemoConfig, MethodSpec, MethodUnavailableError, run_demo
@@ -13,14 +12,6 @@ from hf_unlearn.demo.pipeline import RESULT_KEYS, DemoTrainingConfig
 from hf_unlearn.evaluation import RelearnConfig
 
 ACCURACIES = [k for k in RESULT_KEYS if k != "wall_time_s"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def micro_config(seed: int = 0, epochs: int = 3) -> DemoConfig:

@@ -16,15 +16,6 @@ ALL_KEYS = {"forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc", "retain_qa_acc"
             "forget_rougeL", "mia_auc"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bench():
     return build_synthetic_benchmark(

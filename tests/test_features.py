@@ -21,13 +21,6 @@ from hf_unlearn.testing import tiny_vlm
 ARCHS = ["llava", "qwen2_vl", "qwen2_5_vl"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from 2 threads, and OpenMP spin-waits make 2 threads ~5x slower on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 # (tokens, dim) for a batch of 2 images at image_size=32 (+ one text-only row): LLaVA 16 patches + CLS per image,
 # vision width 32, text width 64; Qwen 64 patches of width 32 per image, merged 4:1 into 16 tokens of width 64.
 EXPECTED = {

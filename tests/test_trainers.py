@@ -7,8 +7,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration, TrainerCallback, TrainingArguments
 
-from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearningDivergedError, losses
-from hf_unlearn.data.collators import UnlearnDataCollator
+from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearningDivergedError
 
 from conftest import load_llava, mean_nll
 

@@ -19,15 +19,6 @@ from hf_unlearn.trainers.vkd import ROW_INDEX_KEY, VKDTrainer, freeze_for_vkd
 Q = "What is the name of the person in the image?"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from 2 threads, and OpenMP spin-waits make 2 threads ~5x slower on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def noise_people():
     """2 forget portraits, 4 retain portraits (+ 1 text-only retain row); seeded noise images, 32x32.
 
