@@ -36,6 +36,7 @@ class GradientMasker:
                     p.requires_grad_(False)
         self.active = True  # the hooks mask only while active (forget backward when mask_scope="forget")
         self._snapshots: dict[str, torch.Tensor] = {}
+        self._blocked: dict[str, torch.Tensor] = {}  # ~mask, cached
         self._handles = [
             p.register_hook(self._make_hook(name)) for name, p in self.params.items() if p.requires_grad
         ]
@@ -44,10 +45,10 @@ class GradientMasker:
         def hook(grad: torch.Tensor) -> torch.Tensor:
             if not self.active:
                 return grad
-            mask = self.masks[name]
-            if mask.device != grad.device:
-                mask = self.masks[name] = mask.to(grad.device)
-            return grad * mask.to(grad.dtype)
+            blocked = self._blocked.get(name)
+            if blocked is None or blocked.device != grad.device:  # computed once per device, not per step
+                blocked = self._blocked[name] = ~self.masks[name].to(grad.device)
+            return grad.masked_fill(blocked, 0)
 
         return hook
 
