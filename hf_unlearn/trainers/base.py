@@ -297,7 +297,8 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         if not torch.is_tensor(total):
             raise ValueError("This step has no loss term: both forget_weight and retain_weight are 0.")
         if not torch.isfinite(total):
-            where = f" (last checkpoint: {self._last_checkpoint_dir()})" if self._last_checkpoint_dir() else ""
+            last = self._last_checkpoint_dir()
+            where = f" (last checkpoint: {last})" if last else ""
             raise UnlearningDivergedError(
                 f"The unlearning loss became {total.item()} at step {self.state.global_step} with terms {logs}. "
                 f"Training stopped before this step touched the weights{where}. Lower `learning_rate`, set "
