@@ -23,7 +23,8 @@ from hf_unlearn.testing import tiny_llama, tiny_llava
 from hf_unlearn.testing.hub_server import local_hub
 from hf_unlearn.trainers.card import CARD_INPUTS_NAME, NEVER_PUSHED, HubPushError, ModelCardMixin
 
-from conftest import JOBS, NAMES, load_llava, mean_nll, portrait
+from conftest import JOBS, NAMES, load_llava, mean_nll
+from hf_unlearn.testing.toy import toy_portrait as portrait
 
 # Until UnlearnTrainer lists ModelCardMixin among its bases, test through a subclass that adds it.
 _T = GATrainer if issubclass(GATrainer, ModelCardMixin) else type("_T", (ModelCardMixin, GATrainer), {})
