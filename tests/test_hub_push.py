@@ -169,8 +169,10 @@ def test_planted_canary_reaches_no_pushed_file_card_or_log(toy_data, tmp_path, c
         pushed = hub.files("local-user/canary")
         blobs = [p.read_bytes() for p in (tmp_path / "hub_storage" / "blobs").iterdir()]
 
-    # Pushed at each save; the final push_to_hub has nothing new to commit (the step-4 push holds the final model).
-    assert {"Training in progress, step 2", "Training in progress, step 4, checkpoint"} <= set(commits)
+    # Pushed during training (the Trainer pushes asynchronously and skips a save while the previous push is still
+    # running, so which steps got pushed depends on speed) and at the end.
+    assert "Training in progress, step 2" in commits
+    assert all(c in ("initial commit", "End of training") or c.startswith("Training in progress, step") for c in commits)
     run_dir = tmp_path / f"{CANARY}-run"
     top_level = {p for p in pushed if "/" not in p or p.startswith("saliency_mask/")} - {".gitattributes"}
     assert top_level == LLAVA_FILES | MASK_FILES
@@ -183,7 +185,7 @@ def test_planted_canary_reaches_no_pushed_file_card_or_log(toy_data, tmp_path, c
     assert CANARY.encode() in (run_dir / "training_args.bin").read_bytes()
     assert set(os.listdir(run_dir / "checkpoint-4")) >= {"optimizer.pt", "trainer_state.json", "README.md"}
     # Every blob ever uploaded (all commits, checkpoints included), the card, the logs and the printed output.
-    assert set(pushed.values()) <= set(blobs) and len(blobs) > len(set(pushed.values()))  # older commits too
+    assert set(pushed.values()) <= set(blobs)  # blobs also hold what earlier commits uploaded
     assert not [i for i, b in enumerate(blobs) if CANARY.encode() in b]
     assert CANARY not in pushed["README.md"].decode()
     assert CANARY not in stdout and CANARY not in stderr and CANARY not in caplog.text
