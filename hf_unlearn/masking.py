@@ -34,6 +34,9 @@ class GradientMasker:
             for name, p in params.items():
                 if name not in masks:
                     p.requires_grad_(False)
+        # Parameters with at least one masked entry: the only ones a step can move where it must not (fixed, so
+        # computed once rather than on every step).
+        self.partially_masked = [n for n, p in self.params.items() if p.requires_grad and not bool(self.masks[n].all())]
         self.active = True  # the hooks mask only while active (forget backward when mask_scope="forget")
         self._snapshots: dict[str, torch.Tensor] = {}
         self._blocked: dict[str, torch.Tensor] = {}  # ~mask, cached
@@ -52,14 +55,10 @@ class GradientMasker:
 
         return hook
 
-    @property
-    def partially_masked(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.params.items() if p.requires_grad and not bool(self.masks[n].all())}
-
     @torch.no_grad()
     def snapshot(self) -> None:
         """Remember the current values of every parameter with masked entries (call right before the step)."""
-        self._snapshots = {n: p.detach().clone() for n, p in self.partially_masked.items()}
+        self._snapshots = {n: self.params[n].detach().clone() for n in self.partially_masked}
 
     @torch.no_grad()
     def restore(self) -> None:
