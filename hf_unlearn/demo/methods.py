@@ -33,11 +33,14 @@ class MethodData:
             part of what must be kept: the MMUnlearner framing).
         preserve: named preserve sets for saliency masks (``{"retain": image rows, "text": text rows}``, the names of
             ``SaliencyMaskConfig.preserve_sets``).
+        holdout: never-seen rows of the same kind as ``forget`` (the demo: validation_vqa, people never trained on
+            and never evaluated), for target-driven stopping.
     """
 
     forget: datasets.Dataset
     retain: datasets.Dataset | None = None
     preserve: dict[str, datasets.Dataset] = field(default_factory=dict)
+    holdout: datasets.Dataset | None = None
 
     @property
     def retain_images(self) -> datasets.Dataset | None:

@@ -192,9 +192,17 @@ class Evaluator:
 
     def mcq_accuracy(self, dataset: datasets.Dataset | str) -> float:
         """Multiple-choice accuracy of a split (or a split name) by option likelihood."""
+        return float(self.mcq_correct(dataset).mean())
+
+    def mcq_correct(self, dataset: datasets.Dataset | str) -> np.ndarray:
+        """(N,) 1.0 where the highest-scoring option is the labelled one, else 0.0 (the rows behind the accuracy)."""
         name = dataset if isinstance(dataset, str) else "split"
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        return metrics.mcq_accuracy(self.option_scores(dataset, desc=name), dataset["label"])
+        scores = self.option_scores(dataset, desc=name)
+        labels = np.asarray(dataset["label"])
+        if len(labels) == 0:
+            raise ValueError("Cannot compute an accuracy over zero questions.")
+        return (metrics.mcq_predictions(scores) == labels).astype(np.float64)
 
     # -------------------------------------------------------------------------------------------------- generation
     def generate(self, dataset: datasets.Dataset, desc: str = "generate") -> list[str]:
@@ -229,8 +237,12 @@ class Evaluator:
 
     def rouge_l(self, dataset: datasets.Dataset | str) -> float:
         """Mean ROUGE-L F of greedy answers against the ground truth."""
+        return float(self.rouge_l_scores(dataset).mean())
+
+    def rouge_l_scores(self, dataset: datasets.Dataset | str) -> np.ndarray:
+        """(N,) ROUGE-L F of each greedy answer against its ground truth."""
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        return metrics.rouge_l(self.generate(dataset), dataset["answer"])
+        return metrics.rouge_l_scores(self.generate(dataset), dataset["answer"])
 
     # -------------------------------------------------------------------------------------------------- attacks
     def membership_auc(self, members: datasets.Dataset | str, nonmembers: datasets.Dataset | str) -> float:

@@ -33,8 +33,8 @@ def mcq_accuracy(option_scores: np.ndarray, labels: Sequence[int]) -> float:
 _ROUGE_SCORER = None
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (``rouge_score``, Porter stemmer on, as MLLMU-Bench's ``eval.py``)."""
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """ROUGE-L F-measure per prediction (``rouge_score``, Porter stemmer on, as MLLMU-Bench's ``eval.py``)."""
     global _ROUGE_SCORER
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
@@ -44,8 +44,13 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
         from rouge_score import rouge_scorer
 
         _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [_ROUGE_SCORER.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-    return float(np.mean(scores))
+    return np.array([_ROUGE_SCORER.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)],
+                    dtype=np.float64)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure (see ``rouge_l_scores``)."""
+    return float(np.mean(rouge_l_scores(predictions, references)))
 
 
 def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> float:
