@@ -120,7 +120,7 @@ def test_kl_min_differs_from_openunlearning_only_in_the_positions_averaged(tmp_p
     answer_kl = (kl[:, :-1][scored].mean()).item()  # hf_unlearn: the positions that predict answer tokens
     forget = -ou_token_mean_ce(model, batch["forget"])
     assert ours(trainer, model, batch) == pytest.approx(forget + answer_kl, rel=1e-5)
-    assert abs(ou_kl - answer_kl) / answer_kl > 0.01  # a real difference, documented in docs/methods/openunlearning.md
+    assert abs(ou_kl - answer_kl) / answer_kl > 0.03  # 5.8% here (docs/methods/openunlearning.md)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def control_vector(dim: int, coeff: float, seed: int) -> torch.Tensor:
     return coeff * u / u.norm()
 
 
-def resolve_layers(num_layers: int, steer_layer: int | None, trainable_layers: list[int] | None) -> tuple[int, list[int]]:
+def resolve_layers(num_layers: int, steer_layer: int | None,
+                   trainable_layers: list[int] | None) -> tuple[int, list[int]]:
     """The steered layer and the trainable layers as non-negative indices, validated."""
     def normalise(i: int, what: str) -> int:
         if not -num_layers <= i < num_layers:
@@ -62,7 +63,10 @@ def resolve_layers(num_layers: int, steer_layer: int | None, trainable_layers: l
                              f"0..{num_layers - 1} or -{num_layers}..-1.")
         return i % num_layers
 
-    steer = normalise(steer_layer, "steer_layer") if steer_layer is not None else num_layers * PAPER_LAYER // PAPER_DEPTH
+    if steer_layer is None:  # the paper's relative depth
+        steer = num_layers * PAPER_LAYER // PAPER_DEPTH
+    else:
+        steer = normalise(steer_layer, "steer_layer")
     if trainable_layers is None:
         layers = [i for i in (steer - 2, steer - 1, steer) if i >= 0]
     else:
@@ -261,6 +265,11 @@ class RMUTrainer(UnlearnTrainer):
     def forget_loss(self, model, forget):
         inputs = self.model_inputs(forget)
         h = self.layer_output(model, inputs)  # (B, T, D)
+        if model.training and torch.is_grad_enabled() and not h.requires_grad:
+            raise RuntimeError(f"The output of decoder layer {self.steer_layer_index} carries no gradient, so RMU "
+                               "cannot learn: something (a custom forward, reentrant checkpointing of an outer module) "
+                               "detached it. Disable gradient checkpointing or use "
+                               "gradient_checkpointing_kwargs={'use_reentrant': False}.")
         mask = answer_positions(inputs["labels"])
         target = self.control_vector(h.shape[-1]).to(h.device)
         loss = losses.masked_activation_mse(h, target, mask)
