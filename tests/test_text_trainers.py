@@ -252,3 +252,22 @@ def test_rmu_on_llava_steers_a_language_model_layer_on_forget_vqa(memorised_llav
     after = model.state_dict()
     vision = [k for k in start if "vision_tower" in k or "multi_modal_projector" in k]
     assert vision and all(torch.equal(start[k], after[k]) for k in vision)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Registry entries (hf-unlearn run / demos)
+# ------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, trainer_cls", [("simnpo", SimNPOTrainer), ("rmu", RMUTrainer),
+                                               ("idkpo", IdkPOTrainer), ("undial", UNDIALTrainer)])
+def test_registry_entries_build_and_train_with_overrides(name, trainer_cls, memorised_llama, text_data, tmp_path):
+    from hf_unlearn.demo import MethodData, get_method
+
+    model, tok = load_llama(memorised_llama)
+    spec = get_method(name)
+    trainer = spec.build_trainer(model, tok, MethodData(forget=text_data["forget"], retain=text_data["retain"]),
+                                 str(tmp_path / name), 0, max_steps=2, use_cpu=True)
+    assert type(trainer) is trainer_cls and trainer.args.max_steps == 2
+    assert all(getattr(trainer.args, k) == v for k, v in spec.hyperparameters.items() if k != "max_steps"
+               and not (name == "rmu" and k == "steer_layer"))  # RMU writes the resolved layer back (-1 -> 1)
+    trainer.train()
+    assert trainer.state.global_step == 2
