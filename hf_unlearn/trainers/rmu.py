@@ -24,6 +24,7 @@ import re
 import torch
 from torch import nn
 from transformers import TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from .. import losses
 from ..config import RMUConfig
@@ -164,6 +165,9 @@ class RMUTrainer(UnlearnTrainer):
         return not args.precompute_retain_activations or self._given_ref_model is not None
 
     def _build_reference_model(self, model, ref_model, args):
+        if ref_model is None and not hasattr(model, "disable_adapter") and is_deepspeed_zero3_enabled():
+            raise ValueError("Under DeepSpeed ZeRO-3 a deep copy of a partitioned model is not a model. Set "
+                             "precompute_retain_activations=True (no frozen copy is held), or pass ref_model= a path.")
         if ref_model is None and not hasattr(model, "disable_adapter") and not getattr(args, "deepspeed", None):
             # Frozen weights are the same in policy and reference: share them, copy only the trainable matrices.
             shared = {id(p): p for p in model.parameters() if not p.requires_grad}
@@ -187,7 +191,8 @@ class RMUTrainer(UnlearnTrainer):
 
     def layer_output(self, model, inputs: dict) -> torch.Tensor:
         """h_l for a model batch, (B, T, D); the forward stops after layer l unless a distributed wrapper runs it."""
-        stop = type(model).__name__ not in _DISTRIBUTED_WRAPPERS
+        # An interrupted forward is safe for a plain module; DDP / DeepSpeed / FSDP expect complete ones.
+        stop = type(model).__name__ not in _DISTRIBUTED_WRAPPERS and not self.is_deepspeed_enabled
         captured: list[torch.Tensor] = []
 
         def hook(module, args, output):
