@@ -189,3 +189,5 @@ for _spec in (
                VKD_HPARAMS),
 ):
     register_method(_spec)
+
+from . import text_methods  # noqa: E402,F401  (registers SimNPO, RMU, IdkPO, UNDIAL)
