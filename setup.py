@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["hf_unlearn", "hf_unlearn.*"]),
-    package_data={"hf_unlearn": ["templates/*.md"]},
+    package_data={"hf_unlearn": ["templates/*.md", "demo/tuned.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "run", "eval", "push", "estimate_memory")
+COMMANDS = ("demo", "tune", "run", "eval", "push", "estimate_memory")
 
 
 def build_parser() -> argparse.ArgumentParser:

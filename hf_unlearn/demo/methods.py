@@ -11,6 +11,8 @@ Trainers are imported inside ``build_trainer``, so an entry whose trainer does n
 from __future__ import annotations
 
 import importlib
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,14 +118,30 @@ def common_args(output_dir: str, seed: int, **overrides: Any) -> dict[str, Any]:
     return args
 
 
-# Tuned on the default demo (vanilla memorised, oracle forget-VQA accuracy 0.1): each budget brings forget-VQA
-# accuracy to about the oracle's while keeping as much retain-VQA accuracy as the method allows.
-GA_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
-GA_DIFF_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
-KL_MIN_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
-NPO_HPARAMS = dict(max_steps=30, learning_rate=5e-4, beta=0.4)
-MMUNLEARNER_HPARAMS = dict(max_steps=60, learning_rate=1e-3, schedule="joint", mask_threshold=1.0)
-VKD_HPARAMS = dict(max_steps=80, learning_rate=2e-3)
+TUNED_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
+
+
+def tuned_hyperparameters(name: str, path: str = TUNED_FILE) -> dict[str, Any]:
+    """The tuning protocol's pick for ``name`` (``hf-unlearn tune``, recorded in ``tuned.json``); {} if never tuned."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return dict(json.load(f).get("methods", {}).get(name, {}).get("picked", {}))
+
+
+def demo_defaults(name: str, untuned: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's demo hyperparameters: the tuning protocol's pick over the untuned starting point."""
+    return {**untuned, **tuned_hyperparameters(name)}
+
+
+# Untuned starting points; `hf-unlearn tune` (demo/tuning.py) picks the values the demo uses on validation seeds.
+GA_HPARAMS = demo_defaults("ga", dict(max_steps=10, learning_rate=5e-4))
+GA_DIFF_HPARAMS = demo_defaults("ga_diff", dict(max_steps=10, learning_rate=5e-4))
+KL_MIN_HPARAMS = demo_defaults("kl_min", dict(max_steps=10, learning_rate=5e-4))
+NPO_HPARAMS = demo_defaults("npo", dict(max_steps=30, learning_rate=5e-4, beta=0.4))
+MMUNLEARNER_HPARAMS = demo_defaults("mmunlearner", dict(max_steps=60, learning_rate=1e-3, schedule="joint",
+                                                        mask_threshold=1.0))
+VKD_HPARAMS = demo_defaults("vkd", dict(max_steps=80, learning_rate=2e-3))
 
 
 def _ga_builder(retain_loss_type: str, hparams: Mapping[str, Any]) -> BuildTrainer:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import logging
 import os
 import platform
@@ -40,7 +41,7 @@ from ..evaluation.report import plot_tradeoff, render_report, results_table, wri
 from ..evaluation.stats import RowValues, summarise
 from .config import DemoConfig, DemoModelConfig, DemoTrainingConfig, default_cache_dir, library_version
 from .evaluation import METRIC_KEYS, evaluate_rows, reference_nll
-from .methods import METHODS, MethodData, MethodUnavailableError, get_method
+from .methods import METHODS, TUNED_FILE, MethodData, MethodUnavailableError, get_method
 from .references import CACHE_MARKER, REFERENCE_MODELS, load_or_train_reference_models, train_reference_model
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def tuning_provenance() -> dict[str, Any] | None:
+    """Which tuning record the registry's defaults came from (its validation seeds), or None if never tuned."""
+    if not os.path.isfile(TUNED_FILE):
+        return None
+    with open(TUNED_FILE, encoding="utf-8") as f:
+        record = json.load(f)
+    return {"seeds": record.get("protocol", {}).get("seeds", []), "methods": sorted(record.get("methods", {}))}
+
+
 def run_demo(
     config: DemoConfig | None = None,
     output_dir: str = "hf_unlearn_demo",
@@ -225,6 +235,10 @@ def run_demo(
     seeds = list(seeds) if seeds is not None else [config.seed]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}.")
+    tuned_on = set((tuning_provenance() or {}).get("seeds", []))
+    if tuned_on & set(seeds):
+        warnings.warn(f"Seeds {sorted(tuned_on & set(seeds))} are the tuning protocol's validation seeds: the "
+                      "defaults were chosen on them, so their numbers overstate how well the methods do.", stacklevel=2)
     total_start = time.perf_counter()
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with deterministic():
@@ -233,6 +247,8 @@ def run_demo(
     notes = list(dict.fromkeys(n for r in seed_results for n in r.notes))
     total = time.perf_counter() - total_start
     settings = {**config.settings(), "seeds": seeds, "hf_unlearn_version": library_version(), "methods": methods,
+                "hyperparameters": {m: dict(METHODS[m].hyperparameters) for m in methods},
+                "tuning": tuning_provenance(),
                 "cache_keys": {str(s): replace(config, seed=s).cache_key() for s in seeds}}
     settings.pop("seed")
     payload = {
@@ -258,8 +274,6 @@ def run_demo(
 
 def write_outputs(payload: dict[str, Any], output_dir: str) -> None:
     """Write ``results.json``, ``report.md`` and ``tradeoff.png`` into ``output_dir`` (each atomically)."""
-    import json
-
     os.makedirs(output_dir, exist_ok=True)
     write_text(os.path.join(output_dir, "results.json"), json.dumps(payload, indent=2) + "\n")
     b = payload["benchmark"].get("benchmark", {})

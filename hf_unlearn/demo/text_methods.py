@@ -12,18 +12,19 @@ from typing import Any
 
 from transformers import Trainer
 
-from .methods import BuildTrainer, MethodData, MethodSpec, common_args, import_symbol, register_method
+from .methods import BuildTrainer, MethodData, MethodSpec, common_args, demo_defaults, import_symbol, register_method
 
 # Starting points measured once on the default VLM demo (forget = forget_vqa; oracle forget-VQA accuracy 0.2):
 # simnpo 0.4, rmu 0.2, idkpo 0.6, undial 0.3 forget-VQA accuracy, retain-VQA 0.80-0.92 (vanilla 0.99).
 # SimNPO at the paper's beta with forget weight 1 (the authors' 0.125 is for 7B models over 10 epochs).
-SIMNPO_HPARAMS = dict(max_steps=40, learning_rate=5e-4, beta=4.5, gamma=0.0, forget_weight=1.0)
+SIMNPO_HPARAMS = demo_defaults("simnpo", dict(max_steps=40, learning_rate=5e-4, beta=4.5, gamma=0.0,
+                                              forget_weight=1.0))
 # RMU on the tiny models: the last of 2 decoder layers, every parameter of layers 0-1, alpha 100, c 12 (the
 # activation norm there is about 1.5, so the paper's 6.5 moves too little in 40 steps).
-RMU_HPARAMS = dict(max_steps=40, learning_rate=1e-3, steer_layer=-1, trainable_params=None, steering_coeff=12.0,
-                   retain_weight=100.0)
-IDKPO_HPARAMS = dict(max_steps=30, learning_rate=1e-3, beta=0.1)
-UNDIAL_HPARAMS = dict(max_steps=20, learning_rate=5e-4, gamma=10.0)
+RMU_HPARAMS = demo_defaults("rmu", dict(max_steps=40, learning_rate=1e-3, steer_layer=-1, trainable_params=None,
+                                        steering_coeff=12.0, retain_weight=100.0))
+IDKPO_HPARAMS = demo_defaults("idkpo", dict(max_steps=30, learning_rate=1e-3, beta=0.1))
+UNDIAL_HPARAMS = demo_defaults("undial", dict(max_steps=20, learning_rate=5e-4, gamma=10.0))
 
 
 def _builder(trainer_name: str, config_name: str, module: str, hparams: Mapping[str, Any]) -> BuildTrainer:
