@@ -1,126 +1,39 @@
-"""Model cards for unlearned models, built so that nothing about the forget set can reach the Hub.
+"""Model cards of unlearned models: ``build_model_card`` renders, ``render_card`` renders from saved card inputs.
 
 ``build_model_card`` renders ``templates/model_card.md`` with ``huggingface_hub.ModelCard.from_template``: YAML
 metadata (``library_name``, ``tags``, ``base_model``, ``pipeline_tag``) and sections for the method and its citation,
-the settings, the saliency mask, before/after metrics, how to load the model and a privacy note.
+the settings, the saliency mask, before/after metrics, how to load the model and a privacy note. Every value goes
+through the filters of ``hf_unlearn.hub.safety`` on the way in, so a card never names the forget set, a local path or
+a run. Rendering needs no network (``HF_HUB_OFFLINE=1`` is fine).
 
-Privacy is enforced here rather than trusted to callers: every settings dict (and the mask config) goes through
-``safe_settings``, which keeps only method knobs (numbers, booleans, short lowercase enum values) and drops anything
-that can name a file, a directory, a data set, a run or a token; ``base_model``, the model id and data set ids are
-published only when they are Hub ids, never local paths. Rendering needs no network (``HF_HUB_OFFLINE=1`` is fine).
+A trainer's ``save_model`` stores the (already filtered) inputs as ``hf_unlearn_card.json`` next to the model, so
+``hf-unlearn push`` can render the card for a repo id later (``read_card_inputs`` + ``render_card``).
 """
 
 from __future__ import annotations
 
-import enum
+import json
 import math
 import os
 import re
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-__all__ = ["build_model_card", "safe_settings"]
+from .safety import MODULE_NAME, TAG, VERSION, hub_id, safe_settings, safe_tags
 
-TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
+__all__ = ["CARD_INPUTS_NAME", "CARD_NAME", "build_model_card", "mask_summary", "read_card_inputs", "render_card"]
 
-# A key containing any of these (case-insensitive) can hold a location, a data set, a run or a secret: never published.
-_UNSAFE_KEY_PARTS = (
-    "path", "dir", "dataset", "data_file", "file", "token", "hub", "name", "output", "logging", "report_to", "url",
-    "entity", "project", "resume_from_checkpoint", "deepspeed", "secret", "password", "key_", "api_key", "email",
-)
-_SAFE_KEY = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")  # config field names are snake_case
-# Strings are kept only when they look like an enum value ("npo", "cosine", "adamw_torch", "language_model"):
-# lowercase, no spaces or separators. Names of people or places are almost never written that way.
-_ENUM_VALUE = re.compile(r"^[a-z0-9][a-z0-9_.+-]{0,39}$")
-_FILE_SUFFIXES = {
-    ".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".png", ".jpg", ".jpeg", ".webp", ".gif",
-    ".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".yaml", ".yml", ".zip", ".tar", ".gz", ".md", ".py", ".pkl",
-}
-_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,199}$")
-_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}$")
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}$")
+TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
+CARD_NAME = "README.md"
+CARD_INPUTS_NAME = "hf_unlearn_card.json"
+CARD_INPUT_KEYS = ("method_name", "method_tag", "paper", "base_model", "pipeline_tag", "settings", "mask_summary",
+                   "metrics_before", "metrics_after", "tags")
 _ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}(v\d+)?$")
-_MAX_LIST = 16
 _DEFAULT_LIBRARIES = ("hf_unlearn", "transformers", "torch", "peft", "huggingface_hub", "deepspeed")
-
-
-def _is_safe_key(key: Any) -> bool:
-    if not isinstance(key, str) or not _SAFE_KEY.match(key):
-        return False
-    lowered = key.lower()
-    return not any(part in lowered for part in _UNSAFE_KEY_PARTS)
-
-
-def _is_safe_str(value: str) -> bool:
-    return bool(_ENUM_VALUE.match(value)) and os.path.splitext(value)[1] not in _FILE_SUFFIXES
-
-
-def _safe_value(value: Any) -> Any:
-    """The value if it is safe to publish, else ``_DROP``. Enums become their value; lists keep only safe scalars."""
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        return value if _is_safe_str(value) else _DROP
-    if isinstance(value, (list, tuple)):
-        if len(value) > _MAX_LIST:
-            return _DROP
-        items = [_safe_value(v) for v in value]
-        if any(v is _DROP or isinstance(v, (list, dict)) for v in items):
-            return _DROP  # all or nothing: a half-list would misstate the setting
-        return items
-    if isinstance(value, dict):
-        nested = safe_settings(value)
-        return nested if nested else _DROP
-    return _DROP  # objects, bytes, tensors...: nothing to gain, something to leak
-
-
-_DROP = object()
-
-
-def safe_settings(config_dict: dict) -> dict:
-    """Keep the publishable method knobs of a config dict and drop everything that could leak the forget set.
-
-    Kept: snake_case keys whose values are numbers, booleans, short lowercase enum-like strings, short
-    lists of those, or nested dicts of those (filtered the same way). Dropped: ``None`` values; keys containing
-    ``path``, ``dir``, ``dataset``, ``file``, ``token``, ``hub``, ``name``, ``output``, ``logging``, ``url``, ... (so
-    ``output_dir``, ``logging_dir``, ``run_name``, ``hub_model_id``, ``forget_dataset``, ``model_name_or_path``);
-    strings with spaces, capitals, slashes or a file suffix (paths, free text, entity names).
-
-    Args:
-        config_dict: e.g. ``dataclasses.asdict(config)`` or ``TrainingArguments.to_dict()``.
-
-    Returns:
-        A new dict, in the input's key order.
-    """
-    if not isinstance(config_dict, dict):
-        raise TypeError(f"safe_settings expects a dict (e.g. config.to_dict()), got {type(config_dict).__name__}.")
-    out: dict[str, Any] = {}
-    for key, value in config_dict.items():
-        if not _is_safe_key(key) or value is None:
-            continue
-        kept = _safe_value(value)
-        if kept is not _DROP and kept is not None:
-            out[key] = kept
-    return out
-
-
-def _hub_id(value: str | None) -> str | None:
-    """``value`` if it is a Hub repo id and not a local path, else None (a local path must never be published)."""
-    if not isinstance(value, str) or not value or os.path.exists(value) or value.startswith(("~", ".")):
-        return None
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return None
-    return value
+_MAX_MODULE_ROWS = 24  # more modules than this: the card's mask table is per model part instead
 
 
 def _fmt(value: Any) -> str:
@@ -150,16 +63,16 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def _flatten_metrics(metrics: dict | None, which: str, prefix: str = "") -> dict[str, float | int]:
+def flatten_metrics(metrics: dict | None, which: str, prefix: str = "") -> dict[str, float | int]:
     """``{"forget": {"rouge": 0.1}}`` -> ``{"forget/rouge": 0.1}``; anything but numbers raises."""
     out: dict[str, float | int] = {}
     for key, value in (metrics or {}).items():
-        if not isinstance(key, str) or not _MODULE_NAME.match(key.replace("/", ".").replace("-", "_")):
+        if not isinstance(key, str) or not MODULE_NAME.match(key.replace("/", ".").replace("-", "_")):
             raise ValueError(f"metrics_{which}: metric name {key!r} is not a plain identifier; use names such as "
                              "'forget_rouge' or 'retain/accuracy'.")
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flatten_metrics(value, which, f"{name}/"))
+            out.update(flatten_metrics(value, which, f"{name}/"))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             out[name] = value
         elif value is None:
@@ -171,7 +84,7 @@ def _flatten_metrics(metrics: dict | None, which: str, prefix: str = "") -> dict
 
 
 def _metric_rows(before: dict | None, after: dict | None) -> list[tuple[str, str, str]]:
-    b, a = _flatten_metrics(before, "before"), _flatten_metrics(after, "after")
+    b, a = flatten_metrics(before, "before"), flatten_metrics(after, "after")
     names = list(b) + [n for n in a if n not in b]
     return [(f"`{n}`", _fmt(b.get(n)), _fmt(a.get(n))) for n in names]
 
@@ -187,7 +100,7 @@ def _mask_context(mask_summary: dict | None) -> dict | None:
     if total is not None and not isinstance(total, (int, float)):
         raise ValueError(f"mask_summary['sparsity']['total'] must be a number, got {total!r}.")
     modules = [(f"`{m}`", _fmt(v)) for m, v in (sparsity.get("by_module") or {}).items()
-               if isinstance(m, str) and _MODULE_NAME.match(m) and isinstance(v, (int, float))]
+               if isinstance(m, str) and MODULE_NAME.match(m) and isinstance(v, (int, float))]
     return {"config_rows": _flatten(safe_settings(mask_summary.get("config") or {})),
             "total": None if total is None else _fmt(float(total)), "module_rows": modules}
 
@@ -212,15 +125,7 @@ def _library_versions(given: dict | None) -> list[tuple[str, str]]:
             except metadata.PackageNotFoundError:
                 continue
     return [(k, v) for k, v in given.items()
-            if isinstance(k, str) and _TAG.match(k) and isinstance(v, str) and _VERSION.match(v)]
-
-
-def _safe_tags(tags: Iterable[str]) -> list[str]:
-    seen: list[str] = []
-    for tag in tags:
-        if isinstance(tag, str) and _TAG.match(tag) and tag not in seen:
-            seen.append(tag)
-    return seen
+            if isinstance(k, str) and TAG.match(k) and isinstance(v, str) and VERSION.match(v)]
 
 
 def build_model_card(
@@ -261,20 +166,20 @@ def build_model_card(
     """
     if not method_name or not method_tag:
         raise ValueError("build_model_card needs method_name (e.g. 'NPO') and method_tag (e.g. 'npo').")
-    if not _TAG.match(method_tag):
+    if not TAG.match(method_tag):
         raise ValueError(f"method_tag {method_tag!r} is not a valid Hub tag; use lowercase letters, digits and '-'.")
     if not isinstance(settings, dict):
         raise TypeError(f"settings must be a dict of method knobs, got {type(settings).__name__}.")
 
-    base = _hub_id(base_model)
-    model_id = _hub_id(model_name)
-    datasets = [d for d in (dataset_ids or []) if _hub_id(d)] if include_dataset_ids else []
+    base = hub_id(base_model)
+    model_id = hub_id(model_name)
+    datasets = [d for d in (dataset_ids or []) if hub_id(d)] if include_dataset_ids else []
     card_data = ModelCardData(
         library_name="transformers",
         base_model=base,
         datasets=datasets or None,
         pipeline_tag=pipeline_tag,
-        tags=_safe_tags(["hf_unlearn", "unlearning", method_tag, *(tags or [])]),
+        tags=safe_tags(["hf_unlearn", "unlearning", method_tag, *(tags or [])]),
     )
     text_only = pipeline_tag == "text-generation"
     context = {
@@ -296,3 +201,42 @@ def build_model_card(
     card = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **context)
     # Optional sections leave runs of blank lines behind; one blank line is enough in Markdown.
     return ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Card inputs (filtered, JSON) saved next to a model, and rendering from them
+# ----------------------------------------------------------------------------------------------------------------
+def mask_summary(mask) -> dict:
+    """``{"config": ..., "sparsity": {"total", "by_module"}}`` of a ``SaliencyMask``, for the card."""
+    rows = mask.sparsity_report(by="module")
+    if len(rows) > _MAX_MODULE_ROWS:
+        rows = mask.sparsity_report(by="group")
+    return {"config": mask.config.to_dict() if mask.config is not None else {},
+            "sparsity": {"total": mask.sparsity, "by_module": {r["module"]: r["fraction"] for r in rows}}}
+
+
+def read_card_inputs(folder: str | os.PathLike) -> dict:
+    """The card inputs an hf_unlearn trainer saved in ``folder`` (``hf_unlearn_card.json``)."""
+    path = os.path.join(os.fspath(folder), CARD_INPUTS_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No {CARD_INPUTS_NAME} in {os.fspath(folder)!r}: it was not saved by an hf_unlearn trainer, so there "
+            "is no model card to publish. Save the run with `trainer.save_model()` (hf_unlearn >= 0.1) first."
+        )
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not data.get("method_name") or not data.get("method_tag"):
+        raise ValueError(f"{path} is not an hf_unlearn card-inputs file (no method_name / method_tag).")
+    return {k: data.get(k) for k in CARD_INPUT_KEYS}
+
+
+def render_card(inputs: dict, *, model_name: str | None, dataset_ids: list[str] | None = None,
+                include_dataset_ids: bool = False, tags: list[str] | None = None):
+    """Render the ``ModelCard`` from card inputs (as saved in ``hf_unlearn_card.json``); filters apply again."""
+    return build_model_card(
+        method_name=inputs["method_name"], method_tag=inputs["method_tag"], paper=inputs.get("paper"),
+        base_model=inputs.get("base_model"), model_name=model_name, settings=inputs.get("settings") or {},
+        mask_summary=inputs.get("mask_summary"), metrics_before=inputs.get("metrics_before"),
+        metrics_after=inputs.get("metrics_after"), dataset_ids=dataset_ids, include_dataset_ids=include_dataset_ids,
+        tags=[*(inputs.get("tags") or []), *(tags or [])], pipeline_tag=inputs.get("pipeline_tag"),
+    )
