@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            print(f"error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.", file=sys.stderr)
+            print(f"hf-unlearn demo: error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.", file=sys.stderr)
             return 2
     if args.threads < 1:
-        print(f"error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
+        print(f"hf-unlearn demo: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     config = DemoConfig.quick(seed=args.seed) if args.quick else DemoConfig(seed=args.seed)

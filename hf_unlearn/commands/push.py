@@ -28,6 +28,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "can reveal what was forgotten).")
     parser.add_argument("--dataset-id", action="append", default=[], dest="dataset_ids", metavar="ORG/DATASET",
                         help="Hub id of a data set used (repeatable); needs --include-dataset-ids.")
+    parser.add_argument("--license", default=None,
+                        help="Hub license id for the card (e.g. apache-2.0); default: the one the run recorded (the "
+                             "base model's card's, or hf-unlearn run's `license:`).")
+    parser.add_argument("--base-model", default=None, metavar="ORG/MODEL",
+                        help="Hub id published as the card's base_model, and in a PEFT adapter's adapter_config.json "
+                             "(for an adapter trained on a local copy of its base).")
     parser.add_argument("--commit-message", default="Upload unlearned model (hf_unlearn)", help="Commit message.")
     parser.add_argument("--revision", default=None, help="Branch to push to (default: main).")
     parser.add_argument("--token", default=None, help="Hub token (default: the logged-in token / HF_TOKEN).")
@@ -41,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         info = push_run_dir(args.run_dir, args.repo_id, private=args.private,
                             include_dataset_ids=args.include_dataset_ids, dataset_ids=args.dataset_ids,
-                            commit_message=args.commit_message, revision=args.revision, token=args.token)
+                            commit_message=args.commit_message, revision=args.revision, token=args.token,
+                            license=args.license, base_model=args.base_model)
     except (HubPushError, ValueError, OSError) as err:
         print(f"hf-unlearn push: error: {err}", file=sys.stderr)
         return 1

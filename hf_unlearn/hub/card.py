@@ -20,17 +20,34 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .safety import MODULE_NAME, TAG, VERSION, hub_id, safe_settings, safe_tags
+from .safety import (
+    MODULE_NAME,
+    TAG,
+    VERSION,
+    hub_id,
+    preserve_name_map,
+    redact_preserve_names,
+    safe_settings,
+    safe_tags,
+)
 
-__all__ = ["CARD_INPUTS_NAME", "CARD_NAME", "build_model_card", "mask_summary", "read_card_inputs", "render_card"]
+__all__ = ["CARD_INPUTS_NAME", "CARD_NAME", "build_model_card", "check_license", "license_of", "mask_summary",
+           "read_card_inputs", "render_card"]
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_card.md"
 CARD_NAME = "README.md"
 CARD_INPUTS_NAME = "hf_unlearn_card.json"
 CARD_INPUT_KEYS = ("method_name", "method_tag", "paper", "base_model", "pipeline_tag", "settings", "mask_summary",
-                   "metrics_before", "metrics_after", "tags")
+                   "metrics_before", "metrics_after", "tags", "license")
+# A Hub license id ("apache-2.0", "mit", "llama3.1", "other"): lowercase, no spaces; anything else is not published.
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+# model-index entries: the task and "dataset" every before/after metric is reported under.
+EVAL_TASK_NAME = "Machine unlearning"
+EVAL_DATASET_TYPE = "unlearning-evaluation"
+EVAL_DATASET_NAME = "Forget / retain evaluation"
+STAGES = {"before": "before unlearning", "after": "after unlearning"}
 _ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}(v\d+)?$")
 _DEFAULT_LIBRARIES = ("hf_unlearn", "transformers", "torch", "peft", "huggingface_hub", "deepspeed")
 _MAX_MODULE_ROWS = 24  # more modules than this: the card's mask table is per model part instead
@@ -89,6 +106,64 @@ def _metric_rows(before: dict | None, after: dict | None) -> list[tuple[str, str
     return [(f"`{n}`", _fmt(b.get(n)), _fmt(a.get(n))) for n in names]
 
 
+def check_license(value: str) -> str:
+    """``value`` if it is a Hub license id, else ``ValueError``."""
+    if not isinstance(value, str) or not _LICENSE.match(value):
+        raise ValueError(f"license {value!r} is not a Hub license id such as 'apache-2.0', 'mit', 'llama3.1' or "
+                         "'other' (lowercase, no spaces).")
+    return value
+
+
+def _metric_type(name: str) -> str:
+    """The model-index metric type of one of the Evaluator's names (``forget_vqa_acc`` -> ``accuracy``)."""
+    base = name.rsplit("/", 1)[-1].lower()
+    if base.endswith(("_acc", "accuracy")):
+        return "accuracy"
+    if "auc" in base:
+        return "roc_auc"
+    if "rouge" in base:
+        return "rouge"
+    return base
+
+
+def _eval_results(before: dict | None, after: dict | None, pipeline_tag: str | None) -> list[EvalResult]:
+    """One ``EvalResult`` per metric and stage: ``metric_name`` ``"<name> (before unlearning)"``, ``metric_config``
+    ``"before"`` / ``"after"``, so the Hub's evaluation widget shows both and ``eval_results`` round-trips."""
+    results = []
+    for stage, metrics in (("before", before), ("after", after)):
+        for name, value in flatten_metrics(metrics, stage).items():
+            if not math.isfinite(float(value)):
+                continue  # YAML has no NaN the Hub accepts
+            results.append(EvalResult(
+                task_type=pipeline_tag or "text-generation", task_name=EVAL_TASK_NAME,
+                dataset_type=EVAL_DATASET_TYPE, dataset_name=EVAL_DATASET_NAME,
+                metric_type=_metric_type(name), metric_name=f"{name} ({STAGES[stage]})", metric_config=stage,
+                metric_value=float(value) if isinstance(value, float) else value,
+            ))
+    return results
+
+
+def license_of(name_or_path: str | None) -> str | None:
+    """The license in the model card of a base model: a local folder's ``README.md``, else the Hub repo's card.
+
+    Only a valid license id comes back (never other card text); ``None`` when unknown, offline or unreachable.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path:
+        return None
+    local = os.path.join(name_or_path, CARD_NAME)
+    try:
+        if os.path.isdir(name_or_path):
+            card = ModelCard.load(local, ignore_metadata_errors=True) if os.path.isfile(local) else None
+        elif hub_id(name_or_path):
+            card = ModelCard.load(name_or_path, ignore_metadata_errors=True)
+        else:
+            card = None
+    except Exception:  # noqa: BLE001 - offline, no such repo, no card: the license is unknown
+        return None
+    value = getattr(getattr(card, "data", None), "license", None)
+    return value if isinstance(value, str) and _LICENSE.match(value) else None
+
+
 def _mask_context(mask_summary: dict | None) -> dict | None:
     if not mask_summary:
         return None
@@ -101,7 +176,9 @@ def _mask_context(mask_summary: dict | None) -> dict | None:
         raise ValueError(f"mask_summary['sparsity']['total'] must be a number, got {total!r}.")
     modules = [(f"`{m}`", _fmt(v)) for m, v in (sparsity.get("by_module") or {}).items()
                if isinstance(m, str) and MODULE_NAME.match(m) and isinstance(v, (int, float))]
-    return {"config_rows": _flatten(safe_settings(mask_summary.get("config") or {})),
+    config = mask_summary.get("config") or {}
+    config = redact_preserve_names(config, preserve_name_map(config))  # user-named preserve sets stay local
+    return {"config_rows": _flatten(safe_settings(config)),
             "total": None if total is None else _fmt(float(total)), "module_rows": modules}
 
 
@@ -144,6 +221,7 @@ def build_model_card(
     tags: list[str] | None = None,
     pipeline_tag: str | None = None,
     library_versions: dict | None = None,
+    license: str | None = None,
 ) -> ModelCard:
     """Render the model card of an unlearned model.
 
@@ -160,6 +238,10 @@ def build_model_card(
         tags: extra Hub tags.
         pipeline_tag: e.g. ``"image-text-to-text"`` (the default for the snippet) or ``"text-generation"``.
         library_versions: ``{library: version}``; by default read from the installed packages.
+        license: Hub license id (``"apache-2.0"``, ``"mit"``, ...), usually the base model's.
+
+    The metrics also go into the ``model-index`` metadata (``card.data.eval_results``, one ``EvalResult`` per metric
+    and stage), which the Hub shows as evaluation results.
 
     Returns:
         A ``huggingface_hub.ModelCard``; ``card.save(path)`` or ``card.push_to_hub(repo_id)``.
@@ -174,12 +256,16 @@ def build_model_card(
     base = hub_id(base_model)
     model_id = hub_id(model_name)
     datasets = [d for d in (dataset_ids or []) if hub_id(d)] if include_dataset_ids else []
+    eval_results = _eval_results(metrics_before, metrics_after, pipeline_tag)
     card_data = ModelCardData(
         library_name="transformers",
         base_model=base,
+        license=check_license(license) if license is not None else None,
         datasets=datasets or None,
         pipeline_tag=pipeline_tag,
         tags=safe_tags(["hf_unlearn", "unlearning", method_tag, *(tags or [])]),
+        eval_results=eval_results or None,
+        model_name=(model_id.split("/")[-1] if model_id else f"{method_tag}-unlearned") if eval_results else None,
     )
     text_only = pipeline_tag == "text-generation"
     context = {
@@ -239,4 +325,5 @@ def render_card(inputs: dict, *, model_name: str | None, dataset_ids: list[str] 
         mask_summary=inputs.get("mask_summary"), metrics_before=inputs.get("metrics_before"),
         metrics_after=inputs.get("metrics_after"), dataset_ids=dataset_ids, include_dataset_ids=include_dataset_ids,
         tags=[*(inputs.get("tags") or []), *(tags or [])], pipeline_tag=inputs.get("pipeline_tag"),
+        license=inputs.get("license"),
     )

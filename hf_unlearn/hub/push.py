@@ -23,11 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import safe_open
+from safetensors.numpy import save as save_safetensors
 
 from ..saliency.config import CONFIG_NAME as MASK_CONFIG_NAME
 from ..saliency.mask import MASK_NAME, SaliencyMask
-from .card import CARD_INPUTS_NAME, CARD_NAME, read_card_inputs, render_card
-from .safety import check_dataset_ids, is_hub_model_id
+from .card import CARD_INPUTS_NAME, CARD_NAME, check_license, read_card_inputs, render_card
+from .safety import check_dataset_ids, is_hub_model_id, preserve_name_map, redact_preserve_names
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +72,49 @@ def _check_adapter_config(folder: str) -> None:
         base = json.load(f).get("base_model_name_or_path")
     if base and (not is_hub_model_id(base)):
         raise ValueError(
-            "adapter_config.json names a local base model path, which would be published with the adapter. Set "
-            "`model.peft_config['default'].base_model_name_or_path = '<org>/<base-model>'` (the Hub id of the base "
-            "model) and save again, or merge the adapter first (`model.merge_and_unload()`)."
+            "adapter_config.json names a local base model path, which would be published with the adapter. Name the "
+            "base model's Hub id when pushing: `trainer.push_to_hub(base_model='<org>/<base-model>')` or "
+            "`hf-unlearn push RUN_DIR REPO_ID --base-model <org>/<base-model>` (the published adapter_config.json "
+            "then names it), or merge the adapter first (`model.merge_and_unload()`)."
         )
 
 
-def publishable_files(folder: str | os.PathLike, extra_names: tuple[str, ...] | list[str] = ()) -> list[str]:
+def _rewritten_for_hub(folder: str, files: list[str], base_model: str | None) -> dict[str, bytes]:
+    """Files whose published bytes differ from the local ones: an adapter config naming the ``base_model`` override,
+    and mask files whose preserve-set names are replaced (``hub.safety.redact_preserve_names``)."""
+    out: dict[str, bytes] = {}
+    adapter = "adapter_config.json"
+    if base_model is not None and adapter in files:
+        with open(os.path.join(folder, adapter), encoding="utf-8") as f:
+            config = json.load(f)
+        if config.get("base_model_name_or_path") != base_model:
+            config["base_model_name_or_path"] = base_model
+            out[adapter] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    config_rel, mask_rel = f"{MASK_SUBFOLDER}/{MASK_CONFIG_NAME}", f"{MASK_SUBFOLDER}/{MASK_NAME}"
+    mask_config = summary = metadata = None
+    if config_rel in files:
+        with open(os.path.join(folder, MASK_SUBFOLDER, MASK_CONFIG_NAME), encoding="utf-8") as f:
+            mask_config = json.load(f)
+    if mask_rel in files:
+        with safe_open(os.path.join(folder, MASK_SUBFOLDER, MASK_NAME), framework="np") as f:
+            metadata = dict(f.metadata() or {})
+        summary = json.loads(metadata.get("scores_summary") or "null")
+    mapping = preserve_name_map(mask_config, summary)
+    if mapping:
+        if mask_config is not None:
+            redacted = redact_preserve_names(mask_config, mapping)
+            out[config_rel] = (json.dumps(redacted, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        if metadata is not None:
+            path = os.path.join(folder, MASK_SUBFOLDER, MASK_NAME)
+            with safe_open(path, framework="np") as f:
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            metadata["scores_summary"] = json.dumps(redact_preserve_names(summary, mapping))
+            out[mask_rel] = save_safetensors(tensors, metadata=metadata)
+    return out
+
+
+def publishable_files(folder: str | os.PathLike, extra_names: tuple[str, ...] | list[str] = (), *,
+                      base_model: str | None = None) -> list[str]:
     """The files of ``folder`` that may be pushed, as repo paths (``/``-separated), sorted.
 
     Kept: the model config and safetensors weights (with the shards its index lists) or a PEFT adapter, the
@@ -85,7 +123,7 @@ def publishable_files(folder: str | os.PathLike, extra_names: tuple[str, ...] | 
 
     Raises:
         FileNotFoundError: ``folder`` holds no config and safetensors weights.
-        ValueError: a PEFT adapter names a local base-model path.
+        ValueError: a PEFT adapter names a local base-model path and no ``base_model`` Hub id replaces it.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -106,7 +144,11 @@ def publishable_files(folder: str | os.PathLike, extra_names: tuple[str, ...] | 
             f"sharded index, or a PEFT adapter).{hint} Save it with `trainer.save_model()` (or "
             "`model.save_pretrained(dir)`) first."
         )
-    _check_adapter_config(folder)
+    if base_model is None:
+        _check_adapter_config(folder)
+    elif not is_hub_model_id(base_model):
+        raise ValueError(f"base_model={base_model!r} is not a Hub id like 'org/name' (a local path is never "
+                         "published).")
     wanted = set(_MODEL_FILES) | set(_PROCESSOR_FILES) | set(extra_names) | set(_MASK_FILES) | {CARD_NAME}
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
@@ -130,18 +172,23 @@ def commit_files(
     token: str | None = None,
     revision: str | None = None,
     run_as_future: bool = False,
+    base_model: str | None = None,
 ):
     """Upload ``files`` of ``folder`` (plus ``extra`` {repo path: bytes}) to ``repo_id`` in one commit.
 
-    Any failure becomes a ``HubPushError`` naming ``retry_hint``; with ``run_as_future`` it is raised by the
-    returned ``Future``. Files that are unchanged on the Hub are skipped by the client (no empty commits).
+    Every push goes through here: a PEFT adapter config is published naming ``base_model`` (when given), and a
+    saliency mask's preserve-set names are replaced in the published config and metadata (the local files are left
+    as they are). Any failure becomes a ``HubPushError`` naming ``retry_hint``; with ``run_as_future`` it is raised
+    by the returned ``Future``. Files that are unchanged on the Hub are skipped by the client (no empty commits).
     """
     folder = os.fspath(folder)
     blocked = sorted(rel for rel in [*files, *(extra or {})] if _never_pushed(rel))
     if blocked:
         raise ValueError(f"Refusing to push {blocked}: these files are never published (see NEVER_PUSHED).")
     prefix = f"{path_in_repo.strip('/')}/" if path_in_repo else ""
-    operations = [CommitOperationAdd(prefix + rel, os.path.join(folder, *rel.split("/"))) for rel in files]
+    rewritten = _rewritten_for_hub(folder, files, base_model)
+    operations = [CommitOperationAdd(prefix + rel, rewritten[rel] if rel in rewritten
+                                     else os.path.join(folder, *rel.split("/"))) for rel in files]
     operations += [CommitOperationAdd(prefix + rel, data) for rel, data in (extra or {}).items()]
     api = HfApi()  # built now: it reads the endpoint configured at call time
 
@@ -200,8 +247,14 @@ def push_run_dir(
     commit_message: str = "Upload unlearned model (hf_unlearn)",
     revision: str | None = None,
     token: str | None = None,
+    license: str | None = None,
+    base_model: str | None = None,
 ):
-    """Push a run directory; returns the ``CommitInfo``. Raises ``HubPushError`` if the upload fails."""
+    """Push a run directory; returns the ``CommitInfo``. Raises ``HubPushError`` if the upload fails.
+
+    ``license`` and ``base_model`` (a Hub id) replace what the run recorded; ``base_model`` is also what a PEFT
+    adapter's published ``adapter_config.json`` names (for an adapter trained on a local copy of the base).
+    """
     run_dir = os.fspath(run_dir)
     try:
         validate_repo_id(repo_id)
@@ -212,8 +265,14 @@ def push_run_dir(
         raise ValueError("--dataset-id given without --include-dataset-ids: data set ids are published only when you "
                          "opt in. Add --include-dataset-ids, or drop --dataset-id.")
     ids = check_dataset_ids(dataset_ids, include_dataset_ids)
-    files = publishable_files(run_dir)
+    if base_model is None and os.path.isfile(os.path.join(run_dir, CARD_INPUTS_NAME)):
+        base_model = read_card_inputs(run_dir).get("base_model")  # recorded by the run: already a Hub id
+    files = publishable_files(run_dir, base_model=base_model)
     inputs = read_card_inputs(run_dir)
+    if license is not None:
+        inputs["license"] = check_license(license)
+    if base_model is not None:
+        inputs["base_model"] = base_model
     if os.path.isdir(os.path.join(run_dir, MASK_SUBFOLDER)):
         SaliencyMask.from_pretrained(os.path.join(run_dir, MASK_SUBFOLDER))  # a broken mask fails here, not on load
     files = [f for f in files if f != CARD_NAME]  # the card is rendered for this repo id, below
@@ -225,4 +284,5 @@ def push_run_dir(
                            f"and {run_dir!r} is unchanged. Retry with {hint}.") from err
     card = render_card(inputs, model_name=repo_id, dataset_ids=ids, include_dataset_ids=include_dataset_ids)
     return commit_files(run_dir, files, repo_id, extra={CARD_NAME: str(card).encode("utf-8")},
-                        commit_message=commit_message, retry_hint=hint, token=token, revision=revision)
+                        commit_message=commit_message, retry_hint=hint, token=token, revision=revision,
+                        base_model=base_model)

@@ -19,7 +19,15 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import HubStrategy
 from transformers.utils.hub import PushInProgress
 
-from ..hub.card import CARD_INPUTS_NAME, CARD_NAME, flatten_metrics, mask_summary, render_card
+from ..hub.card import (
+    CARD_INPUTS_NAME,
+    CARD_NAME,
+    check_license,
+    flatten_metrics,
+    license_of,
+    mask_summary,
+    render_card,
+)
 from ..hub.push import (
     MASK_SUBFOLDER,
     NEVER_PUSHED,
@@ -61,10 +69,15 @@ class ModelCardMixin:
       its filtered inputs (``dir/hf_unlearn_card.json``), so every checkpoint and a finished run directory are
       complete and ``hf-unlearn push RUN_DIR REPO_ID`` can publish them.
     * ``push_to_hub`` and the pushes during training (``hub_strategy``) upload only ``publishable_files``.
-    * ``record_evaluation(before, after)`` puts the Evaluator's metrics into the card.
+    * ``record_evaluation(before, after)`` puts the Evaluator's metrics into the card (a table and ``model-index``).
+    * ``set_card_metadata(license=, base_model=)`` names what the model's origin does not tell: the license (else
+      the base model's card's) and the base model's Hub id (else ``config._name_or_path``, when it is a Hub id).
     """
 
     _card_metrics: tuple[dict | None, dict | None] = (None, None)
+    _card_license: str | None = None
+    _card_base_model: str | None = None
+    _base_license: tuple[str | None] | None = None  # the base model card's license, looked up once
     _processor_files: tuple[str, ...] | None = None
     _warned_checkpoint_push = False
 
@@ -81,6 +94,22 @@ class ModelCardMixin:
             flatten_metrics(metrics, which)  # raises on anything but numbers, naming the metric
         self._card_metrics = (dict(before) if before else None, dict(after) if after else None)
 
+    def set_card_metadata(self, *, license: str | None = None, base_model: str | None = None) -> None:
+        """Card metadata for this and every later card and push (``None`` leaves a value as it is).
+
+        Args:
+            license: Hub license id (``"apache-2.0"``, ...); by default the base model's card's license, when known.
+            base_model: Hub id of the base model, for a model loaded from a local folder (a local path is never
+                published). A PEFT adapter's published ``adapter_config.json`` then names it too.
+        """
+        if license is not None:
+            self._card_license = check_license(license)
+        if base_model is not None:
+            if not is_hub_model_id(base_model):
+                raise ValueError(f"base_model={base_model!r} is not a Hub id like 'org/name'; a local path is never "
+                                 "published. Pass the Hub id of the model you started from.")
+            self._card_base_model = base_model
+
     def _unwrapped_model(self, keep_peft: bool = False):
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
         return model if keep_peft else unwrap_model(model)
@@ -91,7 +120,9 @@ class ModelCardMixin:
         return [v for v in values if len(v) >= 4]
 
     def _base_model_id(self) -> str | None:
-        """The Hub id the model was loaded from; ``None`` for a local path (never published)."""
+        """The Hub id the model was loaded from (or ``set_card_metadata``'s); ``None`` for a local path."""
+        if self._card_base_model is not None:
+            return self._card_base_model
         peft_config = getattr(self._unwrapped_model(keep_peft=True), "peft_config", None)
         candidates = [getattr(c, "base_model_name_or_path", None)
                       for c in (peft_config.values() if isinstance(peft_config, dict) else [])]
@@ -99,12 +130,26 @@ class ModelCardMixin:
         private = self._private_strings()
         return next((name for name in candidates if is_hub_model_id(name, private)), None)
 
+    def _license(self) -> str | None:
+        """``set_card_metadata``'s license, else the base model card's (a local folder's README.md or the Hub)."""
+        if self._card_license is not None:
+            return self._card_license
+        if self._base_license is None:
+            origin = getattr(getattr(self._unwrapped_model(), "config", None), "_name_or_path", None)
+            self._base_license = (license_of(self._base_model_id()) or license_of(origin),)
+        return self._base_license[0]
+
     def _method_settings(self) -> dict:
-        """The method's own config fields plus the core optimisation knobs, through ``safe_settings``."""
+        """The method's own config fields plus the core optimisation knobs, through ``safe_settings``.
+
+        Only the budget that drove the run is listed: ``max_steps`` when it is set (the Trainer then ignores
+        ``num_train_epochs``), else ``num_train_epochs``.
+        """
         base_fields = {f.name for f in fields(TrainingArguments)}
         own = [f.name for f in fields(type(self.args)) if f.name not in base_fields]
         values = self.args.to_dict()
-        return safe_settings({k: values[k] for k in [*_CORE_TRAINING_KNOBS, *own] if k in values})
+        ignored = "num_train_epochs" if (values.get("max_steps") or -1) > 0 else "max_steps"
+        return safe_settings({k: values[k] for k in [*_CORE_TRAINING_KNOBS, *own] if k in values and k != ignored})
 
     def _mask_object(self) -> SaliencyMask | None:
         mask = getattr(self, "saliency_mask", None)
@@ -125,6 +170,7 @@ class ModelCardMixin:
             "mask_summary": mask_summary(mask) if mask is not None else None,
             "metrics_before": before, "metrics_after": after,
             "tags": list(dict.fromkeys([*self._tag_names, self._method_tag])),
+            "license": self._license(),
         }
 
     def create_model_card(
@@ -139,6 +185,7 @@ class ModelCardMixin:
         language: str | list[str] | None = None,
         finetuned_from: str | None = None,
         dataset: str | list[str] | None = None,
+        base_model: str | None = None,
         **kwargs: Any,
     ):
         """Write ``README.md`` (and ``hf_unlearn_card.json``) into ``output_dir`` (default ``args.output_dir``).
@@ -150,8 +197,11 @@ class ModelCardMixin:
             tags: extra Hub tags (added to ``hf_unlearn``, ``unlearning`` and the method's tag).
             include_dataset_ids: opt in to naming the data sets in the card.
             output_dir: where to write (``save_model`` passes each checkpoint folder).
-            license, language: card metadata.
-            finetuned_from: Hub id of the base model, when the model config does not carry it.
+            license: Hub license id; kept for later cards (``set_card_metadata``). Default: the base model's.
+            language: card metadata.
+            base_model: Hub id of the base model (e.g. a model loaded from a local folder); kept for later cards and
+                pushes (``set_card_metadata``). A local path raises.
+            finetuned_from: ``Trainer.create_model_card``'s name for the base model; ignored unless a Hub id.
             dataset: alias of ``dataset_name`` (``Trainer.create_model_card``'s name).
             kwargs: ``tasks``, ``dataset_tags``, ``dataset_args`` of ``Trainer.create_model_card`` are accepted and not
                 published (they can name data).
@@ -162,8 +212,12 @@ class ModelCardMixin:
         unknown = set(kwargs) - {"tasks", "dataset_tags", "dataset_args"}
         if unknown:
             raise TypeError(f"create_model_card() got unexpected keyword arguments {sorted(unknown)}; it accepts "
-                            "model_name, dataset_name, tags, include_dataset_ids, license, language, finetuned_from.")
+                            "model_name, dataset_name, tags, include_dataset_ids, license, language, base_model, "
+                            "finetuned_from.")
         dataset_ids = check_dataset_ids(dataset_name if dataset_name is not None else dataset, include_dataset_ids)
+        if base_model is None and finetuned_from is not None and is_hub_model_id(finetuned_from):
+            base_model = finetuned_from
+        self.set_card_metadata(license=license, base_model=base_model)
         if not self.is_world_process_zero():
             return None
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -172,13 +226,9 @@ class ModelCardMixin:
         if model_name is not None and (hub_id(model_name) is None or "/" not in model_name):
             model_name = None  # a bare name or a path: "How to load" shows a placeholder instead
         inputs = self.card_inputs()
-        if finetuned_from is not None and is_hub_model_id(finetuned_from):
-            inputs["base_model"] = finetuned_from
         card = render_card(inputs, model_name=model_name, dataset_ids=dataset_ids,
                            include_dataset_ids=include_dataset_ids,
                            tags=[tags] if isinstance(tags, str) else list(tags or []))
-        if license is not None:
-            card.data.license = license
         if language is not None:
             card.data.language = language
         atomic_write_bytes(os.path.join(output_dir, CARD_NAME), str(card).encode("utf-8"))
@@ -243,7 +293,8 @@ class ModelCardMixin:
 
         Only ``publishable_files`` go up, in one commit: never ``training_args.bin``, trainer state, optimizer or
         RNG files. ``kwargs``: ``private``, and those of ``create_model_card`` (``tags``, ``dataset_name`` with
-        ``include_dataset_ids=True``, ``license``, ...).
+        ``include_dataset_ids=True``, ``license``, ``base_model``, ...). ``base_model`` (a Hub id) is what a PEFT
+        adapter trained on a local copy of its base is published with.
 
         Returns:
             ``CommitInfo`` (``blocking=False``: a ``Future`` of it).
@@ -253,6 +304,7 @@ class ModelCardMixin:
         """
         private = kwargs.pop("private", None)
         check_dataset_ids(kwargs.get("dataset_name", kwargs.get("dataset")), kwargs.get("include_dataset_ids", False))
+        self.set_card_metadata(license=kwargs.pop("license", None), base_model=kwargs.pop("base_model", None))
         token = token if token is not None else self.args.hub_token
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         if self.hub_model_id is None:
@@ -267,11 +319,12 @@ class ModelCardMixin:
         self.create_model_card(model_name=model_name, tags=tags, **kwargs)
         self._finish_current_push()
         folder = self.args.output_dir
+        base = self._card_base_model
         return commit_files(
-            folder, publishable_files(folder, self._processor_file_names()), self.hub_model_id,
+            folder, publishable_files(folder, self._processor_file_names(), base_model=base), self.hub_model_id,
             commit_message=commit_message or "End of training", retry_hint=self._retry_hint(self.hub_model_id),
             token=token, revision=revision if revision is not None else self.args.hub_revision,
-            run_as_future=not blocking,
+            run_as_future=not blocking, base_model=base,
         )
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
@@ -281,7 +334,7 @@ class ModelCardMixin:
         if not self.args.hub_always_push and self.push_in_progress is not None and not self.push_in_progress.is_done():
             return
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
-        files = publishable_files(checkpoint_folder, self._processor_file_names())
+        files = publishable_files(checkpoint_folder, self._processor_file_names(), base_model=self._card_base_model)
         output_dir = self.args.output_dir
         for rel in files:  # the output directory mirrors the last pushed checkpoint, as with Trainer
             atomic_copy(os.path.join(checkpoint_folder, *rel.split("/")), os.path.join(output_dir, *rel.split("/")))
@@ -290,7 +343,7 @@ class ModelCardMixin:
         else:
             message = f"Training in progress, epoch {int(self.state.epoch or 0)}"
         common = dict(retry_hint=self._retry_hint(self.hub_model_id), token=self.args.hub_token,
-                      revision=self.args.hub_revision, run_as_future=True)
+                      revision=self.args.hub_revision, run_as_future=True, base_model=self._card_base_model)
         jobs = [commit_files(output_dir, files, self.hub_model_id, commit_message=message, **common)]
         if self.args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
             if not self._warned_checkpoint_push:
