@@ -120,6 +120,8 @@ def load_data(spec: str | dict | None, what: str, benchmark):
                               "glob, or builtin:<split>)") from None
         loaded = _load_local(source.location, split, what) if source.local else _load_hub(source.location, split,
                                                                                           what)
+    if isinstance(loaded, datasets.DatasetDict) and split is None and len(loaded) == 1:
+        split = next(iter(loaded))  # one split: no choice to make
     if isinstance(loaded, datasets.DatasetDict):
         if split is None:
             raise ConfigError(f"data.{what}: {spec!r} holds splits {list(loaded)}; pick one with "
@@ -291,6 +293,7 @@ def run_plan(plan: RunPlan) -> int:
         "args": trainer.args.to_dict(),  # every training argument as used (registry defaults + overrides)
         "mask": getattr(getattr(mask_used, "config", None), "to_dict", lambda: None)(),
         "ref_model": plan.run.ref_model, "data": plan.data, "eval": evaluate, "train_time_s": seconds,
+        "rows": {"forget": len(forget), "retain": len(retain) if retain is not None else 0},
         "global_step": trainer.state.global_step,
         "benchmark": asdict(bench_config) if uses_builtin else None,
         "metrics_before": before, "metrics_after": after,

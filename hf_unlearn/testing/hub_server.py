@@ -586,13 +586,8 @@ def local_hub(tmp_dir: str | os.PathLike) -> Iterator[LocalHubServer]:
     # `datasets` copies the endpoint, offline mode and its cache path at import (load_dataset("org/name")).
     import datasets.config as datasets_config
 
-    datasets_patch = {
-        "HF_ENDPOINT": server.endpoint,
-        "HUB_DATASETS_URL": server.endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
-        "HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False,
-        "HF_DATASETS_CACHE": Path(hf_home) / "datasets",
-    }
-    saved_datasets = {name: getattr(datasets_config, name) for name in datasets_patch if hasattr(datasets_config, name)}
+    datasets_names = ("HF_ENDPOINT", "HUB_DATASETS_URL", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_DATASETS_CACHE")
+    saved_datasets = {name: getattr(datasets_config, name) for name in datasets_names if hasattr(datasets_config, name)}
     with server:
         try:
             for name in ("HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
@@ -623,6 +618,10 @@ def local_hub(tmp_dir: str | os.PathLike) -> Iterator[LocalHubServer]:
             extra_values = {"HF_HUB_CACHE": cache, "HF_ASSETS_CACHE": patched["HF_ASSETS_CACHE"]}
             for m, name in extra_modules:
                 setattr(sys.modules[m], name, extra_values[name])
+            datasets_patch = {
+                "HF_ENDPOINT": endpoint, "HUB_DATASETS_URL": endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+                "HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False, "HF_DATASETS_CACHE": hf_home / "datasets",
+            }
             for name in saved_datasets:
                 setattr(datasets_config, name, datasets_patch[name])
             _hf_uris.parse_hf_uri.cache_clear()
