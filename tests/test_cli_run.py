@@ -170,8 +170,7 @@ def test_every_mask_knob_is_reachable_from_the_config(model_dir, tmp_path):
         assert info["mask"][key] == value and saved[key] == value, key
     mask = SaliencyMask.from_pretrained(out / "saliency_mask")
     expected = {"model.multi_modal_projector.linear_1.weight", "model.multi_modal_projector.linear_1.bias",
-                "model.vision_tower.encoder.layers.0.mlp.fc1.weight", "model.vision_tower.encoder.layers.0.mlp.fc1.bias",
-                "model.vision_tower.encoder.layers.1.mlp.fc1.weight", "model.vision_tower.encoder.layers.1.mlp.fc1.bias"}
+                *(f"model.vision_tower.encoder.layers.{i}.mlp.fc1.{p}" for i in (0, 1) for p in ("weight", "bias"))}
     assert set(mask.masks) == expected  # target_modules and exclude_modules took effect
     # The mask (and freezing of what it does not cover) held: only covered, selected entries moved.
     before, after = load_file(model_dir / "model.safetensors"), load_file(out / "model.safetensors")

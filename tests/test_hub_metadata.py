@@ -107,6 +107,31 @@ data:
     assert list(used) == list(mask) and all(torch.equal(used[n], mask[n]) for n in mask)
 
 
+def test_trainer_reference_and_teacher_strings_are_local_first_then_hub(llava_dir, bench, tmp_path, monkeypatch):
+    from hf_unlearn import NPOConfig, NPOTrainer, VKDConfig, VKDTrainer
+
+    monkeypatch.chdir(tmp_path)
+    forget = bench["forget_vqa"].select(range(2))
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    common = dict(use_cpu=True, report_to="none", max_steps=1, disable_tqdm=True, save_strategy="no")
+    with pytest.raises(FileNotFoundError, match=r"ref_model: './reference' does not exist \(looked for the local"):
+        NPOTrainer(AutoModelForImageTextToText.from_pretrained(llava_dir), args=NPOConfig("o1", **common),
+                   train_dataset=forget, processing_class=processor, ref_model="./reference")
+    with local_hub(tmp_path):
+        _push_model(llava_dir, "local-user/teacher")
+        model = AutoModelForImageTextToText.from_pretrained(llava_dir)
+        with torch.no_grad():  # a teacher that differs from the student, so it is visibly the Hub one
+            next(model.parameters()).add_(1.0)
+        npo = NPOTrainer(model, args=NPOConfig("o2", **common), train_dataset=forget, processing_class=processor,
+                         ref_model="local-user/teacher")
+        vkd = VKDTrainer(model, args=VKDConfig("o3", **common), train_dataset=forget, processing_class=processor,
+                         teacher_model="local-user/teacher")
+    hub_weights = AutoModelForImageTextToText.from_pretrained(llava_dir).state_dict()
+    for trainer in (npo, vkd):
+        reference = trainer.accelerator.unwrap_model(trainer.ref_model)
+        assert all(torch.equal(v, hub_weights[k]) for k, v in reference.state_dict().items())
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The card: model-index eval results, license from the base model's card, base_model, what drove the run
 # ------------------------------------------------------------------------------------------------------------------

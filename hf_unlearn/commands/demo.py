@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            print(f"hf-unlearn demo: error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.", file=sys.stderr)
+            print(f"hf-unlearn demo: error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.",
+                  file=sys.stderr)
             return 2
     if args.threads < 1:
         print(f"hf-unlearn demo: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)

@@ -1,8 +1,8 @@
 """The registry of unlearning methods the demo (and ``hf-unlearn run``) can apply.
 
 An entry is a ``MethodSpec``: a name, a description, its config class, its hyper-parameters and
-``build_trainer(model, processor, data, output_dir, seed, *, mask=None, ref_model=None, **overrides) -> Trainer``. The demo calls ``trainer.train()`` on what it returns and evaluates
-``trainer.model`` afterwards. Add a tuned entry with ``register_method(MethodSpec(...))``.
+``build_trainer(model, processor, data, output_dir, seed, *, mask=None, ref_model=None, **overrides) -> Trainer``.
+The demo calls ``trainer.train()`` on what it returns and evaluates ``trainer.model`` afterwards. Add a tuned entry with ``register_method(MethodSpec(...))``.
 
 Trainers are imported inside ``build_trainer``, so an entry whose trainer does not exist (yet) raises
 ``MethodUnavailableError`` when built and the demo skips it with a note.
@@ -199,7 +199,8 @@ for _spec in (
     MethodSpec("ga_diff", _ga_builder("nll", GA_DIFF_HPARAMS),
                "GA_Diff: gradient ascent on forget + descent on retain answers.", GA_DIFF_HPARAMS, GAConfig),
     MethodSpec("kl_min", _ga_builder("kl", KL_MIN_HPARAMS),
-               "KL_Min: gradient ascent on forget + KL to the starting model on retain rows.", KL_MIN_HPARAMS, GAConfig),
+               "KL_Min: gradient ascent on forget + KL to the starting model on retain rows.", KL_MIN_HPARAMS,
+               GAConfig),
     MethodSpec("npo", _build_npo, "NPO (bounded forget loss) + retain NLL.", NPO_HPARAMS, NPOConfig),
     MethodSpec("mmunlearner", _build_mmunlearner,
                "MMUnlearner: Fisher-ratio vision saliency mask, masked ascent alternating with retain descent.",

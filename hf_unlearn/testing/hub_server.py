@@ -561,8 +561,9 @@ def local_hub(tmp_dir: str | os.PathLike) -> Iterator[LocalHubServer]:
 
     Inside the block: ``HF_ENDPOINT``/``HF_TOKEN`` name the server, ``HF_HOME`` is ``<tmp_dir>/hf_home`` (an isolated
     cache and token file) and offline mode is off, for ``huggingface_hub``, ``transformers`` and ``datasets``
-    (``load_dataset("org/name")``; ``Dataset.push_to_hub`` is not supported: upload parquet files with ``HfApi``). Everything is restored on exit, even on error. Not thread-safe
-    against other code changing the same globals concurrently (tests run it one at a time).
+    (``load_dataset("org/name")``; ``Dataset.push_to_hub`` is not supported: upload parquet files with ``HfApi``).
+    Everything is restored on exit, even on error. Not thread-safe against other code changing the same globals
+    concurrently (tests run it one at a time).
     """
     import huggingface_hub
     from huggingface_hub import constants
