@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            print(f"hf-unlearn demo: error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.", file=sys.stderr)
+            print(f"hf-unlearn demo: error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.",
+                  file=sys.stderr)
             return 2
     try:
         seeds = _parse_seeds(args.seed, args.seeds)
