@@ -58,8 +58,9 @@ save_steps: 2
                                  "save_strategy": "steps"}
     # The record holds the values used: the flags, and the registry's own values for the rest.
     assert info["args"]["learning_rate"] == 1e-5 and info["args"]["max_steps"] == 3 and info["global_step"] == 3
+    # (RMU records the layer index it resolved a negative steer_layer to.)
     kept = {k: v for k, v in METHODS[method].hyperparameters.items()
-            if k in info["args"] and k not in ("learning_rate", "max_steps")}
+            if k in info["args"] and k not in ("learning_rate", "max_steps", "steer_layer")}
     assert all(info["args"][k] == v for k, v in kept.items()), kept
     # Logs and checkpoints are in output_dir, not in a folder that was deleted.
     state = json.loads((out / "trainer_state.json").read_text())
@@ -69,7 +70,7 @@ save_steps: 2
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left behind
     assert (method == "mmunlearner") == (out / "saliency_mask" / "saliency_mask.safetensors").is_file()
-    assert info["rows"]["forget"] == 5  # the built-in default forget split: the 1 forget person's 5 image questions
+    assert info["rows"]["forget"] == 10  # the built-in default forget split: the 1 forget person's 10 image questions
 
 
 # ------------------------------------------------------------------------------------------------------------------

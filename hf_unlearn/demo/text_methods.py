@@ -12,7 +12,18 @@ from typing import Any
 
 from transformers import Trainer
 
-from .methods import BuildTrainer, MethodData, MethodSpec, common_args, demo_defaults, import_symbol, register_method
+from ..config import IdkPOConfig, RMUConfig, SimNPOConfig, UNDIALConfig
+
+from .methods import (
+    BuildTrainer,
+    MethodData,
+    MethodSpec,
+    common_args,
+    demo_defaults,
+    import_symbol,
+    register_method,
+    saliency_mask_for,
+)
 
 # Starting points measured once on the default VLM demo (forget = forget_vqa; oracle forget-VQA accuracy 0.2):
 # simnpo 0.4, rmu 0.2, idkpo 0.6, undial 0.3 forget-VQA accuracy, retain-VQA 0.80-0.92 (vanilla 0.99).
@@ -30,27 +41,30 @@ UNDIAL_HPARAMS = demo_defaults("undial", dict(max_steps=20, learning_rate=5e-4, 
 def _builder(trainer_name: str, config_name: str, module: str, hparams: Mapping[str, Any]) -> BuildTrainer:
     """A ``build_trainer`` for a method whose trainer takes the forget set and the retain set (NLL / its own term)."""
 
-    def build(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
+    def build(model, processor, data: MethodData, output_dir: str, seed: int, *, mask=None, ref_model=None,
+              **overrides: Any) -> Trainer:
         trainer_cls = import_symbol(trainer_name, f"hf_unlearn.trainers.{module}")
         config_cls = import_symbol(config_name, "hf_unlearn.config")
         args = config_cls(**common_args(output_dir, seed, **{"retain_loss_type": "nll", **hparams, **overrides}))
         retain = data.retain if args.retain_loss_type != "none" else None
+        extra = {"ref_model": ref_model} if ref_model is not None else {}  # SimNPO and RMU take no reference
         return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=retain,
-                           processing_class=processor)
+                           processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
+                           **extra)
 
     return build
 
 
 for _spec in (
     MethodSpec("simnpo", _builder("SimNPOTrainer", "SimNPOConfig", "simnpo", SIMNPO_HPARAMS),
-               "SimNPO: reference-free, length-normalised NPO + retain NLL.", SIMNPO_HPARAMS),
+               "SimNPO: reference-free, length-normalised NPO + retain NLL.", SIMNPO_HPARAMS, SimNPOConfig),
     MethodSpec("rmu", _builder("RMUTrainer", "RMUConfig", "rmu", RMU_HPARAMS),
                "RMU: steer a decoder layer's forget activations to a random vector, keep retain activations.",
-               RMU_HPARAMS),
+               RMU_HPARAMS, RMUConfig),
     MethodSpec("idkpo", _builder("IdkPOTrainer", "IdkPOConfig", "idkpo", IDKPO_HPARAMS),
-               "IdkPO: DPO toward refusal answers on the forget set + retain NLL.", IDKPO_HPARAMS),
+               "IdkPO: DPO toward refusal answers on the forget set + retain NLL.", IDKPO_HPARAMS, IdkPOConfig),
     MethodSpec("undial", _builder("UNDIALTrainer", "UNDIALConfig", "undial", UNDIAL_HPARAMS),
                "UNDIAL: self-distillation toward the starting model's logits, forget token lowered + retain NLL.",
-               UNDIAL_HPARAMS),
+               UNDIAL_HPARAMS, UNDIALConfig),
 ):
     register_method(_spec)
