@@ -40,7 +40,7 @@ class DemoModelConfig:
 class DemoTrainingConfig:
     """The recipe of the vanilla and oracle models (plain ``Trainer``, answer-only loss)."""
 
-    num_train_epochs: int = field(default=60, metadata={"help": "Epochs over the training set."})
+    num_train_epochs: int = field(default=80, metadata={"help": "Epochs over the training set."})
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate (linear decay)."})
     batch_size: int = field(default=16, metadata={"help": "Rows per step."})
     warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up steps."})
