@@ -24,6 +24,8 @@ setup(
         "pyyaml",
         "tqdm",
         "rouge_score",
+        "scikit-learn",
+        "scipy",
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],

@@ -29,7 +29,7 @@ from .. import losses
 from ..data.collators import IGNORE_INDEX, UnlearnDataCollator
 from ..data.schema import MCQ_COLUMNS, REQUIRED_TRAIN_COLUMNS, check_columns
 from ..models import unwrap_model
-from . import metrics
+from . import metrics, mia
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,10 @@ class Evaluator:
     # -------------------------------------------------------------------------------------------------- scoring
     def _answer_log_probs(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed answer log-prob and answer length per row, both (B,)."""
+        return losses.sequence_log_probs(*self._answer_logits(rows))
+
+    def _answer_logits(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of a batch, trimmed to the positions from the earliest answer token on when possible."""
         batch = self._to_device(self.collator(rows))
         labels = batch.pop("labels")
         kwargs = {}
@@ -153,7 +157,7 @@ class Evaluator:
             kwargs["logits_to_keep"] = keep
             labels = labels[:, labels.shape[1] - keep:]
         logits = self.model(**batch, **kwargs).logits  # (B, K, V)
-        return losses.sequence_log_probs(logits, labels)
+        return logits, labels
 
     @staticmethod
     def _rows(cols: dict[str, list]) -> list[dict]:
@@ -234,6 +238,90 @@ class Evaluator:
         members = self._split(members) if isinstance(members, str) else members
         nonmembers = self._split(nonmembers) if isinstance(nonmembers, str) else nonmembers
         return metrics.roc_auc(-self.answer_nll(members, "mia members"), -self.answer_nll(nonmembers, "mia holdout"))
+
+    def answer_token_stats(self, dataset: datasets.Dataset | str, desc: str = "tokens") -> dict[str, list[np.ndarray]]:
+        """Per-row answer-token statistics of every row (``mia.answer_token_stats``: log-probs, next-token mean/std
+        of log p, greedy matches), from one forward pass per batch; only one batch's logits live at a time."""
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc)
+        out: dict[str, list[np.ndarray]] = {}
+        with self._eval_mode():
+            for cols in self._batches(dataset, desc):
+                logits, labels = self._answer_logits(self._rows(cols))
+                for key, rows in mia.answer_token_stats(logits, labels).items():
+                    out.setdefault(key, []).extend(rows)
+                del logits
+        return out
+
+    def gradient_norms(self, dataset: datasets.Dataset | str, desc: str = "gradnorm") -> np.ndarray:
+        """(N,) global L2 norm of the gradient of each row's mean answer NLL w.r.t. the trainable parameters.
+
+        One forward and backward per row, dropout off; ``.grad`` of the parameters is left untouched (the gradients
+        come from ``torch.autograd.grad``). White-box and slow: the optional attack of ``mia_scores``.
+        """
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("The gradient-norm attack needs trainable parameters; the model has none "
+                             "(set requires_grad=True on the parameters to attack).")
+        norms = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                for i in range(len(dataset)):
+                    nll = losses.token_mean_nll(*self._answer_logits(self._rows(dataset[i:i + 1])))
+                    grads = torch.autograd.grad(nll, params, allow_unused=True)
+                    norms.append(torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None)).item())
+        finally:
+            self.model.train(was_training)
+        return np.array(norms, dtype=np.float64)
+
+    def mia_scores(
+        self, dataset: datasets.Dataset | str, reference: torch.nn.Module | np.ndarray | None = None, *,
+        k: float = mia.DEFAULT_K, gradient_norm: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Per-row membership scores of every attack of ``hf_unlearn.evaluation.mia`` (higher = "member"):
+        ``loss``, ``zlib``, ``min_k``, ``min_k_pp``; ``reference`` when a reference is given; ``gradnorm`` when
+        ``gradient_norm=True``.
+
+        Args:
+            dataset: the rows (or a split name).
+            reference: a reference model sharing this evaluator's processing class (e.g. the retain-only oracle),
+                or its per-row mean answer NLLs on ``dataset`` (from its ``answer_nll``) to score it once only.
+            k: the Min-K% fraction.
+            gradient_norm: also run the white-box gradient-norm attack (one backward per row).
+        """
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        stats = self.answer_token_stats(dataset, "mia")
+        reference_nll = None
+        if isinstance(reference, torch.nn.Module):
+            ref_eval = Evaluator(reference, self.processing_class, {}, batch_size=self.batch_size,
+                                 show_progress=self.show_progress)
+            # The same computation as the target's loss score, so a model that is its own reference scores exactly 0.
+            reference_nll = -mia.loss_score(ref_eval.answer_token_stats(dataset, "mia reference")["log_prob"])
+        elif reference is not None:
+            reference_nll = np.asarray(reference, dtype=np.float64)
+        grad_norms = self.gradient_norms(dataset) if gradient_norm else None
+        return mia.attack_scores(stats, dataset["answer"], k=k, reference_nll=reference_nll, grad_norms=grad_norms)
+
+    def membership_aucs(
+        self, members: datasets.Dataset | str, nonmembers: datasets.Dataset | str,
+        reference: torch.nn.Module | tuple[np.ndarray, np.ndarray] | None = None, *, k: float = mia.DEFAULT_K,
+        gradient_norm: bool = False,
+    ) -> dict[str, float]:
+        """ROC-AUC of every attack, members (positives) vs non-members: ``mia_loss_auc``, ``mia_zlib_auc``,
+        ``mia_min_k_auc``, ``mia_min_k_pp_auc``, plus ``mia_reference_auc`` with a ``reference`` (a model, or the
+        pair of its per-row NLLs on members and non-members) and ``mia_gradnorm_auc`` with ``gradient_norm=True``.
+        0.5 = members look unseen. ``mia_loss_auc`` equals ``membership_auc``."""
+        ref_members = ref_nonmembers = reference
+        if isinstance(reference, tuple):
+            ref_members, ref_nonmembers = reference
+        return mia.attack_aucs(
+            self.mia_scores(members, ref_members, k=k, gradient_norm=gradient_norm),
+            self.mia_scores(nonmembers, ref_nonmembers, k=k, gradient_norm=gradient_norm),
+        )
 
     def mia_splits(self) -> tuple[str, str] | None:
         """The (members, non-members) splits: VQA rows for vision-language models (the knowledge being unlearned),
