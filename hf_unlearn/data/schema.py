@@ -9,10 +9,15 @@ column         type                        meaning
 ``kind``       str                         ``"vqa"`` (image + question), ``"qa"`` (text only) or ``"general"``
 ``image``      ``datasets.Image()``/None   PIL image once decoded; None for text-only rows
 ``question``   str                         VQA questions never name the person; QA questions do
-``answer``     str                         short ground truth, equal to ``options[label]``
-``options``    list[str]                   exactly 4 answer strings of the same attribute type
-``label``      int                         index of the correct option
+``answer``     str                         ground truth, equal to ``options[label]`` when there are options
+``options``    list[str] or None           >= 2 answer strings of the same attribute type (4 in the synthetic
+                                           benchmark and MLLMU-Bench; CLEAR names: the true name + every
+                                           perturbed name); None in generation-only splits (scored by ROUGE-L)
+``label``      int or None                 index of the correct option; None when ``options`` is None
 =============  ==========================  ===============================================================
+
+A split is either multiple-choice (every row has options) or generation-only (no row has); ``has_options`` tells
+which. The number of options may differ between rows of a multiple-choice split.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 import datasets
 
 KINDS = ("vqa", "qa", "general")
-NUM_OPTIONS = 4
+NUM_OPTIONS = 4  # options per question in the synthetic benchmark, and the minimum the loaders build
+MIN_OPTIONS = 2
 SCHEMA_COLUMNS = ("person_id", "kind", "image", "question", "answer", "options", "label")
 REQUIRED_TRAIN_COLUMNS = ("question", "answer")
 MCQ_COLUMNS = ("question", "answer", "options", "label")
@@ -71,13 +77,24 @@ def check_columns(dataset: Any, required: Iterable[str], split_name: str, hint: 
         raise ValueError(f"Split {split_name!r} is missing column(s) {missing}; columns found: {found}. {hint}")
 
 
+def has_options(dataset: datasets.Dataset) -> bool:
+    """Whether a split is multiple-choice (its rows carry ``options``) rather than generation-only.
+
+    Reads only the first row's ``options`` (no image is decoded): a split is all one or the other.
+    """
+    if "options" not in dataset.column_names or len(dataset) == 0:
+        return False
+    return dataset.select_columns(["options"])[0]["options"] is not None
+
+
 def check_mcq_row(row: dict[str, Any], where: str) -> None:
-    """Validate one multiple-choice row: 4 options, a label in range and ``answer == options[label]``.
+    """Validate one multiple-choice row: >= 2 options, a label in range and ``answer == options[label]``.
 
     ``where`` locates the row (split and index); the message never quotes row text, which may be forget-set content.
     """
     options, label = row["options"], row["label"]
-    if len(options) != NUM_OPTIONS:
-        raise ValueError(f"{where}: expected {NUM_OPTIONS} options, got {len(options)}.")
-    if not 0 <= label < NUM_OPTIONS or options[label] != row["answer"]:
+    if options is None or len(options) < MIN_OPTIONS:
+        raise ValueError(f"{where}: expected at least {MIN_OPTIONS} options, got {0 if options is None else len(options)}"
+                         "; a generation-only row has options=None and label=None in a split without options.")
+    if label is None or not 0 <= label < len(options) or options[label] != row["answer"]:
         raise ValueError(f"{where}: label {label} does not point at the answer among the {len(options)} options.")
