@@ -1,4 +1,4 @@
-"""``hf-unlearn demo [--output DIR] [--seed N] [--methods ga,npo,...] [--quick]``: the built-in benchmark end to end.
+"""``hf-unlearn demo [--output DIR] [--seed N] [--methods ga,npo,...] [--quick] [--text]``: the built-in benchmark end to end.
 
 Builds the synthetic benchmark, trains (or loads from the cache) a vanilla and an oracle tiny LLaVA, runs every
 registered unlearning method from the vanilla model, evaluates all of them and writes DIR/results.json,
@@ -34,11 +34,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "training slows down many times when other processes share the cores).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--list-methods", action="store_true", help="List the registered methods and exit.")
+    parser.add_argument("--text", action="store_true",
+                        help="The text demo instead: a tiny Llama that memorised fictitious authors (TOFU-shaped), "
+                             "every text method, vanilla and a retain-only oracle, TOFU's metrics.")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.text:
+        from ..demo.text import run_text_cli
+
+        return run_text_cli(args)
     import torch
 
     from ..demo import METHODS, DemoConfig, run_demo

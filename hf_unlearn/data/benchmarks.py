@@ -12,6 +12,7 @@ Split names follow the synthetic benchmark: ``forget_vqa``, ``forget_qa``, ``ret
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import string
@@ -51,20 +52,40 @@ def _looks_like_path(path_or_repo: str) -> bool:
     )
 
 
-def _check_parquet_file(path: str, root: str) -> list[str]:
-    """The column names of one parquet shard; a clear error for a Git LFS pointer or an unreadable file."""
+def _check_not_lfs_pointer(path: str, root: str) -> None:
+    """A `git clone` without git-lfs leaves small text pointers where the data files should be: say so, and the fix."""
     with open(path, "rb") as f:
         head = f.read(len(LFS_POINTER_PREFIX))
     if head == LFS_POINTER_PREFIX:
         raise ValueError(
-            f"{path} is a Git LFS pointer file, not parquet data: the snapshot was cloned without git-lfs. Fetch the "
+            f"{path} is a Git LFS pointer file, not the data: the snapshot was cloned without git-lfs. Fetch the "
             f"data with `cd {root} && git lfs install && git lfs pull` (or download it with `hf download`)."
         )
+
+
+def _check_parquet_file(path: str, root: str) -> list[str]:
+    """The column names of one parquet shard; a clear error for a Git LFS pointer or an unreadable file."""
+    _check_not_lfs_pointer(path, root)
     try:
         return pq.read_schema(path).names
     except pa.ArrowInvalid as err:
         raise ValueError(f"{path} is not a readable parquet file ({err}); the download may be incomplete: "
                          "download it again.") from err
+
+
+def _read_json_file(path: str, root: str) -> pa.Table:
+    """A JSON array or JSON-lines file of records (TOFU publishes ``<config>.json`` files) as a Table."""
+    _check_not_lfs_pointer(path, root)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not a JSON array or JSON-lines file ({err}); download it again.") from err
+    if not records or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path} holds no records (a JSON object per row is expected).")
+    return pa.Table.from_pylist(records)
 
 
 def _read_local_shard(path: str, columns: list[str], row_filter: tuple[str, set[str]] | None) -> pa.Table:
@@ -82,40 +103,59 @@ def _read_local_shard(path: str, columns: list[str], row_filter: tuple[str, set[
     return table.filter(pc.is_in(table[key].cast(pa.string()), wanted))
 
 
+def _local_files(root: str, config: str, split: str | None) -> list[str]:
+    """``<root>/<config>/**/*.parquet`` (only ``<split>-*.parquet`` with a split), else ``<root>/<config>.json[l]``."""
+    pattern = f"{split}-*.parquet" if split else "*.parquet"
+    files = sorted(glob.glob(os.path.join(root, config, "**", pattern), recursive=True))
+    if not files and split is None:
+        files = [p for ext in (".json", ".jsonl") if os.path.isfile(p := os.path.join(root, config + ext))]
+    return files
+
+
+def _configs_found(root: str) -> list[str]:
+    return sorted(
+        {d for d in os.listdir(root) if glob.glob(os.path.join(root, d, "**", "*.parquet"), recursive=True)}
+        | {os.path.splitext(f)[0] for f in os.listdir(root) if f.endswith((".json", ".jsonl"))}
+    )
+
+
 def _read_config(
     path_or_repo: str, config: str, required: Sequence[str], optional: Sequence[str] = (), *, benchmark: str,
-    row_filter: tuple[str, set[str]] | None = None,
+    row_filter: tuple[str, set[str]] | None = None, repo: str | None = None, split: str | None = None,
 ) -> pa.Table:
     """Read ``required`` (checked in every shard) and ``optional`` (if present) columns of one config as a pyarrow
     Table; ``row_filter=(column, values)`` keeps only the rows whose ``column`` (read as a string) is in ``values``,
-    filtering while reading.
+    filtering while reading. ``split`` selects one split of a multi-split config (MUSE: ``<config>/<split>-*.parquet``
+    locally); ``repo`` is the published Hub id named in messages (default: MLLMU-Bench's or CLEAR's).
 
     Image columns stay in their stored form, ``{"bytes": ..., "path": ...}`` structs: nothing is decoded here.
     """
-    repo = MLLMU_REPO if benchmark == "MLLMU-Bench" else CLEAR_REPO
+    repo = repo or (MLLMU_REPO if benchmark == "MLLMU-Bench" else CLEAR_REPO)
     download = f"`hf download {repo} --repo-type dataset --local-dir DIR`"
-    hint = f"The {benchmark} loader expects the published column layout of config {config!r} (see {repo} on the Hub)."
+    where = f"{config}/{split}" if split else config
+    hint = f"The {benchmark} loader expects the published column layout of config {where!r} (see {repo} on the Hub)."
     if row_filter is not None and row_filter[0] not in required:
         required = [*required, row_filter[0]]
     if os.path.isdir(path_or_repo):
-        config_dir = os.path.join(path_or_repo, config)
-        files = sorted(glob.glob(os.path.join(config_dir, "**", "*.parquet"), recursive=True))
+        files = _local_files(path_or_repo, config, split)
         if not files:
-            found = sorted(
-                d
-                for d in os.listdir(path_or_repo)
-                if glob.glob(os.path.join(path_or_repo, d, "**", "*.parquet"), recursive=True)
-            )
+            looked = os.path.join(path_or_repo, config, f"{split}-*.parquet" if split else "")
             raise FileNotFoundError(
-                f"{benchmark} config {config!r} not found: no parquet files under {config_dir}. "
-                f"Configs found in {path_or_repo}: {found}. Download the full snapshot with {download} "
-                "and pass DIR."
+                f"{benchmark} config {where!r} not found: no data files under {looked}. "
+                f"Configs found in {path_or_repo}: {_configs_found(path_or_repo)}. Download the full snapshot with "
+                f"{download} and pass DIR."
             )
-        shard_columns = {f: _check_parquet_file(f, path_or_repo) for f in files}
+        if files[0].endswith(".parquet"):
+            shard_columns = {f: _check_parquet_file(f, path_or_repo) for f in files}
+        else:
+            json_tables = {f: _read_json_file(f, path_or_repo) for f in files}
+            shard_columns = {f: t.column_names for f, t in json_tables.items()}
         for f, names in shard_columns.items():
-            check_columns(names, required, f"{config} ({os.path.relpath(f, path_or_repo)})", hint=hint)
+            check_columns(names, required, f"{where} ({os.path.relpath(f, path_or_repo)})", hint=hint)
         present = set.intersection(*(set(n) for n in shard_columns.values()))
         columns = list(required) + [c for c in optional if c in present and c not in required]
+        if not files[0].endswith(".parquet"):
+            return pa.concat_tables([t.select(columns) for t in json_tables.values()], promote_options="default")
         tables = [_read_local_shard(f, columns, row_filter) for f in files]
         return pa.concat_tables(tables, promote_options="default")
     if _looks_like_path(path_or_repo):
@@ -137,9 +177,11 @@ def _read_config(
             f"Could not load config {config!r} of the Hub dataset {path_or_repo!r}: {err}. "
             f"If you are offline, download a snapshot elsewhere with {download} and pass the local DIR."
         ) from err
-    split = "train" if "train" in loaded else next(iter(loaded))
+    if split is not None and split not in loaded:
+        raise ValueError(f"Config {config!r} of {path_or_repo!r} has no split {split!r}; splits: {sorted(loaded)}.")
+    split = split or ("train" if "train" in loaded else next(iter(loaded)))
     ds = loaded[split]
-    check_columns(ds, required, f"{config} ({path_or_repo})", hint=hint)
+    check_columns(ds, required, f"{where} ({path_or_repo})", hint=hint)
     if row_filter is not None:  # an indices mapping over the ID column only: no image is copied
         key, values = row_filter
         ds = ds.filter(lambda ids: [str(i) in values for i in ids], input_columns=[key], batched=True)
