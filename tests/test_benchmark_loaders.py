@@ -356,8 +356,8 @@ def test_test_set_is_filtered_while_reading(tmp_path, monkeypatch):
     assert pq.ParquetFile(path).num_row_groups == 5
     read_groups, full_reads = [], []
     original_groups, original_table = pq.ParquetFile.read_row_groups, pq.read_table
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
-                        lambda self, groups, **kw: read_groups.append(list(groups)) or original_groups(self, groups, **kw))
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, **kw: read_groups.append(
+        list(groups)) or original_groups(self, groups, **kw))
     monkeypatch.setattr(pq, "read_table", lambda p, **kw: full_reads.append(p) or original_table(p, **kw))
     dsd = load_mllmu_bench(str(root), "forget_5")
     assert set(dsd["test_vqa"]["person_id"]) == {1, 2} and dsd["test_vqa"].num_rows == 4

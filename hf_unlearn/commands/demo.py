@@ -1,4 +1,4 @@
-"""``hf-unlearn demo [--output DIR] [--seed N] [--methods ga,npo,...] [--quick] [--text]``: the built-in benchmark end to end.
+"""``hf-unlearn demo [--output DIR] [--seed N] [--methods ga,npo,...] [--quick] [--text]``: the built-in benchmark.
 
 Builds the synthetic benchmark, trains (or loads from the cache) a vanilla and an oracle tiny LLaVA, runs every
 registered unlearning method from the vanilla model, evaluates all of them and writes DIR/results.json,

@@ -73,7 +73,8 @@ def load_muse(path_or_repo: str, corpus: str = "news", *, icl: bool = True) -> d
     splits = {"verbmem_forget": [_text_row(r["prompt"], r["gt"]) for r in read("verbmem", "forget", ("prompt", "gt"))]}
     for side, old in (("forget", ()), ("retain", ("retain2",))):
         qa = read("knowmem", f"{side}_qa", ("question", "answer"), tuple(f"{o}_qa" for o in old))
-        shots = read("knowmem", f"{side}_qa_icl", ("question", "answer"), tuple(f"{o}_qa_icl" for o in old)) if icl else []
+        shots = read("knowmem", f"{side}_qa_icl", ("question", "answer"),
+                     tuple(f"{o}_qa_icl" for o in old)) if icl else []
         splits[f"knowmem_{side}"] = [_text_row(knowmem_prompt(r["question"], shots), r["answer"]) for r in qa]
     for side, old in (("forget", ()), ("holdout", ()), ("retain", ("retain2",))):
         splits[f"privleak_{side}"] = [_text_row("", r["text"]) for r in read("privleak", side, ("text",), old)]

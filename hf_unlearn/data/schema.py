@@ -58,10 +58,13 @@ def benchmark_features(extra: Mapping[str, Any] | None = None) -> datasets.Featu
 
 def truth_ratio_features() -> dict[str, Any]:
     """The extra features of text benchmarks: ``paraphrased_answer`` and ``perturbed_answers``."""
-    return {"paraphrased_answer": datasets.Value("string"), "perturbed_answers": datasets.List(datasets.Value("string"))}
+    return {"paraphrased_answer": datasets.Value("string"),
+            "perturbed_answers": datasets.List(datasets.Value("string"))}
 
 
-def rows_to_dataset(rows: Sequence[dict[str, Any]], extra_features: Mapping[str, Any] | None = None) -> datasets.Dataset:
+def rows_to_dataset(
+    rows: Sequence[dict[str, Any]], extra_features: Mapping[str, Any] | None = None
+) -> datasets.Dataset:
     """Build a split in the common schema from row dicts (an empty list gives an empty, typed split).
 
     ``image`` may be a PIL image, an encoded ``{"bytes": ..., "path": ...}`` struct, or None. ``extra_features``
@@ -108,7 +111,8 @@ def check_mcq_row(row: dict[str, Any], where: str) -> None:
     """
     options, label = row["options"], row["label"]
     if options is None or len(options) < MIN_OPTIONS:
-        raise ValueError(f"{where}: expected at least {MIN_OPTIONS} options, got {0 if options is None else len(options)}"
-                         "; a generation-only row has options=None and label=None in a split without options.")
+        count = 0 if options is None else len(options)
+        raise ValueError(f"{where}: expected at least {MIN_OPTIONS} options, got {count}; a generation-only row has "
+                         "options=None and label=None in a split without options.")
     if label is None or not 0 <= label < len(options) or options[label] != row["answer"]:
         raise ValueError(f"{where}: label {label} does not point at the answer among the {len(options)} options.")

@@ -120,10 +120,16 @@ class TextEvaluator(Evaluator):
         return texts
 
     def rouge(self, split: datasets.Dataset | str, measure: str = "recall", max_new_tokens: int | None = None,
-              stop: Sequence[str] = ()) -> np.ndarray:
-        """(N,) ROUGE-L (``measure``) of greedy answers against the ground truth."""
+              stop: Sequence[str] = (), reference_length: bool = False) -> np.ndarray:
+        """(N,) ROUGE-L (``measure``) of greedy answers against the ground truth; ``reference_length=True`` cuts each
+        generation to its reference's token count (raw continuations have no end-of-text to stop at)."""
         ds = self._get(split)
-        return metrics.rouge_l_per_row(self.generations(ds, max_new_tokens, stop), ds["answer"], measure)
+        texts, refs = self.generations(ds, max_new_tokens, stop), list(ds["answer"])
+        if reference_length:
+            tok = self.tokenizer
+            texts = [tok.decode(tok(t, add_special_tokens=False)["input_ids"][: len(
+                tok(r, add_special_tokens=False)["input_ids"])]).strip() for t, r in zip(texts, refs)]
+        return metrics.rouge_l_per_row(texts, refs, measure)
 
     def memorization(self, split: datasets.Dataset | str) -> tuple[np.ndarray, np.ndarray]:
         """(exact memorization, extraction strength) per row, from one teacher-forced pass."""
@@ -226,8 +232,9 @@ class TextEvaluator(Evaluator):
         self.per_row = {}
         out: dict[str, float] = {}
         verbmem = self._split("verbmem_forget")
+        # MUSE's references are 128-token continuations generated with a 128-token budget: compare equal lengths.
         out["verbmem_rougeL"] = float(self._keep("verbmem_rougeL", self.rouge(
-            verbmem, "fmeasure", max_new_tokens=verbmem_tokens)).mean())
+            verbmem, "fmeasure", max_new_tokens=verbmem_tokens, reference_length=True)).mean())
         em, es = self.memorization(verbmem)
         out["verbmem_exact_memorization"] = float(self._keep("verbmem_exact_memorization", em).mean())
         out["verbmem_extraction_strength"] = float(self._keep("verbmem_extraction_strength", es).mean())
