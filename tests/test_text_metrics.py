@@ -68,7 +68,7 @@ def test_exact_memorization_and_extraction_strength():
 
 def test_lm_eval_summary_and_missing_extra(monkeypatch):
     results = {
-        "results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": 0.1},
+        "results": {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": 0.1, "sample_len": 4},
                     "mmlu_x": {"acc,none": 0.3}},
         "groups": {"mmlu": {"acc,none": 0.25, "alias": "mmlu"}},
     }

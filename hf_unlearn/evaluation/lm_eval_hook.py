@@ -25,7 +25,8 @@ def _import_lm_eval():
 
 def summarize(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
     """``{"<task>/<metric>": value}`` from ``simple_evaluate``'s output: group-level metrics for a task group
-    (e.g. ``mmlu``), the task's own otherwise; lm-eval's ``",none"`` filter suffix and ``alias`` entries dropped."""
+    (e.g. ``mmlu``), the task's own otherwise; lm-eval's ``",none"`` filter suffix, ``alias`` and ``sample_len``
+    entries dropped."""
     out: dict[str, float] = {}
     for task in tasks:
         metrics = (results.get("groups") or {}).get(task) or (results.get("results") or {}).get(task)
@@ -33,7 +34,7 @@ def summarize(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, flo
             raise KeyError(f"lm-eval returned no results for task {task!r}; results cover "
                            f"{sorted((results.get('results') or {}))}.")
         for name, value in metrics.items():
-            if name == "alias" or isinstance(value, str):
+            if name in ("alias", "sample_len") or isinstance(value, str):  # labels and sizes, not metrics
                 continue
             out[f"{task}/{name.split(',', 1)[0].strip()}"] = float(value)
     return out
