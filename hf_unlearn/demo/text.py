@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -49,9 +50,10 @@ from ..testing.models import tiny_llama
 from .methods import METHODS, MethodData, MethodUnavailableError, get_method
 
 try:  # the text methods' registry entries (SimNPO, RMU, IdkPO, UNDIAL), where this version has them
-    from . import text_methods  # noqa: F401
-except ImportError:
-    text_methods = None
+    importlib.import_module(f"{__package__}.text_methods")
+except ModuleNotFoundError as err:  # only a missing module is expected; a broken one must fail loudly
+    if err.name != f"{__package__}.text_methods":
+        raise
 
 REFERENCE_MODELS = ("vanilla", "oracle")
 CACHE_MARKER = "hf_unlearn_text_demo.json"
