@@ -30,6 +30,7 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "plot": ["matplotlib"],
+        "lm-eval": ["lm_eval>=0.4"],
         "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib"],
     },
     entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},

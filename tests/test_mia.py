@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from hf_unlearn import losses
 from hf_unlearn.data.collators import UnlearnDataCollator
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig, benchmark_corpus, build_synthetic_benchmark
 from hf_unlearn.evaluation import Evaluator

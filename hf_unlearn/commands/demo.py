@@ -1,11 +1,12 @@
-"""``hf-unlearn demo [--output DIR] [--seeds 0,1,2,3,4] [--methods ga,npo,...] [--quick]``: the built-in benchmark.
+"""``hf-unlearn demo [--output DIR] [--seeds 0,1,2,3,4] [--methods ga,npo,...] [--quick] [--text]``: the benchmark.
 
 At each seed: builds the synthetic benchmark, trains (or loads from the cache) a vanilla and an oracle tiny LLaVA,
 runs every registered unlearning method from the vanilla model and evaluates all of them. Over the seeds it reports
 each metric's mean and a 95% interval (bootstrap over seeds and questions) and each method's paired difference to
 vanilla and oracle, and writes DIR/results.json, DIR/report.md and DIR/tradeoff.png. The vanilla and oracle models
 are cached under ``--cache-dir`` (default ``$HF_UNLEARN_CACHE`` or ``~/.cache/hf_unlearn``), so later runs only
-unlearn and evaluate. One seed proves nothing: publish numbers from several.
+unlearn and evaluate. One seed proves nothing: publish numbers from several. ``--text`` runs the text demo instead
+(a tiny Llama that memorised fictitious authors, TOFU-shaped).
 """
 
 from __future__ import annotations
@@ -40,11 +41,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "training slows down many times when other processes share the cores).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--list-methods", action="store_true", help="List the registered methods and exit.")
+    parser.add_argument("--text", action="store_true",
+                        help="The text demo instead: a tiny Llama that memorised fictitious authors (TOFU-shaped), "
+                             "every text method, vanilla and a retain-only oracle, TOFU's metrics.")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.text:
+        from ..demo.text import run_text_cli
+
+        try:
+            seeds = _parse_seeds(args.seed, args.seeds)
+        except ValueError as err:
+            print(f"hf-unlearn demo: error: {err}", file=sys.stderr)
+            return 2
+        args.seeds = seeds
+        args.seed = seeds[0]
+        return run_text_cli(args)
     import torch
 
     from ..demo import METHODS, DemoConfig, run_demo

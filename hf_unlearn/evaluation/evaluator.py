@@ -1,10 +1,11 @@
 """``Evaluator``: MLLMU-Bench-style metrics for a model on a benchmark in the common schema.
 
-* **Multiple-choice accuracy by option likelihood**: each of the 4 options is scored as the answer (answer-only
-  labels from ``UnlearnDataCollator``, so prompts and image tokens are exactly those of training); the option with the
-  highest mean (or summed) answer log-probability wins. Deterministic and free of answer-parsing pitfalls
-  (research/benchmarks.md §1.7).
-* **ROUGE-L** (F) of greedy generations on the forget VQA split, new tokens only.
+* **Multiple-choice accuracy by option likelihood**: each option (4 in MLLMU-style splits, any number >= 2 per row)
+  is scored as the answer (answer-only labels from ``UnlearnDataCollator``, so prompts and image tokens are exactly
+  those of training); the option with the highest mean (or summed) answer log-probability wins. Deterministic and
+  free of answer-parsing pitfalls (research/benchmarks.md §1.7).
+* **ROUGE-L** (F) of greedy generations on the forget VQA split, new tokens only; also the score of every
+  generation-only split (no options, e.g. CLEAR's TOFU questions) as ``<split>_rougeL``.
 * **Membership inference** (LOSS attack): score = -mean answer NLL; members = the forget people's rows, non-members =
   the holdout people's rows (never trained on); ROC-AUC, 0.5 = no signal.
 
@@ -27,7 +28,7 @@ from trl.trainer.utils import pad
 
 from .. import losses
 from ..data.collators import IGNORE_INDEX, UnlearnDataCollator
-from ..data.schema import MCQ_COLUMNS, REQUIRED_TRAIN_COLUMNS, check_columns
+from ..data.schema import MCQ_COLUMNS, REQUIRED_TRAIN_COLUMNS, check_columns, has_options
 from ..models import unwrap_model
 from . import metrics, mia
 
@@ -62,7 +63,7 @@ class Evaluator:
         benchmark: splits in the common schema (``hf_unlearn.data.schema``), e.g. from
             ``build_synthetic_benchmark``: forget_vqa, forget_qa, retain_vqa, retain_qa, test_vqa, general,
             holdout_vqa, holdout_qa.
-        batch_size: questions per forward pass (each question expands to its 4 options).
+        batch_size: questions per forward pass (each question expands to its options).
         option_score: ``"mean"`` (length-normalised answer log-prob, default) or ``"sum"``.
         max_new_tokens: generation budget for ROUGE-L (answers are short).
         show_progress: show tqdm bars.
@@ -167,18 +168,26 @@ class Evaluator:
         return [{"question": cols["question"][i], "answer": cols["answer"][i], "image": images[i]} for i in range(n)]
 
     def option_scores(self, dataset: datasets.Dataset, desc: str = "options") -> np.ndarray:
-        """(N, 4) answer log-probability of every option of every question (mean per token or summed)."""
+        """(N, K) answer log-probability of every option of every question (mean per token or summed); K is the
+        largest number of options in the split, and questions with fewer options are padded with -inf."""
         check_columns(dataset, MCQ_COLUMNS, desc)
-        scores = []
+        scores: list[np.ndarray] = []
         with self._eval_mode():
             for cols in self._batches(dataset, desc):
-                rows = []
+                rows, sizes = [], []
                 for row, options in zip(self._rows(cols), cols["options"]):
+                    if not options:
+                        raise ValueError(f"Split {desc!r} has a row without options: it is generation-only; score it "
+                                         "with rouge_l (evaluate() does so for splits without options).")
                     rows += [{**row, "answer": option} for option in options]
+                    sizes.append(len(options))
                 logps, counts = self._answer_log_probs(rows)
                 values = logps / counts.clamp(min=1) if self.option_score == "mean" else logps
-                scores.append(values.float().cpu().numpy().reshape(len(cols["question"]), -1))
-        return np.concatenate(scores, axis=0)
+                scores += np.split(values.float().cpu().numpy(), np.cumsum(sizes)[:-1])
+        out = np.full((len(scores), max(map(len, scores), default=0)), -np.inf)
+        for i, row_scores in enumerate(scores):
+            out[i, :len(row_scores)] = row_scores
+        return out
 
     def answer_nll(self, dataset: datasets.Dataset, desc: str = "nll") -> np.ndarray:
         """(N,) mean negative log-likelihood per answer token of each row's ground-truth answer."""
@@ -242,7 +251,7 @@ class Evaluator:
     def rouge_l_scores(self, dataset: datasets.Dataset | str) -> np.ndarray:
         """(N,) ROUGE-L F of each greedy answer against its ground truth."""
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        return metrics.rouge_l_scores(self.generate(dataset), dataset["answer"])
+        return metrics.rouge_l_per_row(self.generate(dataset), dataset["answer"])
 
     # -------------------------------------------------------------------------------------------------- attacks
     def membership_auc(self, members: datasets.Dataset | str, nonmembers: datasets.Dataset | str) -> float:
@@ -346,7 +355,8 @@ class Evaluator:
 
     # -------------------------------------------------------------------------------------------------- all
     def evaluate(self, splits: Sequence[str] | None = None, rouge: bool = True, mia: bool = True) -> dict[str, float]:
-        """Compute ``<split>_acc`` for each multiple-choice split, ``forget_rougeL`` and ``mia_auc``.
+        """Compute ``<split>_acc`` for each multiple-choice split (``<split>_rougeL`` for a split without options),
+        ``forget_rougeL`` and ``mia_auc``.
 
         Args:
             splits: the multiple-choice splits (default: those of ``MCQ_SPLITS`` present in the benchmark).
@@ -360,7 +370,10 @@ class Evaluator:
         results: dict[str, float] = {}
         for name in names:
             if self.can_evaluate(name):
-                results[f"{name}_acc"] = self.mcq_accuracy(name)
+                if has_options(self.benchmark[name]):
+                    results[f"{name}_acc"] = self.mcq_accuracy(name)
+                else:  # generation-only split (e.g. CLEAR's TOFU questions): ROUGE-L of greedy answers
+                    results[f"{name}_rougeL"] = self.rouge_l(name)
         if rouge:
             name = "forget_vqa" if self.supports_images else "forget_qa"
             if self.can_evaluate(name):

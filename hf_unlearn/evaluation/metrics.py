@@ -31,11 +31,15 @@ def mcq_accuracy(option_scores: np.ndarray, labels: Sequence[int]) -> float:
 
 
 _ROUGE_SCORER = None
+ROUGE_MEASURES = ("fmeasure", "recall", "precision")
 
 
-def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """ROUGE-L F-measure per prediction (``rouge_score``, Porter stemmer on, as MLLMU-Bench's ``eval.py``)."""
+def rouge_l_per_row(predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure") -> np.ndarray:
+    """ROUGE-L of each prediction against its reference (``rouge_score``, Porter stemmer on, as MLLMU-Bench's
+    ``eval.py``). ``measure``: ``"fmeasure"`` (MLLMU-Bench, MUSE), ``"recall"`` (TOFU, CLEAR) or ``"precision"``."""
     global _ROUGE_SCORER
+    if measure not in ROUGE_MEASURES:
+        raise ValueError(f"measure={measure!r}; use one of {ROUGE_MEASURES}.")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
     if not predictions:
@@ -44,13 +48,13 @@ def rouge_l_scores(predictions: Sequence[str], references: Sequence[str]) -> np.
         from rouge_score import rouge_scorer
 
         _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return np.array([_ROUGE_SCORER.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)],
-                    dtype=np.float64)
+    return np.array([getattr(_ROUGE_SCORER.score(ref, pred)["rougeL"], measure)
+                     for pred, ref in zip(predictions, references)], dtype=np.float64)
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (see ``rouge_l_scores``)."""
-    return float(np.mean(rouge_l_scores(predictions, references)))
+def rouge_l(predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure") -> float:
+    """Mean ROUGE-L (F-measure by default) over rows; see ``rouge_l_per_row``."""
+    return float(np.mean(rouge_l_per_row(predictions, references, measure)))
 
 
 def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> float:

@@ -69,8 +69,8 @@ def answer_token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     del logz, p
     counts = mask.sum(-1).tolist()
     out = {}
-    for key, values in (("log_prob", log_prob), ("vocab_mean", mean), ("vocab_std", var.clamp(min=_MIN_VARIANCE).sqrt()),
-                        ("argmax_match", match)):
+    std = var.clamp(min=_MIN_VARIANCE).sqrt()
+    for key, values in (("log_prob", log_prob), ("vocab_mean", mean), ("vocab_std", std), ("argmax_match", match)):
         out[key] = [v.double().cpu().numpy() for v in values.split(counts)]
     return out
 
