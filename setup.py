@@ -28,7 +28,7 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "plot": ["matplotlib"],
-        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib"],
+        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib", "tensorboard"],
     },
     entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},
 )
