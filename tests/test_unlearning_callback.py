@@ -37,10 +37,10 @@ def test_tensorboard_shows_forget_and_retain_accuracy_at_eval_steps(memorised_pe
 
     model, processor = load(memorised_people)
     sets = splits(benchmark())
-    logdir = tmp_path / "tb"
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-3, max_steps=10, report_to="tensorboard",
-                             logging_dir=str(logdir), logging_steps=5, eval_strategy="steps", eval_steps=5,
-                             save_strategy="no", disable_tqdm=True, use_cpu=True, seed=0)
+    logdir = tmp_path / "out" / "runs"  # transformers 5: TensorBoard writes under output_dir/runs/
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=1e-3, max_steps=10,
+                             report_to="tensorboard", logging_steps=5, eval_strategy="steps", eval_steps=5, save_strategy="no",
+                             disable_tqdm=True, use_cpu=True, seed=0)
     trainer = GATrainer(model, args=args, train_dataset=sets["forget"], retain_dataset=sets["retain"],
                         eval_dataset=sets["retain_vqa"], processing_class=processor,
                         callbacks=[UnlearningEvalCallback(extra_sets={"text": sets["text"]})])

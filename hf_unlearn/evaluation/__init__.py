@@ -3,11 +3,13 @@
 from .attacks import RelearnConfig, membership_inference_auc, relearn_attack, split_for_relearning
 from .evaluator import MCQ_SPLITS, Evaluator
 from .metrics import mcq_accuracy, mcq_predictions, roc_auc, rouge_l
+from .probe import Probe
 from .report import markdown_table, plot_tradeoff, render_report
 
 __all__ = [
     "Evaluator",
     "MCQ_SPLITS",
+    "Probe",
     "RelearnConfig",
     "markdown_table",
     "mcq_accuracy",

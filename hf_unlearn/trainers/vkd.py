@@ -429,8 +429,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         if self._forget_target is None:
             if self.feature_rms is None:
                 self.feature_rms = _rms(self._teacher_reference_features())
-            self._forget_target = losses.random_feature_target(like.shape[-1], self.feature_rms * self.args.target_scale,
-                                                               seed=self.args.seed)
+            rms = self.feature_rms * self.args.target_scale
+            self._forget_target = losses.random_feature_target(like.shape[-1], rms, seed=self.args.seed)
         return self._forget_target.to(like)
 
     def _teacher_features_for(self, side: str, model, batch: dict, inputs: dict, like: torch.Tensor) -> torch.Tensor:
