@@ -44,8 +44,9 @@ class UnlearnConfig(TrainingArguments):
             rows of the same kind the model never saw). ``None``: on when a holdout set is given.
         stop_criterion (`str`, defaults to `"nll"`): ``"nll"``: mean forget NLL >= mean holdout NLL -
             ``stop_nll_margin``; ``"auc"``: loss-attack AUC (forget vs holdout) <= 0.5 + ``stop_auc_delta``.
-        probe_steps (`int` or `None`): probe, log and check the stop rule every k steps. ``None``: every 5 steps with
-            the stop rule, otherwise only at evaluations, at ``noop_check_steps`` and at the start and end.
+        probe_steps (`int` or `None`): probe (with accuracy), log and check the stop rule every k steps. ``None``:
+            every 10 steps with the stop rule (NLL and AUC only), otherwise only at evaluations, at
+            ``noop_check_steps`` and at the start and end.
         probe_rows (`int`, defaults to `32`): rows per set in the probe (a fixed subset seeded by ``seed``); 0
             turns the probe off (no stop rule, no no-op warning, no before/after log).
         noop_check_steps, noop_min_nll_change: warn once if the forget NLL moved less than ``noop_min_nll_change``
@@ -111,8 +112,8 @@ class UnlearnConfig(TrainingArguments):
     )
     probe_steps: int | None = field(
         default=None,
-        metadata={"help": "Probe, log and check the stop rule every k steps. None: every 5 steps with the stop rule, "
-                          "else only at evaluations."},
+        metadata={"help": "Probe (with accuracy), log and check the stop rule every k steps. None: every 10 steps "
+                          "with the stop rule (NLL and AUC only), else only at evaluations."},
     )
     probe_rows: int = field(
         default=32, metadata={"help": "Rows per set in the probe (seeded fixed subset); 0 turns the probe off."}

@@ -86,7 +86,7 @@ def test_progress_bars_follow_disable_tqdm(memorised_people, tmp_path, capfd):  
     for disable in (False, True):
         npo = NPOTrainer(model, args=NPOConfig(output_dir=str(tmp_path / "npo"), precompute_ref_log_probs=True,
                                                max_steps=1, disable_tqdm=disable, report_to="none", use_cpu=True,
-                                               probe_rows=0),
+                                               probe_rows=4),
                          train_dataset=sets["forget"], processing_class=processor)
         npo.train()
         vkd = VKDTrainer(model, args=VKDConfig(output_dir=str(tmp_path / "vkd"), precompute_teacher_features=True,
@@ -95,7 +95,8 @@ def test_progress_bars_follow_disable_tqdm(memorised_people, tmp_path, capfd):  
                          train_dataset=sets["forget"], retain_dataset=sets["retain_vqa"], processing_class=processor)
         vkd.train()
         err = capfd.readouterr().err
-        for bar in ("NPO reference log-probs", "VKD teacher features (forget)", "VKD teacher features (retain)"):
+        for bar in ("NPO reference log-probs", "VKD teacher features (forget)", "VKD teacher features (retain)",
+                    "probe forget"):
             assert (bar in err) != disable, (bar, disable)
 
 

@@ -10,7 +10,7 @@ training collator (``hf_unlearn.evaluation.probe.Probe``) and uses the numbers f
 2. **Target-driven stop** (``stop_at_holdout``, on by default when ``holdout_dataset=`` is given): the retrained
    oracle's forget rows look like rows it never saw, so training stops once the forget rows look like the holdout
    rows: mean forget NLL >= mean holdout NLL - ``stop_nll_margin`` (``stop_criterion="nll"``) or loss-attack AUC
-   <= 0.5 + ``stop_auc_delta`` (``"auc"``), checked every ``probe_steps`` steps.
+   <= 0.5 + ``stop_auc_delta`` (``"auc"``), checked every ``probe_steps`` steps (10 by default).
 3. **No silent no-op**: if the forget NLL has moved less than ``noop_min_nll_change`` after ``noop_check_steps``
    steps, a ``NoForgettingWarning`` names the learning rate and step budget, once.
 4. **What moved**: the final training metrics (printed by the Trainer, in ``log_history`` and ``TrainOutput``) hold
@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 #: The sets the trainer itself provides; only these appear in the report and the model card (user-named extra sets
 #: are logged, never published).
 BUILTIN_SETS = ("forget", "retain", "holdout")
-DEFAULT_PROBE_STEPS_WITH_STOP = 5
+DEFAULT_PROBE_STEPS_WITH_STOP = 10
 
 
 class NoForgettingWarning(UserWarning):
@@ -53,9 +53,10 @@ class UnlearningEvalCallback(TrainerCallback):
 
     Args:
         extra_sets: more ``{name: dataset}`` to probe and log (e.g. ``{"text": text_only_rows}``); never published.
-        probe_steps: probe (and log) every k optimizer steps; default ``args.probe_steps`` (None there: every 5 steps
-            while the stop rule is on, otherwise only at evaluations).
-        accuracy: also compute multiple-choice accuracy at logged probes (one forward per option).
+        probe_steps: probe (and log) every k optimizer steps; default ``args.probe_steps`` (None there: every 10 steps
+            while the stop rule is on, NLL and AUC only, otherwise only at evaluations).
+        accuracy: also compute multiple-choice accuracy at evaluations and at the periodic probes the user asked for
+            (one forward per option).
 
     The trainer binds the callback (``bind``); its settings otherwise come from the trainer's ``UnlearnConfig``.
     """
@@ -109,6 +110,11 @@ class UnlearningEvalCallback(TrainerCallback):
         return steps
 
     @property
+    def explicit_probe_steps(self) -> bool:
+        """Whether the user asked for periodic probes (they then also compute accuracy, one forward per option)."""
+        return self._probe_steps is not None or self.trainer.args.probe_steps is not None
+
+    @property
     def enabled(self) -> bool:
         return self.trainer is not None and self.trainer.args.probe_rows > 0
 
@@ -150,11 +156,11 @@ class UnlearningEvalCallback(TrainerCallback):
             return
         self.probe = self._build_probe()
         self.stopped_at_step, self.warned_no_forgetting, self._noop_checked = None, False, False
+        self.after = {}
         self._logged_steps.clear()
         self._last = None
-        periodic = self.probe_steps is not None
-        self.before = dict(self.run_probe(state.global_step, accuracy=periodic and self.accuracy))
-        if periodic:
+        self.before = dict(self.run_probe(state.global_step, accuracy=self.explicit_probe_steps and self.accuracy))
+        if self.probe_steps is not None:
             self._log(self.before, state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -164,7 +170,8 @@ class UnlearningEvalCallback(TrainerCallback):
         last_step = step >= state.max_steps or control.should_training_stop
         every = self.probe_steps
         if every is not None and (step % every == 0 or last_step):
-            metrics = self.run_probe(step)
+            # The stop rule alone needs NLLs only; accuracy costs a forward per option.
+            metrics = self.run_probe(step, accuracy=self.explicit_probe_steps and self.accuracy)
             self._log(metrics, step)
             if self.stop_enabled and self.stopped_at_step is None and self._agree(self.target_reached(metrics)):
                 self.stopped_at_step = step
@@ -176,8 +183,10 @@ class UnlearningEvalCallback(TrainerCallback):
         return control
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if not self.enabled or self.probe is None:
+        if not self.enabled:
             return
+        if self.probe is None:  # trainer.evaluate() before training: the starting point
+            self.probe = self._build_probe()
         result = self.run_probe(state.global_step)
         if metrics is not None:  # visible to metric_for_best_model / EarlyStoppingCallback too
             metrics.update({f"eval_{k}": v for k, v in result.items()})
