@@ -98,9 +98,9 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         processing_class=None,
         ref_model: PreTrainedModel | str | None = None,
         saliency_mask=None,
-        holdout_dataset=None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
+        holdout_dataset=None,
         **kwargs,
     ):
         # Args
