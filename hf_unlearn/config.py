@@ -277,9 +277,10 @@ class VKDConfig(UnlearnConfig):
     r"""VKD: visual knowledge distillation with a frozen language model (hf_unlearn's reading of Wang et al., 2025).
 
     Only the vision tower and projector train; the language model and ``lm_head`` are frozen. A frozen teacher (the
-    starting model by default) supplies intermediate features: forget-image features are pushed at least ``margin``
-    away from the teacher's, retain-image features are pulled onto them. See ``docs/methods/vkd.md`` for which of
-    these choices the paper leaves open.
+    starting model by default) supplies intermediate features: forget-image features are pulled towards a fixed
+    random target (or pushed ``margin`` away from the teacher's), retain-image features are pulled onto the
+    teacher's. See ``docs/methods/vkd.md`` for which of these choices the paper leaves open and how the defaults were
+    measured.
 
     > Parameters that control the features
 
@@ -300,10 +301,16 @@ class VKDConfig(UnlearnConfig):
         forget_loss_type (`str`, defaults to `"npo"`): output-level term on forget answers: ``"npo"``, ``"ga"`` or
             ``"none"`` (features only; the language model never runs on forget batches then). The hinge alone
             cannot start from a student equal to its teacher (d = 0 is where its gradient vanishes), so ``"none"``
-            needs a ``teacher_model`` that differs from the starting model.
+            with ``forget_feature_loss="hinge"`` needs a ``teacher_model`` that differs from the starting model.
         beta (`float`, defaults to `0.1`): NPO inverse temperature.
-        push_away_weight (`float`, defaults to `1.0`): weight of the hinge max(0, margin - d(f_s, f_t)) on forget
-            images.
+        forget_feature_loss (`str`, defaults to `"random_target"`): the forget-image feature term.
+            ``"random_target"``: mean d(f_s, c * u), towards a fixed random direction u (entries uniform in [0, 1),
+            normalised, seeded by ``seed``) with an RMS entry of ``target_scale`` times the teacher's forget features'
+            (representation misdirection, as RMU, Li et al. 2024, arXiv 2403.03218); its gradient is large from the
+            first step. ``"hinge"``: mean max(0, margin - d(f_s, f_t)), pushed away from the teacher's features;
+            zero gradient at the start.
+        push_away_weight (`float`, defaults to `1.0`): weight of the forget feature term.
+        target_scale (`float`, defaults to `1.0`): the random target's norm relative to the teacher's features.
         margin (`float`, defaults to `1.0`): hinge margin, in normalized units when ``normalize_distance``: 1.0 asks
             forget features to be as far from the teacher's as the teacher's are from zero.
         feature_match_weight (`float`, defaults to `10.0`): weight of d(f_s, f_t) on retain images (in normalized
@@ -322,6 +329,9 @@ class VKDConfig(UnlearnConfig):
         precompute_teacher_features (`bool`, defaults to `False`): compute the teacher's features (and NPO reference
             log-probs) for every forget and retain row once at the start, keep them on CPU and hold no teacher
             model afterwards.
+        vision_lr_scale (`float`, defaults to `10.0`): the vision tower and projector train at
+            ``learning_rate * vision_lr_scale`` (``trainers/lr_scale.py``: Adam moves each weight by about the
+            learning rate per step, and VKD moves only the vision side).
     """
 
     feature_site: str = field(

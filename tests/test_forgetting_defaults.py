@@ -99,4 +99,8 @@ def test_stop_rule_ends_training_when_forget_nll_reaches_holdout(memorised_peopl
     assert previous["eval_forget_nll"] < previous["eval_holdout_nll"]  # ... for the first time at this step
     report = trainer.unlearning_report
     assert report["after"]["forget_nll"] == pytest.approx(last["eval_forget_nll"])
+    final = trainer.state.log_history[-1]  # the end-of-training log: what moved, on every probed set
+    for name in ("forget", "retain", "holdout"):
+        assert final[f"{name}_nll_before"] == pytest.approx(report["before"][f"{name}_nll"])
+        assert final[f"{name}_nll_after"] == pytest.approx(report["after"][f"{name}_nll"])
     assert report["before"]["mia_auc"] == 1.0 and report["after"]["mia_auc"] < 0.8
