@@ -88,7 +88,7 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         if saliency_mask is None:
             import warnings
 
-            warnings.warn("MMUnlearnerTrainer without `saliency_mask` updates every parameter: this is alternating "
+            warnings.warn("MMUnlearnerTrainer without `saliency_mask` updates every parameter: this is "
                           "GA_Diff, not MMUnlearner. Compute one with `compute_saliency_mask`.", stacklevel=2)
         super().__init__(*args, saliency_mask=saliency_mask, **kwargs)
         self.retain_guard = None
