@@ -27,6 +27,7 @@ from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCol
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
 from ..masking import GradientMasker
 from ..utils import write_json_atomic
+from .callbacks import UnlearningEvalCallback
 from .card import ModelCardMixin
 
 
@@ -99,6 +100,7 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         saliency_mask=None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
+        holdout_dataset=None,
         **kwargs,
     ):
         # Args
@@ -118,6 +120,8 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
             )
         if retain_dataset is not None and len(retain_dataset) == 0:
             raise ValueError("`retain_dataset` is empty; pass retain rows or `retain_dataset=None`.")
+        if holdout_dataset is not None and len(holdout_dataset) == 0:
+            raise ValueError("`holdout_dataset` is empty; pass rows the model never saw or `holdout_dataset=None`.")
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass `processing_class` (tokenizer or processor) or a `data_collator`.")
@@ -125,6 +129,7 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
                 processing_class, answer_only=args.answer_only_loss, max_length=args.max_length
             )
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
+        self.holdout_dataset = holdout_dataset  # never trained on: the probe's target (trainers/callbacks.py)
         self.pairing = ForgetRetainDataset(
             train_dataset, retain_dataset if self.uses_retain(args) else None, anchor=args.pairing_anchor,
             seed=args.seed,
@@ -148,6 +153,13 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
             callbacks.append(_MaskedStepCallback(self))
         if args.stop_forget_loss_above is not None:
             callbacks.append(_StopOnForgetLossCallback(self))
+        # One probe for metrics logging, the holdout stop rule, the no-op warning and the before/after log.
+        self.unlearning_eval = next((c for c in callbacks if isinstance(c, UnlearningEvalCallback)), None)
+        if self.unlearning_eval is None:
+            self.unlearning_eval = UnlearningEvalCallback()
+            callbacks.append(self.unlearning_eval)
+        self.unlearning_eval.bind(self, args)
+        self.unlearning_report: dict | None = None  # filled at the end of train(); shown in the model card
 
         super().__init__(
             model=model, args=args, data_collator=PairedCollator(data_collator), train_dataset=self.pairing,
@@ -392,4 +404,6 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         if self.model.training and self._metrics:  # training logs: add each loss term under its own name
             logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items() if v}}
             self._metrics.clear()
+        if "train_runtime" in logs:  # the end-of-training log also says what moved (<set>_nll_before/_after)
+            logs.update(self.unlearning_eval.final_logs())
         super().log(logs, start_time)
