@@ -518,13 +518,15 @@ def standalone_main(description: str, measure_size: Callable[[Settings, str], li
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES))
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--reruns-under-load", type=int, default=1)
     a = parser.parse_args(argv)
-    settings = Settings(device=a.device, threads=a.threads, quick=a.quick, reps=2 if a.quick else full_reps,
+    settings = Settings(device=a.device, threads=a.threads, quick=a.quick, reps=a.reps or (2 if a.quick else full_reps),
                         sizes=tuple(a.sizes or (["tiny"] if a.quick else ["tiny", "mid"])))
     configure_torch(settings)
     try:
         rows = [row for size in settings.sizes
-                for row in watch_load(lambda: measure_size(settings, size), f"{size}")]
+                for row in watch_load(lambda: measure_size(settings, size), f"{size}", reruns=a.reruns_under_load)]
         if extra_rows is not None and not a.quick:
             rows += extra_rows()
     finally:

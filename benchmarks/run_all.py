@@ -70,8 +70,11 @@ step time of each repetition. The forget set has 4 rows and the batch size is 4,
 (forget term only) vs `Trainer` is the goal; GA_Diff does a forget and a retain forward/backward per step and is shown
 for information (about 2 expected). Measurement 2 isolates the saliency mask: `MMUnlearnerTrainer` with a 50 % random
 mask over the vision tower and projector (`mask_scope="all"`, GA forget loss, joint schedule) vs the same class with
-no mask and the same frozen set; every covered tensor is partially masked, so the snapshot/restore runs on all of
-them (the worst case).
+no mask and the same frozen set; every covered tensor is partially masked. Without weight decay (2.) nothing can move a
+masked entry, so the mask costs only its in-place gradient masking; with `weight_decay=0.1` (2b., against an
+unmasked run with the same weight decay) the masked values of every decayed tensor are saved once and put back after
+every step (the worst case of a fully masked step; MMUnlearner's alternate schedule saves them again on each forget
+step after a retain step).
 """,
     "4.": """## 4. Saliency computation vs one forward + backward pass
 
@@ -109,8 +112,8 @@ READING = """## Reading the results
 
 - **Size matters.** On the tiny model a step is tens of milliseconds, so fixed per-step costs (Python in the loss,
   callbacks, `.item()` for logging) and allocator noise weigh far more than on a real model; the mid-size rows are the
-  ones that carry over. Timing spreads reflect the shared machine (load average above): a ratio whose spread straddles
-  its goal is not a clear miss.
+  ones that carry over. Timing spreads reflect the machine (load column): a ratio whose spread straddles its goal is
+  not a clear miss, and a row measured under load is no verdict at all.
 - **Mask file size** has a fixed JSON-header cost per tensor (names, shapes), about 180 bytes; it vanishes as
   tensors grow (1.00 bits per parameter on a LLaVA-1.5-7B-shaped vision tower).
 - **VKD vs MMUnlearner.** hf_unlearn's MMUnlearner freezes every parameter its mask does not cover (the reference code

@@ -4,9 +4,10 @@ Two parts, both needed (research/environment.md §4):
 
 1. **Gradients are masked** before clipping and before the optimizer sees them, so Adam moments and the clipping
    norm only ever contain allowed entries. In place where possible: a post-accumulate-grad hook multiplies ``p.grad``
-   by the bool mask (no new tensor; a bool multiply is ~10x faster than ``masked_fill`` on CPU). Only when ``p.grad``
-   already holds an *unmasked* contribution (the retain pass of an earlier micro-step of a two-pass step) does the
-   tensor hook mask the incoming gradient instead, out of place. Parameters whose mask is all True get no hooks.
+   by the mask viewed as 0/1 bytes (no new tensor; ~15x faster than ``masked_fill`` on CPU). Only when ``p.grad``
+   already holds an *unmasked* contribution (the retain pass of an earlier micro-step of a two-pass step) does a
+   tensor hook mask the incoming gradient instead, out of place; those hooks exist only once the masker has been
+   switched off for a pass. Parameters whose mask is all True get no hooks.
    Under ZeRO-3 each rank keeps only its shard of each mask, bit-packed, and masks DeepSpeed's gradient partitions
    (``integrations/deepspeed.py``).
 2. **Masked entries are put back after the optimizer step** on steps whose whole gradient is masked: AdamW's
@@ -120,7 +121,6 @@ class GradientMasker:
         shards: ZeRO-3 only: this rank's shard of each partially masked parameter's mask, bit-packed.
         partially_masked: trainable covered parameters with at least one masked entry (the only ones a step can
             move where it must not).
-        active: the hooks mask only while True (the trainer turns it off for the retain pass of a two-pass step).
     """
 
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor], freeze_uncovered: bool = True):
@@ -131,7 +131,7 @@ class GradientMasker:
                 if name not in masks:
                     p.requires_grad_(False)
         self.partially_masked = [n for n, p in self.params.items() if p.requires_grad and not bool(masks[n].all())]
-        self.active = True
+        self._active = True
         self.masks: dict[str, torch.Tensor] = {}
         self.shards: dict[str, PackedMask] = {}
         self._fingerprints: dict[str, tuple[float, float]] | None = None
@@ -143,7 +143,9 @@ class GradientMasker:
         self._saved: dict[str, torch.Tensor] = {}
         self._saved_generation = -1
         self._mixed: set[str] = set()  # p.grad holds an unmasked contribution since it was last None
+        self._factors: dict[str, torch.Tensor] = {}  # the masks as 0/1 uint8 views, on the gradients' device
         self._handles: list = []
+        self._tracking_mixed = False
         if any(hasattr(p, "ds_id") for p in self.params.values()):  # ZeRO-3 partitioned at load (zero.Init)
             from .integrations.deepspeed import shard_masks
 
@@ -151,39 +153,66 @@ class GradientMasker:
             return
         self.masks = {n: m.to(device=params[n].device, dtype=torch.bool).contiguous() for n, m in masks.items()}
         for name in self.partially_masked:
-            self._add_hooks(name)
+            self._handles.append(self.params[name].register_post_accumulate_grad_hook(self._after_accumulation(name)))
+
+    @property
+    def active(self) -> bool:
+        """The hooks mask only while True (the trainer turns it off for the retain pass of a two-pass step)."""
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        self._active = bool(value)
+        if not value and not self._tracking_mixed and self.masks:
+            # From the first unmasked pass on, gradients may mix masked and unmasked contributions: track them.
+            self._tracking_mixed = True
+            for name in self.partially_masked:
+                self._handles.append(self.params[name].register_hook(self._before_accumulation(name)))
 
     # -- gradient hooks ------------------------------------------------------------------------------------------
     def _mask_on(self, name: str, device: torch.device) -> torch.Tensor:
         mask = self.masks[name]
         if mask.device != device:  # the Trainer moves the model after the masker exists: follow it once
             mask = self.masks[name] = mask.to(device)
+            self._factors.pop(name, None)
         return mask
 
-    def _add_hooks(self, name: str) -> None:
+    def _factor(self, name: str, device: torch.device) -> torch.Tensor:
+        """The mask as 0/1 bytes: ``grad * factor`` is ``grad`` where allowed, zero elsewhere (2x faster than a
+        bool operand on CPU)."""
+        mask = self._mask_on(name, device)
+        factor = self._factors.get(name)
+        if factor is None:
+            factor = self._factors[name] = mask.view(torch.uint8)
+        return factor
+
+    def _after_accumulation(self, name: str):
+        def hook(p: torch.Tensor) -> None:
+            if self._active and name not in self._mixed and p.grad is not None:
+                p.grad.mul_(self._factor(name, p.grad.device))
+
+        return hook
+
+    def _before_accumulation(self, name: str):
         param = self.params[name]
 
-        def before_accumulation(grad: torch.Tensor) -> torch.Tensor | None:
+        def hook(grad: torch.Tensor) -> torch.Tensor | None:
             if param.grad is None:
                 self._mixed.discard(name)  # a fresh accumulation
-            if not self.active:
+            if not self._active:
                 self._mixed.add(name)
                 return None
             if name in self._mixed:  # p.grad already holds unmasked entries: mask only this contribution
-                return grad * self._mask_on(name, grad.device)
+                return grad * self._factor(name, grad.device)
             return None
 
-        def after_accumulation(p: torch.Tensor) -> None:
-            if self.active and name not in self._mixed and p.grad is not None:
-                p.grad.mul_(self._mask_on(name, p.grad.device))
-
-        self._handles.append(param.register_hook(before_accumulation))
-        self._handles.append(param.register_post_accumulate_grad_hook(after_accumulation))
+        return hook
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._tracking_mixed = True  # no hooks come back
 
     # -- restore policy ------------------------------------------------------------------------------------------
     def begin_training(self, optimizer, resumed: bool = False) -> None:

@@ -211,7 +211,7 @@ def _install_zero3_gradient_masking(optimizer, masker) -> None:
             for param, grad in zip(params_to_release, grad_partitions):
                 shard = by_id.get(getattr(param, "ds_id", None))
                 if shard is not None:
-                    grad.mul_(shard.unpack(grad.device)[:grad.numel()].view_as(grad))
+                    grad.mul_(shard.unpack(grad.device)[:grad.numel()].view_as(grad).view(torch.uint8))
         return original(params_to_release, grad_partitions)
 
     optimizer._hf_unlearn_partition_grads = original
