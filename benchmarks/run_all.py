@@ -144,9 +144,10 @@ def load_warning(rows: list[Row]) -> str:
     if not loaded:
         return ""
     worst = max(max(r.load) for r in loaded)
+    rerun = "even after a re-run" if min(r.attempts for r in loaded) > 1 else "not re-run"
     return (f"> **Warning: {len(loaded)} timing row(s) were measured under load** (1-minute load average up to "
-            f"{worst:.1f}, above half the {os.cpu_count()} cores, even after a re-run). Their ratios are not verdicts: "
-            "fixed per-step costs hide in the noise of other processes. Regenerate on a quiet machine.\n\n")
+            f"{worst:.1f}, above half the {os.cpu_count()} cores, {rerun}). Their ratios are not verdicts: fixed "
+            "per-step costs hide in the noise of other processes. Regenerate on a quiet machine.\n\n")
 
 
 def summary(rows: list[Row]) -> str:

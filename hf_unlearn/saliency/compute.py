@@ -214,19 +214,20 @@ class _Accumulator:
     @torch.no_grad()
     def add(self, name: str, param: torch.Tensor) -> None:
         grad, param.grad = param.grad.detach(), None  # zeroed between batches; this tensor is now ours alone
-        target = self.fisher_device or param.device
         total = self.sums.get(name)
         if total is None:
+            target = self.fisher_device or param.device
             first = grad if grad.dtype == torch.float32 and grad.device == target and grad._base is None else (
                 grad.to(device=target, dtype=torch.float32, copy=True))  # fp32 before squaring
             self.sums[name] = first.mul_(first) if self.square else first
+            self.touched.add(name)
+            return
+        if grad.dtype != torch.float32 or grad.device != total.device:
+            grad = grad.to(device=total.device, dtype=torch.float32)  # fp32 before squaring
+        if self.square:
+            total.addcmul_(grad, grad)
         else:
-            grad = grad.to(device=target, dtype=torch.float32)
-            if self.square:
-                total.addcmul_(grad, grad)
-            else:
-                total.add_(grad)
-        self.touched.add(name)
+            total.add_(grad)
 
 
 def accumulate_fisher(
