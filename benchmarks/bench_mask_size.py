@@ -58,7 +58,7 @@ def file_bits(mask) -> dict[str, float]:
 def mask_row(label: str, preset: str, stats: dict[str, float], note: str = "") -> Row:
     return Row(f"5. mask file size ({preset})", label, "reference: bool + 2 fp32 maps", "saliency_mask.safetensors",
                "bits/param", [float(REFERENCE_BITS)], [stats["bits_per_param"]], goal=1.1, goal_on="b", note=note,
-               extra=stats)
+               extra=stats, load_sensitive=False)
 
 
 def measure(settings: Settings, size: str, log=print) -> list[Row]:

@@ -71,10 +71,11 @@ def measure(settings: Settings, size: str, log=print) -> list[Row]:
         needed = sorted({s for group in set(targets.values()) for s in config.preserve_set_names(group)})
         sets = {name: preserve[name] for name in needed}
         times = {"pass": [], "mask": []}
+        cpu = {"pass": [], "mask": []}
         for rep in range(settings.reps):
             for variant in common.alternating(["pass", "mask"], rep):
                 common.synchronize(settings.device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 if variant == "pass":
                     forward_backward_pass(model, [forget, *sets.values()], collator, names, common.BATCH_SIZE,
                                           settings.device)
@@ -82,6 +83,7 @@ def measure(settings: Settings, size: str, log=print) -> list[Row]:
                     mask = compute_saliency_mask(model, config, forget, sets, collator, show_progress=False)
                 common.synchronize(settings.device)
                 times[variant].append(time.perf_counter() - t0)
+                cpu[variant].append(time.thread_time() - c0)
             log(f"  saliency {size}/{preset} rep {rep + 1}/{settings.reps}: pass={times['pass'][-1]:.2f}s "
                 f"mask={times['mask'][-1]:.2f}s")
         rows.append(Row(
@@ -89,7 +91,8 @@ def measure(settings: Settings, size: str, log=print) -> list[Row]:
             f"fwd+bwd over forget + {'+'.join(sets)} ({len(names)} tensors)", "compute_saliency_mask (Fisher ratio)",
             "s", times["pass"], times["mask"], goal=1.1,
             extra={"covered_parameters": mask.num_covered, "rows": {"forget": len(forget),
-                                                                    **{k: len(v) for k, v in sets.items()}}},
+                                                                    **{k: len(v) for k, v in sets.items()}},
+                   "cpu_ratios": [m / p for p, m in zip(cpu["pass"], cpu["mask"])]},
         ))
         common.free_memory()
     return rows

@@ -5,7 +5,9 @@
    step) is shown against the same ``Trainer`` for information.
 2. Mask overhead: ``MMUnlearnerTrainer`` with a vision + projector saliency mask (``mask_scope="all"``, GA forget
    loss, joint schedule, no retain term) against the same class with no mask but the same frozen set (the language
-   model frozen by hand), so the difference is the gradient hooks and the snapshot/restore around the step.
+   model frozen by hand), so the difference is what the mask costs per step. Without weight decay (2.) nothing can
+   move a masked entry and only the gradient masking runs; with ``weight_decay=0.1`` (2b.) the masked values of every
+   decayed tensor are also put back after each step (the worst case of a fully masked step).
 
 Each repetition trains every variant on a fresh copy of the model, each in its own thread, the threads taking turns
 at every optimizer step (``common.RoundRobin``): step k of every variant runs in the same round, so a ratio is taken
@@ -21,15 +23,18 @@ import warnings
 import common
 from common import Row, Settings, StepTimer
 
-VARIANTS = ("trainer", "ga", "ga_diff", "mm_nomask", "mm_mask")
-PAIRS = (("trainer", "ga"), ("trainer", "ga_diff"), ("mm_nomask", "mm_mask"))
+VARIANTS = ("trainer", "ga", "ga_diff", "mm_nomask", "mm_mask", "mm_nomask_wd", "mm_mask_wd")
+PAIRS = (("trainer", "ga"), ("trainer", "ga_diff"), ("mm_nomask", "mm_mask"), ("mm_nomask_wd", "mm_mask_wd"))
 LABELS = {
     "trainer": "transformers.Trainer",
     "ga": "GATrainer (GA)",
     "ga_diff": "GATrainer (GA_Diff, +retain pass)",
     "mm_nomask": "MMUnlearnerTrainer, no mask, same frozen set",
     "mm_mask": "MMUnlearnerTrainer, vision+projector mask",
+    "mm_nomask_wd": "MMUnlearnerTrainer, no mask, same frozen set, weight decay 0.1",
+    "mm_mask_wd": "MMUnlearnerTrainer, vision+projector mask, weight decay 0.1",
 }
+WEIGHT_DECAY = {"mm_nomask_wd": 0.1, "mm_mask_wd": 0.1}
 
 
 def vision_mask(model_dir: str):
@@ -49,7 +54,7 @@ def build_trainer(variant: str, settings: Settings, model_dir: str, forget, reta
 
     model, processor = common.load_model(model_dir)
     out = f"{settings.workdir}/step-{variant}"
-    args = common.base_args(settings, out, max_steps)
+    args = common.base_args(settings, out, max_steps, weight_decay=WEIGHT_DECAY.get(variant, 0.0))
     if variant == "trainer":
         return Trainer(model=model, args=TrainingArguments(**args), train_dataset=forget,
                        data_collator=UnlearnDataCollator(processor))
@@ -59,7 +64,7 @@ def build_trainer(variant: str, settings: Settings, model_dir: str, forget, reta
                          retain_dataset=retain if variant == "ga_diff" else None, processing_class=processor)
     config = MMUnlearnerConfig(**args, schedule="joint", retain_loss_type="none", mask_scope="all",
                                forget_loss_type="ga")
-    if variant == "mm_nomask":
+    if variant.startswith("mm_nomask"):
         covered = set(mask.names())
         for name, p in model.named_parameters():
             p.requires_grad_(name in covered)
@@ -70,9 +75,9 @@ def build_trainer(variant: str, settings: Settings, model_dir: str, forget, reta
                               saliency_mask=mask)
 
 
-def run_rep(settings, model_dir, forget, retain, mask, order: list[str], warmup: int, timed: int) -> dict[str, list]:
+def run_rep(settings, model_dir, forget, retain, mask, order: list[str], warmup: int, timed: int) -> tuple[dict, dict]:
     """One repetition: every variant trains on a fresh copy of the model in its own thread, the threads taking turns
-    step by step in ``order``. Returns each variant's timed step times (s), aligned by step index."""
+    step by step in ``order``. Returns each variant's timed step times and their CPU times (s), by step index."""
     turns = common.RoundRobin(len(order))
     trainers, timers = [], []
     for i, variant in enumerate(order):
@@ -86,9 +91,10 @@ def run_rep(settings, model_dir, forget, retain, mask, order: list[str], warmup:
         if getattr(trainer, "masker", None) is not None:
             trainer.masker.remove()
     times = {variant: timer.timed for variant, timer in zip(order, timers)}
+    cpu = {variant: timer.timed_cpu for variant, timer in zip(order, timers)}
     del trainers, timers
     common.free_memory()
-    return times
+    return times, cpu
 
 
 def paired(times: dict[str, list[float]], a: str, b: str) -> float:
@@ -106,25 +112,29 @@ def measure(settings: Settings, size: str, log=print) -> list[Row]:
     warmup, timed = (1, 3) if settings.quick else (2, 6)
     medians: dict[str, list[float]] = {v: [] for v in VARIANTS}  # per repetition, ms
     ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in PAIRS}
+    cpu_ratios: dict[tuple[str, str], list[float]] = {pair: [] for pair in PAIRS}
     for rep in range(settings.reps):
-        times = run_rep(settings, model_dir, forget, retain, mask, common.alternating(list(VARIANTS), rep), warmup,
-                        timed)
+        times, cpu = run_rep(settings, model_dir, forget, retain, mask, common.alternating(list(VARIANTS), rep),
+                             warmup, timed)
         for v in VARIANTS:
             medians[v].append(1e3 * statistics.median(times[v]))
         for a, b in PAIRS:
             ratios[(a, b)].append(paired(times, a, b))
+            cpu_ratios[(a, b)].append(paired(cpu, a, b))
         log(f"  step time {size} rep {rep + 1}/{settings.reps}: "
             + ", ".join(f"{v}={medians[v][-1]:.0f}ms" for v in VARIANTS))
 
-    def row(title, a, b, **kw):
+    def row(title, a, b, extra=None, **kw):
         return Row(title, label, LABELS[a], LABELS[b], "ms", medians[a], medians[b], paired_ratios=ratios[(a, b)],
-                   **kw)
+                   extra={"cpu_ratios": cpu_ratios[(a, b)], **(extra or {})}, **kw)
 
     return [
         row("1. step time: GA / Trainer", "trainer", "ga", goal=1.1),
         row("1b. step time: GA_Diff / Trainer", "trainer", "ga_diff",
             note="two forward/backward passes per step (forget + retain); expected near 2"),
         row("2. step time: MMUnlearner mask / no mask", "mm_nomask", "mm_mask", goal=1.05,
+            extra={"covered_parameters": mask.num_covered}),
+        row("2b. step time: MMUnlearner mask / no mask, weight decay", "mm_nomask_wd", "mm_mask_wd", goal=1.05,
             extra={"covered_parameters": mask.num_covered}),
     ]
 

@@ -186,10 +186,32 @@ def run_method(name: str, spec, workdir: str, tag: str, stage: int | None, ranks
               "mask_names": sorted(kwargs.get("saliency_mask", {})),
               # ZeRO-3 keeps small parameters gathered (ds_persist): the restore must re-gather them.
               "persistent_masked": sum(bool(getattr(p, "ds_persist", False)) for p in masker.params.values())
-              if masker is not None else 0}
+              if masker is not None else 0,
+              # Bytes of masks and of saved master values each rank holds at the end of training.
+              "mask_bytes": per_rank(masker.mask_bytes() if masker is not None else 0),
+              "snapshot_bytes": per_rank(snapshot_bytes(trainer))}
     del trainer, model
     gc.collect()
     return result
+
+
+def per_rank(value: int) -> list[int]:
+    """``value`` from every rank, in rank order (a collective); ``[value]`` without torch.distributed."""
+    if not torch.distributed.is_initialized():
+        return [value]
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def snapshot_bytes(trainer) -> int:
+    """Saved values for the exact-mask restore: DeepSpeed's guard (master partitions) or the masker's own."""
+    if trainer.masker is None:
+        return 0
+    control = getattr(getattr(trainer.accelerator, "deepspeed_engine_wrapped", None), "_hf_unlearn_step_control", None)
+    if control is not None and control.guard is not None:
+        return control.guard.saved_bytes()
+    return trainer.masker.snapshot_bytes()
 
 
 def full_grads(trainer, probe: dict) -> dict[str, torch.Tensor]:

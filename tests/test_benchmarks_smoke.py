@@ -82,3 +82,49 @@ def test_quick_mask_size_bits_per_parameter(run_all, tmp_path):
 
     text = out.read_text()
     assert "| 5. mask file size (both) | mid (23M) |" in text and "2 of 4 goal rows met." in text
+
+
+def test_timings_taken_under_load_are_rerun_then_marked_not_judged(run_all, tmp_path, monkeypatch, capsys):
+    """A fake load average above half the cores: the saliency timing is re-run once, then its rows say "measured
+    under load" (table, summary, page warning, stderr) instead of a verdict; the mask-size rows (file sizes do not
+    depend on load) are neither re-run nor marked."""
+    import common
+
+    monkeypatch.setattr(common, "load_average", lambda: 5.0)
+    monkeypatch.setattr(common, "load_limit", lambda: 1.0)
+    out, js = tmp_path / "benchmarks.md", tmp_path / "results.json"
+    run_all.main(["--quick", "--only", "mask_size", "saliency", "--sizes", "tiny", "--output", str(out),
+                  "--json", str(js)])
+    rows = json.loads(js.read_text())["rows"]
+    timed = [r for r in rows if r["measurement"].startswith("4.")]
+    sizes = [r for r in rows if r["measurement"].startswith("5.")]
+    assert len(timed) == 2 and len(sizes) == 2
+    assert all(r["under_load"] and r["attempts"] == 2 and r["load"] == [5.0, 5.0] for r in timed)
+    assert all(not r["under_load"] and r["attempts"] == 1 for r in sizes)
+    page = out.read_text()
+    assert "**Warning: 2 timing row(s) were measured under load**" in page
+    assert page.count("| **measured under load** | **5.0→5.0 (try 2)** |") == 2
+    assert "of 2 goal rows met; 2 measured under load (no verdict)." in page  # the 2 mask-size rows are judged
+    err = capsys.readouterr().err
+    assert err.count("WARNING: load average 5.0 -> 5.0 exceeds half the") == 2  # first try, and the re-run
+    assert "re-running it" in err and "marked 'measured under load'" in err
+
+
+def test_a_rerun_on_a_quieter_machine_is_judged(run_all):
+    import common
+
+    loads = iter([3.0, 3.0, 0.4, 0.6])
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return [common.Row("4. x", "tiny", "a", "b", "s", [1.0], [1.05], goal=1.1)]
+
+    original = common.load_average
+    try:
+        common.load_average = lambda: next(loads)
+        rows = common.watch_load(measure, "x", log=lambda msg: None, reruns=1)
+    finally:
+        common.load_average = original
+    assert len(calls) == 2 and rows[0].attempts == 2 and rows[0].load == [0.4, 0.6]
+    assert rows[0].under_load is (max(rows[0].load) > common.load_limit()) and rows[0].met

@@ -126,6 +126,39 @@ def test_masks_are_exact_on_fp32_master_weights(workdir, stage, method):
         assert ds["persistent_masked"] > 0
 
 
+def test_zero3_ranks_hold_only_their_shard_of_masks_and_saved_values(workdir):
+    """Per-rank bytes of masks and of saved master values (``masked_all``: weight decay, so values are saved).
+
+    Single process: a bool per covered entry, and a full copy of each decayed partially masked tensor. ZeRO-3 with
+    N = 2 ranks: each rank holds 1 bit per entry of its own partition (ceil(numel / N) entries per parameter), and 4
+    bytes per *masked* entry of its own partition (every parameter: DeepSpeed's flat groups do not tell which are
+    decayed): about 1/(8N) of the single-process mask bytes, and the masked entries split between the ranks."""
+    ranks = 2
+    ref, _ = _run(workdir, None, "masked_all")
+    ds, _ = _run(workdir, 3, "masked_all")
+    masks = _masks(workdir, ds["mask_names"])
+    partial = {n: m for n, m in masks.items() if not bool(m.all())}
+    assert ref["mask_bytes"] == [sum(m.numel() for m in masks.values())]  # bool, full shape
+    # Whole fp32 tensors, of the parameters weight decay moves (the Trainer exempts biases and norms; nothing else
+    # moves a masked entry while the optimizer state has only seen masked gradients).
+    from transformers import AutoModelForImageTextToText, Trainer
+
+    decayed = set(Trainer.get_decay_parameter_names(None, AutoModelForImageTextToText.from_pretrained(
+        workdir / "init")))
+    assert ref["snapshot_bytes"] == [4 * sum(m.numel() for n, m in partial.items() if n in decayed)]
+    assert 0 < len(decayed & set(partial)) < len(partial)
+    size = {n: -(-m.numel() // ranks) for n, m in partial.items()}  # ZeRO-3 partition length (padded)
+    assert ds["mask_bytes"] == [sum(-(-size[n] // 8) for n in partial)] * ranks
+    assert max(ds["mask_bytes"]) <= ref["mask_bytes"][0] / (8 * ranks) + len(partial)  # + padding to whole bytes
+    masked_per_rank = [sum(int((~m.reshape(-1)[r * size[n]:(r + 1) * size[n]]).sum()) for n, m in partial.items())
+                       for r in range(ranks)]
+    assert ds["snapshot_bytes"] == [4 * k for k in masked_per_rank]
+    assert sum(ds["snapshot_bytes"]) == 4 * sum(int((~m).sum()) for m in partial.values())
+    assert max(ds["snapshot_bytes"]) < 0.55 * 4 * sum(m.numel() for m in partial.values()) / ranks  # 50% masked
+    zero2, _ = _run(workdir, 2, "masked_all")  # ZeRO-2: full-shape masks (the hooks see full gradients)
+    assert zero2["mask_bytes"] == ref["mask_bytes"] * ranks
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_resume_continues_bit_for_bit(workdir, stage):
     results = _results(workdir, f"zero{stage}")

@@ -9,11 +9,14 @@ Why this module exists (research/environment.md §5, hf-conventions.md §4):
   a masked-step guard around ``engine.step()``.
 * The optimizer under ZeRO updates fp32 master weights that live in flat partitions, not in ``param.data``; the
   exact-mask restore (``ZeroMaskedStep``) therefore puts masked entries back in the master partition *and* in the
-  working (module) parameter. It only ever touches this rank's partition: the snapshot costs ``4 bytes x covered
-  parameters / world size`` per rank, not a full copy of the model.
-* Gradients are masked by the tensor hooks of ``hf_unlearn.masking.GradientMasker``; registered before DeepSpeed
-  initialises, they see full-shape gradients under ZeRO-2 and ZeRO-3 before DeepSpeed's reduce hooks (measured),
-  so masks stay full-shape on every rank.
+  working (module) parameter. It only ever touches this rank's partition and saves only its masked entries, and only
+  when something can move them (``GradientMasker.protected``): at most ``4 bytes x masked entries / world size``
+  per rank.
+* Gradients: under ZeRO-1/2 by the hooks of ``hf_unlearn.masking.GradientMasker`` (registered before DeepSpeed
+  initialises, they see full-shape gradients before DeepSpeed's reduce hooks: measured), with full-shape masks. Under
+  ZeRO-3 each rank keeps only its shard of each mask, bit-packed (``shard_masks``: 1 bit per entry / world size),
+  and masks the reduce-scattered gradient partitions before DeepSpeed accumulates them
+  (``DeepSpeedZeroOptimizer_Stage3.partition_grads``), so no rank ever holds a full-shape mask.
 
 Collectives: ``gather_full_fp32_params`` and the restore under ZeRO-1/2 (one all-reduce per masked parameter) and of
 ZeRO-3 persistent parameters are collective calls; every rank runs the same training steps, so they line up.
@@ -33,8 +36,10 @@ __all__ = [
     "gather_full_fp32_params",
     "install_masked_step",
     "install_step_control",
+    "mask_fingerprint",
     "param_shape",
     "prepare_for_inference",
+    "shard_masks",
     "ZeroMaskedStep",
 ]
 
@@ -158,13 +163,72 @@ def defer_step_unless(accelerator, last: bool) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# ZeRO-3: sharded masks and masking of the gradient partitions
+# ----------------------------------------------------------------------------------------------------------------
+def _zero3_local_slice(param, flat: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of a flat full-shape tensor, aligned with its ZeRO-3 partition (padded with True)."""
+    size = param.ds_tensor.ds_numel
+    start = _dist_rank(getattr(param, "ds_process_group", None)) * size
+    local = flat[start:start + size]
+    if local.numel() < size:  # padding at the end of the last partition: nothing to mask or restore there
+        local = torch.cat([local, local.new_ones(size - local.numel())])
+    return local
+
+
+def shard_masks(params: dict[str, nn.Parameter], masks: dict[str, torch.Tensor], names: list[str]):
+    """``(shards, fingerprints)`` for ZeRO-3 partitioned ``params``: this rank's slice of each mask in ``names``,
+    bit-packed on the partition's device, and the fingerprint of every full mask (for ``_check_masks_agree``).
+    The full masks are only read here (on the device the caller keeps them, typically the CPU)."""
+    from ..masking import PackedMask
+
+    fingerprints = {n: mask_fingerprint(m) for n, m in masks.items()}
+    shards = {n: PackedMask(_zero3_local_slice(params[n], masks[n].reshape(-1).to(torch.bool)),
+                            device=params[n].ds_tensor.device) for n in names}
+    return shards, fingerprints
+
+
+def _use_shards(masker) -> None:
+    """Switch a masker built before DeepSpeed partitioned the model (no zero.Init) to sharded masks, no hooks."""
+    if masker.shards or not any(_is_zero3_param(p) for p in masker.params.values()):
+        return
+    masker.shards, masker._fingerprints = shard_masks(masker.params, masker.masks, masker.partially_masked)
+    masker.remove()
+    masker.masks = {}
+
+
+def _install_zero3_gradient_masking(optimizer, masker) -> None:
+    """Mask each reduce-scattered gradient partition with this rank's mask shard before DeepSpeed moves it into (or
+    adds it to) its accumulation buffer: per backward pass, so the retain pass of a two-pass step stays unmasked
+    and gradient accumulation adds masked forget gradients. Same values as masking the full gradient before the
+    reduction (the reduction is elementwise); the clipping norm is computed later, from the masked partitions."""
+    if getattr(optimizer, "_hf_unlearn_masker", None) is masker:
+        return
+    original = getattr(optimizer, "_hf_unlearn_partition_grads", None) or optimizer.partition_grads
+    by_id = {masker.params[n].ds_id: masker.shards[n] for n in masker.partially_masked}
+
+    def partition_grads(params_to_release, grad_partitions):
+        if masker.active:
+            for param, grad in zip(params_to_release, grad_partitions):
+                shard = by_id.get(getattr(param, "ds_id", None))
+                if shard is not None:
+                    grad.mul_(shard.unpack(grad.device)[:grad.numel()].view_as(grad).view(torch.uint8))
+        return original(params_to_release, grad_partitions)
+
+    optimizer._hf_unlearn_partition_grads = original
+    optimizer._hf_unlearn_masker = masker
+    optimizer.partition_grads = partition_grads
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Exact masked steps on the fp32 master weights
 # ----------------------------------------------------------------------------------------------------------------
 class ZeroMaskedStep:
-    """Snapshot this rank's fp32 master values of masked parameters before ``engine.step()``; restore after.
+    """Save this rank's fp32 master values of masked entries before ``engine.step()``; put them back after.
 
-    After the step, entries whose mask is False get their pre-step fp32 master value back, and the working
-    parameter is made consistent with it:
+    Which parameters, and whether values saved on an earlier step are still valid, follow the masker's policy
+    (``GradientMasker.protected`` / ``generation``): nothing is saved while nothing can move masked entries, and
+    values saved once stay valid across consecutive fully masked steps. Only masked entries are saved
+    (``masked_select``), only this rank's partition. After the step, the working parameter is made consistent:
 
     * ZeRO-3: master partition via ``safe_get/set_local_fp32_param``; the working partition ``param.ds_tensor``
       gets the same values in its dtype; parameters kept gathered (``ds_persist``) are re-gathered (collective).
@@ -174,13 +238,14 @@ class ZeroMaskedStep:
     * No master copy (stage 0 in fp32): the parameter itself.
 
     Args:
-        masker: the trainer's ``GradientMasker`` (``params`` and ``masks`` by name).
+        masker: the trainer's ``GradientMasker`` (``params``, ``masks`` / ``shards`` by name).
     """
 
     def __init__(self, masker, engine=None):
         self.masker = masker
         self.names = list(masker.partially_masked)
         self._saved: dict[str, torch.Tensor | None] = {}
+        self._generation = -1
         if engine is not None:
             self._check_supported(engine)
 
@@ -203,21 +268,16 @@ class ZeroMaskedStep:
             )
 
     # -- local views -------------------------------------------------------------------------------------------
-    def _local_mask(self, name: str, param, device) -> torch.Tensor | None:
-        """This rank's slice of the flat mask, aligned with its master partition / fragment (sliced, then moved)."""
-        flat = self.masker.masks[name].reshape(-1)
+    def _local_blocked(self, name: str, param, device) -> torch.Tensor | None:
+        """This rank's flat ``~mask`` (True = masked), aligned with its master partition / fragment."""
         if _is_zero3_param(param):
-            size = param.ds_tensor.ds_numel
-            start = _dist_rank(getattr(param, "ds_process_group", None)) * size
-            local = flat[start:start + size].to(device)
-            if local.numel() < size:  # padding at the end of the last partition: nothing to restore there
-                local = torch.cat([local, local.new_ones(size - local.numel())])
-            return local
+            return self.masker.shards[name].unpack(device).logical_not_()
         mapping = getattr(param, "_hp_mapping", None)
         if mapping is None:
             return None
         address = mapping.lp_fragment_address
-        return flat[address.start:address.start + address.numel].to(device)
+        flat = self.masker.masks[name].reshape(-1)
+        return flat[address.start:address.start + address.numel].to(device).logical_not()
 
     def _master(self, param) -> torch.Tensor | None:
         """This rank's fp32 master values of ``param`` (a view where DeepSpeed has one)."""
@@ -236,23 +296,35 @@ class ZeroMaskedStep:
         """ZeRO-3 with the optimizer on the CPU: ``safe_get_local_fp32_param`` returns a GPU copy; keep ours on CPU."""
         return _is_zero3_param(param) and bool(getattr(param._z3_optimizer, "offload_optimizer", False))
 
+    def saved_bytes(self) -> int:
+        """Bytes of saved master values this rank holds now."""
+        return sum(t.numel() * t.element_size() for t in self._saved.values() if t is not None)
+
     @torch.no_grad()
     def snapshot(self) -> None:
+        masker = self.masker
+        if masker._managed and self._generation == masker.generation and self._saved:
+            return  # nothing moved masked entries since they were saved
         self._saved = {}
-        for name in self.names:
-            param = self.masker.params[name]
+        for name in masker.protected:
+            param = masker.params[name]
             master = self._master(param)
             if master is None:
                 self._saved[name] = None
+            elif not (_is_zero3_param(param) or hasattr(param, "_hp_mapping")):  # the parameter itself
+                self._saved[name] = master.detach().clone(memory_format=torch.contiguous_format)
             else:
-                device = torch.device("cpu") if self._offloaded(param) else master.device
-                self._saved[name] = master.detach().to(device, copy=True)
+                values = master.detach().reshape(-1).masked_select(self._local_blocked(name, param, master.device))
+                self._saved[name] = values.cpu() if self._offloaded(param) else values
+        self._generation = masker.generation
 
     @torch.no_grad()
     def restore(self) -> None:
+        from ..masking import put_back
+
         regather: list[nn.Parameter] = []
-        for name in self.names:
-            param, saved = self.masker.params[name], self._saved.get(name)
+        for name, saved in self._saved.items():
+            param = self.masker.params[name]
             if _is_zero3_param(param):
                 self._restore_zero3(name, param, saved)
                 if getattr(param, "ds_persist", False) or _is_available(param):
@@ -260,25 +332,24 @@ class ZeroMaskedStep:
             elif hasattr(param, "_hp_mapping"):
                 self._restore_zero12(name, param, saved)
             elif saved is not None:  # the optimizer updates the parameter itself
-                param.data.copy_(torch.where(self.masker.masks[name].to(param.device), param.data, saved))
+                put_back(param.data, saved, self.masker._mask_on(name, param.device))
         if regather:  # gathered copies were refreshed from the partitions before our restore: refresh them again
             regather[0].partition(param_list=regather)
             regather[0].all_gather(param_list=regather)
-        self._saved = {}
+        if not self.masker._managed:
+            self._saved = {}
 
     def _restore_zero3(self, name: str, param, saved: torch.Tensor | None) -> None:
         from deepspeed.utils import safe_get_local_fp32_param, safe_set_local_fp32_param
 
         if saved is None:
             return
-        current = safe_get_local_fp32_param(param)
-        mask = self._local_mask(name, param, current.device)
-        restored = torch.where(mask, current, saved.to(current.device))
-        safe_set_local_fp32_param(param, restored)
-        working = param.ds_tensor.data
-        keep = mask.to(working.device).view_as(working)
-        working.copy_(torch.where(keep, working, restored.to(device=working.device, dtype=working.dtype)
-                                  .view_as(working)))
+        current = safe_get_local_fp32_param(param)  # a view of the master partition (a copy with offload)
+        blocked = self._local_blocked(name, param, current.device)
+        current.view(-1).masked_scatter_(blocked, saved.to(current.device))
+        safe_set_local_fp32_param(param, current)
+        working = param.ds_tensor.data.view(-1)
+        working.masked_scatter_(blocked.to(working.device), saved.to(device=working.device, dtype=working.dtype))
 
     def _restore_zero12(self, name: str, param, saved: torch.Tensor | None) -> None:
         from deepspeed.utils import safe_get_full_fp32_param
@@ -286,8 +357,7 @@ class ZeroMaskedStep:
         mapping = param._hp_mapping
         if mapping is not None and saved is not None:
             fragment = mapping.get_hp_fragment()
-            mask = self._local_mask(name, param, fragment.device)
-            fragment.data.copy_(torch.where(mask, fragment.data, saved))
+            fragment.data.view(-1).masked_scatter_(self._local_blocked(name, param, fragment.device), saved)
         full = safe_get_full_fp32_param(param)  # collective: every rank, same order
         param.data.copy_(full.view_as(param.data).to(param.dtype))
 
@@ -298,7 +368,7 @@ def _is_available(param) -> bool:
     return param.ds_status == ZeroParamStatus.AVAILABLE
 
 
-def _mask_fingerprint(mask: torch.Tensor, chunk: int = 1 << 24) -> tuple[float, float]:
+def mask_fingerprint(mask: torch.Tensor, chunk: int = 1 << 24) -> tuple[float, float]:
     """(number of True entries, sum of their positions mod a prime): equal masks give equal fingerprints.
 
     Exact in float64 (every partial sum stays far below 2**53); computed in chunks so no full-size index tensor.
@@ -317,18 +387,19 @@ def _check_masks_agree(masker) -> None:
     """Every rank must hold the same masks (a per-rank random mask would silently desynchronise the ranks)."""
     import deepspeed.comm as dist
 
-    if not dist.is_initialized() or dist.get_world_size() == 1 or not masker.masks:
+    fingerprints = masker.fingerprints()
+    if not dist.is_initialized() or dist.get_world_size() == 1 or not fingerprints:
         return
     from deepspeed.accelerator import get_accelerator
 
     # On the accelerator: NCCL reduces device tensors only.
-    counts = torch.tensor([_mask_fingerprint(m) for m in masker.masks.values()], dtype=torch.float64,
+    counts = torch.tensor(list(fingerprints.values()), dtype=torch.float64,
                           device=get_accelerator().current_device_name())
     high, low = counts.clone(), counts.clone()
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     if not torch.equal(high, low):
-        bad = [n for n, h, l in zip(masker.masks, high.tolist(), low.tolist()) if h != l]
+        bad = [n for n, h, l in zip(fingerprints, high.tolist(), low.tolist()) if h != l]
         raise ValueError(
             f"The saliency mask differs between ranks for {len(bad)} parameter(s), e.g. {bad[:3]}. Build the mask "
             "deterministically (same seed) or load the same saved SaliencyMask on every rank."
@@ -340,12 +411,16 @@ def install_masked_step(accelerator, masker, should_restore: Callable[[], bool])
 
     Args:
         accelerator: the trainer's ``Accelerator`` (DeepSpeed enabled).
-        masker: the ``GradientMasker`` whose hooks already mask gradients.
+        masker: the ``GradientMasker`` whose hooks already mask gradients (under ZeRO-3 its masks are sharded here
+            if the model was partitioned after the masker was built, and the gradient partitions are masked).
         should_restore: called at each optimizer step; True when the whole gradient of the step was masked (then
             masked entries are put back after ``engine.step()``, undoing weight decay and momentum).
     """
     control = install_step_control(accelerator)
+    _use_shards(masker)
     _check_masks_agree(masker)
+    if masker.shards:
+        _install_zero3_gradient_masking(control.engine.optimizer, masker)
     control.guard = ZeroMaskedStep(masker, control.engine)
     control.should_guard = should_restore
     return control.guard

@@ -9,10 +9,14 @@ frozen parameters (no gradient, no Adam state) and the unlearning extras can be 
 * per *trainable* parameter, partitioned 1/N: gradients (ZeRO-2: bf16 + fp32 partitions, 6 B; ZeRO-3: fp32, 4 B, as
   DeepSpeed counts them), fp32 master weights (4 B), Adam moments (8 B); on the CPU with offload.
 * ZeRO-3 working set: the largest layer gathered with its gradient (4 B x its parameters), DeepSpeed's term.
-* saliency masks: full shape on every GPU (the gradient hooks see full gradients), 1 B/param as ``bool``; 1 bit
-  bit-packed is shown for comparison.
-* exact-mask snapshot: this rank's fp32 master values of the masked parameters, 4 B/param / N, during the step (with
-  optimizer offload it lives on the CPU).
+* saliency masks: ZeRO-2 keeps full-shape ``bool`` masks on every GPU (the gradient hooks see full gradients), 1 B
+  per masked-covered parameter; ZeRO-3 keeps only this rank's shard, bit-packed (the gradient partitions are masked
+  after the reduce-scatter), 1 bit / N.
+* exact-mask saved values: this rank's fp32 master values of *masked* entries, 4 B / N each (upper bound: every
+  covered entry masked), held only when a fully masked step can move masked entries: momentum from earlier unmasked
+  steps (MMUnlearner's alternate schedule) or weight decay with ``mask_scope="all"``. Two-pass steps
+  (``mask_scope="forget"`` with a retain term) and fully masked steps without weight decay save nothing. With
+  optimizer offload they live on the CPU.
 * reference / teacher model: a copy (ZeRO-2: a bf16 stage-0 replica per GPU; ZeRO-3: sharded 1/N; offload: on the CPU)
   or precomputed (one float per forget row, on the CPU).
 
@@ -125,9 +129,9 @@ ROWS = (
     ("master", "fp32 master weights"),
     ("adam", "Adam moments (fp32 m, v)"),
     ("working", "ZeRO-3 gathered largest layer (+ grad)"),
-    ("mask_bool", "saliency masks, bool (1 B/param)"),
-    ("snapshot", "exact-mask snapshot (fp32, 1/N)"),
+    ("mask", "saliency masks (ZeRO-2: bool, full shape; ZeRO-3: own shard, 1 bit/param)"),
     ("reference", "reference / teacher copy"),
+    ("snapshot", "exact-mask saved values (masked entries, fp32, 1/N; upper bound)"),
 )
 
 
@@ -145,8 +149,7 @@ def breakdown(counts: ParameterCounts, plan: MemoryPlan, setup: str) -> dict[str
         "master": 0 if offload else 4 * t / n,
         "adam": 0 if offload else 8 * t / n,
         "working": 0 if setup == "zero2" else 4 * counts.largest_layer,
-        "mask_bool": m,
-        "mask_bit": m / 8,
+        "mask": m if setup == "zero2" else m / (8 * n),
         "snapshot": 0 if offload else 4 * m / n,
         "reference": w * p if setup == "zero2" else (0 if offload else w * p / n),
     }
@@ -199,11 +202,12 @@ def format_report(name: str, counts: ParameterCounts, plan: MemoryPlan, setups=S
 
     for key, label in ROWS:
         row(label, [_gib(tables[s][key]) for s in setups])
-    row("**total, reference copy**", [f"**{_gib(model_states(t) + t['mask_bool'] + t['snapshot'] + t['reference'])}**"
-                                      for t in tables.values()])
-    row("**total, precomputed reference**", [f"**{_gib(model_states(t) + t['mask_bool'] + t['snapshot'])}**"
-                                             for t in tables.values()])
-    row("masks bit-packed instead (1 bit/param)", [_gib(t["mask_bit"]) for t in tables.values()])
+    totals = (("**total, reference copy** (NPO, KL retain, VKD teacher)", ("mask", "reference")),
+              ("**total, precomputed reference** (nothing saved)", ("mask",)),
+              ("**total, saved values** (alternate schedule; weight decay + `mask_scope=\"all\"`)",
+               ("mask", "snapshot")))
+    for label, extras in totals:
+        row(label, [f"**{_gib(model_states(t) + sum(t[k] for k in extras))}**" for t in tables.values()])
     row("DeepSpeed estimator, all parameters trainable",
         [_gib(deepspeed_estimate(counts, plan.num_gpus, s)[1]) for s in setups])
     row("CPU RAM per node, DeepSpeed estimator (all trainable)", [_gib(t["cpu"]) for t in tables.values()])

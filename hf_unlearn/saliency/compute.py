@@ -138,47 +138,96 @@ def _accumulate(
         )
     device = torch.device(device) if device is not None else _model_device(model)
     with _gradient_mode(model, param_names) as params, torch.enable_grad():
-        sums = {
-            name: torch.zeros(p.shape, dtype=torch.float32, device=fisher_device or p.device)
-            for name, p in params.items()
-        }
-        touched: set[str] = set()
+        accumulator = _Accumulator(params, square, fisher_device)
+        # Fold each gradient in as soon as autograd has accumulated it (still in cache, and freed at once, so the
+        # batch's gradients never all exist together). Reentrant gradient checkpointing runs nested backward passes
+        # that can accumulate a parameter's gradient more than once per batch: there, fold in after the backward.
+        hooks = [] if _checkpointing(model) else [
+            p.register_post_accumulate_grad_hook(accumulator.hook(name)) for name, p in params.items()]
         num = 0
         progress = tqdm(
             _batches(dataset, batch_size, max_batches), total=_num_batches(dataset, batch_size, max_batches),
             desc=desc, disable=not show_progress, unit="batch",
         )
-        for rows in progress:
-            batch = data_collator(rows)
-            if not isinstance(batch, Mapping) or "labels" not in batch:
-                keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
-                raise ValueError(
-                    f"The data collator must return a dict with `labels` (got {keys}); the loss is model(**batch).loss."
-                )
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            loss = model(**batch).loss
-            if loss is None:
-                raise ValueError("model(**batch) returned no loss; the collator's `labels` must be a tensor.")
-            if not torch.isfinite(loss.detach()):
-                raise ValueError(
-                    f"Non-finite loss ({loss.item()}) in batch {num} of the {desc} dataset; check the labels "
-                    "(all -100?) and the model's dtype."
-                )
-            loss.backward()
-            for name, p in params.items():
-                if p.grad is None:
-                    continue
-                grad = p.grad.detach().to(device=sums[name].device, dtype=torch.float32)  # fp32 before squaring
-                if square:
-                    sums[name].addcmul_(grad, grad)
-                else:
-                    sums[name].add_(grad)
-                touched.add(name)
-                p.grad = None  # zeroed between batches
-            num += 1
+        try:
+            for rows in progress:
+                batch = data_collator(rows)
+                if not isinstance(batch, Mapping) or "labels" not in batch:
+                    keys = list(batch) if isinstance(batch, Mapping) else type(batch).__name__
+                    raise ValueError(
+                        f"The data collator must return a dict with `labels` (got {keys}); the loss is "
+                        "model(**batch).loss."
+                    )
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                loss = model(**batch).loss
+                if loss is None:
+                    raise ValueError("model(**batch) returned no loss; the collator's `labels` must be a tensor.")
+                if not torch.isfinite(loss.detach()):
+                    raise ValueError(
+                        f"Non-finite loss ({loss.item()}) in batch {num} of the {desc} dataset; check the labels "
+                        "(all -100?) and the model's dtype."
+                    )
+                loss.backward()
+                for name, p in params.items():  # every gradient, without hooks; none is left with them
+                    if p.grad is not None:
+                        accumulator.add(name, p)
+                num += 1
+        finally:
+            for handle in hooks:
+                handle.remove()
         if num == 0:
             raise ValueError(f"The {desc} dataset is empty; the Fisher needs at least one batch.")
-    return sums, num, touched
+        sums = {name: accumulator.sums.get(name) for name in params}
+        for name, p in params.items():  # never touched: zero, as if every batch gave a zero gradient
+            if sums[name] is None:
+                sums[name] = torch.zeros(p.shape, dtype=torch.float32, device=fisher_device or p.device)
+    return sums, num, accumulator.touched
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return any(isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing for m in model.modules())
+
+
+class _Accumulator:
+    """Per-parameter fp32 sums of ``grad ** 2`` (``square``) or ``grad``, one gradient at a time.
+
+    The first gradient of a parameter becomes its sum (squared in place when it is already fp32 on the sums'
+    device: no zero-filled buffer, one pass); later ones are added with ``addcmul_`` / ``add_``. Same values as
+    adding every batch to zeros, bit for bit.
+    """
+
+    def __init__(self, params: dict[str, nn.Parameter], square: bool, fisher_device):
+        self.params, self.square = params, square
+        self.fisher_device = None if fisher_device is None else torch.device(fisher_device)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.touched: set[str] = set()
+
+    def hook(self, name: str):
+        def fold_in(param: torch.Tensor) -> None:
+            if param.grad is not None:
+                self.add(name, param)
+
+        return fold_in
+
+    @torch.no_grad()
+    def add(self, name: str, param: torch.Tensor) -> None:
+        grad, param.grad = param.grad.detach(), None  # zeroed between batches; this tensor is now ours alone
+        total = self.sums.get(name)
+        if total is None:
+            target = self.fisher_device or param.device
+            first = grad if grad.dtype == torch.float32 and grad.device == target and grad._base is None else (
+                grad.to(device=target, dtype=torch.float32, copy=True))  # fp32 before squaring
+            self.sums[name] = first.mul_(first) if self.square else first
+            self.touched.add(name)
+            return
+        if grad.dtype != torch.float32 or grad.device != total.device:
+            grad = grad.to(device=total.device, dtype=torch.float32)  # fp32 before squaring
+        if self.square:
+            total.addcmul_(grad, grad)
+        else:
+            total.add_(grad)
 
 
 def accumulate_fisher(
@@ -319,8 +368,10 @@ def _fisher_ratio_masks(
     forget_sums, num_forget, touched = _accumulate(
         model, forget_dataset, data_collator, names, batch, cap, square=True, desc="forget", **common
     )
-    forget_fisher = {n: s.div_(num_forget) for n, s in forget_sums.items()}
     eps, gamma = config.epsilon, config.threshold
+    # Every ratio below is (F_f + eps) / (F_p + eps) >= gamma, computed in place in the accumulators' buffers (the
+    # same operations in the same order as the plain expression, so the same bits, without six full-size temporaries).
+    forget_plus_eps = {n: s.div_(num_forget).add_(eps) for n, s in forget_sums.items()}
     # One pass per preserve set, over the parameters whose group uses it; batches never mix two sets. Each set's sums
     # are folded into a running total ("pooled") or a running AND ("every") and freed, so at most one set's
     # accumulators exist next to the forget Fisher.
@@ -341,7 +392,7 @@ def _fisher_ratio_masks(
                 pooled_sum[n] = sums[n] if n not in pooled_sum else pooled_sum[n].add_(sums[n])
                 pooled_batches[n] = pooled_batches.get(n, 0) + num
             else:
-                passed = (forget_fisher[n] + eps) / (sums[n] / num + eps) >= gamma
+                passed = _ratio_passes(forget_plus_eps[n], sums[n].div_(num).add_(eps), gamma)
                 keep[n] = passed if n not in keep else keep[n].logical_and_(passed)
         del sums
     _warn_untouched(names, touched)
@@ -350,13 +401,18 @@ def _fisher_ratio_masks(
     for n in names:
         if config.preserve_combine == "pooled":
             # Batch-weighted mean = one Fisher over the concatenation of the sets (whole batches).
-            f_preserve = pooled_sum.pop(n) / pooled_batches[n]
-            masks[n] = (forget_fisher[n] + eps) / (f_preserve + eps) >= gamma
+            masks[n] = _ratio_passes(forget_plus_eps[n], pooled_sum.pop(n).div_(pooled_batches[n]).add_(eps), gamma)
         else:
             masks[n] = keep.pop(n)
+        del forget_plus_eps[n]
     summary = {"num_batches": {"forget": num_forget, "preserve": preserve_batches},
                "preserve_combine": config.preserve_combine}
     return masks, summary
+
+
+def _ratio_passes(forget_plus_eps: torch.Tensor, preserve_plus_eps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``forget_plus_eps / preserve_plus_eps >= gamma``, dividing into the second buffer (which is consumed)."""
+    return torch.div(forget_plus_eps, preserve_plus_eps, out=preserve_plus_eps).ge(gamma)
 
 
 def _warn_untouched(names: list[str], touched: set[str]) -> None:

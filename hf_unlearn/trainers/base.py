@@ -46,6 +46,8 @@ class _MaskedStepCallback(TrainerCallback):
             from ..integrations.deepspeed import install_masked_step
 
             install_masked_step(self.trainer.accelerator, self.trainer.masker, lambda: self.trainer._step_fully_masked)
+        # From here the masker knows the optimizer: it saves nothing while nothing can move masked entries.
+        self.trainer.masker.begin_training(kwargs.get("optimizer"), resumed=state.global_step > 0)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer._step_fully_masked = True
@@ -344,6 +346,7 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
             return self._backward_part(model, inputs, num_items_in_batch, part=None, last=True)
         # The mask restricts the forget gradient only: two backward passes, masked then unmasked.
         self._step_fully_masked = False
+        self.masker.unmasked_step()  # masked entries move on this step: saved values go stale
         loss = 0.0
         for i, part in enumerate(parts):
             self.masker.active = part == "forget"
