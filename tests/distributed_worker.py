@@ -64,8 +64,8 @@ def zero_config(stage: int) -> dict:
             "bf16": {"enabled": False}, "fp16": {"enabled": False}}
 
 
-def fsdp_kwargs() -> dict:
-    return {"fsdp": "full_shard", "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": FSDP_WRAP,
+def fsdp_kwargs(wrap: list[str] = FSDP_WRAP) -> dict:
+    return {"fsdp": True, "fsdp_config": {"fsdp_version": 2, "transformer_layer_cls_to_wrap": wrap,
                                                   "state_dict_type": "FULL_STATE_DICT"}}
 
 
@@ -156,6 +156,9 @@ def methods() -> dict:
             {"mask": True, "launchers": ("ddp",), "same_as": "mmunlearner_joint"}),
         "vkd_find_unused_true": (VKDTrainer, VKDConfig, {"ddp_find_unused_parameters": True},
                                  {"reference": True, "mask": True, "launchers": ("ddp",), "same_as": "vkd"}),
+        # FSDP2 with the vision tower's layers as their own units: refused before the first step, not a hang.
+        "ga_diff_vision_units": (GATrainer, GAConfig, {"retain_loss_type": "nll"},
+                                 {"launchers": ("fsdp2",), "fsdp_wrap": FSDP_WRAP + ["CLIPEncoderLayer"]}),
         # ZeRO-3 on the mixed retain set: refused (ranks would gather different modules), not a hang.
         "ga_diff_mixed_batches": (GATrainer, GAConfig, {"retain_loss_type": "nll"},
                                   {"launchers": ("zero3",), "mixed_data": True}),
@@ -175,7 +178,7 @@ def run_method(name: str, spec, workdir: str, tag: str, ranks: int, resume: str 
     if tag.startswith("zero"):
         launcher_args["deepspeed"] = zero_config(int(tag[-1]))
     elif tag == "fsdp2":
-        launcher_args.update(fsdp_kwargs())
+        launcher_args.update(fsdp_kwargs(options.get("fsdp_wrap", FSDP_WRAP)))
     args = config_cls(
         output_dir=out, per_device_train_batch_size=micro, per_device_eval_batch_size=2,
         gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=LR, logging_steps=1,

@@ -156,6 +156,8 @@ def unlearn(script: ScriptArguments, args: MMUnlearnerConfig, tiny=None) -> None
         mask.save_pretrained(os.path.join(final, "saliency_mask"))
         print(f"launcher: {type(trainer.model_wrapped).__name__}, world size {trainer.args.world_size}, "
               f"steps {trainer.state.global_step}, saved to {final}")
+    # No rank exits while another is still in a collective (gloo aborts the early one's pending work).
+    trainer.accelerator.wait_for_everyone()
 
 
 def main() -> None:

@@ -15,15 +15,17 @@ Why this module exists (measured on 2 CPU processes with gloo, torch 2.13, accel
   unmatched (gloo: ``Connection reset by peer`` in ``all_gather_single``). Keep the vision tower out of the wrapped
   units (wrap the decoder layers only: ``fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer``; it then belongs to
   the root unit every forward runs), and ``prepare_training`` turns on ``set_reduce_scatter_unused_params`` so the
-  ranks reduce-scatter the same parameters (zeros where unused). ``check_units_run_on_every_rank`` refuses the
-  configuration that would hang, with the fix.
-* Frozen reference / teacher models (NPO, KL_Min, VKD) are sharded with TRL's ``prepare_fsdp`` (one unit: every
-  forward all-gathers it whole, whatever the batch holds), or precomputed (no second model).
+  ranks reduce-scatter the same parameters (zeros where unused) and ``enable_input_require_grads`` so a text-only
+  batch still has a backward through the language model's units. ``check_units_run_on_every_rank`` and
+  ``check_gradient_agreement`` refuse what would still hang, with the fix.
+* Frozen references (NPO, KL_Min) are sharded with TRL's ``prepare_fsdp`` (one unit: every forward all-gathers it
+  whole, whatever the batch holds), or precomputed (no second model). VKD keeps its teacher replicated (it runs only
+  on batches with images) or precomputes its features.
 * accelerate enables its FSDP plugin only on accelerators: with ``use_cpu=True`` a run asked for FSDP silently trains
   with DDP. ``allow_fsdp_on_cpu`` lifts that gate so the FSDP2 code paths run on CPU machines (tests, ``--tiny``).
 
-Collectives: ``gather_full_params``, ``ShardedMasker.__init__`` (none: masks are sliced locally) and every forward
-and backward of a sharded model are collective; every rank runs the same steps, so they line up.
+Collectives: ``gather_full_params``, ``check_gradient_agreement`` and every forward and backward of a sharded model
+(``ShardedMasker.__init__`` is not: masks are sliced locally); every rank runs the same steps, so they line up.
 """
 
 from __future__ import annotations
