@@ -45,7 +45,9 @@ from .base import UnlearnTrainer
 logger = logging.getLogger(__name__)
 
 ROW_INDEX_KEY = "vkd_row_index"
-_DISTRIBUTED_WRAPPERS = frozenset({"DistributedDataParallel", "DeepSpeedEngine", "FullyShardedDataParallel"})
+# Wrappers that must see every forward: they gather weights in it (ZeRO-3, FSDP) or reduce gradients through its
+# hooks. DDP is not one: hf_unlearn averages DDP gradients itself (integrations/ddp.py).
+_DISTRIBUTED_WRAPPERS = frozenset({"DeepSpeedEngine", "FullyShardedDataParallel"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,8 +298,8 @@ class VKDTrainer(UnlearnTrainer):
         return self._modules[key]
 
     def _features(self, model, inputs: dict, need_outputs: bool):
-        # The vision-only pass calls get_image_features on the unwrapped model; a DDP / DeepSpeed / FSDP wrapper must
-        # see the forward to synchronise gradients, so a wrapped student always runs through the wrapper.
+        # The vision-only pass calls get_image_features on the unwrapped model; a DeepSpeed / FSDP wrapper must see
+        # the forward (see _DISTRIBUTED_WRAPPERS), so such a wrapped student always runs through the wrapper.
         full = need_outputs or type(model).__name__ in _DISTRIBUTED_WRAPPERS or is_fsdp2_module(model)
         feats, outputs = extract_features(model, inputs, self.args.feature_site, self.args.feature_layer,
                                           need_outputs=full, module=self._feature_module(model))
