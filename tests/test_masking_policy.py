@@ -1,6 +1,6 @@
 """What the exact mask costs: in-place gradient masking, saved values only where something can move masked entries.
 
-The exactness tests (tests/test_masking.py, tests/test_deepspeed.py) show that masked entries never move; these show
+The exactness tests (tests/test_masking.py, tests/test_distributed.py) show that masked entries never move; these show
 that the cheap paths are taken when, and only when, they are exact.
 """
 

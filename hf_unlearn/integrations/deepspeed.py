@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "check_images_agree",
     "defer_step_unless",
     "full_grad",
     "gather_full_fp32_params",
@@ -40,6 +41,7 @@ __all__ = [
     "param_shape",
     "prepare_for_inference",
     "shard_masks",
+    "touch_every_parameter",
     "ZeroMaskedStep",
 ]
 
@@ -120,9 +122,27 @@ class _StepControl:
         self.defer = False  # True while a non-last backward of a multi-pass step runs
         self.guard: ZeroMaskedStep | None = None
         self.should_guard: Callable[[], bool] = lambda: False
+        self._touch: torch.Tensor | None = None  # ZeRO-1/2: see touch_every_parameter()
+        self._touch_hook = None
         wrapper.backward = self.backward
 
+    def enable_touch(self) -> None:
+        if self._touch_hook is not None:
+            return
+        trainable = [p for p in self.engine.module.parameters() if p.requires_grad]
+
+        def before_forward(module, args):
+            # Built before the pass's first forward, so autograd runs it after the whole real graph (it visits
+            # nodes from the most recently created): every parameter's gradient is then complete, and handed to
+            # DeepSpeed's reduce hooks, in this same order on every rank.
+            if self._touch is None and torch.is_grad_enabled() and module.training:
+                self._touch = 0.0 * sum(p.sum() for p in trainable)
+
+        self._touch_hook = self.engine.module.register_forward_pre_hook(before_forward)
+
     def backward(self, loss: torch.Tensor, sync_gradients: bool = True, **kwargs) -> None:
+        if self._touch is not None:
+            loss, self._touch = loss + self._touch, None
         # Same three calls as accelerate's wrapper; a deferred pass is an accumulation micro-step (no step).
         boundary = bool(sync_gradients) and not self.defer
         self.engine.set_gradient_accumulation_boundary(is_boundary=boundary)
@@ -145,6 +165,22 @@ def install_step_control(accelerator) -> _StepControl:
         control = _StepControl(wrapper)
         wrapper._hf_unlearn_step_control = control
     return control
+
+
+def touch_every_parameter(accelerator) -> None:
+    """ZeRO-1/2: every backward gives every trainable parameter a gradient, in the same order on every rank.
+
+    ZeRO-1/2 reduces the gradients a backward produced in buckets filled in the order they become ready. An
+    unlearning step's passes touch different parameters on different ranks (a text-only retain batch on one rank
+    leaves the vision tower without gradient, the other rank's does not): the buckets then differ in size (gloo:
+    "Received data size doesn't match expected size") or, worse, only in order, and the all-reduce silently adds
+    unrelated entries (measured: final weights off by 5e-4 after 3 steps). A zero term ``0 * sum(p.sum())`` over the
+    trainable parameters, built before each pass's first forward and added to its loss, gives every parameter a
+    gradient and makes them all complete at the very end of the backward, in the term's fixed order. Gradients are
+    unchanged (``x + 0``); a parameter no pass reaches gets a zero gradient, which DeepSpeed's flat optimizer
+    partitions give it anyway. The reduction then no longer overlaps the backward. Idempotent.
+    """
+    install_step_control(accelerator).enable_touch()
 
 
 @contextmanager
@@ -424,6 +460,30 @@ def install_masked_step(accelerator, masker, should_restore: Callable[[], bool])
     control.guard = ZeroMaskedStep(masker, control.engine)
     control.should_guard = should_restore
     return control.guard
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ZeRO-3: the same modules on every rank
+# ----------------------------------------------------------------------------------------------------------------
+def check_images_agree(inputs: dict, device) -> None:
+    """Under ZeRO-3, refuse a step where some ranks' forget or retain batch has images and others' has none.
+
+    ZeRO-3 gathers each module's weights in its forward: a rank whose batch has no image skips the vision tower, the
+    others gather its weights, and the collectives stop matching (a hang, or gloo's "Received data size doesn't
+    match expected size"). One all-reduce of 4 ints per micro-batch turns that into this error.
+    """
+    from ..features import has_images
+    from .ranks import all_ranks_agree
+
+    sides = [side for side in ("forget", "retain") if side in inputs]
+    if all_ranks_agree([has_images(inputs[side]) for side in sides], device):
+        return
+    raise ValueError(
+        "Under DeepSpeed ZeRO-3 the ranks' batches of this step differ in having images (some text-only, some not): "
+        "ZeRO-3 gathers the vision tower's weights only on the ranks that run it, and the collectives would never "
+        "match. Give every row of the set an image or none (e.g. keep the text-only retain rows for a separate run), "
+        "or use ZeRO-2, DDP or FSDP2 (docs/distributed.md), which handle mixed batches."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .. import losses
 from ..config import UnlearnConfig
 from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCollator
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
+from ..integrations.launchers import unlearning_step
 from ..masking import GradientMasker
 from ..utils import write_json_atomic
 from .callbacks import UnlearningEvalCallback
@@ -172,6 +173,10 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         # Prepare the reference model for inference the way the policy is distributed
         if self.ref_model is not None:
             self.ref_model = self._prepare_for_inference(self.ref_model)
+        if self.is_fsdp_enabled:  # FSDP2: reduce-scatter alignment and the sharded mask, once the policy is sharded
+            from ..integrations.fsdp import FSDPTrainingCallback
+
+            self.add_callback(FSDPTrainingCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names + [self._method_tag])
 
@@ -229,6 +234,10 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
     def _prepare_for_inference(self, model: nn.Module) -> nn.Module:
         if self.is_deepspeed_enabled:
             from ..integrations.deepspeed import prepare_for_inference
+
+            return prepare_for_inference(model, self.accelerator)
+        if self.is_fsdp_enabled:
+            from ..integrations.fsdp import prepare_for_inference
 
             return prepare_for_inference(model, self.accelerator)
         return self.accelerator.prepare_model(model, evaluation_mode=True)
@@ -320,6 +329,10 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
                 f"Training stopped before this step touched the weights{where}. Lower `learning_rate`, set "
                 "`stop_forget_loss_above`, use a bounded forget loss (NPOTrainer), or add a retain term."
             )
+        if self.is_fsdp_enabled and model.training:  # FSDP2: the ranks' backward passes must visit the same units
+            from ..integrations.fsdp import check_gradient_agreement
+
+            check_gradient_agreement(total.requires_grad, self.args.device)
         if model.training and not total.requires_grad:
             # E.g. a text-only retain batch while only the vision tower trains: nothing to learn from it, but the
             # Trainer (and DeepSpeed's step accounting) still needs a backward pass.
@@ -337,7 +350,15 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
     # Training step: masks
     # ------------------------------------------------------------------------------------------------------------
     def training_step(self, model, inputs, num_items_in_batch=None):
-        if self.masker is None or "forget" not in inputs:
+        if "forget" not in inputs:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # The step's passes touch different parameters on different ranks (a text-only retain row skips the vision
+        # tower): each launcher's fix (DDP, ZeRO, FSDP2) lives in integrations/launchers.py. One process: a no-op.
+        with unlearning_step(self, model, inputs):
+            return self._unlearning_step(model, inputs, num_items_in_batch)
+
+    def _unlearning_step(self, model, inputs, num_items_in_batch=None):
+        if self.masker is None:
             return super().training_step(model, inputs, num_items_in_batch)
         parts = self.loss_parts()
         if self.args.mask_scope == "all" or parts == ("forget",) or "retain" not in inputs:
@@ -361,6 +382,9 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
                 from ..integrations.deepspeed import defer_step_unless
 
                 with defer_step_unless(self.accelerator, last):
+                    return super().training_step(model, inputs, num_items_in_batch)
+            if self.is_fsdp_enabled:  # gradients are sharded inside backward: masked there (integrations/fsdp.py)
+                with self.masker.pass_context():
                     return super().training_step(model, inputs, num_items_in_batch)
             return super().training_step(model, inputs, num_items_in_batch)
         finally:
@@ -393,7 +417,8 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         model = model if model is not None else self.model
         has_weights = any(os.path.isfile(os.path.join(resume_from_checkpoint, name))
                           for name in ("model.safetensors", "model.safetensors.index.json"))
-        if not self.is_deepspeed_enabled and isinstance(model, PreTrainedModel) and has_weights:
+        sharded = self.is_deepspeed_enabled or self.is_fsdp_enabled  # their own checkpoint formats
+        if not sharded and isinstance(model, PreTrainedModel) and has_weights:
             dtype = next(model.parameters()).dtype
             loaded = type(model).from_pretrained(resume_from_checkpoint, dtype=dtype)
             model.load_state_dict(loaded.state_dict())

@@ -47,6 +47,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .. import losses
 from ..config import VKDConfig
 from ..features import extract_features, feature_module, features_per_row, vision_blocks
+from ..integrations.fsdp import is_fsdp2_module
 from ..models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
 from .base import UnlearnTrainer
 from .lr_scale import ScaledLearningRateMixin
@@ -54,7 +55,9 @@ from .lr_scale import ScaledLearningRateMixin
 logger = logging.getLogger(__name__)
 
 ROW_INDEX_KEY = "vkd_row_index"
-_DISTRIBUTED_WRAPPERS = frozenset({"DistributedDataParallel", "DeepSpeedEngine", "FullyShardedDataParallel"})
+# Wrappers that must see every forward: they gather weights in it (ZeRO-3, FSDP) or reduce gradients through its
+# hooks. DDP is not one: hf_unlearn averages DDP gradients itself (integrations/ddp.py).
+_DISTRIBUTED_WRAPPERS = frozenset({"DeepSpeedEngine", "FullyShardedDataParallel"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,6 +285,13 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
                 "(with target_modules='vision'), or drop those entries."
             )
 
+    def _prepare_for_inference(self, model):
+        # The teacher runs only on batches with images; sharded by FSDP2, the ranks would call its all-gathers
+        # unequally (a text-only batch on one rank). A replica per rank, or precompute_teacher_features=True.
+        if self.is_fsdp_enabled:
+            return self.accelerator.prepare_model(model, evaluation_mode=True)
+        return super()._prepare_for_inference(model)
+
     def needs_reference(self, args) -> bool:
         # Precomputing from the starting model needs no second model; a given teacher is used once, then dropped.
         if args.precompute_teacher_features:
@@ -314,9 +324,9 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         return self._modules[key]
 
     def _features(self, model, inputs: dict, need_outputs: bool):
-        # The vision-only pass calls get_image_features on the unwrapped model; a DDP / DeepSpeed / FSDP wrapper must
-        # see the forward to synchronise gradients, so a wrapped student always runs through the wrapper.
-        full = need_outputs or type(model).__name__ in _DISTRIBUTED_WRAPPERS
+        # The vision-only pass calls get_image_features on the unwrapped model; a DeepSpeed / FSDP wrapper must see
+        # the forward (see _DISTRIBUTED_WRAPPERS), so such a wrapped student always runs through the wrapper.
+        full = need_outputs or type(model).__name__ in _DISTRIBUTED_WRAPPERS or is_fsdp2_module(model)
         feats, outputs = extract_features(model, inputs, self.args.feature_site, self.args.feature_layer,
                                           need_outputs=full, module=self._feature_module(model))
         return feats, (outputs if need_outputs else None)

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# MMUnlearner on LLaVA-1.5 with plain DDP through accelerate (config: examples/accelerate/ddp.yaml).
+#
+#   bash examples/accelerate/ddp.sh            # one node, every GPU: mask on GPU 0, then unlearning (MODEL, OUT, PORT)
+#   bash examples/accelerate/ddp.sh --tiny     # CPU, 2 processes, tiny LLaVA: the same recipe in seconds (tested)
+#
+# Any other flag goes to examples/deepspeed/unlearn_llava.py (ScriptArguments, MMUnlearnerConfig).
+exec bash "$(dirname "$0")/launch.sh" ddp "$@"
