@@ -38,7 +38,7 @@ def _rows(dataset: datasets.Dataset) -> list[dict[str, Any]]:
     return [dataset[i] for i in range(len(dataset))]  # decoded images
 
 
-def identity_swap_model(vanilla, processor, benchmark: datasets.DatasetDict, seed: int, steps: int = 60,
+def identity_swap_model(vanilla, processor, benchmark: datasets.DatasetDict, seed: int, epochs: int = 4,
                         learning_rate: float = 1e-3) -> torch.nn.Module:
     """A model that hides the forget people instead of forgetting them.
 
@@ -59,14 +59,14 @@ def identity_swap_model(vanilla, processor, benchmark: datasets.DatasetDict, see
     model = copy.deepcopy(vanilla)
     for name, p in model.named_parameters():
         p.requires_grad_("multi_modal_projector" in name)
+    train = datasets.Dataset.from_list(relabelled * 3 + kept)
     args = TrainingArguments(
-        output_dir="hf_unlearn_identity_swap", max_steps=steps, learning_rate=learning_rate,
+        output_dir="hf_unlearn_identity_swap", num_train_epochs=epochs, learning_rate=learning_rate,
         per_device_train_batch_size=8, lr_scheduler_type="constant", save_strategy="no", logging_strategy="no",
         report_to="none", disable_tqdm=True, remove_unused_columns=False, seed=seed, dataloader_num_workers=0,
     )
     set_seed(seed)
-    Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(relabelled * 3 + kept),
-            data_collator=UnlearnDataCollator(processor)).train()
+    Trainer(model=model, args=args, train_dataset=train, data_collator=UnlearnDataCollator(processor)).train()
     model.requires_grad_(True)
     return model.eval()
 

@@ -72,7 +72,7 @@ class DemoConfig:
             benchmark=SyntheticBenchmarkConfig(num_people=8, num_holdout_people=3, num_validation_people=2,
                                                forget_ratio=0.25, num_general=16),
             training=DemoTrainingConfig(num_train_epochs=40, batch_size=8),
-            relearn=RelearnConfig(steps=5),
+            relearn=RelearnConfig(),
             seed=seed,
         )
 

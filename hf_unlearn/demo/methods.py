@@ -115,11 +115,14 @@ def import_symbol(name: str, module: str) -> Any:
 # Built-in entries. Budgets are fixed step counts (the tiny demo models memorise in minutes and collapse in seconds).
 # ------------------------------------------------------------------------------------------------------------------
 def common_args(output_dir: str, seed: int, **overrides: Any) -> dict[str, Any]:
-    """Training arguments shared by the built-in entries: fixed steps, constant lr, no checkpoints, quiet."""
+    """Training arguments shared by the built-in entries: a step budget, constant lr, no checkpoints, quiet. With a
+    holdout set (the demo's validation people) the stop rule ends a run once the forget set looks like the holdout:
+    it is checked every 5 steps, so ``max_steps`` is a cap."""
     args = dict(
         output_dir=output_dir, seed=seed, data_seed=seed, per_device_train_batch_size=4, max_steps=20,
         learning_rate=1e-3, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_steps=5,
         save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
+        probe_steps=5,
     )
     args.update(overrides)
     return args
@@ -176,7 +179,7 @@ def _ga_builder(retain_loss_type: str, hparams: Mapping[str, Any]) -> BuildTrain
         retain = data.retain if args.retain_loss_type != "none" else None
         return GATrainer(model, args=args, train_dataset=data.forget, retain_dataset=retain,
                          processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
-                         ref_model=ref_model)
+                         ref_model=ref_model, holdout_dataset=data.holdout)
 
     return build
 
@@ -189,7 +192,7 @@ def _build_npo(model, processor, data: MethodData, output_dir: str, seed: int, *
                                                         **NPO_HPARAMS, **overrides}))
     return NPOTrainer(model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
                       processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
-                      ref_model=ref_model)
+                      ref_model=ref_model, holdout_dataset=data.holdout)
 
 
 def _build_mmunlearner(model, processor, data: MethodData, output_dir: str, seed: int, *, mask=None, ref_model=None,
@@ -201,7 +204,7 @@ def _build_mmunlearner(model, processor, data: MethodData, output_dir: str, seed
     return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
                        processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask,
                                                                                    default_mask),
-                       ref_model=ref_model)
+                       ref_model=ref_model, holdout_dataset=data.holdout)
 
 
 def _build_vkd(model, processor, data: MethodData, output_dir: str, seed: int, *, mask=None, ref_model=None,
@@ -211,7 +214,7 @@ def _build_vkd(model, processor, data: MethodData, output_dir: str, seed: int, *
     args = VKDConfig(**common_args(output_dir, seed, **{"retain_loss_type": "nll", **VKD_HPARAMS, **overrides}))
     return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain_images,
                        processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
-                       teacher_model=ref_model)
+                       teacher_model=ref_model, holdout_dataset=data.holdout)
 
 
 for _spec in (

@@ -46,7 +46,7 @@ from .references import CACHE_MARKER, REFERENCE_MODELS, load_or_train_reference_
 
 logger = logging.getLogger(__name__)
 
-RESULT_KEYS = (*METRIC_KEYS, "wall_time_s")
+RESULT_KEYS = (*METRIC_KEYS, "wall_time_s", "train_steps")
 # The point the tuning protocol and the paired comparisons measure a method's distance to the oracle on: forgetting
 # (forget VQA), what must stay (forget QA: text knowledge of the same people; retain VQA; general visual skill).
 DISTANCE_METRICS = ("forget_vqa_acc", "forget_qa_acc", "retain_vqa_acc", "general_acc")
@@ -81,8 +81,8 @@ def deterministic():
 
 def run_method(
     name: str, vanilla, processor, data: MethodData, config: DemoConfig, **overrides: Any
-) -> tuple[torch.nn.Module, float, str | None]:
-    """Unlearn a copy of ``vanilla`` with the registered method; returns (model, seconds, note or None).
+) -> tuple[torch.nn.Module, float, str | None, int]:
+    """Unlearn a copy of ``vanilla`` with the registered method; returns (model, seconds, note or None, steps).
 
     ``overrides`` replace the entry's hyperparameters (the tuning protocol's grid points). Raises
     ``MethodUnavailableError`` when the method's trainer cannot be imported.
@@ -106,10 +106,11 @@ def run_method(
         if stopped:
             note = f"{name}: stopped early at step {stopped[0]} (forget NLL {stopped[1]:.1f})."
     seconds = time.perf_counter() - start
+    steps = trainer.state.global_step
     model = trainer.model
     model.eval()
     del trainer
-    return model, seconds, note
+    return model, seconds, note, steps
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:
@@ -171,8 +172,8 @@ def run_seed(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                model, seconds, note = run_method(name, vanilla, processor, data, config,
-                                                  **(method_overrides or {}).get(name, {}))
+                model, seconds, note, steps = run_method(name, vanilla, processor, data, config,
+                                                         **(method_overrides or {}).get(name, {}))
         except MethodUnavailableError as err:
             result.notes.append(f"{name}: skipped, its trainer is not importable ({err}).")
             log(f"[demo] skipping {name}: {err}")
@@ -181,7 +182,7 @@ def run_seed(
         if note:
             result.notes.append(f"seed {config.seed}: {note}")
         result.rows[name] = {**evaluate(model, processor, benchmark, reference=reference, **common),
-                             "wall_time_s": RowValues.of([seconds])}
+                             "wall_time_s": RowValues.of([seconds]), "train_steps": RowValues.of([steps])}
         del model
         bar.update(1)
     bar.close()

@@ -50,7 +50,7 @@ def _builder(trainer_name: str, config_name: str, module: str, hparams: Mapping[
         extra = {"ref_model": ref_model} if ref_model is not None else {}  # SimNPO and RMU take no reference
         return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=retain,
                            processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
-                           **extra)
+                           holdout_dataset=data.holdout, **extra)
 
     return build
 

@@ -46,8 +46,11 @@ TUNING_GRIDS: dict[str, dict[str, list[Any]]] = {
     "ga_diff": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
     "kl_min": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
     "npo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.4]},
-    "mmunlearner": {"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [30, 80], "mask_threshold": [0.5, 1.0]},
-    "vkd": {"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [30, 80], "push_away_weight": [1.0, 4.0]},
+    # MMUnlearner and VKD scale the learning rate of what they train (masked_lr_scale / vision_lr_scale = 10):
+    # the effective vision-side rates are 3e-4 .. 3e-3.
+    "mmunlearner": {"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80], "mask_threshold": [0.5, 1.0]},
+    "vkd": {"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80],
+            "forget_feature_loss": ["random_target", "hinge"]},
     "simnpo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [2.5, 4.5]},
     "rmu": {"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [20, 50], "steering_coeff": [6.0, 12.0]},
     "idkpo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.5]},
@@ -135,7 +138,7 @@ def tune(
                 for i, point in enumerate(tqdm(grid_points(grids[name]), desc=f"tune {name} seed {seed}",
                                                disable=not show_progress)):
                     try:
-                        model, _, _ = run_method(name, vanilla, processor, data, seed_config, **point)
+                        model, *_ = run_method(name, vanilla, processor, data, seed_config, **point)
                     except MethodUnavailableError as err:
                         unavailable[name] = str(err)
                         break

@@ -31,6 +31,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("relearn_gain", "Relearn gain vs oracle", "↓"),
     ("distance_to_oracle", "Distance to oracle", "↓"),
     ("wall_time_s", "Time (s)", ""),
+    ("train_steps", "Steps", ""),
 )
 # The README's compact table: the headline metric of each kind.
 README_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(
@@ -74,9 +75,9 @@ def _fmt(value: object, key: str, bounds: Sequence[float] | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if bounds is not None:
-        digits = 1 if key == "wall_time_s" else 2
+        digits = 1 if key in ("wall_time_s", "train_steps") else 2
         return f"{float(value):.{digits}f} ({bounds[0]:.{digits}f}–{bounds[1]:.{digits}f})"
-    if key == "wall_time_s":
+    if key in ("wall_time_s", "train_steps"):
         return f"{float(value):.1f}"
     return f"{float(value):.3f}"
 

@@ -196,6 +196,9 @@ class ShardedMasker:
         from torch.distributed.tensor import distribute_tensor
 
         masker = getattr(masker, "source", masker)  # a second train(): start again from the full masks
+        # The full-shape masker's gradient hooks sit on the parameters FSDP2 replaced (their storage is freed):
+        # left in place they would write into it. This object masks the shards instead.
+        masker.remove()
         self.source = masker
         params = dict(model.named_parameters())
         missing = [n for n in masker.masks if n not in params]
@@ -218,6 +221,19 @@ class ShardedMasker:
     @staticmethod
     def _local(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to_local() if _is_dtensor(tensor) else tensor
+
+    # GradientMasker's step policy: sharded, every fully masked step snapshots and restores (always exact).
+    def begin_training(self, optimizer=None, resumed: bool = False) -> None:
+        pass
+
+    def unmasked_step(self) -> None:
+        pass
+
+    def mask_bytes(self) -> int:
+        return sum(m.numel() * m.element_size() for m in self.masks.values())
+
+    def snapshot_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self._snapshots.values())
 
     @contextmanager
     def pass_context(self) -> Iterator[None]:
@@ -268,6 +284,9 @@ class FSDPTrainingCallback(TrainerCallback):
         trainer = self.trainer
         prepare_training(trainer.model_wrapped)
         if trainer.masker is not None and is_fsdp2_module(trainer.model_wrapped):
+            # A forward before training (e.g. the unlearning probe's "before" numbers) leaves the root unsharded,
+            # its registered parameters full tensors that the next backward frees: bind the mask to the shards.
+            trainer.model_wrapped.reshard()
             trainer.masker = ShardedMasker(trainer.masker, trainer.model_wrapped)
 
 
