@@ -128,3 +128,17 @@ def test_demo_command_lists_the_text_methods(capsys):
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == list(TEXT_METHODS)
     assert main(["demo", "--text", "--methods", "ga,bogus"]) == 2
+
+
+def test_several_seeds_give_means_and_intervals_over_seeds():
+    from hf_unlearn.demo.text import summarise_text_seeds
+
+    runs = [{"methods": {"vanilla": {"forget_prob": 0.9 + d, "model_utility": 0.7},
+                         "oracle": {"forget_prob": 0.1 + d, "model_utility": 0.7},
+                         "npo": {"forget_prob": 0.2 + 2 * d, "model_utility": 0.6}}} for d in (0.0, 0.02, 0.04)]
+    out = summarise_text_seeds(runs)
+    assert out["means"]["npo"]["forget_prob"] == pytest.approx(0.24)
+    lo, hi = out["intervals"]["npo"]["forget_prob"]
+    assert 0.2 <= lo < 0.24 < hi <= 0.28  # the spread over seeds, nothing more (one number per seed)
+    assert out["paired"]["npo"]["oracle"]["forget_prob"]["diff"] == pytest.approx(0.12)
+    assert out["intervals"]["vanilla"]["model_utility"] == [0.7, 0.7]

@@ -29,6 +29,23 @@ REFERENCE_MODELS = ("vanilla", "oracle")
 CACHE_MARKER = "hf_unlearn_demo.json"
 
 
+def fit_reference_model(model, processing_class, train_set: datasets.Dataset, recipe, seed: int, output_dir: str,
+                        show_progress: bool = False) -> None:
+    """The recipe every demo trains its vanilla and oracle with: a plain ``transformers.Trainer``, answer-only loss,
+    AdamW with linear decay and no checkpoints (``recipe``: epochs, learning rate, batch size, warm-up)."""
+    args = TrainingArguments(
+        output_dir=output_dir, num_train_epochs=recipe.num_train_epochs, learning_rate=recipe.learning_rate,
+        per_device_train_batch_size=recipe.batch_size, warmup_steps=recipe.warmup_steps, weight_decay=0.0,
+        lr_scheduler_type="linear", seed=seed, data_seed=seed, save_strategy="no", report_to="none",
+        logging_steps=50, remove_unused_columns=False, disable_tqdm=not show_progress, dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+    )
+    set_seed(seed)
+    Trainer(model=model, args=args, train_dataset=train_set,
+            data_collator=UnlearnDataCollator(processing_class)).train()
+    model.eval()
+
+
 def train_reference_model(
     kind: str, benchmark: datasets.DatasetDict, config: DemoConfig, output_dir: str, show_progress: bool = True
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor, float]:
@@ -42,61 +59,49 @@ def train_reference_model(
         seed=config.seed, image_size=config.benchmark.image_size, corpus=benchmark_corpus(benchmark),
         **asdict(config.model),
     )
-    recipe = config.training
-    args = TrainingArguments(
-        output_dir=output_dir, num_train_epochs=recipe.num_train_epochs, learning_rate=recipe.learning_rate,
-        per_device_train_batch_size=recipe.batch_size, warmup_steps=recipe.warmup_steps, weight_decay=0.0,
-        lr_scheduler_type="linear", seed=config.seed, data_seed=config.seed, save_strategy="no", report_to="none",
-        logging_steps=50, remove_unused_columns=False, disable_tqdm=not show_progress, dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-    )
-    set_seed(config.seed)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=UnlearnDataCollator(processor))
-    trainer.train()
-    model.eval()
+    fit_reference_model(model, processor, train_set, config.training, config.seed, output_dir, show_progress)
     return model, processor, time.perf_counter() - start
 
 
-def load_or_train_reference_models(
-    benchmark: datasets.DatasetDict,
-    config: DemoConfig,
-    cache_dir: str | None = None,
-    show_progress: bool = True,
+def cached_reference_models(
+    root: str,
+    train: Callable[[str, str], tuple[Any, Any, float]],
+    load: Callable[[str], tuple[Any, Any]],
+    record: dict[str, Any],
+    marker_name: str = CACHE_MARKER,
     log: Callable[[str], None] = print,
+    label: str = "demo",
 ) -> dict[str, dict[str, Any]]:
     """``{"vanilla": {...}, "oracle": {...}}``, each with ``model``, ``processor``, ``path``, ``cached`` (loaded
     rather than trained in this call) and ``train_time_s`` (of the original training run).
 
-    A model is written to a temporary directory next to its final place and renamed once complete, so an
-    interrupted run never leaves a half-written cache entry.
+    ``train(kind, scratch_dir) -> (model, processor, seconds)`` builds a missing one; ``load(path) -> (model,
+    processor)`` reads a cached one; ``record`` goes into the marker file. A model is written to a temporary
+    directory next to its final place and renamed once complete (the marker last), so an interrupted run never
+    leaves a half-written cache entry.
     """
-    root = os.path.join(cache_dir or default_cache_dir(), "demo", config.cache_key())
     os.makedirs(root, exist_ok=True)
     out: dict[str, dict[str, Any]] = {}
     for kind in REFERENCE_MODELS:
         path = os.path.join(root, kind)
-        marker = os.path.join(path, CACHE_MARKER)
+        marker = os.path.join(path, marker_name)
         if os.path.isfile(marker):
             with open(marker, encoding="utf-8") as f:
                 info = json.load(f)
-            model = LlavaForConditionalGeneration.from_pretrained(path).eval()
-            processor = LlavaProcessor.from_pretrained(path)
-            log(f"[demo] {kind}: loaded from cache {path}")
+            model, processor = load(path)
+            log(f"[{label}] {kind}: loaded from cache {path}")
             out[kind] = dict(model=model, processor=processor, path=path, cached=True,
                              train_time_s=info["train_time_s"])
             continue
-        log(f"[demo] {kind}: training from scratch (cached afterwards in {path})")
+        log(f"[{label}] {kind}: training from scratch (cached afterwards in {path})")
         tmp = tempfile.mkdtemp(prefix=f".{kind}-", dir=root)
         try:
-            model, processor, seconds = train_reference_model(kind, benchmark, config, os.path.join(tmp, "trainer"),
-                                                              show_progress)
+            model, processor, seconds = train(kind, os.path.join(tmp, "trainer"))
             shutil.rmtree(os.path.join(tmp, "trainer"), ignore_errors=True)
             model.save_pretrained(tmp)
             processor.save_pretrained(tmp)
-            info = {"kind": kind, "train_time_s": seconds, "settings": config.settings(),
-                    "cache_key": config.cache_key(), "hf_unlearn_version": library_version()}
-            with open(os.path.join(tmp, CACHE_MARKER), "w", encoding="utf-8") as f:
-                json.dump(info, f, indent=2)
+            with open(os.path.join(tmp, marker_name), "w", encoding="utf-8") as f:
+                json.dump({"kind": kind, "train_time_s": seconds, **record}, f, indent=2)
             if os.path.isdir(path):  # a concurrent run finished first, or a stale entry without marker
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -107,3 +112,22 @@ def load_or_train_reference_models(
     return out
 
 
+def load_or_train_reference_models(
+    benchmark: datasets.DatasetDict,
+    config: DemoConfig,
+    cache_dir: str | None = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, Any]]:
+    """The VLM demo's vanilla and oracle at ``config.seed`` (see ``cached_reference_models``), cached under
+    ``<cache>/demo/<hash of settings and versions>``."""
+    root = os.path.join(cache_dir or default_cache_dir(), "demo", config.cache_key())
+
+    def load(path: str):
+        return LlavaForConditionalGeneration.from_pretrained(path).eval(), LlavaProcessor.from_pretrained(path)
+
+    def train(kind: str, scratch: str):
+        return train_reference_model(kind, benchmark, config, scratch, show_progress)
+
+    record = {"settings": config.settings(), "cache_key": config.cache_key(), "hf_unlearn_version": library_version()}
+    return cached_reference_models(root, train, load, record, log=log)

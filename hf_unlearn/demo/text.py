@@ -22,9 +22,7 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -34,9 +32,8 @@ from typing import Any
 import datasets
 import torch
 import transformers
-from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments, set_seed
+from transformers import AutoTokenizer, LlamaForCausalLM, set_seed
 
-from ..data.collators import UnlearnDataCollator
 from ..data.synthetic_text import (
     SyntheticTextConfig,
     build_synthetic_text_benchmark,
@@ -45,9 +42,13 @@ from ..data.synthetic_text import (
     vanilla_text_training_set,
 )
 from ..evaluation.report import markdown_table, plot_tradeoff, write_text
+from ..evaluation.stats import RowValues, summarise
 from ..evaluation.text_evaluator import TextEvaluator
 from ..testing.models import tiny_llama
-from .methods import METHODS, MethodData, MethodUnavailableError, get_method
+from .config import default_cache_dir, library_version
+from .methods import METHODS, MethodData, MethodUnavailableError
+from .pipeline import run_method
+from .references import REFERENCE_MODELS, cached_reference_models, fit_reference_model
 
 try:  # the text methods' registry entries (SimNPO, RMU, IdkPO, UNDIAL), where this version has them
     importlib.import_module(f"{__package__}.text_methods")
@@ -55,7 +56,6 @@ except ModuleNotFoundError as err:  # only a missing module is expected; a broke
     if err.name != f"{__package__}.text_methods":
         raise
 
-REFERENCE_MODELS = ("vanilla", "oracle")
 CACHE_MARKER = "hf_unlearn_text_demo.json"
 # Text methods in table order. Entries missing from the registry, or whose trainer is not importable, are skipped.
 TEXT_METHODS = ("ga", "ga_diff", "kl_min", "npo", "simnpo", "rmu", "idkpo", "undial")
@@ -110,12 +110,6 @@ How to read the table (TOFU's metrics; the oracle never saw the forget authors, 
 """
 
 
-def _version() -> str:
-    import hf_unlearn
-
-    return hf_unlearn.__version__
-
-
 @dataclass
 class TextModelConfig:
     """Size of the tiny Llama (``hf_unlearn.testing.tiny_llama``)."""
@@ -166,14 +160,9 @@ class TextDemoConfig:
     def cache_key(self) -> str:
         """Hash of what the vanilla and oracle weights depend on (settings and library versions)."""
         payload = {"benchmark": asdict(self.benchmark), "model": asdict(self.model), "training": asdict(self.training),
-                   "seed": self.seed, "hf_unlearn": _version(), "transformers": transformers.__version__,
+                   "seed": self.seed, "hf_unlearn": library_version(), "transformers": transformers.__version__,
                    "torch": torch.__version__.split("+")[0], "datasets": datasets.__version__}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def default_cache_dir() -> str:
-    """``$HF_UNLEARN_CACHE`` or ``~/.cache/hf_unlearn`` (as the VLM demo)."""
-    return os.environ.get("HF_UNLEARN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hf_unlearn")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -193,18 +182,7 @@ def train_text_reference_model(kind: str, benchmark: datasets.DatasetDict, confi
     train_set = vanilla_text_training_set(benchmark) if kind == "vanilla" else oracle_text_training_set(benchmark)
     # Same tokenizer and initial weights for both: only the training data differs.
     model, tokenizer = tiny_llama(seed=config.seed, corpus=text_benchmark_corpus(benchmark), **asdict(config.model))
-    recipe = config.training
-    args = TrainingArguments(
-        output_dir=output_dir, num_train_epochs=recipe.num_train_epochs, learning_rate=recipe.learning_rate,
-        per_device_train_batch_size=recipe.batch_size, warmup_steps=recipe.warmup_steps, weight_decay=0.0,
-        lr_scheduler_type="linear", seed=config.seed, data_seed=config.seed, save_strategy="no", report_to="none",
-        logging_strategy="no", remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-    )
-    set_seed(config.seed)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=UnlearnDataCollator(tokenizer))
-    trainer.train()
-    model.eval()
+    fit_reference_model(model, tokenizer, train_set, config.training, config.seed, output_dir)
     return model, tokenizer, time.perf_counter() - start
 
 
@@ -213,39 +191,21 @@ def load_or_train_text_reference_models(
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """``{"vanilla": {...}, "oracle": {...}}`` with ``model``, ``tokenizer``, ``path``, ``cached`` and
-    ``train_time_s``. Each model is written to a temporary directory and renamed once complete."""
+    ``train_time_s``, cached under ``<cache>/text_demo/<hash of settings and versions>`` (``cached_reference_models``:
+    written to a temporary directory and renamed once complete)."""
     root = os.path.join(cache_dir or default_cache_dir(), "text_demo", config.cache_key())
-    os.makedirs(root, exist_ok=True)
-    out: dict[str, dict[str, Any]] = {}
-    for kind in REFERENCE_MODELS:
-        path = os.path.join(root, kind)
-        marker = os.path.join(path, CACHE_MARKER)
-        if os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as f:
-                info = json.load(f)
-            out[kind] = dict(model=LlamaForCausalLM.from_pretrained(path).eval(),
-                             tokenizer=AutoTokenizer.from_pretrained(path), path=path, cached=True,
-                             train_time_s=info["train_time_s"])
-            log(f"[text demo] {kind}: loaded from cache {path}")
-            continue
-        log(f"[text demo] {kind}: training from scratch (cached afterwards in {path})")
-        tmp = tempfile.mkdtemp(prefix=f".{kind}-", dir=root)
-        try:
-            model, tokenizer, seconds = train_text_reference_model(kind, benchmark, config, os.path.join(tmp, "t"))
-            shutil.rmtree(os.path.join(tmp, "t"), ignore_errors=True)
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            with open(os.path.join(tmp, CACHE_MARKER), "w", encoding="utf-8") as f:
-                json.dump({"kind": kind, "train_time_s": seconds, "settings": config.settings(),
-                           "cache_key": config.cache_key()}, f, indent=2)
-            if os.path.isdir(path):  # a concurrent run finished first, or a stale entry without marker
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        finally:
-            if os.path.isdir(tmp):
-                shutil.rmtree(tmp, ignore_errors=True)
-        out[kind] = dict(model=model, tokenizer=tokenizer, path=path, cached=False, train_time_s=seconds)
-    return out
+
+    def load(path: str):
+        return LlamaForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+    def train(kind: str, scratch: str):
+        return train_text_reference_model(kind, benchmark, config, scratch)
+
+    refs = cached_reference_models(root, train, load, {"settings": config.settings(), "cache_key": config.cache_key()},
+                                   marker_name=CACHE_MARKER, log=log, label="text demo")
+    for ref in refs.values():
+        ref["tokenizer"] = ref.pop("processor")
+    return refs
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -283,26 +243,7 @@ def run_text_method(name: str, vanilla, tokenizer, data: MethodData, config: Tex
 
     Raises ``MethodUnavailableError`` when the method's trainer cannot be imported.
     """
-    from ..trainers.base import UnlearningDivergedError
-
-    spec = get_method(name)
-    model = copy.deepcopy(vanilla)
-    set_seed(config.seed)
-    note = None
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"hf_unlearn_text_{name}_") as tmp:
-        trainer = spec.build_trainer(model, tokenizer, data, tmp, config.seed, logging_strategy="no",
-                                     **config.budgets.get(name, {}))
-        try:
-            trainer.train()
-        except UnlearningDivergedError:
-            note = f"{name}: the loss diverged at step {trainer.state.global_step}; evaluated the last finite model."
-        stopped = getattr(trainer, "stopped_early_at", None)
-        if stopped:
-            note = f"{name}: stopped early at step {stopped[0]} (forget NLL {stopped[1]:.1f})."
-    seconds = time.perf_counter() - start
-    model = trainer.model.eval()
-    del trainer
+    model, seconds, note, _ = run_method(name, vanilla, tokenizer, data, config, **config.budgets.get(name, {}))
     return model, seconds, note
 
 
@@ -364,12 +305,13 @@ def run_text_seed(config: TextDemoConfig, methods: Sequence[str] | None = None, 
 
 
 def render_text_report(results: Mapping[str, Mapping[str, float]], settings: Mapping[str, object] | None = None,
-                       notes: Sequence[str] = (), plot_name: str | None = "tradeoff.png") -> str:
+                       notes: Sequence[str] = (), plot_name: str | None = "tradeoff.png",
+                       intervals: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> str:
     """The report as Markdown: settings, the table, notes, how to read it and the trade-off plot."""
     parts = ["# hf_unlearn text demo", ""]
     if settings:
         parts += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()), ""]
-    parts += [markdown_table(results, TEXT_COLUMNS), ""]
+    parts += [markdown_table(results, TEXT_COLUMNS, intervals=intervals), ""]
     parts += [f"* {n}" for n in notes] + ([""] if notes else [])
     parts += [HOW_TO_READ_TEXT]
     if plot_name:
@@ -386,30 +328,53 @@ def write_text_outputs(payload: dict[str, Any], output_dir: str, notes: Sequence
     write_text(os.path.join(output_dir, "results.json"), json.dumps(payload, indent=2) + "\n")
     b = payload["benchmark"]["benchmark"]
     shown = {k: b[k] for k in ("num_authors", "num_holdout_authors", "forget_ratio")}
-    shown["seed"] = payload["benchmark"]["seed"]
+    seeds = payload["benchmark"].get("seeds", [payload["benchmark"].get("seed")])
+    shown["seeds"] = ",".join(str(s) for s in seeds)
+    intervals = payload.get("intervals") if len(seeds) > 1 else None
     if total_time_s is not None:
         notes = [*notes, f"Total wall time of this run: {total_time_s:.1f} s (vanilla/oracle rows: their training "
                          "time, possibly from an earlier run whose models were cached)."]
-    write_text(os.path.join(output_dir, "report.md"), render_text_report(payload["methods"], shown, notes))
+    write_text(os.path.join(output_dir, "report.md"),
+               render_text_report(payload["methods"], shown, notes, intervals=intervals))
     plot_tradeoff(payload["methods"], os.path.join(output_dir, "tradeoff.png"), x="forget_prob", y="model_utility",
-                  chance=None)
+                  chance=None, intervals=intervals)
+
+
+def summarise_text_seeds(seed_runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Means and 95% intervals over seeds (each TOFU metric is one number per seed: the bootstrap resamples seeds;
+    several of them, forget quality and model utility among them, are not means over rows)."""
+    models = [m for m in seed_runs[0]["methods"] if all(m in r["methods"] for r in seed_runs)]
+    keys = [k for k, _, _ in TEXT_COLUMNS]
+    per_metric = {
+        key: {m: [RowValues.of([r["methods"][m][key]]) for r in seed_runs] for m in models
+              if all(r["methods"][m].get(key) is not None for r in seed_runs)}
+        for key in keys
+    }
+    return summarise({k: v for k, v in per_metric.items() if v}, baselines=REFERENCE_MODELS)
 
 
 def run_text_demo(config: TextDemoConfig | None = None, output_dir: str = "hf_unlearn_text_demo",
                   methods: Sequence[str] | None = None, cache_dir: str | None = None, show_progress: bool = True,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the text demo at one seed end to end; returns the content of ``results.json`` (also written)."""
+                  log: Callable[[str], None] = print, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Run the text demo end to end at each seed of ``seeds`` (default: ``config.seed``); returns the content of
+    ``results.json`` (also written): means, intervals over seeds and per-seed values, as the VLM demo."""
     config = config or TextDemoConfig()
+    seeds = list(seeds) if seeds is not None else [config.seed]
     start = time.perf_counter()
-    out = run_text_seed(config, methods, cache_dir, log, show_progress)
-    payload = {"benchmark": {**config.settings(), "hf_unlearn_version": _version(), "cache_key": config.cache_key()},
-               "methods": out["methods"], "num_questions": out["num_questions"], "notes": out["notes"]}
+    runs = [run_text_seed(replace(config, seed=s), methods, cache_dir, log, show_progress) for s in seeds]
+    summary = summarise_text_seeds(runs)
+    notes = list(dict.fromkeys(n for r in runs for n in r["notes"]))
+    settings = {**config.settings(), "seeds": seeds, "hf_unlearn_version": library_version(),
+                "cache_keys": {str(s): replace(config, seed=s).cache_key() for s in seeds}}
+    payload = {"benchmark": settings, "methods": summary["means"], "intervals": summary["intervals"],
+               "paired": summary["paired"], "per_seed": {str(s): r["methods"] for s, r in zip(seeds, runs)},
+               "num_questions": runs[0]["num_questions"], "notes": notes}
     total = time.perf_counter() - start
-    write_text_outputs(payload, output_dir, out["notes"], total)
-    log(markdown_table(out["methods"], TEXT_COLUMNS))
-    for n in out["notes"]:
+    write_text_outputs(payload, output_dir, notes, total)
+    log(markdown_table(payload["methods"], TEXT_COLUMNS, intervals=payload["intervals"] if len(seeds) > 1 else None))
+    for n in notes:
         log(f"* {n}")
-    log(f"[text demo] total wall time {total:.1f} s; results in {os.path.abspath(output_dir)}")
+    log(f"[text demo] seeds {seeds}: total wall time {total:.1f} s; results in {os.path.abspath(output_dir)}")
     return payload
 
 
@@ -431,7 +396,8 @@ def run_text_cli(args: argparse.Namespace) -> int:
         print(f"error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    config = TextDemoConfig.quick(seed=args.seed) if args.quick else TextDemoConfig(seed=args.seed)
+    seeds = list(getattr(args, "seeds", None) or [args.seed])
+    config = TextDemoConfig.quick(seed=seeds[0]) if args.quick else TextDemoConfig(seed=seeds[0])
     run_text_demo(config, output_dir=args.output, methods=methods, cache_dir=args.cache_dir,
-                  show_progress=not args.no_progress)
+                  show_progress=not args.no_progress, seeds=seeds)
     return 0
