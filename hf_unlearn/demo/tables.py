@@ -69,6 +69,27 @@ def tuning_table(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def relearn_table(record: Mapping[str, Any]) -> str:
+    """The relearning attack's calibration (``tuned.json``'s ``relearn``): test-row accuracy before -> after the
+    attack, per candidate budget and validation seed, for vanilla, the oracle and the hiding model."""
+    seeds = record.get("seeds", [])
+    lines = ["| Budget (lr x steps) | " + " | ".join(f"vanilla, seed {s}" for s in seeds) + " | "
+             + " | ".join(f"oracle, seed {s}" for s in seeds) + " | "
+             + " | ".join(f"hiding, seed {s}" for s in seeds) + " |",
+             "|---|" + "---:|" * (3 * len(seeds))]
+    pick = record.get("pick") or {}
+    for budget in record.get("budgets", []):
+        per_seed = budget["per_seed"]
+        cells = [f"{per_seed[str(s)][m]['before']:.2f} → {per_seed[str(s)][m]['after']:.2f}"
+                 for m in ("vanilla", "oracle", "hidden") for s in seeds]
+        chosen = " **(pick)**" if (budget["learning_rate"], budget["steps"]) == (pick.get("learning_rate"),
+                                                                                pick.get("steps")) else ""
+        lines.append(f"| {budget['learning_rate']:g} x {budget['steps']}{chosen} | " + " | ".join(cells) + " |")
+    lines += ["", f"Pick rule: the strongest budget whose vanilla drop is at most {record.get('max_vanilla_drop')} "
+                  "at every seed and under which the hiding model regains more than the oracle at every seed."]
+    return "\n".join(lines)
+
+
 def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
@@ -77,6 +98,8 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
     }
     if tuning:
         blocks["tuning-table"] = tuning_table(tuning)
+        if tuning.get("relearn"):
+            blocks["relearn-calibration"] = relearn_table(tuning["relearn"])
     return blocks
 
 
