@@ -35,6 +35,12 @@ class UnlearnConfig(TrainingArguments):
         pairing_anchor (`str`, defaults to `"forget"`): which split an epoch runs over; the other is cycled.
         stop_forget_loss_above (`float` or `None`): stop once the mean forget NLL of a step exceeds this value
             (gradient ascent diverges if left alone).
+        divergence_guard (`bool`, defaults to `True`): keep a step only if its loss, gradient norm and update are
+            finite and the update is within ``max_update_ratio``; on a failure put back the last good weights, save
+            nothing more and raise ``UnlearningDivergedError`` (``hf_unlearn.trainers.divergence``; holds one copy
+            of the trainable weights).
+        max_update_ratio (`float` or `None`, defaults to `1.0`): the largest ``||update|| / ||weights||`` of one
+            optimizer step the guard accepts; ``None``: only non-finite updates fail.
 
     > Parameters that control saliency masks
 
@@ -77,6 +83,16 @@ class UnlearnConfig(TrainingArguments):
     stop_forget_loss_above: float | None = field(
         default=None, metadata={"help": "Stop training once a step's mean forget NLL exceeds this value."}
     )
+    divergence_guard: bool = field(
+        default=True,
+        metadata={"help": "Check each step's loss, gradient norm and update; on divergence restore the last good "
+                          "weights, save nothing more and raise UnlearningDivergedError."},
+    )
+    max_update_ratio: float | None = field(
+        default=1.0,
+        metadata={"help": "Largest ||update|| / ||weights|| of one optimizer step the divergence guard accepts "
+                          "(None: only non-finite updates fail)."},
+    )
     # Saliency masks
     mask_scope: str = field(
         default="forget",
@@ -98,6 +114,8 @@ class UnlearnConfig(TrainingArguments):
         for name in ("forget_weight", "retain_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.max_update_ratio is not None and not self.max_update_ratio > 0:
+            raise ValueError(f"max_update_ratio must be > 0 or None, got {self.max_update_ratio}.")
 
 
 @dataclass
