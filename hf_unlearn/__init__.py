@@ -10,7 +10,7 @@ from .config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig, VKDCo
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset
 from .evaluation import Evaluator
-from .saliency import SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
+from .saliency import MaskFileError, SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
 from .trainers import (
     GATrainer,
     MMUnlearnerTrainer,
@@ -38,6 +38,7 @@ __all__ = [
     "SaliencyMaskConfig",
     "SaliencyMask",
     "compute_saliency_mask",
+    "MaskFileError",
     "Evaluator",
     "UnlearnDataCollator",
     "PairedCollator",

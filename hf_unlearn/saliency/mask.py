@@ -171,7 +171,7 @@ class SaliencyMask(PushToHubMixin):
     ) -> "SaliencyMask":
         """Load a mask from a directory written by `save_pretrained` or from a Hub repo. Never unpickles.
 
-        The checksum is verified (files without one, written before hf_unlearn 0.1.1, load with a warning).
+        The checksum is verified (files of earlier versions, without one, load with a warning).
 
         Raises:
             MaskFileError: the mask file or its config is truncated, damaged, not a mask, does not belong to the
@@ -190,7 +190,7 @@ class SaliencyMask(PushToHubMixin):
             raise MaskFileError(mask_path, "has damaged metadata (`shapes` is not a JSON object).")
         expected = metadata.get(CHECKSUM_KEY)
         if expected is None:
-            warnings.warn(f"{mask_path} has no checksum (written by an hf_unlearn older than 0.1.1), so damage "
+            warnings.warn(f"{mask_path} has no checksum (written by an earlier hf_unlearn), so damage "
                           "cannot be detected. Save it again with save_pretrained to add one.", stacklevel=2)
         elif _checksum(metadata, {name: packed[name] for name in shapes if name in packed}) != expected:
             raise MaskFileError(mask_path, "does not match its checksum: the file was damaged (changed bytes) after "
@@ -489,10 +489,11 @@ def _read_config(path_or_repo_id, subfolder, expected_sha: str | None, mask_path
         if expected_sha is not None:
             raise MaskFileError(mask_path, f"was saved with a {CONFIG_NAME}, which is missing next to it.") from None
         return None
+    config = SaliencyMaskConfig.from_pretrained(config_path)  # not JSON, or a newer version: said first
     if expected_sha is not None:
         with open(config_path, "rb") as f:
             if hashlib.sha256(f.read()).hexdigest() != expected_sha:
                 raise MaskFileError(config_path, f"does not belong to the mask next to it ({MASK_NAME} recorded "
                                                  "another config): one of the two files was changed, replaced or "
                                                  "damaged.")
-    return SaliencyMaskConfig.from_pretrained(config_path)
+    return config

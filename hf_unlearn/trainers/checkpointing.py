@@ -520,7 +520,7 @@ class SafeCheckpointMixin:
         final, staging = os.path.join(run_dir, name), os.path.join(run_dir, name + STAGING_SUFFIX)
         staged = os.path.join(staging, name)
         guard = getattr(self, "divergence_guard", None)
-        verified = guard.verify_before_save(f"checkpoint {name}") if guard is not None else None
+        verified = guard.verify_before_save(name) if guard is not None else None
         if self.args.should_save:
             shutil.rmtree(staging, ignore_errors=True)
             os.makedirs(staging)
