@@ -35,12 +35,13 @@ class UnlearnConfig(TrainingArguments):
         pairing_anchor (`str`, defaults to `"forget"`): which split an epoch runs over; the other is cycled.
         stop_forget_loss_above (`float` or `None`): stop once the mean forget NLL of a step exceeds this value
             (gradient ascent diverges if left alone).
-        divergence_guard (`bool`, defaults to `True`): keep a step only if its loss, gradient norm and update are
-            finite and the update is within ``max_update_ratio``; on a failure put back the last good weights, save
-            nothing more and raise ``UnlearningDivergedError`` (``hf_unlearn.trainers.divergence``; holds one copy
-            of the trainable weights).
-        max_update_ratio (`float` or `None`, defaults to `1.0`): the largest ``||update|| / ||weights||`` of one
-            optimizer step the guard accepts; ``None``: only non-finite updates fail.
+        divergence_guard (`bool`, defaults to `True`): keep an optimizer step only if the loss and the updated
+            weights are finite and the weight norm changed by at most ``max_weight_norm_change``; on a failure put
+            back the last good weights (bit for bit), save nothing more and raise ``UnlearningDivergedError``
+            (``hf_unlearn.trainers.divergence``; holds one copy of the trainable weights).
+        max_weight_norm_change (`float` or `None`, defaults to `1.0`): the largest relative change
+            ``| ||w_new|| - ||w_old|| | / ||w_old||`` of the trainable weights' norm in one step (a lower bound of the
+            update's size; 1.0: the norm more than doubled). ``None``: only non-finite weights fail.
 
     > Parameters that control saliency masks
 
@@ -85,13 +86,13 @@ class UnlearnConfig(TrainingArguments):
     )
     divergence_guard: bool = field(
         default=True,
-        metadata={"help": "Check each step's loss, gradient norm and update; on divergence restore the last good "
-                          "weights, save nothing more and raise UnlearningDivergedError."},
+        metadata={"help": "Check each step's loss and updated weights; on divergence restore the last good weights, "
+                          "save nothing more and raise UnlearningDivergedError."},
     )
-    max_update_ratio: float | None = field(
+    max_weight_norm_change: float | None = field(
         default=1.0,
-        metadata={"help": "Largest ||update|| / ||weights|| of one optimizer step the divergence guard accepts "
-                          "(None: only non-finite updates fail)."},
+        metadata={"help": "Largest relative change of the trainable weights' norm in one optimizer step the divergence "
+                          "guard accepts (1.0: the norm more than doubled; None: only non-finite weights fail)."},
     )
     # Saliency masks
     mask_scope: str = field(
@@ -114,8 +115,8 @@ class UnlearnConfig(TrainingArguments):
         for name in ("forget_weight", "retain_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.max_update_ratio is not None and not self.max_update_ratio > 0:
-            raise ValueError(f"max_update_ratio must be > 0 or None, got {self.max_update_ratio}.")
+        if self.max_weight_norm_change is not None and not self.max_weight_norm_change > 0:
+            raise ValueError(f"max_weight_norm_change must be > 0 or None, got {self.max_weight_norm_change}.")
 
 
 @dataclass

@@ -190,8 +190,9 @@ class SaliencyMask(PushToHubMixin):
             raise MaskFileError(mask_path, "has damaged metadata (`shapes` is not a JSON object).")
         expected = metadata.get(CHECKSUM_KEY)
         if expected is None:
-            warnings.warn(f"{mask_path} has no checksum (written by an earlier hf_unlearn), so damage "
-                          "cannot be detected. Save it again with save_pretrained to add one.", stacklevel=2)
+            # No path in a warning: logs are shared, and a run directory's name can name the forget set.
+            warnings.warn(f"This {MASK_NAME} has no checksum (written by an earlier hf_unlearn), so damage cannot be "
+                          "detected. Save it again with save_pretrained to add one.", stacklevel=2)
         elif _checksum(metadata, {name: packed[name] for name in shapes if name in packed}) != expected:
             raise MaskFileError(mask_path, "does not match its checksum: the file was damaged (changed bytes) after "
                                            "it was written.")

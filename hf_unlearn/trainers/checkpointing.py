@@ -56,7 +56,7 @@ _LEGACY_SAVE_FILES = (
 # Config fields that change how a run is carried out, not what it optimises: a resume may change them.
 _OPERATIONAL_FIELDS = {
     "stop_forget_loss_above", "precompute_ref_log_probs", "precompute_teacher_features", "divergence_guard",
-    "max_update_ratio",
+    "max_weight_norm_change",
 }
 
 
@@ -214,8 +214,9 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
                and (at_most is None or (_step_of(p) or 0) <= at_most)]
     if skipped and chosen is not None:
         described = "; ".join(f"{os.path.basename(p)} ({', '.join(why[:2])})" for p, why in skipped)
-        warnings.warn(f"Skipping incomplete checkpoint(s) in {run_dir}: {described}. Resuming from "
-                      f"{os.path.basename(chosen)}.", stacklevel=3)
+        # No folder path in a warning (logs are shared; a run directory's name can name the forget set).
+        warnings.warn(f"Skipping incomplete checkpoint(s) {described}. Resuming from {os.path.basename(chosen)}.",
+                      stacklevel=3)
     if chosen is None:
         found = "; ".join(f"{os.path.basename(p)} ({', '.join(why[:2])})" for p, why in incomplete
                           ) or "no checkpoint-N folder"
@@ -329,8 +330,8 @@ class RunLock:
                 owner = self._owner()
                 if owner is not None and owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) \
                         and owner["pid"] != me["pid"] and not _pid_alive(owner["pid"]):
-                    warnings.warn(f"{self.path} was left by a run that is no longer running (pid {owner['pid']}); "
-                                  "taking it over.", stacklevel=3)
+                    warnings.warn(f"output_dir's {LOCK_NAME} was left by a run that is no longer running (pid "
+                                  f"{owner['pid']}); taking it over.", stacklevel=3)
                     os.remove(self.path)
                     continue
                 who = (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"

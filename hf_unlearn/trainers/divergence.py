@@ -1,23 +1,24 @@
-"""The divergence guard: a step is kept only if its loss, gradients and updated weights are sane.
+"""The divergence guard: an optimizer step is kept only if its loss and its updated weights are sane.
 
 Gradient ascent is unbounded: at a high learning rate one step can move the weights to 1e8 (finite, so nothing
-fails) and the next forward pass is NaN. By then a checkpoint of the broken weights may be on disk. The guard checks,
-at every optimizer step:
+fails) and the next forward pass is NaN. By then a checkpoint of the broken weights may be on disk. The guard checks:
 
-1. before it: the gradient norm is finite (the loss was checked when it was computed);
-2. after it: the update ``||theta_new - theta_old||`` is finite (so are the new weights) and at most
-   ``max_update_ratio * ||theta_old||`` (default 1: no fine-tuning step legitimately moves the weights by more than
-   their own size);
-3. before every save (checkpoint or ``save_model``): the weights are finite and give a finite loss on a fixed
-   forget batch, so a checkpoint is never written with weights that would diverge on the next step.
+1. every loss as it is computed (``compute_loss``), before its backward pass;
+2. after every optimizer step, the norm of the trainable weights: it must be finite (a non-finite gradient or an
+   overflowing update shows here; the message says which) and may change by at most ``max_weight_norm_change`` times
+   itself (default 1.0, i.e. it more than doubled: no fine-tuning step legitimately does that);
+3. before every save (checkpoint or ``save_model``): the weights are finite and give a finite loss on a fixed forget
+   batch, so a checkpoint is never written with weights whose next forward pass diverges.
 
 On a failure the weights are put back, bit for bit, to the last state known good (before the failing step; for a
 non-finite loss or a failed pre-save check, before the step that produced the weights), nothing more is saved, and
 ``UnlearningDivergedError`` names the last checkpoint that was verified when it was written.
 
-Cost: one copy of the trainable parameters kept on their device (written in place each step, no allocation) and
-three reductions per step; under DeepSpeed the optimizer steps inside backward, so steps 1-2 are skipped there (the
-loss and pre-save checks still hold). ``divergence_guard=False`` turns it all off.
+Cost per step: one in-place copy of the trainable parameters (kept on their device, allocated once) and two fused
+norms; no second temporary copy, one host sync. The norm change is a lower bound of the update's size
+(``| ||a|| - ||b|| | <= ||a - b||``), which is what makes the check cheap: the exact update norm would need a
+subtraction over every weight. Under DeepSpeed the optimizer steps inside backward, so check 2 is skipped there (1
+and 3 hold). ``divergence_guard=False`` turns everything off.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transformers import TrainerCallback
 
 
 class UnlearningDivergedError(RuntimeError):
-    """Training diverged (a non-finite loss, gradient or update, or an update above ``max_update_ratio``).
+    """Training diverged (a non-finite loss or weights, or a weight-norm change above ``max_weight_norm_change``).
 
     Raised before the failing step is kept: the model in memory holds the last weights known good, and no checkpoint
     was written after them. The message names the last checkpoint verified when saved.
@@ -51,8 +52,9 @@ class DivergenceGuard(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.enabled_steps = not self.trainer.is_deepspeed_enabled
         self.params = [p for p in self.trainer.model.parameters() if p.requires_grad] if self.enabled_steps else []
-        self._snapshot = [torch.empty_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self._snapshot = [torch.empty_like(p) for p in self.params]
         self._has_snapshot = False
+        self._norm_before = None
 
     def on_train_end(self, args, state, control, **kwargs):
         self._snapshot, self._has_snapshot = [], False  # free the copy
@@ -62,36 +64,32 @@ class DivergenceGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if not self.enabled_steps or not self.params:
             return
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if grads:
-            norm = _total_norm(grads)
-            if not math.isfinite(norm):  # the step has not run: nothing to put back
-                self._fail(f"the gradient norm became {norm} at step {state.global_step + 1}",
-                           "The step did not run: the model in memory holds the weights before it")
-        torch._foreach_copy_(self._snapshot, [p.detach() for p in self.params])
+        torch._foreach_copy_(self._snapshot, self.params)
+        self._norm_before = _norm_tensor(self.params)  # no sync yet
         self._has_snapshot = True
 
     @torch.no_grad()
     def on_optimizer_step(self, args, state, control, **kwargs):
         if not self.enabled_steps or not self._has_snapshot:
             return
-        device = self.params[0].device
-        update_sq = torch.zeros((), dtype=torch.float32, device=device)
-        for p, before in zip(self.params, self._snapshot):  # one parameter at a time: no second full-size copy
-            update_sq += torch.linalg.vector_norm((p.detach() - before).float()).to(device) ** 2
-        update, weights = math.sqrt(update_sq.item()), _total_norm(self._snapshot)
-        ratio = update / weights if weights > 0 else 0.0
-        self.trainer._metrics["update_ratio"].append(ratio)
+        before, after = torch.stack([self._norm_before, _norm_tensor(self.params)]).tolist()  # the one sync
         step = state.global_step + 1
-        restored = "The model in memory holds the weights from before that step"
-        if not math.isfinite(update):
+        if not math.isfinite(after):
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = _norm_tensor(grads).item() if grads else float("nan")
             self._restore()
-            self._fail(f"step {step} made the weights non-finite (update norm {update})", restored)
-        bound = args.max_update_ratio
-        if bound is not None and weights > 0 and ratio > bound:
+            cause = (f"the gradient norm was {norm}" if not math.isfinite(norm)
+                     else "the gradients were finite: the update overflowed")
+            self._fail(f"step {step} made the weights non-finite ({cause})",
+                       "The model in memory holds the weights from before that step")
+        change = abs(after - before) / before if before > 0 else 0.0
+        self.trainer._metrics["weight_norm_change"].append(change)
+        bound = args.max_weight_norm_change
+        if bound is not None and change > bound:
             self._restore()
-            self._fail(f"step {step} changed the weights by {ratio:.3g} times their norm (update norm {update:.3g}, "
-                       f"weight norm {weights:.3g}), above max_update_ratio={bound}", restored)
+            self._fail(f"step {step} changed the weight norm from {before:.4g} to {after:.4g} ({change:.3g} times "
+                       f"itself), above max_weight_norm_change={bound}",
+                       "The model in memory holds the weights from before that step")
 
     # -------------------------------------------------------------------------------------------- loss / saves
     def on_nonfinite_loss(self, what: str) -> None:
@@ -103,7 +101,7 @@ class DivergenceGuard(TrainerCallback):
         """Check the weights about to be saved; returns what the manifest records (``{"finite": True, ...}``)."""
         tensors = [p.detach() for p in self.trainer.model.parameters() if p.numel()]
         if tensors and not self.trainer.is_deepspeed_enabled:
-            worst = _total_norm(tensors, ord=math.inf)
+            worst = _norm_tensor(tensors, ord=math.inf).item()
             if not math.isfinite(worst):
                 self._fail(f"the weights about to be saved ({what}) are not finite", self._restore_message())
         loss = self._probe_loss()
@@ -134,7 +132,7 @@ class DivergenceGuard(TrainerCallback):
     def _restore(self) -> bool:
         if not self._has_snapshot:
             return False
-        torch._foreach_copy_([p.data for p in self.params], self._snapshot)
+        torch._foreach_copy_(self.params, self._snapshot)
         return True
 
     def _restore_message(self) -> str:
@@ -156,9 +154,8 @@ class DivergenceGuard(TrainerCallback):
         )
 
 
-def _total_norm(tensors: list[torch.Tensor], ord: float = 2.0) -> float:
-    """The ``ord``-norm over all ``tensors`` as a float (one reduction per device, one sync)."""
+def _norm_tensor(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
+    """The ``ord``-norm over all ``tensors`` as a 0-d fp32 tensor (fused per device; no host sync)."""
     norms = torch._foreach_norm(tensors, ord)
     device = norms[0].device
-    stacked = torch.stack([n.float().to(device) for n in norms])
-    return torch.linalg.vector_norm(stacked, ord).item()
+    return torch.linalg.vector_norm(torch.stack([n.float().to(device) for n in norms]), ord)
