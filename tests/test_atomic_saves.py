@@ -37,10 +37,10 @@ def args_for(out, **kw):
     return values
 
 
-def ga_trainer(memorised_llava, toy_data, out, config_cls=GAConfig, trainer_cls=GATrainer, **kw):
+def ga_trainer(memorised_llava, toy_data, out, config_cls=GAConfig, trainer_cls=GATrainer, eval_dataset=None, **kw):
     model, processor = load_llava(memorised_llava)
     trainer = trainer_cls(model=model, args=config_cls(**args_for(out, **kw)), train_dataset=toy_data["forget"],
-                          retain_dataset=toy_data["retain"], processing_class=processor)
+                          retain_dataset=toy_data["retain"], processing_class=processor, eval_dataset=eval_dataset)
     return model, trainer
 
 
@@ -211,3 +211,16 @@ def test_resume_with_a_mask_over_other_parameters_names_the_problem(memorised_ll
     with pytest.raises(ResumeMismatchError, match=r"trains other parameters than the checkpoint's run \(trainable "
                                                   r"parameters: 4 tensors .* in the checkpoint, \d+ tensors"):
         other.train(resume_from_checkpoint=True, allow_resume_mismatch=True)
+
+
+def test_load_best_model_at_end_loads_the_best_checkpoint(memorised_llava, toy_data, tmp_path):
+    out = tmp_path / "run"
+    model, trainer = ga_trainer(memorised_llava, toy_data, out, max_steps=3, eval_strategy="steps", eval_steps=1,
+                                load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                                greater_is_better=False, save_total_limit=1, eval_dataset=toy_data["forget"])
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best == str(out / "checkpoint-1")  # GA raises the loss: the first step is the best, renamed path kept
+    assert sorted(os.listdir(out)) == ["checkpoint-1"]
+    saved = LlavaForConditionalGeneration.from_pretrained(best).state_dict()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.items())  # Trainer alone kept step 3's

@@ -558,6 +558,15 @@ class SafeCheckpointMixin:
         if self.args.should_save:
             rotate_checkpoints(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
 
+    def _load_best_model(self) -> None:
+        # Trainer loads the best checkpoint's weights raw: for architectures saved under legacy key names (LLaVA in
+        # transformers 5) nothing matches and the last weights silently stay. _load_from_checkpoint converts them.
+        best = self.state.best_model_checkpoint
+        if best and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            self._load_from_checkpoint(best)
+            return
+        super()._load_best_model()
+
     def last_verified_checkpoint(self) -> str | None:
         """The newest complete checkpoint of ``output_dir`` whose weights were verified finite when saved."""
         complete, _ = scan_checkpoints(self.args.output_dir) if self.args.output_dir else ([], [])
