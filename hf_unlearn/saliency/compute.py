@@ -329,10 +329,12 @@ def _check_arguments(model, config, forget_dataset, preserve_datasets, data_coll
                                       or isinstance(data_collator, Mapping)):
         raise TypeError(f"data_collator must be a callable turning a list of rows into a batch dict, got "
                         f"{type(data_collator).__name__}; the arguments are {_SIGNATURE}.")
-    if forget_dataset is not None:
+    from ..data.collators import UnlearnDataCollator
+
+    if isinstance(data_collator, UnlearnDataCollator):  # rows in hf_unlearn's / TRL's formats: check them all now
         validate_rows(forget_dataset, "forget set")
-    for name, dataset in (preserve_datasets or {}).items():
-        validate_rows(dataset, f"preserve set {name!r}")
+        for name, dataset in (preserve_datasets or {}).items():
+            validate_rows(dataset, f"preserve set {name!r}")
 
 
 def _fisher_ratio_masks(

@@ -44,9 +44,9 @@ class SaliencyMask(PushToHubMixin):
         masks: bool tensors keyed by parameter name (names as in ``model.named_parameters()``).
         config: the `SaliencyMaskConfig` that produced the mask, if any.
         scores_summary: JSON-serialisable statistics of the scores (no data content), stored with the mask.
-        architecture: what the mask was made for (``describe_architecture``; set by ``compute_saliency_mask``):
-            ``{"model_type": ..., "groups": {group: {parameter name: shape}}}`` for every parameter of the groups the
-            mask covers. A model whose parameters in those groups differ is refused (``validate``).
+        architecture: what the mask was made for (``describe_architecture``; set by ``compute_saliency_mask``): the
+            model type and, per group the mask covers, its parameter count and the parameters the mask leaves out.
+            A model whose parameters in those groups differ is refused (``validate``).
     """
 
     def __init__(
@@ -253,7 +253,7 @@ class SaliencyMask(PushToHubMixin):
         layer the mask was not made for)."""
         _, problems = self._resolve(model)
         if not problems and self.architecture is not None:
-            mismatch = architecture_mismatch(self.architecture, model)
+            mismatch = architecture_mismatch(self.architecture, model, list(self.masks))
             if mismatch:
                 raise ValueError(
                     f"The saliency mask was made for another architecture than this {type(model).__name__}:\n"
@@ -378,42 +378,50 @@ def _inventory(model: nn.Module, groups: list[str]) -> dict[str, dict[str, list[
     of = parameter_groups(model)
     out: dict[str, dict[str, list[int]]] = {group: {} for group in groups}
     for name, param in model.named_parameters():
-        if of[name] in out:
-            out[of[name]][canonical_parameter_name(name)] = list(param_shape(param))
+        group = of[name] or "other"
+        if group in out:
+            out[group][canonical_parameter_name(name)] = list(param_shape(param))
     return out
 
 
 def describe_architecture(model: nn.Module, names: list[str]) -> dict:
-    """What a mask over ``names`` was made for: the model type and every parameter (name, shape) of the groups
-    (vision / projector / language) those names belong to, covered or not. A few kB per thousand parameters."""
+    """What a mask over ``names`` was made for: the model type, and per group (vision / projector / language) of
+    those names the number of parameters and the name and shape of each one the mask leaves out. The mask's own
+    entries hold the rest, so the record is a few bytes unless the mask leaves many parameters of its groups out."""
     of = parameter_groups(model)
-    groups = sorted({of.get(name) or "other" for name in names})
+    covered = {canonical_parameter_name(name) for name in names}
+    inventory = _inventory(model, sorted({of.get(name) or "other" for name in names}))
     config = getattr(unwrap_model(model), "config", None)
-    return {"model_type": getattr(config, "model_type", None), "groups": _inventory(model, groups)}
+    return {"model_type": getattr(config, "model_type", None),
+            "groups": {group: {"parameters": len(params),
+                               "uncovered": {n: shape for n, shape in params.items() if n not in covered}}
+                       for group, params in inventory.items()}}
 
 
-def architecture_mismatch(recorded: dict, model: nn.Module) -> list[str]:
-    """Lines describing how ``model`` differs from the ``recorded`` architecture (empty when it matches)."""
+def architecture_mismatch(recorded: dict, model: nn.Module, names: list[str]) -> list[str]:
+    """Lines describing how ``model`` differs from the ``recorded`` architecture of a mask over ``names``."""
     lines = []
     config = getattr(unwrap_model(model), "config", None)
     model_type = getattr(config, "model_type", None)
     if recorded.get("model_type") and model_type and recorded["model_type"] != model_type:
         lines.append(f"made for model_type {recorded['model_type']!r}, this model is {model_type!r}")
+    covered = {canonical_parameter_name(name) for name in names}
     current = _inventory(model, list(recorded["groups"]))
     for group, made_for in recorded["groups"].items():
-        have = current[group]
-        extra = [n for n in have if n not in made_for]
-        gone = [n for n in made_for if n not in have]
-        reshaped = [n for n in have if n in made_for and have[n] != made_for[n]]
+        have, uncovered = current[group], made_for.get("uncovered", {})
+        extra = [n for n in have if n not in covered and n not in uncovered]
+        gone = [n for n in uncovered if n not in have]
+        reshaped = [n for n, shape in uncovered.items() if n in have and have[n] != list(shape)]
         if extra:
             lines.append(f"{group}: the model has {len(extra)} parameter(s) the mask was not made for "
-                         f"({len(made_for)} in this group when it was computed, {len(have)} now), e.g. {extra[:3]}")
+                         f"({made_for.get('parameters')} in this group when it was computed, {len(have)} now), e.g. "
+                         f"{extra[:3]}")
         if gone:
             lines.append(f"{group}: {len(gone)} parameter(s) of the model the mask was made for are missing, e.g. "
                          f"{gone[:3]}")
         if reshaped:
             lines.append(f"{group}: {len(reshaped)} parameter(s) changed shape, e.g. {reshaped[0]} "
-                         f"{tuple(made_for[reshaped[0]])} -> {tuple(have[reshaped[0]])}")
+                         f"{tuple(uncovered[reshaped[0]])} -> {tuple(have[reshaped[0]])}")
     return lines
 
 

@@ -121,15 +121,15 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             warnings.warn(f"`retain_dataset` is given but {type(self).__name__} has retain_loss_type='none': the "
                           "retain rows are not used. Drop `retain_dataset`, or set retain_loss_type='nll' or 'kl'.",
                           stacklevel=2)
-        validate_rows(train_dataset, "forget set")  # bad rows fail here, before anything trains or is written
-        if self.uses_retain(args):
-            validate_rows(retain_dataset, "retain set")
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass `processing_class` (tokenizer or processor) or a `data_collator`.")
             data_collator = UnlearnDataCollator(
                 processing_class, answer_only=args.answer_only_loss, max_length=args.max_length
             )
+        if isinstance(data_collator, UnlearnDataCollator):  # our row formats: bad rows fail here, before training
+            validate_rows(train_dataset, "forget set")
+            validate_rows(retain_dataset if self.uses_retain(args) else None, "retain set")
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
         self.pairing = ForgetRetainDataset(
             train_dataset, retain_dataset if self.uses_retain(args) else None, anchor=args.pairing_anchor,

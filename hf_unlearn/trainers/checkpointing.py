@@ -146,8 +146,9 @@ def checkpoint_problems(folder: str) -> list[str]:
             json.load(f)
     except (OSError, ValueError):
         problems.append("trainer_state.json is missing or damaged")
-    weights = [n for n in os.listdir(folder) if n.endswith(".safetensors")] if os.path.isdir(folder) else []
-    if not weights:
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    weights = [n for n in names if n.endswith(".safetensors")]
+    if not weights and not any(n.startswith("global_step") for n in names):  # DeepSpeed keeps its own files
         problems.append("no safetensors weights")
     for name in weights:
         problem = _safetensors_problem(os.path.join(folder, name))
@@ -203,9 +204,11 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str 
         if os.path.isdir(path) and not checkpoint_problems(path):
             return path
         run_dir, at_most = os.path.dirname(os.path.normpath(path)), _step_of(path)
-        if not os.path.isdir(path) and at_most is None:
-            raise ValueError(f"resume_from_checkpoint={path!r} is not a directory. Pass a checkpoint folder "
-                             "(e.g. output_dir/checkpoint-500) or True for the last complete one of output_dir.")
+        if at_most is None:  # not a checkpoint-N folder: nothing to fall back to
+            why = "is not a directory" if not os.path.isdir(path) else \
+                f"is not a complete checkpoint ({'; '.join(checkpoint_problems(path))})"
+            raise ValueError(f"resume_from_checkpoint={path!r} {why}. Pass a checkpoint folder (e.g. "
+                             "output_dir/checkpoint-500) or True for the last complete one of output_dir.")
     complete, incomplete = scan_checkpoints(run_dir)
     candidates = [(s, p) for s, p in complete if at_most is None or s <= at_most]
     chosen = candidates[-1][1] if candidates else None
@@ -417,7 +420,11 @@ class SafeCheckpointMixin:
         base = {f.name for f in fields(TrainingArguments)}
         objective = {f.name: _json_safe(getattr(self.args, f.name)) for f in fields(type(self.args))
                      if f.name not in base and f.name not in _OPERATIONAL_FIELDS}
-        mask = self._mask_object() if hasattr(self, "_mask_object") else None
+        source = getattr(self, "saliency_mask", None)
+        cached = getattr(self, "_mask_fingerprint", None)
+        if cached is None or cached[0] is not source:  # computed once per mask (it packs every entry)
+            mask = self._mask_object() if source is not None else None
+            cached = self._mask_fingerprint = (source, mask.fingerprint() if mask is not None else None)
         trainable = [(canonical_parameter_name(n), p) for n, p in self.model.named_parameters() if p.requires_grad]
         from ..integrations.deepspeed import param_shape
 
@@ -430,7 +437,7 @@ class SafeCheckpointMixin:
             numel += n
         return {
             "method": getattr(self, "_name", None), "trainer": type(self).__name__, "objective": objective,
-            "mask": mask.fingerprint() if mask is not None else None,
+            "mask": cached[1],
             "trainable": {"count": len(trainable), "numel": numel, "sha256": digest.hexdigest()},
         }
 

@@ -140,7 +140,10 @@ class DivergenceGuard(TrainerCallback):
         if self._restore():
             return ("The model in memory holds the weights from before the step that produced them (their loss was "
                     "finite)")
-        return "No earlier weights were kept (this happened before the first step): the model in memory is unusable"
+        if self.trainer.state.global_step == 0:
+            return ("No step had run: the starting weights already give it (check the data, the labels and the "
+                    "model's dtype)")
+        return "No step of this run had been kept yet: the model in memory holds the weights that give it"
 
     def _fail(self, what: str, memory: str) -> None:
         trainer = self.trainer
