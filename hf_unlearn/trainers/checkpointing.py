@@ -83,10 +83,15 @@ def _walk_files(folder: str) -> dict[str, int]:
 
 
 def _fsync_tree(folder: str) -> None:
+    """Flush every file under ``folder`` to disk before it is renamed into place (a rename is only as durable as
+    the data it points to)."""
     for root, _, names in os.walk(folder):
         for name in names:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
+            try:
+                with open(os.path.join(root, name), "rb") as f:
+                    os.fsync(f.fileno())
+            except OSError:  # e.g. a platform that cannot fsync a read-only handle
+                pass
         fsync_directory(root)
 
 
