@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["hf_unlearn", "hf_unlearn.*"]),
-    package_data={"hf_unlearn": ["templates/*.md"]},
+    package_data={"hf_unlearn": ["templates/*.md", "demo/tuned.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -24,10 +24,13 @@ setup(
         "pyyaml",
         "tqdm",
         "rouge_score",
+        "scikit-learn",
+        "scipy",
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "plot": ["matplotlib"],
+        "lm-eval": ["lm_eval>=0.4"],
         "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib"],
     },
     entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},

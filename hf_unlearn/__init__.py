@@ -7,6 +7,7 @@ saliency masks that save, load and push like PEFT configs, and an evaluator for 
 __version__ = "0.1.0.dev0"
 
 from .config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig, VKDConfig
+from .config import IdkPOConfig, RMUConfig, SimNPOConfig, UNDIALConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset
 from .evaluation import Evaluator
@@ -20,6 +21,7 @@ from .trainers import (
     VKDTrainer,
     freeze_for_vkd,
 )
+from .trainers import IdkPOTrainer, RMUTrainer, SimNPOTrainer, UNDIALTrainer
 
 __all__ = [
     "__version__",
@@ -35,6 +37,14 @@ __all__ = [
     "VKDTrainer",
     "freeze_for_vkd",
     "UnlearningDivergedError",
+    "SimNPOConfig",
+    "SimNPOTrainer",
+    "RMUConfig",
+    "RMUTrainer",
+    "IdkPOConfig",
+    "IdkPOTrainer",
+    "UNDIALConfig",
+    "UNDIALTrainer",
     "SaliencyMaskConfig",
     "SaliencyMask",
     "compute_saliency_mask",

@@ -1,7 +1,9 @@
 """The ``hf-unlearn`` command: ``demo``, ``run``, ``eval``, ``push`` and ``estimate-memory``.
 
 Each sub-command lives in ``hf_unlearn/commands/<name>.py`` and exposes ``add_parser(subparsers)``, which registers
-its parser with ``func=<callable(args) -> int>``. Imports happen per command so ``--help`` stays fast.
+its parser with ``func=<callable(args) -> int>``. Imports happen per command so ``--help`` stays fast. A command that
+sets ``accepts_extra_args=True`` (``run``: training-argument flags) gets the arguments argparse did not know as
+``args.extra_args``; any other command refuses them.
 """
 
 from __future__ import annotations
@@ -10,19 +12,30 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("demo", "run", "eval", "push", "estimate_memory")
+COMMANDS = ("demo", "tune", "run", "eval", "push", "estimate_memory")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes are one ``hf-unlearn <cmd>: error: ...`` line and exit status 2 (``--help`` shows usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-unlearn", description="Machine unlearning for Hugging Face models.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineErrorParser(prog="hf-unlearn", description="Machine unlearning for Hugging Face models.")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for name in COMMANDS:
         importlib.import_module(f"hf_unlearn.commands.{name}").add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
     return int(args.func(args) or 0)
 
 

@@ -330,3 +330,170 @@ class VKDConfig(UnlearnConfig):
         if self.forget_weight > 0 and self.forget_loss_type == "none" and self.push_away_weight == 0:
             raise ValueError("The forget term is empty: forget_loss_type='none' and push_away_weight=0. Set one, or "
                              "forget_weight=0.")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Text-LLM methods with OpenUnlearning parity: SimNPO, RMU, IdkPO, UNDIAL (docs/methods/<name>.md)
+# ------------------------------------------------------------------------------------------------------------------
+@dataclass
+class SimNPOConfig(UnlearnConfig):
+    r"""SimNPO: reference-free, length-normalised NPO (Fan et al., 2024, arXiv 2410.07163).
+
+    L = -(2/beta) mean log sigmoid(-(beta/|y|) log pi(y|x) - gamma) on forget answers, plus the retain term.
+    Defaults are the authors' TOFU forget10 recipe (also OpenUnlearning's): beta 4.5, gamma 0, forget weight 0.125.
+
+    Args:
+        beta (`float`, defaults to `4.5`): inverse temperature applied to the mean answer NLL.
+        gamma (`float`, defaults to `0.0`): reward margin, the paper's gamma: subtracted *after* scaling by beta.
+            OpenUnlearning's ``delta`` sits inside beta(.): delta_OU = gamma / beta.
+        forget_weight (`float`, defaults to `0.125`): the authors' ``npo_coeff`` for TOFU forget10 (0.1375 forget05).
+    """
+
+    forget_weight: float = field(
+        default=0.125, metadata={"help": "Weight of the SimNPO term (the authors' npo_coeff; TOFU forget10: 0.125)."}
+    )
+    beta: float = field(default=4.5, metadata={"help": "SimNPO inverse temperature beta (> 0)."})
+    gamma: float = field(
+        default=0.0,
+        metadata={"help": "Reward margin gamma of the paper (>= 0), subtracted after beta scaling; OpenUnlearning's "
+                          "delta equals gamma / beta."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0 (a margin), got {self.gamma}.")
+
+
+@dataclass
+class RMUConfig(UnlearnConfig):
+    r"""RMU: representation misdirection (Li et al., 2024, WMDP, arXiv 2403.03218).
+
+    On forget rows the output of decoder layer ``steer_layer`` is pulled toward c * u (u a fixed random unit vector,
+    c = ``steering_coeff``); on retain rows it is kept equal to the frozen starting model's (weight ``retain_weight``,
+    the paper's alpha). Only ``trainable_params`` of ``trainable_layers`` train. Both terms are the mean squared error
+    over the hidden dimension, averaged over the positions that predict answer tokens (every text token with
+    ``answer_only_loss=False``), then over rows. Defaults follow the paper's Zephyr-7B recipe.
+
+    Args:
+        steer_layer (`int` or `None`, defaults to `None`): decoder layer whose output is steered (negative counts from
+            the end). ``None``: the paper's relative depth, layer 7 of 32, i.e. ``int(num_layers * 7 / 32)``.
+        trainable_layers (`list[int]` or `None`, defaults to `None`): layers whose parameters train; ``None``: the
+            paper's ``steer_layer - 2 .. steer_layer`` (clipped at 0). Layers after ``steer_layer`` cannot change
+            its output, so they are rejected.
+        trainable_params (`str` or `None`, defaults to ``"^mlp\.down_proj\."``): regex searched in each parameter's
+            name relative to its layer (e.g. ``mlp.down_proj.weight``); the reference code trains only this matrix.
+            ``None`` trains every parameter of the trainable layers.
+        steering_coeff (`float`, defaults to `6.5`): c, the norm of the steering target (paper, Zephyr-7B: 6.5; its
+            code default and OpenUnlearning's class default: 20; OpenUnlearning's yaml: 2). Scale it with the model's
+            activation norm at ``steer_layer``.
+        retain_weight (`float`, defaults to `1200.0`): alpha, weight of the retain activation match (paper, Zephyr).
+        retain_loss_type (`str` or `None`): ``None`` or ``"nll"`` enable RMU's retain term (the activation match;
+            with a retain set, the default), ``"none"`` disables it; ``"kl"`` is not supported.
+        control_vector_seed (`int` or `None`, defaults to `None`): seed of u; ``None`` uses ``seed``.
+        precompute_retain_activations (`bool`, defaults to `False`): compute the frozen model's activations on every
+            retain row once at the start (kept on CPU) and hold no frozen copy afterwards.
+        learning_rate (`float`, defaults to `5e-5`): the reference code's learning rate.
+    """
+
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate (RMU reference code: 5e-5)."})
+    retain_weight: float = field(
+        default=1200.0, metadata={"help": "alpha: weight of the retain activation match (paper, Zephyr-7B: 1200)."}
+    )
+    steer_layer: int | None = field(
+        default=None,
+        metadata={"help": "Decoder layer whose output is steered (negative counts from the end). None: "
+                          "int(num_layers * 7 / 32), the paper's layer 7 of 32."},
+    )
+    trainable_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Decoder layers that train; None: steer_layer-2 .. steer_layer (the paper)."},
+    )
+    trainable_params: str | None = field(
+        default=r"^mlp\.down_proj\.",
+        metadata={"help": "Regex searched in parameter names relative to their layer; None: every parameter of the "
+                          "trainable layers. Default: the MLP down projection (the reference code)."},
+    )
+    steering_coeff: float = field(
+        default=6.5, metadata={"help": "c: norm of the random steering target c*u (paper, Zephyr-7B: 6.5)."}
+    )
+    control_vector_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the random unit vector u; None uses `seed`."}
+    )
+    precompute_retain_activations: bool = field(
+        default=False,
+        metadata={"help": "Compute the frozen model's retain activations once at the start (CPU); hold no copy."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steering_coeff <= 0:
+            raise ValueError(f"steering_coeff must be > 0, got {self.steering_coeff}.")
+        if self.retain_loss_type == "kl":
+            raise ValueError("RMUConfig does not support retain_loss_type='kl': RMU's retain term matches the frozen "
+                             "model's activations at steer_layer. Use 'nll' (enables it) or 'none'.")
+        if self.trainable_layers is not None and len(self.trainable_layers) == 0:
+            raise ValueError("trainable_layers is empty: nothing would train. Pass layer indices or None.")
+        if self.stop_forget_loss_above is not None:
+            raise ValueError("RMU computes no forget NLL during training (it stops the forward at steer_layer), so "
+                             "stop_forget_loss_above cannot apply; unset it.")
+
+
+@dataclass
+class IdkPOConfig(UnlearnConfig):
+    r"""IdkPO: DPO toward refusals (TOFU's "IDK" preference optimisation, Maini et al. 2024; Zhang et al. 2024).
+
+    Each forget row is a preference pair: chosen = a refusal ("I don't know"-style answer), rejected = the forget
+    answer. L = -mean log sigmoid(beta * [(log pi - log pi_ref)(chosen) - (log pi - log pi_ref)(rejected)]), the
+    standard DPO loss (OpenUnlearning multiplies it by 2/beta: set ``forget_weight=2/beta`` to reproduce its scale).
+
+    Args:
+        beta (`float`, defaults to `0.1`): DPO inverse temperature.
+        refusal_column (`str` or `None`, defaults to `None`): a forget-set column holding each row's refusal; ``None``
+            draws one per row from ``refusals``.
+        refusals (`list[str]` or `None`, defaults to `None`): the refusals to draw from; ``None`` uses the built-in
+            list ``hf_unlearn.data.refusals.REFUSALS``. The draw is seeded by ``seed`` and the row index.
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature beta (> 0)."})
+    refusal_column: str | None = field(
+        default=None, metadata={"help": "Forget-set column with each row's refusal answer; None: draw from refusals."}
+    )
+    refusals: list[str] | None = field(
+        default=None,
+        metadata={"help": "Refusal answers to draw from (seeded per row); None: the built-in list."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        if self.refusals is not None and (not self.refusals or not all(isinstance(r, str) and r.strip()
+                                                                        for r in self.refusals)):
+            raise ValueError("refusals must be a non-empty list of non-empty strings, or None for the built-in list.")
+        if self.refusal_column is not None and self.refusals is not None:
+            raise ValueError("Pass refusal_column (one refusal per row) or refusals (a list to draw from), not both.")
+
+
+@dataclass
+class UNDIALConfig(UnlearnConfig):
+    r"""UNDIAL: self-distillation toward adjusted logits (Dong et al., 2024, arXiv 2402.10052).
+
+    On forget answers the student is trained by cross-entropy toward softmax(z_ref - gamma * onehot(y_t)): the frozen
+    starting model's next-token distribution with the logit of the token to forget lowered by ``gamma``. The loss is
+    averaged over answer tokens only (OpenUnlearning averages over every position and mislabels padding).
+
+    Args:
+        gamma (`float`, defaults to `10.0`): how far the target token's logit is lowered (OpenUnlearning's ``beta``).
+    """
+
+    gamma: float = field(
+        default=10.0, metadata={"help": "Amount subtracted from the target token's reference logit (>= 0)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}.")

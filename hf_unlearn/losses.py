@@ -87,3 +87,67 @@ def feature_distance(student: torch.Tensor, teacher: torch.Tensor, kind: str = "
 def hinge_push_away(distances: torch.Tensor, margin: float) -> torch.Tensor:
     """Mean of max(0, margin - d): zero once every feature is at least ``margin`` away (bounded, unlike ascent)."""
     return F.relu(margin - distances).mean()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# SimNPO, RMU, IdkPO (DPO) and UNDIAL (docs/methods/); each mirrors one formula of its paper.
+# ------------------------------------------------------------------------------------------------------------------
+def simnpo_loss(policy_logps: torch.Tensor, num_tokens: torch.Tensor, beta: float, gamma: float = 0.0) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024): -(2/beta) mean log sigmoid(-(beta/|y|) log pi(y|x) - gamma), no reference model.
+
+    ``policy_logps`` are summed answer log-probs (B,), ``num_tokens`` the answer lengths |y| (B,). The margin
+    ``gamma`` is subtracted after scaling by beta, as in the paper (OpenUnlearning's ``delta`` = gamma / beta).
+    """
+    if beta <= 0:
+        raise ValueError(f"SimNPO beta must be > 0, got {beta}.")
+    mean_logp = policy_logps / num_tokens.clamp(min=1).to(policy_logps)  # (B,) average log-prob per answer token
+    return -(2.0 / beta) * F.logsigmoid(-beta * mean_logp - gamma).mean()
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor, beta: float,
+) -> torch.Tensor:
+    """Standard DPO (Rafailov et al. 2023), batch mean: -log sigmoid(beta * (chosen log-ratio - rejected log-ratio)).
+
+    TRL's DPOTrainer computes the same ``loss_type="sigmoid"`` term inside its ``_compute_loss`` (it needs a trainer
+    instance), hence this one-line pure version. No 2/beta factor (OpenUnlearning keeps one).
+    """
+    if beta <= 0:
+        raise ValueError(f"DPO beta must be > 0, got {beta}.")
+    margin = (chosen_logps - ref_chosen_logps) - (rejected_logps - ref_rejected_logps)  # (B,)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def masked_activation_mse(activations: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMU's distance: per position the mean over the hidden size of (h - target)^2, averaged over each row's masked
+    positions, then over the rows that have any (rows with none are left out).
+
+    ``activations`` (B, T, D); ``target`` broadcastable to it ((D,) for RMU's c*u); ``mask`` (B, T) bool.
+    """
+    per_position = (activations.float() - target.float()).pow(2).mean(-1)  # (B, T)
+    mask = mask.to(per_position.dtype)
+    counts = mask.sum(-1)  # (B,)
+    per_row = (per_position * mask).sum(-1) / counts.clamp(min=1)
+    has_tokens = counts > 0
+    if not has_tokens.any():
+        return per_position.sum() * 0.0  # keeps the graph; nothing to steer in this batch
+    return per_row[has_tokens].mean()
+
+
+def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor, gamma: float) -> torch.Tensor:
+    """UNDIAL (Dong et al. 2024): cross-entropy of the student toward softmax(z_ref - gamma * onehot(y_t)).
+
+    Averaged over the answer tokens of the batch (positions whose label is not -100, after the next-token shift).
+    Logits are upcast to fp32; only the scored positions are materialised.
+    """
+    logits, labels = shift_for_next_token(logits, labels)
+    mask = labels != IGNORE_INDEX  # (B, T-1)
+    if not mask.any():
+        return logits.sum() * 0.0
+    student = logits[mask].float()  # (N, V)
+    teacher = ref_logits[:, :-1, :][mask].float()  # (N, V)
+    targets = labels[mask]  # (N,)
+    adjusted = teacher.scatter_add(-1, targets[:, None], torch.full_like(targets[:, None], -gamma, dtype=teacher.dtype))
+    soft_labels = F.softmax(adjusted, dim=-1)
+    return -(soft_labels * F.log_softmax(student, dim=-1)).sum(-1).mean()

@@ -6,12 +6,13 @@ import shutil
 import datasets
 import huggingface_hub.constants
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from datasets import Features, Image, List, Value
 from PIL import Image as PILImage
 
 from hf_unlearn.data.benchmarks import load_clear, load_mllmu_bench
-from hf_unlearn.data.schema import MCQ_COLUMNS, benchmark_features, check_columns, check_mcq_row
+from hf_unlearn.data.schema import MCQ_COLUMNS, benchmark_features, check_columns, check_mcq_row, has_options
 from hf_unlearn.data.synthetic import vanilla_training_set
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -105,6 +106,11 @@ def _tofu(names):
     return rows
 
 
+CLEAR_PEOPLE = {"image": Image(), "caption": Value("string"), "name": Value("string")}  # forgetXX / retainXX
+# In retain95 and its TOFU text, but not in retain_perturbed (the published retain_perturbed covers few people).
+UNPERTURBED_NAME = "Gus Hale"
+
+
 def build_clear_snapshot(root):
     forget = [
         _perturbed("Alba Vemb", ["Cyra Lund", "Zed Ash", "Yan Birk", "Xia Coe"], COLORS[0]),
@@ -116,7 +122,10 @@ def build_clear_snapshot(root):
     retain.append(_perturbed("Bo Tarn", ["Wes Dorn", "Vic Earl", "Uma Fenn"], COLORS[6]))  # a forget person: dropped
     _write(root, "retain_perturbed", CLEAR_PERTURBED, retain)
     _write(root, "forget05+tofu", CLEAR_TOFU, _tofu(FORGET_NAMES))
-    _write(root, "retain95+tofu", CLEAR_TOFU, _tofu(RETAIN_NAMES))
+    _write(root, "retain95+tofu", CLEAR_TOFU, _tofu(RETAIN_NAMES + [UNPERTURBED_NAME]))
+    people = lambda names: [{"image": _img(COLORS[i]), "caption": "c", "name": n} for i, n in enumerate(names)]  # noqa
+    _write(root, "forget05", CLEAR_PEOPLE, people(FORGET_NAMES))
+    _write(root, "retain95", CLEAR_PEOPLE, people(RETAIN_NAMES + [UNPERTURBED_NAME]), shards=2)
     real = [{"image": _img(COLORS[i]), "answer": f"Celeb {i}", "options": [f"Other {i}{k}" for k in "abc"]}
             for i in range(4)]  # fmt: skip
     _write(root, "real_faces", CLEAR_REAL, real)
@@ -137,12 +146,16 @@ def _pixel(image):
     return tuple(int(v) for v in np.asarray(image)[0, 0])
 
 
-def _check_schema(dsd):
+def _check_schema(dsd, generation_only=()):
     for name, ds in dsd.items():
         assert ds.features == benchmark_features(), name
         check_columns(ds, MCQ_COLUMNS, name)
+        assert has_options(ds) == (name not in generation_only), name
         for i, row in enumerate(ds.select_columns(list(MCQ_COLUMNS)).to_list()):
-            check_mcq_row(row, f"{name}[{i}]")
+            if name in generation_only:
+                assert row["options"] is None and row["label"] is None
+            else:
+                check_mcq_row(row, f"{name}[{i}]")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -219,36 +232,40 @@ def test_hub_id_offline_and_bad_path_errors(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 def test_clear_conversion(clear_root):
     dsd = load_clear(str(clear_root), "forget05")
-    _check_schema(dsd)
+    _check_schema(dsd, generation_only=("forget_qa", "retain_qa"))
     assert {k: v.num_rows for k, v in dsd.items()} == {"forget_vqa": 3, "forget_qa": 4, "retain_vqa": 4,
-                                                       "retain_qa": 8, "general": 4}  # fmt: skip
-    ids = {n: i for i, n in enumerate(sorted(FORGET_NAMES + RETAIN_NAMES))}
+                                                       "retain_qa": 10, "general": 4}  # fmt: skip
+    ids = {n: i for i, n in enumerate(sorted(FORGET_NAMES + RETAIN_NAMES + [UNPERTURBED_NAME]))}
     fv = dsd["forget_vqa"].to_list()
     assert [r["answer"] for r in fv] == ["Alba Vemb", "Alba Vemb", "Bo Tarn"]
     assert [r["person_id"] for r in fv] == [ids["Alba Vemb"], ids["Alba Vemb"], ids["Bo Tarn"]]
     assert fv[0]["question"] == "What is the name of the person in the image?" and fv[0]["kind"] == "vqa"
-    assert sorted(fv[0]["options"]) == sorted(["Alba Vemb", "Cyra Lund", "Zed Ash", "Yan Birk"])  # first 3 perturbed
+    # Every perturbed name is an option (5 options), as in MMUnlearner's protocol: not only the first 3.
+    assert sorted(fv[0]["options"]) == sorted(["Alba Vemb", "Cyra Lund", "Zed Ash", "Yan Birk", "Xia Coe"])
     assert sorted(fv[2]["options"]) == sorted(["Bo Tarn", "Wes Dorn", "Vic Earl", "Uma Fenn"])
     # Row 1 has a single usable perturbed name: topped up with 2 other known names.
     assert "Zed Ash" in fv[1]["options"] and len(set(fv[1]["options"]) - {"Alba Vemb", "Zed Ash"}) == 2
+    assert len(fv[1]["options"]) == 4
     assert _pixel(dsd["forget_vqa"][2]["image"]) == COLORS[2]  # to_list() keeps images encoded; indexing decodes
     assert [r["answer"] for r in dsd["retain_vqa"].to_list()] == RETAIN_NAMES  # the forget person is dropped
     fq = dsd["forget_qa"].to_list()
     assert all(r["image"] is None and r["kind"] == "qa" for r in fq)  # caption rows are skipped
     assert [r["person_id"] for r in fq] == [ids["Alba Vemb"]] * 2 + [ids["Bo Tarn"]] * 2  # name found in the text
-    answers = [r["answer"] for r in fq]
-    for r in fq:  # fallback options: the answer + 3 answers of other rows of the split
-        assert set(r["options"]) <= set(answers) and len(set(r["options"])) == 4
+    # Text questions carry no invented distractors: generation-only, scored by ROUGE-L.
+    assert {(r["options"], r["label"]) for r in fq} == {(None, None)}
+    # A retain person absent from retain_perturbed still gets their id from retain95's name list (was -1).
+    rq = dsd["retain_qa"].to_list()
+    assert [r["person_id"] for r in rq if UNPERTURBED_NAME in r["answer"]] == [ids[UNPERTURBED_NAME]] * 2
+    assert -1 not in {r["person_id"] for r in rq}
     general = dsd["general"].to_list()
     assert all(r["person_id"] == -1 and r["question"] == "What is the name of the person in the image?"
                for r in general)  # fmt: skip
     assert sorted(general[1]["options"]) == ["Celeb 1", "Other 1a", "Other 1b", "Other 1c"]
     # Seeded positions: reproducible, and another seed moves them.
-    labels = [r["label"] for r in fv + fq + general]
-    assert labels == [r["label"] for s in ("forget_vqa", "forget_qa", "general") for r in load_clear(
-        str(clear_root))[s].to_list()]  # fmt: skip
+    labels = [r["label"] for r in fv + general]
+    assert labels == [r["label"] for s in ("forget_vqa", "general") for r in load_clear(str(clear_root))[s].to_list()]
     other = load_clear(str(clear_root), option_seed=1)
-    assert labels != [r["label"] for s in ("forget_vqa", "forget_qa", "general") for r in other[s].to_list()]
+    assert labels != [r["label"] for s in ("forget_vqa", "general") for r in other[s].to_list()]
 
 
 def test_clear_errors(clear_root, tmp_path):
@@ -274,4 +291,75 @@ def test_clear_errors(clear_root, tmp_path):
         load_clear(str(broken))
     msg = str(err.value)
     assert "CLEAR config 'retain95+tofu' not found" in msg
-    assert "['forget05+tofu', 'forget05_perturbed', 'real_faces', 'retain_perturbed']" in msg
+    assert "['forget05', 'forget05+tofu', 'forget05_perturbed', 'real_faces', 'retain95', 'retain_perturbed']" in msg
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading robustly: LFS pointers, every shard's columns, mistyped relative paths, Test_Set filtered while reading
+# ---------------------------------------------------------------------------------------------------------------------
+LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 353045312\n"
+)
+
+
+def test_git_clone_without_lfs_names_the_fix(mllmu_root, tmp_path):
+    cloned = tmp_path / "cloned"
+    shutil.copytree(mllmu_root, cloned)
+    (cloned / "Test_Set" / "train-00001-of-00002.parquet").write_text(LFS_POINTER)  # what git leaves without git-lfs
+    with pytest.raises(ValueError) as err:
+        load_mllmu_bench(str(cloned))
+    msg = str(err.value)
+    assert "train-00001-of-00002.parquet is a Git LFS pointer file" in msg and "git lfs pull" in msg
+    (cloned / "Test_Set" / "train-00001-of-00002.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(ValueError, match="is not a readable parquet file .* download it again"):
+        load_mllmu_bench(str(cloned))
+
+
+def test_every_shard_is_checked(mllmu_root, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(mllmu_root, broken)
+    # The second Test_Set shard lacks Classification_Task; the first one is fine.
+    feats = {k: v for k, v in MLLMU_TEST.items() if k != "Classification_Task"}
+    row = {k: v for k, v in _profile(2, "images", [_img(COLORS[0])]).items() if k != "Classification_Task"}
+    datasets.Dataset.from_list([row], features=Features(feats)).to_parquet(
+        str(broken / "Test_Set" / "train-00001-of-00002.parquet"))
+    with pytest.raises(ValueError) as err:
+        load_mllmu_bench(str(broken))
+    msg = str(err.value)
+    assert "Test_Set" in msg and "train-00001-of-00002.parquet" in msg and "['Classification_Task']" in msg
+
+
+def test_missing_relative_path_is_not_a_directory(monkeypatch, tmp_path):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    # `data/` exists but not `data/MLLMU-Bench` (the README's path, run from the wrong place): never a Hub lookup.
+    with pytest.raises(FileNotFoundError, match="'data/MLLMU-Bench' is not a directory"):
+        load_mllmu_bench("data/MLLMU-Bench")
+    # Neither component exists: the Hub lookup fails too, and the error still says "not a directory" first.
+    with pytest.raises(FileNotFoundError, match="'downloads/CLEAR' is not a directory .* loading it as a Hub dataset"):
+        load_clear("downloads/CLEAR")
+
+
+def test_test_set_is_filtered_while_reading(tmp_path, monkeypatch):
+    root = tmp_path / "mllmu"
+    build_mllmu_snapshot(root)
+    # Rewrite Test_Set as one shard with one profile per row group (the published shards hold many row groups).
+    shutil.rmtree(root / "Test_Set")
+    (root / "Test_Set").mkdir()
+    rows = [_profile(p, "images", [_img(COLORS[(p + k) % len(COLORS)]) for k in range(2)]) for p in range(1, 6)]
+    datasets.Dataset.from_list(rows, features=Features(MLLMU_TEST)).to_parquet(
+        str(root / "Test_Set" / "train-00000-of-00001.parquet"), batch_size=1)
+    path = str(root / "Test_Set" / "train-00000-of-00001.parquet")
+    assert pq.ParquetFile(path).num_row_groups == 5
+    read_groups, full_reads = [], []
+    original_groups, original_table = pq.ParquetFile.read_row_groups, pq.read_table
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, groups, **kw: read_groups.append(
+        list(groups)) or original_groups(self, groups, **kw))
+    monkeypatch.setattr(pq, "read_table", lambda p, **kw: full_reads.append(p) or original_table(p, **kw))
+    dsd = load_mllmu_bench(str(root), "forget_5")
+    assert set(dsd["test_vqa"]["person_id"]) == {1, 2} and dsd["test_vqa"].num_rows == 4
+    assert read_groups == [[0, 1]]  # only the forget profiles' row groups were read in full
+    assert not any("Test_Set" in p for p in full_reads)

@@ -7,16 +7,18 @@ import pytest
 
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
 from hf_unlearn.demo import METHODS, DemoConfig, MethodSpec, MethodUnavailableError, run_demo
-from hf_unlearn.demo import pipeline
+from hf_unlearn.demo import references
 from hf_unlearn.demo.pipeline import RESULT_KEYS, DemoTrainingConfig
 from hf_unlearn.evaluation import RelearnConfig
 
 ACCURACIES = [k for k in RESULT_KEYS if k != "wall_time_s"]
+SEEDS = [0, 1]
 
 
 def micro_config(seed: int = 0, epochs: int = 3) -> DemoConfig:
     return DemoConfig(
-        benchmark=SyntheticBenchmarkConfig(num_people=4, num_holdout_people=2, forget_ratio=0.25, num_general=4),
+        benchmark=SyntheticBenchmarkConfig(num_people=4, num_holdout_people=2, num_validation_people=1,
+                                           forget_ratio=0.25, num_general=4),
         training=DemoTrainingConfig(num_train_epochs=epochs, batch_size=8, warmup_steps=0),
         relearn=RelearnConfig(steps=2, batch_size=2), seed=seed,
     )
@@ -36,7 +38,7 @@ def two_runs(tmp_path_factory):
         logs = [[], []]
         payloads = [
             run_demo(micro_config(), output_dir=str(root / f"out{i}"), methods=["ga", "npo", "not_yet"],
-                     cache_dir=str(cache), show_progress=False, log=logs[i].append)
+                     cache_dir=str(cache), show_progress=False, log=logs[i].append, seeds=SEEDS)
             for i in range(2)
         ]
     finally:
@@ -49,20 +51,38 @@ def test_results_json_follows_the_schema(two_runs):
     with open(root / "out0" / "results.json") as f:
         results = json.load(f)
     assert results == payloads[0]
-    assert set(results) == {"benchmark", "methods"}
-    assert results["benchmark"]["benchmark"]["num_people"] == 4
-    assert set(results["methods"]) == {"vanilla", "oracle", "ga", "npo"}  # not_yet skipped
+    assert set(results) == {"benchmark", "methods", "intervals", "paired", "distance", "distance_paired",
+                            "per_seed", "num_questions", "notes", "run"}
+    assert results["benchmark"]["benchmark"]["num_people"] == 4 and results["benchmark"]["seeds"] == SEEDS
+    models = {"vanilla", "oracle", "ga", "npo"}  # not_yet skipped
+    assert set(results["methods"]) == models
+    assert results["num_questions"]["forget_vqa"] == 10 and results["num_questions"]["retain_vqa"] == 30
     for name, row in results["methods"].items():
         assert list(row) == list(RESULT_KEYS), name
         for key in ACCURACIES:
             assert isinstance(row[key], float) and 0.0 <= row[key] <= 1.0, (name, key)
+            # The mean over seeds of the per-seed values, inside its interval.
+            per_seed = [results["per_seed"][str(s)][name][key] for s in SEEDS]
+            assert row[key] == pytest.approx(sum(per_seed) / len(per_seed)), (name, key)
+            lo, hi = results["intervals"][name][key]
+            assert lo <= row[key] + 1e-9 and row[key] <= hi + 1e-9, (name, key)
         assert row["wall_time_s"] > 0
+    # Paired differences to both baselines, the relearn gain over the oracle among them.
+    gain = results["paired"]["npo"]["oracle"]["relearn_acc"]
+    assert gain["diff"] == pytest.approx(results["methods"]["npo"]["relearn_acc"] - results["methods"]["oracle"]
+                                         ["relearn_acc"])
+    assert set(results["paired"]["oracle"]) == {"vanilla"}
+    assert results["distance"]["oracle"]["value"] == 0.0 and results["distance"]["vanilla"]["value"] > 0
+    # The oracle as the reference model of the reference attack: exactly uninformative on itself.
+    assert results["methods"]["oracle"]["mia_reference_auc"] == 0.5
+    assert results["run"]["machine"]["cpu_count"] >= 1 and results["run"]["wall_time_s"] > 0
 
 
 def test_report_and_plot_are_written(two_runs):
     root, *_ = two_runs
     report = (root / "out0" / "report.md").read_text()
     assert "| Method | Forget VQA ↓ |" in report and "| npo |" in report and "| oracle |" in report
+    assert "Relearn gain vs oracle" in report and " (" in report.split("| npo |")[1].split("\n")[0]  # intervals
     assert "not_yet: skipped, its trainer is not importable (FancyTrainer is not importable)" in report
     assert "How to read the table" in report and "![forget/retain trade-off](tradeoff.png)" in report
     png = (root / "out0" / "tradeoff.png").read_bytes()
@@ -72,18 +92,21 @@ def test_report_and_plot_are_written(two_runs):
 
 def test_second_run_loads_the_cache_and_reproduces_the_results(two_runs):
     _, cache, payloads, logs = two_runs
-    key = micro_config().cache_key()
-    assert sorted(os.listdir(cache / "demo" / key)) == ["oracle", "vanilla"]  # no temporary folders left
+    for seed in SEEDS:
+        key = micro_config(seed=seed).cache_key()
+        assert sorted(os.listdir(cache / "demo" / key)) == ["oracle", "vanilla"]  # no temporary folders left
     assert any("vanilla: training from scratch" in line for line in logs[0])
     assert any("vanilla: loaded from cache" in line for line in logs[1])
     assert any("oracle: loaded from cache" in line for line in logs[1])
     assert not any("training from scratch" in line for line in logs[1])
-    # Cached training time is reported, not re-measured; every metric is identical (deterministic for a seed).
-    first, second = payloads[0]["methods"], payloads[1]["methods"]
-    for name in first:
+    # Cached training time is reported, not re-measured; every metric and interval is identical (deterministic).
+    first, second = payloads[0], payloads[1]
+    for name in first["methods"]:
         for key_ in ACCURACIES:
-            assert first[name][key_] == second[name][key_], (name, key_)
-    assert first["vanilla"]["wall_time_s"] == second["vanilla"]["wall_time_s"]
+            assert first["methods"][name][key_] == second["methods"][name][key_], (name, key_)
+            assert first["intervals"][name][key_] == second["intervals"][name][key_], (name, key_)
+    assert first["methods"]["vanilla"]["wall_time_s"] == second["methods"]["vanilla"]["wall_time_s"]
+    assert second["run"]["cached"] == {str(s): {"vanilla": True, "oracle": True} for s in SEEDS}
 
 
 def test_cache_key_tracks_settings():
@@ -99,7 +122,7 @@ def test_interrupted_training_leaves_no_cache_entry(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "train_reference_model", boom)
+    monkeypatch.setattr(references, "train_reference_model", boom)
     with pytest.raises(KeyboardInterrupt):
         run_demo(micro_config(), output_dir=str(tmp_path / "out"), methods=["ga"], cache_dir=str(tmp_path),
                  show_progress=False, log=lambda s: None)

@@ -196,6 +196,47 @@ def test_planted_canary_reaches_no_pushed_file_card_or_log(toy_data, tmp_path, c
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# (2b) a canary preserve-set name (lowercase: the card's enum filter alone would let it through) reaches no pushed
+#      file: not the card's mask table, not the mask config JSON, not the mask file's metadata
+# ------------------------------------------------------------------------------------------------------------------
+PRESERVE_CANARY = "zqxjpreservecanary"
+
+
+def test_canary_preserve_set_name_reaches_no_pushed_file(toy_data, tmp_path, monkeypatch):
+    model, processor = tiny_llava(corpus=NAMES + JOBS)
+    config = SaliencyMaskConfig(target_modules="vision", preserve_sets={"vision": [PRESERVE_CANARY]}, max_batches=1)
+    mask = compute_saliency_mask(model, config, toy_data["forget"], {PRESERVE_CANARY: toy_data["retain"]},
+                                 UnlearnDataCollator(processor), show_progress=False)
+    args = _args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2, push_to_hub=True,
+                 hub_model_id="local-user/preserve", hub_strategy="checkpoint")
+    with local_hub(tmp_path) as hub:
+        trainer = _T(model=model, args=args, train_dataset=toy_data["forget"], processing_class=processor,
+                     saliency_mask=mask)
+        trainer.train()  # pushes the checkpoint (output dir + last-checkpoint/)
+        trainer.push_to_hub()
+        mask.push_to_hub("local-user/preserve-mask")  # a mask alone
+        mask.config.push_to_hub("local-user/preserve-mask-config")  # a config alone
+        mask.push_to_hub("local-user/preserve", subfolder="other_mask")
+        assert _cli(monkeypatch, ["push", str(tmp_path / "run"), "local-user/preserve-cli"]) == 0
+        pushed = hub.files("local-user/preserve")
+        reloaded = SaliencyMask.from_pretrained("local-user/preserve", subfolder="saliency_mask")
+        blobs = [p.read_bytes() for p in (tmp_path / "hub_storage" / "blobs").iterdir()]
+
+    run_dir = tmp_path / "run"
+    # The name was there to leak: the local mask config and the mask file's metadata hold it.
+    assert PRESERVE_CANARY in (run_dir / "saliency_mask" / "saliency_mask_config.json").read_text()
+    assert PRESERVE_CANARY.encode() in (run_dir / "saliency_mask" / "saliency_mask.safetensors").read_bytes()
+    assert {"saliency_mask/saliency_mask.safetensors", "last-checkpoint/saliency_mask/saliency_mask_config.json",
+            "other_mask/saliency_mask.safetensors"} <= set(pushed)
+    assert not [i for i, b in enumerate(blobs) if PRESERVE_CANARY.encode() in b]  # every blob of every repo
+    # What was published is the same mask, its preserve set renamed; default names would have been kept.
+    assert reloaded.config.preserve_sets == {"vision": ["preserve_set_1"]}
+    assert reloaded.scores_summary["num_batches"]["preserve"] == {"preserve_set_1": 1}
+    assert list(reloaded) == list(mask) and all(torch.equal(reloaded[n], mask[n]) for n in mask)
+    assert "| `preserve_sets.vision` | preserve_set_1 |" in pushed["README.md"].decode()
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # (3) a push that fails midway leaves the run directory intact and says what to retry
 # ------------------------------------------------------------------------------------------------------------------
 def test_failed_push_keeps_the_run_dir_and_says_how_to_retry(tmp_path, capsys, monkeypatch):

@@ -24,6 +24,9 @@ from hf_unlearn.data.synthetic import (
 )
 
 ALL_NAMES = {f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES}
+# Mean absolute pixel distance between the portraits of any two of the 60 default people (measured min: 13.0 at
+# seed 0, 11.6-16.4 over seeds 0-4; beyond ~50 people some pairs share two of the three large regions).
+MIN_PAIR_DISTANCE = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +45,13 @@ def _pixels(image) -> np.ndarray:
 
 def test_default_sizes_and_schema(dsd):
     assert tuple(dsd) == SYNTHETIC_SPLITS
-    # 20 trained people, 2 forget (round(0.1 * 20)), 18 retain, 5 holdout; 5 questions per person and modality.
+    # 50 trained people, 5 forget (round(0.1 * 50)), 45 retain, 5 holdout, 5 validation; 10 questions per person and
+    # modality: >= 50 forget-VQA and forget-QA questions, so accuracies move in steps of 0.02.
     sizes = {name: ds.num_rows for name, ds in dsd.items()}
     assert sizes == {
-        "forget_vqa": 10, "forget_qa": 10, "retain_vqa": 90, "retain_qa": 90, "test_vqa": 10,
-        "test_retain_vqa": 90, "holdout_vqa": 25, "holdout_qa": 25, "general": 40,
+        "forget_vqa": 50, "forget_qa": 50, "retain_vqa": 450, "retain_qa": 450, "test_vqa": 50,
+        "test_retain_vqa": 450, "holdout_vqa": 50, "holdout_qa": 50, "validation_vqa": 50, "validation_qa": 50,
+        "general": 200,
     }  # fmt: skip
     for name, ds in dsd.items():
         assert ds.features == benchmark_features(), name
@@ -66,38 +71,40 @@ def test_build_is_deterministic_and_seed_dependent(dsd):
 
 @pytest.mark.parametrize(("num_people", "ratio"), [(20, 0.1), (10, 0.01), (30, 0.15), (9, 0.5)])
 def test_splits_disjoint_by_person_and_forget_count(num_people, ratio):
-    cfg = SyntheticBenchmarkConfig(num_people=num_people, forget_ratio=ratio, num_holdout_people=3, num_general=4)
+    cfg = SyntheticBenchmarkConfig(num_people=num_people, forget_ratio=ratio, num_holdout_people=3,
+                                   num_validation_people=2, num_general=4)
     d = build_synthetic_benchmark(cfg)
     ids = {name: set(d[name]["person_id"]) for name in SYNTHETIC_SPLITS}
     assert len(ids["forget_vqa"]) == max(1, round(ratio * num_people))
     assert ids["forget_vqa"] == ids["forget_qa"] == ids["test_vqa"]
     assert ids["retain_vqa"] == ids["retain_qa"] == ids["test_retain_vqa"]
     assert ids["holdout_vqa"] == ids["holdout_qa"] and len(ids["holdout_vqa"]) == 3
-    groups = [ids["forget_vqa"], ids["retain_vqa"], ids["holdout_vqa"]]
+    assert ids["validation_vqa"] == ids["validation_qa"] and len(ids["validation_vqa"]) == 2
+    groups = [ids["forget_vqa"], ids["retain_vqa"], ids["holdout_vqa"], ids["validation_vqa"]]
     assert all(not (a & b) for a, b in itertools.combinations(groups, 2))
-    assert set.union(*groups) == set(range(num_people + 3))
+    assert set.union(*groups) == set(range(num_people + 5))
     assert ids["general"] == {-1} and set(d["general"]["kind"]) == {"general"}
 
 
 def test_questions_names_and_images(dsd):
     people_names = {row["answer"] for row in dsd["forget_vqa"].select_columns(["question", "answer"]).to_list()
                     if row["question"] == VQA_TEMPLATES["name"]}  # fmt: skip
-    for split in ("retain_vqa", "holdout_vqa"):
+    for split in ("retain_vqa", "holdout_vqa", "validation_vqa"):
         people_names |= {r["answer"] for r in dsd[split].select_columns(["question", "answer"]).to_list()
                          if r["question"] == VQA_TEMPLATES["name"]}  # fmt: skip
-    assert len(people_names) == 25  # unique names
-    for split in ("forget_vqa", "retain_vqa", "test_vqa", "test_retain_vqa", "holdout_vqa"):
+    assert len(people_names) == 60  # unique names
+    for split in ("forget_vqa", "retain_vqa", "test_vqa", "test_retain_vqa", "holdout_vqa", "validation_vqa"):
         ds = dsd[split]
         assert set(ds["kind"]) == {"vqa"}
         assert set(ds["question"]) == set(VQA_TEMPLATES.values())
         assert not any(name in q for q in ds["question"] for name in people_names)
         assert all(img is not None for img in ds.cast_column("image", datasets.Image(decode=False))["image"])
-    for split in ("forget_qa", "retain_qa", "holdout_qa"):
+    for split in ("forget_qa", "retain_qa", "holdout_qa", "validation_qa"):
         ds = dsd[split]
         assert set(ds["kind"]) == {"qa"} and set(ds["image"]) == {None}
         for pid in set(ds["person_id"]):
             rows = ds.filter(lambda r: r["person_id"] == pid).to_list()
-            assert len(rows) == len(QA_TEMPLATES) == 5
+            assert len(rows) == len(QA_TEMPLATES) == 10
             named = [n for n in people_names if n in rows[0]["question"]]
             assert len(named) == 1 and all(named[0] in r["question"] for r in rows)
 
@@ -118,7 +125,7 @@ def test_options_labels_and_types(dsd):
                 assert set(row["options"]) <= set(ATTRIBUTE_POOLS[key]), (name, key)
             labels.append(row["label"])
     fractions = np.bincount(labels, minlength=4) / len(labels)
-    assert len(labels) == 390 and np.all((fractions >= 0.10) & (fractions <= 0.40)), fractions
+    assert len(labels) == 1900 and np.all((fractions >= 0.10) & (fractions <= 0.40)), fractions
 
 
 def test_test_portraits_are_recognisable_variants(dsd):
@@ -129,7 +136,7 @@ def test_test_portraits_are_recognisable_variants(dsd):
         for row in dsd[test_split].select_columns(["person_id", "image"]):
             variants.setdefault(row["person_id"], _pixels(row["image"]))
     pids = sorted(originals)
-    assert sorted(variants) == pids and len(pids) == 20
+    assert sorted(variants) == pids and len(pids) == 50
     dist = np.array([[np.abs(variants[a] - originals[b]).mean() for b in pids] for a in pids])  # (variant, original)
     own = np.diag(dist)
     nearest_other = np.where(np.eye(len(pids), dtype=bool), np.inf, dist).min(axis=1)
@@ -145,11 +152,11 @@ def test_people_are_visually_distinct(dsd):
              itertools.combinations(traits, 2)]  # fmt: skip
     assert min(large) >= 2  # background / shirt / hair colour: at least two differ for every pair
     imgs = {}
-    for split in ("forget_vqa", "retain_vqa", "holdout_vqa"):
+    for split in ("forget_vqa", "retain_vqa", "holdout_vqa", "validation_vqa"):
         for row in dsd[split].select_columns(["person_id", "image"]):
             imgs.setdefault(row["person_id"], _pixels(row["image"]))
     pair = [np.abs(imgs[a] - imgs[b]).mean() for a, b in itertools.combinations(sorted(imgs), 2)]
-    assert len(imgs) == 25 and min(pair) > 15.0  # mean abs pixel distance of any two people (measured min: 20.2)
+    assert len(imgs) == 60 and min(pair) > MIN_PAIR_DISTANCE  # mean abs pixel distance of any two people
 
 
 def test_portrait_functions_direct():
@@ -165,11 +172,17 @@ def test_portrait_functions_direct():
 
 def test_training_sets_and_corpus(dsd):
     vanilla, oracle = vanilla_training_set(dsd), oracle_training_set(dsd)
-    assert vanilla.num_rows == 10 + 10 + 90 + 90 + 40 and oracle.num_rows == vanilla.num_rows - 10
+    assert vanilla.num_rows == 50 + 50 + 450 + 450 + 50 + 50 + 200 and oracle.num_rows == vanilla.num_rows - 50
     forget_people = set(dsd["forget_vqa"]["person_id"])
+    unseen_faces = forget_people | set(dsd["holdout_vqa"]["person_id"]) | set(dsd["validation_vqa"]["person_id"])
     oracle_rows = oracle.select_columns(["person_id", "kind"]).to_list()
-    assert not any(r["person_id"] in forget_people and r["kind"] == "vqa" for r in oracle_rows)
-    assert sum(r["person_id"] in forget_people and r["kind"] == "qa" for r in oracle_rows) == 10  # text facts kept
+    assert not any(r["person_id"] in unseen_faces and r["kind"] == "vqa" for r in oracle_rows)
+    # Text facts of the forget people kept; holdout / validation people known by text only, in both models.
+    assert sum(r["person_id"] in forget_people and r["kind"] == "qa" for r in oracle_rows) == 50
+    assert sum(r["person_id"] in unseen_faces and r["kind"] == "qa" for r in oracle_rows) == 150
+    text_only_people = unseen_faces - forget_people
+    vanilla_rows = vanilla.select_columns(["person_id", "kind"]).to_list()
+    assert {r["kind"] for r in vanilla_rows if r["person_id"] in text_only_people} == {"qa"}
     corpus = benchmark_corpus(dsd)
     assert len(corpus) == 6 * sum(ds.num_rows for ds in dsd.values())
     for name, ds in dsd.items():
@@ -187,7 +200,8 @@ def test_config_validation_and_help():
         SyntheticBenchmarkConfig(num_people=1)
     with pytest.raises(ValueError, match="at least one person is retained"):
         SyntheticBenchmarkConfig(num_people=2, forget_ratio=0.9)
-    small = build_synthetic_benchmark(SyntheticBenchmarkConfig(num_people=3, num_holdout_people=0, num_general=0,
+    small = build_synthetic_benchmark(SyntheticBenchmarkConfig(num_people=3, num_holdout_people=0,
+                                                               num_validation_people=0, num_general=0,
                                                                image_size=16))  # fmt: skip
     assert small["holdout_vqa"].num_rows == 0 and small["general"].num_rows == 0
     assert small["holdout_vqa"].features == benchmark_features()

@@ -1,9 +1,12 @@
-"""``hf-unlearn demo [--output DIR] [--seed N] [--methods ga,npo,...] [--quick]``: the built-in benchmark end to end.
+"""``hf-unlearn demo [--output DIR] [--seeds 0,1,2,3,4] [--methods ga,npo,...] [--quick] [--text]``: the benchmark.
 
-Builds the synthetic benchmark, trains (or loads from the cache) a vanilla and an oracle tiny LLaVA, runs every
-registered unlearning method from the vanilla model, evaluates all of them and writes DIR/results.json,
-DIR/report.md and DIR/tradeoff.png. The vanilla and oracle models are cached under ``--cache-dir`` (default
-``$HF_UNLEARN_CACHE`` or ``~/.cache/hf_unlearn``), so later runs only unlearn and evaluate.
+At each seed: builds the synthetic benchmark, trains (or loads from the cache) a vanilla and an oracle tiny LLaVA,
+runs every registered unlearning method from the vanilla model and evaluates all of them. Over the seeds it reports
+each metric's mean and a 95% interval (bootstrap over seeds and questions) and each method's paired difference to
+vanilla and oracle, and writes DIR/results.json, DIR/report.md and DIR/tradeoff.png. The vanilla and oracle models
+are cached under ``--cache-dir`` (default ``$HF_UNLEARN_CACHE`` or ``~/.cache/hf_unlearn``), so later runs only
+unlearn and evaluate. One seed proves nothing: publish numbers from several. ``--text`` runs the text demo instead
+(a tiny Llama that memorised fictitious authors, TOFU-shaped).
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", default="hf_unlearn_demo",
                         help="Directory for results.json, report.md and tradeoff.png (default: ./hf_unlearn_demo).")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the benchmark, models and training (default 0).")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="Seed of the benchmark, models and training (default 0); shorthand for --seeds N.")
+    parser.add_argument("--seeds", default=None,
+                        help="Comma-separated seeds, e.g. 0,1,2,3,4: the whole demo at each, with intervals over "
+                             "seeds and questions (time grows with the number of seeds).")
     parser.add_argument("--methods", default=None,
                         help="Comma-separated methods to run (default: all registered). See --list-methods.")
     parser.add_argument("--quick", action="store_true",
@@ -34,11 +41,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "training slows down many times when other processes share the cores).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--list-methods", action="store_true", help="List the registered methods and exit.")
+    parser.add_argument("--text", action="store_true",
+                        help="The text demo instead: a tiny Llama that memorised fictitious authors (TOFU-shaped), "
+                             "every text method, vanilla and a retain-only oracle, TOFU's metrics.")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.text:
+        from ..demo.text import run_text_cli
+
+        try:
+            seeds = _parse_seeds(args.seed, args.seeds)
+        except ValueError as err:
+            print(f"hf-unlearn demo: error: {err}", file=sys.stderr)
+            return 2
+        args.seeds = seeds
+        args.seed = seeds[0]
+        return run_text_cli(args)
     import torch
 
     from ..demo import METHODS, DemoConfig, run_demo
@@ -52,13 +73,33 @@ def run(args: argparse.Namespace) -> int:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            print(f"error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.", file=sys.stderr)
+            print(f"hf-unlearn demo: error: unknown method(s) {unknown}; registered: {', '.join(METHODS)}.",
+                  file=sys.stderr)
             return 2
+    try:
+        seeds = _parse_seeds(args.seed, args.seeds)
+    except ValueError as err:
+        print(f"hf-unlearn demo: error: {err}", file=sys.stderr)
+        return 2
     if args.threads < 1:
-        print(f"error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
+        print(f"hf-unlearn demo: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    config = DemoConfig.quick(seed=args.seed) if args.quick else DemoConfig(seed=args.seed)
+    config = DemoConfig.quick(seed=seeds[0]) if args.quick else DemoConfig(seed=seeds[0])
     run_demo(config, output_dir=args.output, methods=methods, cache_dir=args.cache_dir,
-             show_progress=not args.no_progress)
+             show_progress=not args.no_progress, seeds=seeds)
     return 0
+
+
+def _parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
+    if seed is not None and seeds is not None:
+        raise ValueError("pass --seed N or --seeds A,B,..., not both.")
+    if seeds is None:
+        return [0 if seed is None else seed]
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {seeds!r}.") from None
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"--seeds must list distinct integers, got {seeds!r}.")
+    return values

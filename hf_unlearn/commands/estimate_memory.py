@@ -39,12 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from ..integrations.memory import count_parameters_from_config, load_config
 
     if args.num_gpus < 1:
-        print(f"error: --num-gpus must be >= 1, got {args.num_gpus}.", file=sys.stderr)
+        print(f"hf-unlearn estimate-memory: error: --num-gpus must be >= 1, got {args.num_gpus}.", file=sys.stderr)
         return 2
     try:
         config = load_config(args.model)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"hf-unlearn estimate-memory: error: {error}", file=sys.stderr)
         return 2
     # DeepSpeed logs to stdout (accelerator detection at import): keep stdout for the report.
     with contextlib.redirect_stdout(sys.stderr):

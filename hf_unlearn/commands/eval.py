@@ -1,8 +1,9 @@
-"""``hf-unlearn eval --model DIR [--benchmark builtin|mllmu:PATH|clear:PATH]``: evaluate a saved model.
+"""``hf-unlearn eval --model DIR_OR_HUB_ID [--benchmark builtin|mllmu:PATH|clear:PATH]``: evaluate a saved model.
 
 Prints the metrics (multiple-choice accuracy per split, forget ROUGE-L, membership-inference AUC and, with
 ``--relearn``, the relearning attack) and writes them as JSON. ``builtin`` is the synthetic benchmark; when the
 model directory records the benchmark settings it was trained on (demo cache, ``hf-unlearn run``), those are used.
+``--model`` is looked up as a local folder first, then as a Hub id (``org/name``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="A saved model directory (or a Hub id, online).")
+    parser.add_argument("--model", required=True,
+                        help="A saved model folder (looked up first) or a Hub id such as org/name.")
     parser.add_argument("--benchmark", default="builtin",
                         help="'builtin' (synthetic), 'mllmu:PATH' (MLLMU-Bench snapshot or Hub id) or 'clear:PATH'.")
     parser.add_argument("--forget-split", default=None,
@@ -45,13 +47,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------------------------------
-def load_model_and_processor(path: str):
-    """Load a model and its processing class with the Auto classes.
+def load_model_and_processor(name: str, what: str = "model"):
+    """Load a model and its processing class from a local folder (looked up first) or a Hub id.
 
     Vision-language models (a ``vision_config`` in ``config.json``) load with ``AutoModelForImageTextToText`` and
     ``AutoProcessor``; the image-only Qwen processors of ``hf_unlearn.testing`` (no torchvision) load by class name.
-    Text-only models load with ``AutoModelForCausalLM`` and ``AutoTokenizer``.
+    Text-only models load with ``AutoModelForCausalLM`` and ``AutoTokenizer``. A missing local path is reported as
+    such (``FileNotFoundError``), a Hub id that does not load as a Hub problem (``OSError``).
     """
+    from ..hub.resolve import hub_load_error, locate
+
+    source = locate(name, what)
+    try:
+        return _load_model_and_processor(source.location)
+    except OSError as err:
+        if source.local:
+            raise
+        raise hub_load_error(what, source.location, err) from err
+
+
+def _load_model_and_processor(path: str):
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -61,15 +76,15 @@ def load_model_and_processor(path: str):
         ProcessorMixin,
     )
 
-    if os.path.sep in path and not os.path.isdir(path):
-        raise FileNotFoundError(f"Model directory {path!r} does not exist; pass a saved model folder or a Hub id.")
+    from transformers.utils import cached_file
+
     config = AutoConfig.from_pretrained(path)
     if getattr(config, "vision_config", None) is None:
         return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path).eval()
     processor_class = None
-    proc_file = os.path.join(path, "processor_config.json")
-    if os.path.isfile(proc_file):
+    proc_file = cached_file(path, "processor_config.json", _raise_exceptions_for_missing_entries=False)
+    if proc_file is not None and os.path.isfile(proc_file):
         with open(proc_file, encoding="utf-8") as f:
             processor_class = json.load(f).get("processor_class")
     from ..testing import models as testing_models
@@ -120,6 +135,11 @@ def format_metrics(metrics: dict[str, Any]) -> str:
                      for k, v in metrics.items())
 
 
+def _fail(message: str) -> int:
+    print(f"hf-unlearn eval: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers import set_seed
 
@@ -127,14 +147,12 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.report import write_text
 
     if args.batch_size < 1:
-        print(f"error: --batch-size must be >= 1, got {args.batch_size}.", file=sys.stderr)
-        return 2
+        return _fail(f"--batch-size must be >= 1, got {args.batch_size}.")
     try:
-        model, processor = load_model_and_processor(args.model)
+        model, processor = load_model_and_processor(args.model, "--model")
         benchmark = load_benchmark(args.benchmark, args.model, args.seed, args.forget_split)
     except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(str(err))
     set_seed(args.seed)
     evaluator = Evaluator(model, processor, benchmark, batch_size=args.batch_size, show_progress=True)
     metrics: dict[str, Any] = evaluator.evaluate(rouge=not args.no_rouge, mia=not args.no_mia)

@@ -1,22 +1,31 @@
-"""``hf-unlearn run --config file.yaml``: unlearn with a registered method and save the model.
+"""``hf-unlearn run --config run.yaml [--any_training_argument value ...]``: unlearn with a registered method.
 
-Example configuration::
+Like ``trl sft``: training arguments are flat keys of the file (any field of the method's config: ``GAConfig``,
+``NPOConfig``, ...), and flags on the command line override the file::
 
     method: npo                     # a name from `hf-unlearn demo --list-methods`
-    model: path/to/model            # a saved model directory, or a Hub model id (online)
-    output_dir: runs/npo            # must not exist yet (or be empty)
-    seed: 0
+    model: path/to/model            # a local folder (looked up first) or a Hub id
+    output_dir: runs/npo            # must not exist yet (or be empty); the model, logs and checkpoints stay here
+    max_steps: 20                   # any field of NPOConfig / TrainingArguments, flat
+    learning_rate: 1.0e-3
+    beta: 0.4
     data:
-      forget: builtin:forget_vqa    # builtin:<split>[+<split>...], a datasets.save_to_disk folder,
-      retain: builtin:retain_vqa+retain_qa+forget_qa   #   or parquet / json / jsonl / csv file(s)
+      forget: builtin:forget_vqa    # builtin:<split>[+<split>...], a datasets.save_to_disk folder, parquet / json /
+      retain: builtin:retain_vqa+retain_qa+forget_qa   # jsonl / csv file(s), a Hub dataset id, or {path:, split:}
       benchmark: {num_people: 20}   # settings of the built-in benchmark (optional)
-    training:                       # overrides of the method's training arguments (optional)
-      max_steps: 20
-      learning_rate: 1.0e-3
-    evaluate: builtin               # evaluate before and after: builtin | mllmu:PATH | clear:PATH | false
+    mask: {threshold: 0.5}          # optional: any SaliencyMaskConfig field, or {path: <saved mask folder or Hub id>}
+    eval: {benchmark: builtin}      # optional: evaluate before and after (batch_size, rouge, mia, relearn)
+    ref_model: org/reference        # optional: NPO / KL reference or VKD teacher (local folder or Hub id)
+    license: apache-2.0             # optional: card license when the base model's card gives none
+    base_model: org/base-model      # optional: the Hub id published as base_model when `model` is a local folder
 
-A folder or file entry may also be a mapping ``{path: ..., split: ...}`` to pick a split of a ``DatasetDict``.
-The model is saved with ``trainer.save_model`` into a temporary folder and renamed to ``output_dir`` when complete.
+    hf-unlearn run --config run.yaml --learning_rate 1e-5 --max_steps 3
+
+Every key is checked, with a close-match suggestion for a typo; any problem is one ``hf-unlearn run: error:`` line
+and exit status 2, before anything is written. ``hf-unlearn run --method npo --help`` lists every flag of a method.
+Logs (``report_to``, ``trainer_state.json``) and checkpoints (``save_strategy``) stay in ``output_dir``; the final
+model is written to a hidden folder there and moved into place, and ``hf_unlearn_run.json`` (the values actually
+used) is written last: a run directory that has it is complete.
 """
 
 from __future__ import annotations
@@ -32,79 +41,87 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from .run_config import ConfigError, RunPlan, method_parser, read_run_config
+
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
-TOP_LEVEL_KEYS = {"method", "model", "output_dir", "seed", "data", "training", "evaluate", "eval_batch_size"}
 
-
-class ConfigError(ValueError):
-    """The YAML configuration is invalid; the message names the key and the fix."""
+__all__ = ["ConfigError", "load_data", "run_plan"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "run",
-        help="Unlearn with a registered method from a YAML config; save (and optionally evaluate) the model.",
+        help="Unlearn with a registered method from a YAML config (+ flag overrides); save and optionally evaluate.",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
-    parser.add_argument("--config", required=True, help="YAML file (see the description above).")
-    parser.set_defaults(func=run)
+    parser.add_argument("--config", default=None, help="YAML file (see the description above).")
+    parser.add_argument("-h", "--help", action="store_true", help="Show this help (with --method X: its flags too).")
+    parser.set_defaults(func=run, accepts_extra_args=True, run_parser=parser)
     return parser
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Configuration and data
+# Data
 # ------------------------------------------------------------------------------------------------------------------
-def read_config(path: str) -> dict[str, Any]:
-    """Parse and validate the YAML configuration."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"Config file {path!r} does not exist.")
-    with open(path, encoding="utf-8") as f:
-        config = yaml.safe_load(f) or {}
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (method:, model:, output_dir:, data:, ...).")
-    unknown = sorted(set(config) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(TOP_LEVEL_KEYS)}.")
-    missing = [k for k in ("method", "model", "output_dir") if not config.get(k)]
-    if missing:
-        raise ConfigError(f"{path}: missing required key(s) {missing}.")
-    data = config.setdefault("data", {}) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: `data` must be a mapping with forget:, retain: and optionally benchmark:.")
-    config["data"] = data
-    data.setdefault("forget", "builtin:forget_vqa")
-    if "retain" not in data and str(data["forget"]).startswith("builtin"):
-        data["retain"] = "builtin:retain_vqa+retain_qa+forget_qa"
-    if not isinstance(config.get("training") or {}, dict):
-        raise ConfigError(f"{path}: `training` must be a mapping of training-argument overrides.")
-    config["training"] = config.get("training") or {}
-    config.setdefault("seed", 0)
-    return config
-
-
-def _load_local(spec: str | dict, what: str):
+def _load_local(spec: str, split: str | None, what: str):
     import datasets
 
+    if os.path.isdir(spec):
+        return datasets.load_from_disk(spec)
+    files = sorted(glob.glob(os.path.expanduser(spec)))
+    exts = {os.path.splitext(f)[1].lower() for f in files}
+    if len(exts) != 1 or next(iter(exts)) not in DATA_FILE_BUILDERS:
+        raise ConfigError(f"data.{what}: files must share one of the extensions {sorted(DATA_FILE_BUILDERS)}, "
+                          f"got {sorted(exts)}.")
+    return datasets.load_dataset(DATA_FILE_BUILDERS[exts.pop()], data_files=files, split="train")
+
+
+def _load_hub(repo_id: str, split: str | None, what: str):
+    import datasets
+
+    from ..hub.resolve import hub_load_error
+
+    try:
+        return datasets.load_dataset(repo_id, split=split)
+    except Exception as err:  # noqa: BLE001 - the message says a local folder of that name was not found either
+        raise ConfigError(str(hub_load_error(f"data.{what}", repo_id, err))) from None
+
+
+def load_data(spec: str | dict | None, what: str, benchmark):
+    """One dataset from ``builtin:<split>[+<split>...]``, a ``save_to_disk`` folder, data file(s) or a Hub id.
+
+    A name is looked up locally first (folder, file or glob), then on the Hub.
+    """
+    import datasets
+
+    from ..hub.resolve import locate
+
+    if spec is None:
+        return None
     split = None
     if isinstance(spec, dict):
-        if "path" not in spec:
-            raise ConfigError(f"data.{what}: a mapping needs `path` (and optionally `split`).")
         spec, split = spec["path"], spec.get("split")
-    if os.path.isdir(spec):
-        loaded = datasets.load_from_disk(spec)
+    if spec.startswith("builtin"):
+        names = spec.partition(":")[2] or ("forget_vqa" if what == "forget" else "retain_vqa+retain_qa+forget_qa")
+        parts = [n.strip() for n in names.split("+") if n.strip()]
+        missing = [n for n in parts if n not in benchmark]
+        if missing:
+            raise ConfigError(f"data.{what}: unknown built-in split(s) {missing}; splits: {list(benchmark)}.")
+        return datasets.concatenate_datasets([benchmark[n] for n in parts])
+    if glob.glob(os.path.expanduser(spec)):
+        loaded = _load_local(spec, split, what)
     else:
-        files = sorted(glob.glob(spec))
-        if not files:
-            raise ConfigError(f"data.{what}: {spec!r} is neither a folder saved with save_to_disk nor existing "
-                              "file(s); give a path, a glob, or builtin:<split>.")
-        exts = {os.path.splitext(f)[1].lower() for f in files}
-        if len(exts) != 1 or next(iter(exts)) not in DATA_FILE_BUILDERS:
-            raise ConfigError(f"data.{what}: files must share one of the extensions {sorted(DATA_FILE_BUILDERS)}, "
-                              f"got {sorted(exts)}.")
-        loaded = datasets.load_dataset(DATA_FILE_BUILDERS[exts.pop()], data_files=files, split="train")
+        try:
+            source = locate(spec, f"data.{what}")
+        except FileNotFoundError as err:
+            raise ConfigError(f"{err} (a datasets.save_to_disk folder, parquet / json / jsonl / csv file(s) or a "
+                              "glob, or builtin:<split>)") from None
+        loaded = _load_local(source.location, split, what) if source.local else _load_hub(source.location, split,
+                                                                                          what)
+    if isinstance(loaded, datasets.DatasetDict) and split is None and len(loaded) == 1:
+        split = next(iter(loaded))  # one split: no choice to make
     if isinstance(loaded, datasets.DatasetDict):
         if split is None:
             raise ConfigError(f"data.{what}: {spec!r} holds splits {list(loaded)}; pick one with "
@@ -112,27 +129,10 @@ def _load_local(spec: str | dict, what: str):
         if split not in loaded:
             raise ConfigError(f"data.{what}: split {split!r} not in {list(loaded)}.")
         loaded = loaded[split]
-    return loaded
-
-
-def load_data(spec: str | dict | None, what: str, benchmark):
-    """One dataset from ``builtin:<split>[+<split>...]``, a ``save_to_disk`` folder or data file(s)."""
-    import datasets
-
-    if spec is None:
-        return None
-    if isinstance(spec, str) and spec.startswith("builtin"):
-        names = spec.partition(":")[2] or ("forget_vqa" if what == "forget" else "retain_vqa+retain_qa+forget_qa")
-        parts = [n.strip() for n in names.split("+") if n.strip()]
-        missing = [n for n in parts if n not in benchmark]
-        if missing:
-            raise ConfigError(f"data.{what}: unknown built-in split(s) {missing}; splits: {list(benchmark)}.")
-        return datasets.concatenate_datasets([benchmark[n] for n in parts])
-    dataset = _load_local(spec, what)
     from ..data.schema import check_columns
 
-    check_columns(dataset, ("question", "answer"), f"data.{what}")
-    return dataset
+    check_columns(loaded, ("question", "answer"), f"data.{what}")
+    return loaded
 
 
 def _preserve_sets(retain) -> dict[str, Any]:
@@ -154,101 +154,152 @@ def _preserve_sets(retain) -> dict[str, Any]:
     return sets
 
 
+def _load_mask(spec: dict[str, Any] | None):
+    """``mask: {path: ...}`` loads a saved mask (local folder first, then Hub); other keys configure a new one."""
+    if spec is None or "path" not in spec:
+        return spec
+    from ..hub.resolve import hub_load_error, locate
+    from ..saliency import SaliencyMask
+
+    try:
+        source = locate(spec["path"], "mask.path")
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        return SaliencyMask.from_pretrained(source.location, subfolder=spec.get("subfolder"))
+    except OSError as err:
+        if source.local:
+            raise ConfigError(f"mask.path: {err}") from None
+        raise ConfigError(str(hub_load_error("mask.path", source.location, err.__cause__ or err))) from None
+    except ValueError as err:
+        raise ConfigError(f"mask.path: {err}") from None
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Run
 # ------------------------------------------------------------------------------------------------------------------
+def _help(args: argparse.Namespace) -> int:
+    print(args.run_parser.format_help())
+    method = next((args.extra_args[i + 1] for i, a in enumerate(args.extra_args[:-1]) if a == "--method"), None)
+    if method is not None:
+        try:
+            print(method_parser(method).format_help())
+        except KeyError:
+            print(f"(no registered method {method!r}: see hf-unlearn demo --list-methods)")
+    raise SystemExit(0)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.help:
+        return _help(args)
     try:
-        return run_config(read_config(args.config))
+        if not args.config:
+            raise ConfigError("the following arguments are required: --config")
+        return run_plan(read_run_config(args.config, args.extra_args))
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"hf-unlearn run: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 
-def run_config(config: dict[str, Any]) -> int:
+def _move_into(src: str, dst: str) -> None:
+    """Move every entry of ``src`` into ``dst`` (each file renamed atomically; folders merged)."""
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        source, target = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isdir(source) and os.path.isdir(target):
+            _move_into(source, target)
+        else:
+            os.replace(source, target)
+
+
+def run_plan(plan: RunPlan) -> int:
     """Execute a validated configuration (see the module docstring)."""
     from transformers import set_seed
 
     from ..data.synthetic import SyntheticBenchmarkConfig, build_synthetic_benchmark
     from ..demo.methods import METHODS, MethodData, MethodUnavailableError
-    from ..evaluation import Evaluator
+    from ..evaluation import Evaluator, RelearnConfig, relearn_attack
     from ..evaluation.report import write_text
     from .eval import RUN_INFO, format_metrics, load_benchmark, load_model_and_processor
 
-    name, output_dir, seed = config["method"], config["output_dir"], int(config["seed"])
-    if name not in METHODS:
-        raise ConfigError(f"method: unknown {name!r}; registered methods: {sorted(METHODS)}.")
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        raise ConfigError(f"output_dir {output_dir!r} exists and is not empty; choose a new folder or delete it.")
-
-    data_cfg = config["data"]
-    bench_settings = data_cfg.get("benchmark") or {}
+    name, output_dir, seed = plan.method, plan.output_dir, plan.seed
     try:
-        bench_config = SyntheticBenchmarkConfig(**{"seed": seed, **bench_settings})
-    except TypeError as err:
+        bench_config = SyntheticBenchmarkConfig(**{"seed": seed, **plan.benchmark})
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"data.benchmark: {err}") from err
-    uses_builtin = any(isinstance(data_cfg.get(k), str) and data_cfg[k].startswith("builtin")
-                       for k in ("forget", "retain")) or config.get("evaluate") == "builtin"
+    evaluate = plan.eval
+    uses_builtin = any(isinstance(plan.data.get(k), str) and plan.data[k].startswith("builtin")
+                       for k in ("forget", "retain")) or (evaluate or {}).get("benchmark") == "builtin"
     benchmark = build_synthetic_benchmark(bench_config) if uses_builtin else None
-    forget = load_data(data_cfg["forget"], "forget", benchmark)
-    retain = load_data(data_cfg.get("retain"), "retain", benchmark)
+    forget = load_data(plan.data["forget"], "forget", benchmark)
+    retain = load_data(plan.data.get("retain"), "retain", benchmark)
     if len(forget) == 0:
         raise ConfigError("data.forget is empty: there is nothing to unlearn.")
     data = MethodData(forget=forget, retain=retain, preserve=_preserve_sets(retain))
+    mask = _load_mask(plan.mask)
 
     try:
-        model, processor = load_model_and_processor(str(config["model"]))
+        model, processor = load_model_and_processor(plan.model)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model: {err}") from err
+        raise ConfigError(f"model: {err}" if not str(err).startswith("model") else str(err)) from err
 
-    evaluate = config.get("evaluate", False)
     eval_bench = None
     if evaluate:
-        eval_bench = benchmark if evaluate == "builtin" else load_benchmark(str(evaluate))
-    before = after = None
-    batch_size = int(config.get("eval_batch_size", 16))
-    if eval_bench is not None:
-        set_seed(seed)
-        before = Evaluator(model, processor, eval_bench, batch_size=batch_size).evaluate()
+        eval_bench = benchmark if evaluate["benchmark"] == "builtin" else load_benchmark(
+            evaluate["benchmark"], forget_split=evaluate["forget_split"])
 
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".hf_unlearn_run-", dir=parent)
-    try:
+    def measure(current_model) -> dict[str, float]:
         set_seed(seed)
-        start = time.perf_counter()
-        try:
-            trainer = METHODS[name].build_trainer(model, processor, data, os.path.join(tmp, "trainer"), seed,
-                                                  **config["training"])
-        except MethodUnavailableError as err:
-            raise ConfigError(f"method {name!r} is not available: {err}") from err
-        except TypeError as err:
-            raise ConfigError(f"training: {err}") from err
-        trainer.train()
-        seconds = time.perf_counter() - start
-        model = trainer.model
-        if eval_bench is not None:
-            set_seed(seed)
-            after = Evaluator(model, processor, eval_bench, batch_size=batch_size).evaluate()
-            if hasattr(trainer, "record_evaluation"):
-                trainer.record_evaluation(before, after)
-        save_dir = os.path.join(tmp, "model")
-        trainer.save_model(save_dir)
-        if processor is not None and not os.path.isfile(os.path.join(save_dir, "tokenizer_config.json")):
-            processor.save_pretrained(save_dir)
-        info = {
-            "method": name, "model": str(config["model"]), "seed": seed, "training": config["training"],
-            "hyperparameters": dict(METHODS[name].hyperparameters), "train_time_s": seconds,
-            "benchmark": asdict(bench_config) if uses_builtin else None,
-            "metrics_before": before, "metrics_after": after,
-        }
-        write_text(os.path.join(save_dir, RUN_INFO), json.dumps(info, indent=2, default=str) + "\n")
-        if os.path.isdir(output_dir):
-            os.rmdir(output_dir)  # empty (checked above)
-        os.replace(save_dir, output_dir)
+        evaluator = Evaluator(current_model, processor, eval_bench, batch_size=evaluate["batch_size"])
+        metrics = evaluator.evaluate(rouge=evaluate["rouge"], mia=evaluate["mia"])
+        if evaluate["relearn"] and "forget_vqa" in eval_bench:
+            metrics.update(relearn_attack(current_model, processor, eval_bench["forget_vqa"],
+                                          RelearnConfig(seed=seed), eval_batch_size=evaluate["batch_size"]))
+        return metrics
+
+    before = measure(model) if eval_bench is not None else None
+    set_seed(seed)
+    start = time.perf_counter()
+    try:
+        trainer = METHODS[name].build_trainer(model, processor, data, output_dir, seed, mask=mask,
+                                              ref_model=plan.run.ref_model, **plan.overrides)
+    except MethodUnavailableError as err:
+        raise ConfigError(f"method {name!r} is not available: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: {err}") from err
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save_state()  # trainer_state.json: the log history, next to the logs of `report_to`
+    after = measure(trainer.model) if eval_bench is not None else None
+    if hasattr(trainer, "set_card_metadata"):
+        trainer.set_card_metadata(license=plan.run.license, base_model=plan.run.base_model)
+    if after is not None and hasattr(trainer, "record_evaluation"):
+        trainer.record_evaluation(before, after)
+
+    # The final model goes to a hidden folder of output_dir (never pushed) and is moved into place when complete;
+    # the run record is written last, so a run directory without it is an interrupted run.
+    staging = tempfile.mkdtemp(prefix=".tmp-final-model-", dir=output_dir)
+    try:
+        trainer.save_model(staging)
+        if processor is not None and not os.path.isfile(os.path.join(staging, "tokenizer_config.json")):
+            processor.save_pretrained(staging)
+        _move_into(staging, output_dir)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{name}: unlearned in {seconds:.1f} s; saved to {output_dir}")
+        shutil.rmtree(staging, ignore_errors=True)
+    mask_used = getattr(trainer, "saliency_mask", None)
+    info = {
+        "method": name, "model": plan.model, "seed": seed,
+        "overrides": plan.overrides,  # what the file and the command line set
+        "args": trainer.args.to_dict(),  # every training argument as used (registry defaults + overrides)
+        "mask": getattr(getattr(mask_used, "config", None), "to_dict", lambda: None)(),
+        "ref_model": plan.run.ref_model, "data": plan.data, "eval": evaluate, "train_time_s": seconds,
+        "rows": {"forget": len(forget), "retain": len(retain) if retain is not None else 0},
+        "global_step": trainer.state.global_step,
+        "benchmark": asdict(bench_config) if uses_builtin else None,
+        "metrics_before": before, "metrics_after": after,
+    }
+    write_text(os.path.join(output_dir, RUN_INFO), json.dumps(info, indent=2, default=str) + "\n")
+    print(f"{name}: unlearned in {seconds:.1f} s ({trainer.state.global_step} steps); saved to {output_dir}")
     if after is not None:
         print(format_metrics({f"{k} (before -> after)": f"{before.get(k, float('nan')):.4f} -> {v:.4f}"
                               for k, v in after.items()}))

@@ -12,6 +12,7 @@ Split names follow the synthetic benchmark: ``forget_vqa``, ``forget_qa``, ``ret
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import string
@@ -22,6 +23,7 @@ from typing import Any
 import datasets
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .schema import NUM_OPTIONS, check_columns, rows_to_dataset
@@ -35,60 +37,154 @@ _LETTERS = "ABCD"
 # --------------------------------------------------------------------------------------------------------------------
 # Reading one config (local snapshot or Hub) into a pyarrow Table
 # --------------------------------------------------------------------------------------------------------------------
+LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
+
+
 def _looks_like_path(path_or_repo: str) -> bool:
-    """A Hub id is ``name`` or ``owner/name``; anything else that does not exist is a mistyped directory."""
+    """A Hub id is ``name`` or ``owner/name``; anything else that does not exist is a mistyped directory, and so is
+    ``dir/name`` whose first component is a local directory (e.g. ``data/MLLMU-Bench`` with ``data/`` present)."""
     return (
         os.path.isabs(path_or_repo)
         or path_or_repo.startswith((".", "~"))
         or path_or_repo.count("/") > 1
         or (os.sep != "/" and os.sep in path_or_repo)
+        or ("/" in path_or_repo and os.path.isdir(path_or_repo.split("/")[0]))
+    )
+
+
+def _check_not_lfs_pointer(path: str, root: str) -> None:
+    """A `git clone` without git-lfs leaves small text pointers where the data files should be: say so, and the fix."""
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_POINTER_PREFIX))
+    if head == LFS_POINTER_PREFIX:
+        raise ValueError(
+            f"{path} is a Git LFS pointer file, not the data: the snapshot was cloned without git-lfs. Fetch the "
+            f"data with `cd {root} && git lfs install && git lfs pull` (or download it with `hf download`)."
+        )
+
+
+def _check_parquet_file(path: str, root: str) -> list[str]:
+    """The column names of one parquet shard; a clear error for a Git LFS pointer or an unreadable file."""
+    _check_not_lfs_pointer(path, root)
+    try:
+        return pq.read_schema(path).names
+    except pa.ArrowInvalid as err:
+        raise ValueError(f"{path} is not a readable parquet file ({err}); the download may be incomplete: "
+                         "download it again.") from err
+
+
+def _read_json_file(path: str, root: str) -> pa.Table:
+    """A JSON array or JSON-lines file of records (TOFU publishes ``<config>.json`` files) as a Table."""
+    _check_not_lfs_pointer(path, root)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not a JSON array or JSON-lines file ({err}); download it again.") from err
+    if not records or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path} holds no records (a JSON object per row is expected).")
+    return pa.Table.from_pylist(records)
+
+
+def _read_local_shard(path: str, columns: list[str], row_filter: tuple[str, set[str]] | None) -> pa.Table:
+    """Read ``columns`` of one shard; with ``row_filter=(column, values)``, read that column first and then only the
+    row groups holding a wanted value, so unwanted rows' images are never read."""
+    if row_filter is None:
+        return pq.read_table(path, columns=columns)
+    key, values = row_filter
+    parquet = pq.ParquetFile(path)
+    wanted = pa.array(sorted(values), type=pa.string())
+    groups = [g for g in range(parquet.num_row_groups)
+              if pc.any(pc.is_in(parquet.read_row_group(g, columns=[key])[key].cast(pa.string()), wanted)).as_py()]
+    table = parquet.read_row_groups(groups, columns=columns) if groups else parquet.schema_arrow.empty_table().select(
+        columns)
+    return table.filter(pc.is_in(table[key].cast(pa.string()), wanted))
+
+
+def _local_files(root: str, config: str, split: str | None) -> list[str]:
+    """``<root>/<config>/**/*.parquet`` (only ``<split>-*.parquet`` with a split), else ``<root>/<config>.json[l]``."""
+    pattern = f"{split}-*.parquet" if split else "*.parquet"
+    files = sorted(glob.glob(os.path.join(root, config, "**", pattern), recursive=True))
+    if not files and split is None:
+        files = [p for ext in (".json", ".jsonl") if os.path.isfile(p := os.path.join(root, config + ext))]
+    return files
+
+
+def _configs_found(root: str) -> list[str]:
+    return sorted(
+        {d for d in os.listdir(root) if glob.glob(os.path.join(root, d, "**", "*.parquet"), recursive=True)}
+        | {os.path.splitext(f)[0] for f in os.listdir(root) if f.endswith((".json", ".jsonl"))}
     )
 
 
 def _read_config(
-    path_or_repo: str, config: str, required: Sequence[str], optional: Sequence[str] = (), *, benchmark: str
+    path_or_repo: str, config: str, required: Sequence[str], optional: Sequence[str] = (), *, benchmark: str,
+    row_filter: tuple[str, set[str]] | None = None, repo: str | None = None, split: str | None = None,
 ) -> pa.Table:
-    """Read ``required`` (checked) and ``optional`` (if present) columns of one config as a pyarrow Table.
+    """Read ``required`` (checked in every shard) and ``optional`` (if present) columns of one config as a pyarrow
+    Table; ``row_filter=(column, values)`` keeps only the rows whose ``column`` (read as a string) is in ``values``,
+    filtering while reading. ``split`` selects one split of a multi-split config (MUSE: ``<config>/<split>-*.parquet``
+    locally); ``repo`` is the published Hub id named in messages (default: MLLMU-Bench's or CLEAR's).
 
     Image columns stay in their stored form, ``{"bytes": ..., "path": ...}`` structs: nothing is decoded here.
     """
-    repo = MLLMU_REPO if benchmark == "MLLMU-Bench" else CLEAR_REPO
+    repo = repo or (MLLMU_REPO if benchmark == "MLLMU-Bench" else CLEAR_REPO)
     download = f"`hf download {repo} --repo-type dataset --local-dir DIR`"
-    hint = f"The {benchmark} loader expects the published column layout of config {config!r} (see {repo} on the Hub)."
+    where = f"{config}/{split}" if split else config
+    hint = f"The {benchmark} loader expects the published column layout of config {where!r} (see {repo} on the Hub)."
+    if row_filter is not None and row_filter[0] not in required:
+        required = [*required, row_filter[0]]
     if os.path.isdir(path_or_repo):
-        config_dir = os.path.join(path_or_repo, config)
-        files = sorted(glob.glob(os.path.join(config_dir, "**", "*.parquet"), recursive=True))
+        files = _local_files(path_or_repo, config, split)
         if not files:
-            found = sorted(
-                d
-                for d in os.listdir(path_or_repo)
-                if glob.glob(os.path.join(path_or_repo, d, "**", "*.parquet"), recursive=True)
-            )
+            looked = os.path.join(path_or_repo, config, f"{split}-*.parquet" if split else "")
             raise FileNotFoundError(
-                f"{benchmark} config {config!r} not found: no parquet files under {config_dir}. "
-                f"Configs found in {path_or_repo}: {found}. Download the full snapshot with {download} "
-                "and pass DIR."
+                f"{benchmark} config {where!r} not found: no data files under {looked}. "
+                f"Configs found in {path_or_repo}: {_configs_found(path_or_repo)}. Download the full snapshot with "
+                f"{download} and pass DIR."
             )
-        names = pq.read_schema(files[0]).names
-        check_columns(names, required, f"{config} ({config_dir})", hint=hint)
-        columns = list(required) + [c for c in optional if c in names and c not in required]
-        tables = [pq.read_table(f, columns=columns) for f in files]
+        if files[0].endswith(".parquet"):
+            shard_columns = {f: _check_parquet_file(f, path_or_repo) for f in files}
+        else:
+            json_tables = {f: _read_json_file(f, path_or_repo) for f in files}
+            shard_columns = {f: t.column_names for f, t in json_tables.items()}
+        for f, names in shard_columns.items():
+            check_columns(names, required, f"{where} ({os.path.relpath(f, path_or_repo)})", hint=hint)
+        present = set.intersection(*(set(n) for n in shard_columns.values()))
+        columns = list(required) + [c for c in optional if c in present and c not in required]
+        if not files[0].endswith(".parquet"):
+            return pa.concat_tables([t.select(columns) for t in json_tables.values()], promote_options="default")
+        tables = [_read_local_shard(f, columns, row_filter) for f in files]
         return pa.concat_tables(tables, promote_options="default")
     if _looks_like_path(path_or_repo):
         raise FileNotFoundError(
-            f"{path_or_repo!r} is not a directory. Pass a local snapshot directory (download it with {download}) "
-            f"or a Hub dataset id such as {repo!r}."
+            f"{path_or_repo!r} is not a directory (relative paths start at {os.getcwd()}). Pass a local snapshot "
+            f"directory (download it with {download}) or a Hub dataset id such as {repo!r}."
         )
     try:
         loaded = datasets.load_dataset(path_or_repo, config)
     except Exception as err:  # network, offline mode, unknown config: all need the same advice
+        if path_or_repo.lower() != repo.lower() and "/" in path_or_repo:
+            # Not the published id: most likely a relative directory typed from the wrong working directory.
+            raise FileNotFoundError(
+                f"{path_or_repo!r} is not a directory (relative paths start at {os.getcwd()}), and loading it as a "
+                f"Hub dataset failed too ({type(err).__name__}: {err}). Pass the snapshot directory (download it "
+                f"with {download}) or the Hub id {repo!r}."
+            ) from err
         raise ConnectionError(
             f"Could not load config {config!r} of the Hub dataset {path_or_repo!r}: {err}. "
             f"If you are offline, download a snapshot elsewhere with {download} and pass the local DIR."
         ) from err
-    split = "train" if "train" in loaded else next(iter(loaded))
+    if split is not None and split not in loaded:
+        raise ValueError(f"Config {config!r} of {path_or_repo!r} has no split {split!r}; splits: {sorted(loaded)}.")
+    split = split or ("train" if "train" in loaded else next(iter(loaded)))
     ds = loaded[split]
-    check_columns(ds, required, f"{config} ({path_or_repo})", hint=hint)
+    check_columns(ds, required, f"{where} ({path_or_repo})", hint=hint)
+    if row_filter is not None:  # an indices mapping over the ID column only: no image is copied
+        key, values = row_filter
+        ds = ds.filter(lambda ids: [str(i) in values for i in ids], input_columns=[key], batched=True)
     columns = list(required) + [c for c in optional if c in ds.column_names and c not in required]
     return ds.select_columns(columns).with_format("arrow")[:]
 
@@ -114,23 +210,23 @@ def _row_rng(seed: int, *keys: Any) -> np.random.Generator:
 def _options_with_answer(
     answer: str, candidates: Sequence[str], fallback: Sequence[str], rng: np.random.Generator
 ) -> tuple[list[str], int]:
-    """4 options: the answer at a seeded position among the first 3 distinct ``candidates`` that differ from it,
-    topped up with seeded picks from ``fallback`` (other rows' answers) when there are fewer than 3."""
+    """The answer at a seeded position among **every** distinct ``candidates`` entry that differs from it (as
+    MMUnlearner offers all of CLEAR's ``perturbed_names``); rows with fewer than 3 such distractors are topped up
+    with seeded picks from ``fallback`` (other rows' answers) to 4 options, so no row is easier than 4-way."""
     distractors: list[str] = []
     for cand in candidates:
         if cand is not None and cand != answer and cand not in distractors:
             distractors.append(cand)
-    distractors = distractors[: NUM_OPTIONS - 1]
     extra = sorted({f for f in fallback if f is not None and f != answer and f not in distractors})
-    if len(distractors) + len(extra) < NUM_OPTIONS - 1:
+    need = max(0, NUM_OPTIONS - 1 - len(distractors))
+    if len(extra) < need:
         raise ValueError(
             f"Cannot build {NUM_OPTIONS} distinct options: only {len(distractors) + len(extra) + 1} distinct answers "
             "are available; the split needs at least 4 rows with different answers."
         )
-    need = NUM_OPTIONS - 1 - len(distractors)
     if need:
         distractors += [extra[i] for i in rng.choice(len(extra), size=need, replace=False)]
-    label = int(rng.integers(NUM_OPTIONS))
+    label = int(rng.integers(len(distractors) + 1))
     return distractors[:label] + [answer] + distractors[label:], label
 
 
@@ -190,8 +286,8 @@ def load_mllmu_bench(
     retain_split = f"retain_{100 - int(match.group(1))}"
     profile_cols = ("ID", "image", "Classification_Task")
 
-    def read(config: str, required: Sequence[str]) -> list[dict[str, Any]]:
-        return _read_config(path_or_repo, config, required, benchmark="MLLMU-Bench").to_pylist()
+    def read(config: str, required: Sequence[str], **kwargs: Any) -> list[dict[str, Any]]:
+        return _read_config(path_or_repo, config, required, benchmark="MLLMU-Bench", **kwargs).to_pylist()
 
     forget, retain = read(forget_split, profile_cols), read(retain_split, profile_cols)
     id_map = _mllmu_person_ids([str(p["ID"]) for p in forget + retain])
@@ -206,10 +302,10 @@ def load_mllmu_bench(
 
     forget_ids = {str(p["ID"]) for p in forget}
     test_vqa, test_qa = [], []
-    for n, p in enumerate(read("Test_Set", ("ID", "images", "Classification_Task"))):
-        if str(p["ID"]) not in forget_ids:
-            continue
-        where = f"config 'Test_Set' row {n} (ID {p['ID']})"
+    # Test_Set holds ~670 MB of images for all 500 profiles: keep the forget IDs while reading, not afterwards.
+    test_profiles = read("Test_Set", ("ID", "images", "Classification_Task"), row_filter=("ID", forget_ids))
+    for p in test_profiles:
+        where = f"config 'Test_Set' (ID {p['ID']})"
         images = [img for img in (_image(v) for v in (p["images"] or [])) if img is not None]
         if not images:
             raise ValueError(f"{where}: the 'images' list is empty; Test_Set rows need at least one image.")
@@ -241,7 +337,7 @@ def _match_person(text: str, names_longest_first: Sequence[str], name_ids: dict[
 def _clear_name_rows(
     table: list[dict[str, Any]], name_ids: dict[str, int], question: str, seed: int, split: str
 ) -> list[dict[str, Any]]:
-    """Name MCQs from a ``*_perturbed`` config: the true ``name`` among the first 3 ``perturbed_names``."""
+    """Name MCQs from a ``*_perturbed`` config: the true ``name`` among every distinct ``perturbed_names`` entry."""
     all_names = sorted(name_ids)
     rows = []
     for n, r in enumerate(table):
@@ -253,25 +349,20 @@ def _clear_name_rows(
     return rows
 
 
-def _clear_text_rows(
-    table: list[dict[str, Any]], name_ids: dict[str, int], seed: int, split: str
-) -> list[dict[str, Any]]:
-    """QA rows from a ``*+tofu`` config: the rows with a question (the others are image captions).
+def _clear_text_rows(table: list[dict[str, Any]], name_ids: dict[str, int]) -> list[dict[str, Any]]:
+    """Generation-only QA rows from a ``*+tofu`` config: the rows with a question (the others are image captions).
 
-    The config has no options; the documented fallback is the answer + 3 answers of other rows of the same split
-    (seeded). An ``options`` column, if a future version adds one, is used first.
+    CLEAR publishes no options for them, and CLEAR and MMUnlearner score them by generation (ROUGE-L), so they carry
+    ``options=None`` (the Evaluator reports ``<split>_rougeL``).
     """
-    text_rows = [r for r in table if r.get("question")]
-    answers = [r["answer"] for r in text_rows]
     names = sorted(name_ids, key=len, reverse=True)
     rows = []
-    for n, r in enumerate(text_rows):
-        options, label = _options_with_answer(
-            r["answer"], r.get("options") or [], answers, _row_rng(seed, split, n, r["question"])
-        )
+    for r in table:
+        if not r.get("question"):
+            continue
         pid = _match_person(f"{r['question']} {r['answer']}", names, name_ids)
         rows.append(dict(person_id=pid, kind="qa", image=None, question=r["question"], answer=r["answer"],
-                         options=options, label=label))  # fmt: skip
+                         options=None, label=None))  # fmt: skip
     return rows
 
 
@@ -285,15 +376,18 @@ def load_clear(
     """Load CLEAR (``therem/CLEAR``) into the common schema, following MMUnlearner's "visual accuracy" protocol.
 
     * ``forget_vqa``: name MCQ on ``{forget_split}_perturbed`` (``name_question``; the true ``name`` at a seeded
-      position among the first 3 distinct ``perturbed_names``).
+      position among every distinct ``perturbed_names`` entry, topped up to 4 options with other people's names
+      when a row has fewer than 3).
     * ``retain_vqa``: the same on ``retain_perturbed``, minus any forget person.
     * ``forget_qa`` / ``retain_qa``: the text rows (those with a ``question``) of ``{forget_split}+tofu`` and
-      ``retain{100-N}+tofu``. Those configs have no options, so options = the answer + 3 answers of other rows of the
-      split (seeded). ``person_id`` is the longest known name found in the question or answer, else -1.
+      ``retain{100-N}+tofu``, generation-only (``options=None``: scored by ROUGE-L, as CLEAR and MMUnlearner do).
+      ``person_id`` is the longest known name found in the question or answer, else -1.
     * ``general``: ``real_faces`` (``question`` if present, else ``name_question``; ``options`` hold distractors,
       the answer is inserted at a seeded position), ``person_id`` -1.
 
-    Person ids number the names of ``{forget_split}_perturbed`` and ``retain_perturbed`` in sorted order.
+    Person ids number, in sorted order, every ``name`` of ``{forget_split}`` and ``retain{100-N}`` (the full list of
+    the split's people; only that column is read locally) and of the ``*_perturbed`` configs, so the same person has
+    the same id in every split of one load.
     """
     match = re.fullmatch(r"forget(\d\d)", forget_split)
     if not match or not 0 < int(match.group(1)) < 100:
@@ -307,17 +401,14 @@ def load_clear(
     forget_p = read(f"{forget_split}_perturbed", perturbed_cols)
     forget_names = {r["name"] for r in forget_p}
     retain_p = [r for r in read("retain_perturbed", perturbed_cols) if r["name"] not in forget_names]
-    name_ids = {name: i for i, name in enumerate(sorted(forget_names | {r["name"] for r in retain_p}))}
+    people = {r["name"] for config in (forget_split, retain_split) for r in read(config, ("name",))}
+    name_ids = {name: i for i, name in enumerate(sorted(people | forget_names | {r["name"] for r in retain_p}))}
 
     splits = {
         "forget_vqa": _clear_name_rows(forget_p, name_ids, name_question, option_seed, "forget_vqa"),
-        "forget_qa": _clear_text_rows(
-            read(f"{forget_split}+tofu", ("question", "answer"), ("options",)), name_ids, option_seed, "forget_qa"
-        ),
+        "forget_qa": _clear_text_rows(read(f"{forget_split}+tofu", ("question", "answer")), name_ids),
         "retain_vqa": _clear_name_rows(retain_p, name_ids, name_question, option_seed, "retain_vqa"),
-        "retain_qa": _clear_text_rows(
-            read(f"{retain_split}+tofu", ("question", "answer"), ("options",)), name_ids, option_seed, "retain_qa"
-        ),
+        "retain_qa": _clear_text_rows(read(f"{retain_split}+tofu", ("question", "answer")), name_ids),
     }
     faces = read("real_faces", ("image", "answer", "options"), ("question",))
     real_answers = [r["answer"] for r in faces]

@@ -1,16 +1,24 @@
 """A tiny, deterministic benchmark shaped like MLLMU-Bench, built offline in about a second.
 
-Fictitious people each have a procedurally drawn portrait (`portraits.py`) and five facts (job, city, hobby, pet,
-favourite food). Every person gets
+Fictitious people each have a procedurally drawn portrait (`portraits.py`) and ten facts (job, city, hobby, pet,
+sport, instrument, drink, vehicle, language, favourite food). Every person gets
 
-* 5 VQA rows: the portrait + "What is the name / job / city / hobby / pet of the person in the image?" (the name
-  never appears in the question), and
-* 5 QA rows, text only: "What is the job of {name}?" ... plus the favourite food, which only the text side asks.
+* 10 VQA rows: the portrait + "What is the name / job / ... of the person in the image?" (the name never appears in
+  the question), and
+* 10 QA rows, text only: "What is the job of {name}?" ... plus the favourite food, which only the text side asks.
 
 All questions are 4-way multiple choice in the common schema of `schema.py`. Trained people are split into *forget*
-and *retain*; *holdout* people are never trained on (the "non-member" side of membership inference); *test* splits
-show the same questions with transformed portraits (generalisation of forgetting); *general* rows ask about shapes and
-colours (visual utility tied to no person).
+and *retain*. *Holdout* people are the "non-member" side of membership inference: the models learn their text facts
+(holdout_qa is trained on) but never see their portraits, which is exactly the forget people's state after ideal
+visual unlearning, so their image questions are the right non-members (with untrained names, the names alone would
+tell forget rows from holdout rows). *Validation* people are built the same way and never evaluated: their image
+questions are the never-seen rows that target-driven stopping compares the forget set with, kept apart so that
+stopping does not tune itself on the evaluation's non-members;
+*test* splits show the same questions with transformed portraits (generalisation of forgetting); *general* rows ask
+about shapes and colours (visual utility tied to no person).
+
+The default size gives 50 forget-VQA and 50 forget-QA questions (5 forget people), so an accuracy moves in steps of
+0.02 rather than 0.1.
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from .portraits import (
 )
 from .schema import NUM_OPTIONS, rows_to_dataset
 
+# Bump when the rows built for a given config change (cached vanilla/oracle models depend on it).
+BENCHMARK_VERSION = 2
+
 SYNTHETIC_SPLITS = (
     "forget_vqa",
     "forget_qa",
@@ -43,10 +54,12 @@ SYNTHETIC_SPLITS = (
     "test_retain_vqa",
     "holdout_vqa",
     "holdout_qa",
+    "validation_vqa",
+    "validation_qa",
     "general",
 )
-VANILLA_SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "general")
-ORACLE_SPLITS = ("forget_qa", "retain_vqa", "retain_qa", "general")
+VANILLA_SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "holdout_qa", "validation_qa", "general")
+ORACLE_SPLITS = ("forget_qa", "retain_vqa", "retain_qa", "holdout_qa", "validation_qa", "general")
 
 FIRST_NAMES = (
     "Aldric", "Brisa", "Caelan", "Dorina", "Elvar", "Fenna", "Galen", "Hesper", "Ilario", "Jessamy",
@@ -68,6 +81,11 @@ ATTRIBUTE_POOLS: dict[str, tuple[str, ...]] = {
               "climbing"),
     "pet": ("cat", "dog", "parrot", "rabbit", "hamster", "turtle", "goldfish", "lizard", "horse", "ferret"),
     "food": ("pizza", "sushi", "pasta", "curry", "tacos", "salad", "soup", "pancakes", "dumplings", "paella"),
+    "sport": ("tennis", "rugby", "hockey", "golf", "rowing", "boxing", "fencing", "skiing", "judo", "sailing"),
+    "instrument": ("piano", "violin", "guitar", "flute", "drums", "cello", "harp", "trumpet", "banjo", "oboe"),
+    "drink": ("tea", "coffee", "lemonade", "cocoa", "juice", "milk", "cider", "smoothie", "soda", "water"),
+    "vehicle": ("bicycle", "scooter", "tram", "van", "truck", "motorbike", "canoe", "sedan", "jeep", "tractor"),
+    "language": ("French", "Hindi", "Swahili", "Korean", "Polish", "Greek", "Turkish", "Dutch", "Thai", "Welsh"),
 }  # fmt: skip
 
 # Image questions never contain the name: the model must recognise the person from the portrait.
@@ -77,6 +95,11 @@ VQA_TEMPLATES: dict[str, str] = {
     "city": "Which city does the person in the image live in?",
     "hobby": "What is the hobby of the person in the image?",
     "pet": "What pet does the person in the image have?",
+    "sport": "Which sport does the person in the image play?",
+    "instrument": "Which instrument does the person in the image play?",
+    "drink": "What does the person in the image like to drink?",
+    "vehicle": "Which vehicle does the person in the image own?",
+    "language": "Which language does the person in the image speak?",
 }
 # Text questions name the person and carry no image.
 QA_TEMPLATES: dict[str, str] = {
@@ -84,6 +107,11 @@ QA_TEMPLATES: dict[str, str] = {
     "city": "Which city does {name} live in?",
     "hobby": "What is the hobby of {name}?",
     "pet": "What pet does {name} have?",
+    "sport": "Which sport does {name} play?",
+    "instrument": "Which instrument does {name} play?",
+    "drink": "What does {name} like to drink?",
+    "vehicle": "Which vehicle does {name} own?",
+    "language": "Which language does {name} speak?",
     "food": "What is the favourite food of {name}?",
 }
 GENERAL_TEMPLATES: dict[str, str] = {"color": "What colour is the shape?", "shape": "What shape is in the picture?"}
@@ -96,9 +124,17 @@ _PEOPLE, _TRAITS, _SPLIT, _OPTIONS, _PORTRAIT, _TRANSFORM, _GENERAL = range(7)
 class SyntheticBenchmarkConfig:
     """Size and seed of the synthetic benchmark."""
 
-    num_people: int = field(default=20, metadata={"help": "Trained people (forget + retain)."})
+    num_people: int = field(default=50, metadata={"help": "Trained people (forget + retain)."})
     num_holdout_people: int = field(
-        default=5, metadata={"help": "People never trained on: the non-members for membership inference."}
+        default=5,
+        metadata={"help": "People whose text facts are trained on but whose portraits never are: their image "
+                          "questions are the non-members for membership inference."},
+    )
+    num_validation_people: int = field(
+        default=5,
+        metadata={"help": "Built like the holdout people and never evaluated: their image questions are the holdout "
+                          "that target-driven stopping compares the forget set with (disjoint from the "
+                          "evaluation's non-members)."},
     )
     forget_ratio: float = field(
         default=0.1,
@@ -106,15 +142,15 @@ class SyntheticBenchmarkConfig:
     )
     image_size: int = field(default=32, metadata={"help": "Side of the square portraits and shape pictures, pixels."})
     num_general: int = field(
-        default=40, metadata={"help": "General visual-skill questions (shape / colour), tied to no person."}
+        default=200, metadata={"help": "General visual-skill questions (shape / colour), tied to no person."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of every random choice; the build is deterministic."})
 
     def __post_init__(self) -> None:
         if self.num_people < 2:
             raise ValueError(f"num_people must be >= 2 (one forget and one retain person), got {self.num_people}.")
-        if self.num_holdout_people < 0 or self.num_general < 0:
-            raise ValueError("num_holdout_people and num_general must be >= 0.")
+        if min(self.num_holdout_people, self.num_validation_people, self.num_general) < 0:
+            raise ValueError("num_holdout_people, num_validation_people and num_general must be >= 0.")
         if not 0.0 < self.forget_ratio < 1.0:
             raise ValueError(f"forget_ratio must be in (0, 1), got {self.forget_ratio}.")
         if self.num_forget >= self.num_people:
@@ -124,7 +160,7 @@ class SyntheticBenchmarkConfig:
             )
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}.")
-        total = self.num_people + self.num_holdout_people
+        total = self.num_total_people
         if total > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ValueError(f"At most {len(FIRST_NAMES) * len(LAST_NAMES)} people have unique names, asked {total}.")
 
@@ -132,6 +168,11 @@ class SyntheticBenchmarkConfig:
     def num_forget(self) -> int:
         """Number of people in the forget split."""
         return max(1, round(self.forget_ratio * self.num_people))
+
+    @property
+    def num_total_people(self) -> int:
+        """Trained, holdout and validation people together (each has a unique name and portrait)."""
+        return self.num_people + self.num_holdout_people + self.num_validation_people
 
 
 @dataclass(frozen=True)
@@ -163,7 +204,7 @@ def _mcq(answer: str, distractor_pool: list[str], rng: np.random.Generator) -> t
 
 def _make_people(config: SyntheticBenchmarkConfig) -> list[SyntheticPerson]:
     rng = np.random.default_rng([config.seed, _PEOPLE])
-    total = config.num_people + config.num_holdout_people
+    total = config.num_total_people
     name_ids = rng.choice(len(FIRST_NAMES) * len(LAST_NAMES), size=total, replace=False)
     names = [f"{FIRST_NAMES[i // len(LAST_NAMES)]} {LAST_NAMES[i % len(LAST_NAMES)]}" for i in name_ids]
     traits = sample_traits(total, np.random.default_rng([config.seed, _TRAITS]))
@@ -177,7 +218,7 @@ def _make_people(config: SyntheticBenchmarkConfig) -> list[SyntheticPerson]:
 def _person_rows(
     person: SyntheticPerson, name_pool: list[str], image: dict[str, Any], rng: np.random.Generator
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The 5 VQA rows (with ``image``) and the 5 QA rows of one person."""
+    """The VQA rows (with ``image``) and the QA rows of one person, one per template."""
     facts = {"name": person.name, **person.attributes}
     vqa, qa = [], []
     for key, template in VQA_TEMPLATES.items():
@@ -237,7 +278,10 @@ def build_synthetic_benchmark(config: SyntheticBenchmarkConfig | None = None) ->
             transform_portrait(portrait, np.random.default_rng([config.seed, _TRANSFORM, person.person_id]))
         )
         test = [{**row, "image": test_image} for row in vqa]
-        if person.person_id >= config.num_people:
+        if person.person_id >= config.num_people + config.num_holdout_people:
+            splits["validation_vqa"] += vqa
+            splits["validation_qa"] += qa
+        elif person.person_id >= config.num_people:
             splits["holdout_vqa"] += vqa
             splits["holdout_qa"] += qa
         elif person.person_id in forget_ids:
@@ -260,7 +304,8 @@ def _concat(dsd: datasets.DatasetDict, names: tuple[str, ...], what: str) -> dat
 
 
 def vanilla_training_set(dsd: datasets.DatasetDict) -> datasets.Dataset:
-    """What the vanilla model is fine-tuned on: forget_vqa + forget_qa + retain_vqa + retain_qa + general."""
+    """What the vanilla model is fine-tuned on: every split of ``VANILLA_SPLITS`` (every person's text facts, the
+    trained people's portraits, general)."""
     return _concat(dsd, VANILLA_SPLITS, "vanilla_training_set")
 
 

@@ -1,7 +1,7 @@
 """The built-in demo: a synthetic benchmark, vanilla/oracle tiny LLaVA models and every registered method."""
 
 from .methods import METHODS, MethodData, MethodSpec, MethodUnavailableError, get_method, register_method
-from .pipeline import DemoConfig, default_cache_dir, evaluate_model, load_or_train_reference_models, run_demo
+from .pipeline import DemoConfig, default_cache_dir, load_or_train_reference_models, run_demo, run_seed
 
 __all__ = [
     "DemoConfig",
@@ -10,9 +10,9 @@ __all__ = [
     "MethodSpec",
     "MethodUnavailableError",
     "default_cache_dir",
-    "evaluate_model",
     "get_method",
     "load_or_train_reference_models",
     "register_method",
     "run_demo",
+    "run_seed",
 ]

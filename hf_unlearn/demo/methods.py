@@ -1,8 +1,8 @@
 """The registry of unlearning methods the demo (and ``hf-unlearn run``) can apply.
 
-An entry is a ``MethodSpec``: a name, a description, its hyper-parameters and ``build_trainer(model, processor, data,
-output_dir, seed, **overrides) -> Trainer``. The demo calls ``trainer.train()`` on what it returns and evaluates
-``trainer.model`` afterwards. Add a tuned entry with ``register_method(MethodSpec(...))``.
+An entry is a ``MethodSpec``: a name, a description, its config class, its hyper-parameters and
+``build_trainer(model, processor, data, output_dir, seed, *, mask=None, ref_model=None, **overrides) -> Trainer``.
+The demo calls ``trainer.train()`` on what it returns and evaluates ``trainer.model`` afterwards. Add a tuned entry with ``register_method(MethodSpec(...))``.
 
 Trainers are imported inside ``build_trainer``, so an entry whose trainer does not exist (yet) raises
 ``MethodUnavailableError`` when built and the demo skips it with a note.
@@ -11,12 +11,16 @@ Trainers are imported inside ``build_trainer``, so an entry whose trainer does n
 from __future__ import annotations
 
 import importlib
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 from transformers import Trainer
+
+from ..config import GAConfig, MMUnlearnerConfig, NPOConfig, UnlearnConfig, VKDConfig
 
 
 class MethodUnavailableError(ImportError):
@@ -33,11 +37,14 @@ class MethodData:
             part of what must be kept: the MMUnlearner framing).
         preserve: named preserve sets for saliency masks (``{"retain": image rows, "text": text rows}``, the names of
             ``SaliencyMaskConfig.preserve_sets``).
+        holdout: never-seen rows of the same kind as ``forget`` (the demo: validation_vqa, people never trained on
+            and never evaluated), for target-driven stopping.
     """
 
     forget: datasets.Dataset
     retain: datasets.Dataset | None = None
     preserve: dict[str, datasets.Dataset] = field(default_factory=dict)
+    holdout: datasets.Dataset | None = None
 
     @property
     def retain_images(self) -> datasets.Dataset | None:
@@ -57,17 +64,22 @@ class MethodSpec:
 
     Attributes:
         name: registry key (``--methods`` accepts it).
-        build_trainer: ``(model, processor, data, output_dir, seed, **overrides) -> Trainer`` ready to ``train()``;
-            ``overrides`` are training-argument values that replace the entry's (``hf-unlearn run``'s ``training:``
-            section). It may raise ``MethodUnavailableError``.
+        build_trainer: ``(model, processor, data, output_dir, seed, *, mask=None, ref_model=None, **overrides) ->
+            Trainer`` ready to ``train()``; ``overrides`` are values of ``config_class`` that replace the entry's
+            (``hf-unlearn run``'s flat keys and flags); ``mask`` is a ``SaliencyMask`` or ``SaliencyMaskConfig``
+            keyword arguments (``saliency_mask_for``); ``ref_model`` a reference / teacher model or its path or Hub
+            id. It may raise ``MethodUnavailableError``.
         description: one line for listings and reports.
-        hyperparameters: the values ``build_trainer`` uses, recorded in results for reproducibility.
+        hyperparameters: the entry's defaults, recorded in results for reproducibility (the trainer's ``args`` hold
+            the values actually used).
+        config_class: the training-arguments class ``build_trainer`` builds (``hf-unlearn run`` parses its fields).
     """
 
     name: str
     build_trainer: BuildTrainer
     description: str
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    config_class: type = UnlearnConfig
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -113,76 +125,110 @@ def common_args(output_dir: str, seed: int, **overrides: Any) -> dict[str, Any]:
     return args
 
 
-# Tuned on the default demo (vanilla memorised, oracle forget-VQA accuracy 0.1): each budget brings forget-VQA
-# accuracy to about the oracle's while keeping as much retain-VQA accuracy as the method allows.
-GA_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
-GA_DIFF_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
-KL_MIN_HPARAMS = dict(max_steps=10, learning_rate=5e-4)
-NPO_HPARAMS = dict(max_steps=30, learning_rate=5e-4, beta=0.4)
-MMUNLEARNER_HPARAMS = dict(max_steps=60, learning_rate=1e-3, schedule="joint", mask_threshold=1.0)
-VKD_HPARAMS = dict(max_steps=80, learning_rate=2e-3)
+TUNED_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
+
+
+def tuned_hyperparameters(name: str, path: str = TUNED_FILE) -> dict[str, Any]:
+    """The tuning protocol's pick for ``name`` (``hf-unlearn tune``, recorded in ``tuned.json``); {} if never tuned."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return dict(json.load(f).get("methods", {}).get(name, {}).get("picked", {}))
+
+
+def demo_defaults(name: str, untuned: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's demo hyperparameters: the tuning protocol's pick over the untuned starting point."""
+    return {**untuned, **tuned_hyperparameters(name)}
+
+
+# Untuned starting points; `hf-unlearn tune` (demo/tuning.py) picks the values the demo uses on validation seeds.
+GA_HPARAMS = demo_defaults("ga", dict(max_steps=10, learning_rate=5e-4))
+GA_DIFF_HPARAMS = demo_defaults("ga_diff", dict(max_steps=10, learning_rate=5e-4))
+KL_MIN_HPARAMS = demo_defaults("kl_min", dict(max_steps=10, learning_rate=5e-4))
+NPO_HPARAMS = demo_defaults("npo", dict(max_steps=30, learning_rate=5e-4, beta=0.4))
+MMUNLEARNER_HPARAMS = demo_defaults("mmunlearner", dict(max_steps=60, learning_rate=1e-3, schedule="joint",
+                                                        mask_threshold=1.0))
+VKD_HPARAMS = demo_defaults("vkd", dict(max_steps=80, learning_rate=2e-3))
+
+
+def saliency_mask_for(model, processor, data: MethodData, mask, defaults: Mapping[str, Any] | None = None):
+    """The saliency mask of a run: ``mask`` itself when it is a ``SaliencyMask``; else one computed on the forget set
+    and ``data.preserve`` from ``SaliencyMaskConfig(**{**defaults, **mask})``; ``None`` when neither is given."""
+    if mask is None and defaults is None:
+        return None
+    if mask is not None and not isinstance(mask, Mapping):
+        return mask
+    from ..data.collators import UnlearnDataCollator
+    from ..saliency import SaliencyMaskConfig, compute_saliency_mask
+
+    config = SaliencyMaskConfig(**{**(defaults or {}), **(mask or {})})
+    return compute_saliency_mask(model, config, data.forget, data.preserve, UnlearnDataCollator(processor),
+                                 show_progress=False)
 
 
 def _ga_builder(retain_loss_type: str, hparams: Mapping[str, Any]) -> BuildTrainer:
-    def build(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
-        from ..config import GAConfig
+    def build(model, processor, data: MethodData, output_dir: str, seed: int, *, mask=None, ref_model=None,
+              **overrides: Any) -> Trainer:
         from ..trainers import GATrainer
 
         args = GAConfig(**common_args(output_dir, seed, **{"retain_loss_type": retain_loss_type, **hparams,
                                                             **overrides}))
-        retain = data.retain if retain_loss_type != "none" else None
+        retain = data.retain if args.retain_loss_type != "none" else None
         return GATrainer(model, args=args, train_dataset=data.forget, retain_dataset=retain,
-                         processing_class=processor)
+                         processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
+                         ref_model=ref_model)
 
     return build
 
 
-def _build_npo(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
-    from ..config import NPOConfig
+def _build_npo(model, processor, data: MethodData, output_dir: str, seed: int, *, mask=None, ref_model=None,
+               **overrides: Any) -> Trainer:
     from ..trainers import NPOTrainer
 
     args = NPOConfig(**common_args(output_dir, seed, **{"retain_loss_type": "nll", "precompute_ref_log_probs": True,
                                                         **NPO_HPARAMS, **overrides}))
     return NPOTrainer(model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
-                      processing_class=processor)
+                      processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
+                      ref_model=ref_model)
 
 
-def _build_mmunlearner(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
+def _build_mmunlearner(model, processor, data: MethodData, output_dir: str, seed: int, *, mask=None, ref_model=None,
+                       **overrides: Any) -> Trainer:
     trainer_cls = import_symbol("MMUnlearnerTrainer", "hf_unlearn.trainers.mmunlearner")
-    config_cls = import_symbol("MMUnlearnerConfig", "hf_unlearn.config")
-    from ..data.collators import UnlearnDataCollator
-    from ..saliency import SaliencyMaskConfig, compute_saliency_mask
-
     hp = {"schedule": "alternate", "retain_loss_type": "nll", **MMUNLEARNER_HPARAMS, **overrides}
-    mask_config = SaliencyMaskConfig(target_modules="vision", score="fisher_ratio", threshold=hp.pop("mask_threshold"))
-    mask = compute_saliency_mask(model, mask_config, data.forget, data.preserve, UnlearnDataCollator(processor),
-                                 show_progress=False)
-    args = config_cls(**common_args(output_dir, seed, **hp))
+    default_mask = dict(target_modules="vision", score="fisher_ratio", threshold=hp.pop("mask_threshold"))
+    args = MMUnlearnerConfig(**common_args(output_dir, seed, **hp))  # bad values fail before the mask is computed
     return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
-                       processing_class=processor, saliency_mask=mask)
+                       processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask,
+                                                                                   default_mask),
+                       ref_model=ref_model)
 
 
-def _build_vkd(model, processor, data: MethodData, output_dir: str, seed: int, **overrides: Any) -> Trainer:
+def _build_vkd(model, processor, data: MethodData, output_dir: str, seed: int, *, mask=None, ref_model=None,
+               **overrides: Any) -> Trainer:
     trainer_cls = import_symbol("VKDTrainer", "hf_unlearn.trainers.vkd")
-    config_cls = import_symbol("VKDConfig", "hf_unlearn.config")
     # VKD trains the vision side only; text-only retain rows never reach it, so it gets the image rows.
-    args = config_cls(**common_args(output_dir, seed, **{"retain_loss_type": "nll", **VKD_HPARAMS, **overrides}))
+    args = VKDConfig(**common_args(output_dir, seed, **{"retain_loss_type": "nll", **VKD_HPARAMS, **overrides}))
     return trainer_cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain_images,
-                       processing_class=processor)
+                       processing_class=processor, saliency_mask=saliency_mask_for(model, processor, data, mask),
+                       teacher_model=ref_model)
 
 
 for _spec in (
     MethodSpec("ga", _ga_builder("none", GA_HPARAMS), "Gradient ascent on the forget answers (unbounded; collapses).",
-               GA_HPARAMS),
+               GA_HPARAMS, GAConfig),
     MethodSpec("ga_diff", _ga_builder("nll", GA_DIFF_HPARAMS),
-               "GA_Diff: gradient ascent on forget + descent on retain answers.", GA_DIFF_HPARAMS),
+               "GA_Diff: gradient ascent on forget + descent on retain answers.", GA_DIFF_HPARAMS, GAConfig),
     MethodSpec("kl_min", _ga_builder("kl", KL_MIN_HPARAMS),
-               "KL_Min: gradient ascent on forget + KL to the starting model on retain rows.", KL_MIN_HPARAMS),
-    MethodSpec("npo", _build_npo, "NPO (bounded forget loss) + retain NLL.", NPO_HPARAMS),
+               "KL_Min: gradient ascent on forget + KL to the starting model on retain rows.", KL_MIN_HPARAMS,
+               GAConfig),
+    MethodSpec("npo", _build_npo, "NPO (bounded forget loss) + retain NLL.", NPO_HPARAMS, NPOConfig),
     MethodSpec("mmunlearner", _build_mmunlearner,
                "MMUnlearner: Fisher-ratio vision saliency mask, masked ascent alternating with retain descent.",
-               MMUNLEARNER_HPARAMS),
+               MMUNLEARNER_HPARAMS, MMUnlearnerConfig),
     MethodSpec("vkd", _build_vkd, "VKD: vision-side feature distillation with NPO, language model frozen.",
-               VKD_HPARAMS),
+               VKD_HPARAMS, VKDConfig),
 ):
     register_method(_spec)
+
+from . import text_methods  # noqa: E402,F401  (registers SimNPO, RMU, IdkPO, UNDIAL)

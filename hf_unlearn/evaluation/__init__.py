@@ -1,14 +1,16 @@
-"""Evaluation: MLLMU-Bench-style metrics, membership inference, relearning, reports."""
+"""Evaluation: MLLMU-Bench-style metrics, TOFU/MUSE text metrics, membership inference, relearning, reports."""
 
 from .attacks import RelearnConfig, membership_inference_auc, relearn_attack, split_for_relearning
 from .evaluator import MCQ_SPLITS, Evaluator
 from .metrics import mcq_accuracy, mcq_predictions, roc_auc, rouge_l
 from .report import markdown_table, plot_tradeoff, render_report
+from .text_evaluator import TextEvaluator
 
 __all__ = [
     "Evaluator",
     "MCQ_SPLITS",
     "RelearnConfig",
+    "TextEvaluator",
     "markdown_table",
     "mcq_accuracy",
     "mcq_predictions",

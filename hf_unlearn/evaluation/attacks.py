@@ -68,21 +68,18 @@ def split_for_relearning(
     return dataset.select(sorted(attack)), dataset.select(sorted(test))
 
 
-def relearn_attack(
+def relearn_rows(
     model: torch.nn.Module,
     processing_class: Any,
     forget_dataset: datasets.Dataset,
     config: RelearnConfig | None = None,
     eval_batch_size: int = 16,
-) -> dict[str, float]:
-    """Fine-tune a copy of ``model`` on part of the forget rows; return the accuracy on the other part.
-
-    Returns ``relearn_acc`` (accuracy on the test rows after the attack) and ``relearn_pre_acc`` (before it, same
-    rows). The model passed in is not modified.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fine-tune a copy of ``model`` on the attack part of the forget rows; return per-row correctness (1.0 / 0.0)
+    on the test part before and after the attack. The model passed in is not modified."""
     config = config or RelearnConfig()
     attack, test = split_for_relearning(forget_dataset, config.fraction, config.seed)
-    before = Evaluator(model, processing_class, {}, batch_size=eval_batch_size).mcq_accuracy(test)
+    before = Evaluator(model, processing_class, {}, batch_size=eval_batch_size).mcq_correct(test)
 
     attacker = copy.deepcopy(model)
     attacker.train()
@@ -101,6 +98,22 @@ def relearn_attack(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    after = Evaluator(attacker, processing_class, {}, batch_size=eval_batch_size).mcq_accuracy(test)
+    after = Evaluator(attacker, processing_class, {}, batch_size=eval_batch_size).mcq_correct(test)
     del attacker, optimizer
-    return {"relearn_acc": after, "relearn_pre_acc": before}
+    return before, after
+
+
+def relearn_attack(
+    model: torch.nn.Module,
+    processing_class: Any,
+    forget_dataset: datasets.Dataset,
+    config: RelearnConfig | None = None,
+    eval_batch_size: int = 16,
+) -> dict[str, float]:
+    """Fine-tune a copy of ``model`` on part of the forget rows; return the accuracy on the other part.
+
+    Returns ``relearn_acc`` (accuracy on the test rows after the attack) and ``relearn_pre_acc`` (before it, same
+    rows). The model passed in is not modified.
+    """
+    before, after = relearn_rows(model, processing_class, forget_dataset, config, eval_batch_size)
+    return {"relearn_acc": float(after.mean()), "relearn_pre_acc": float(before.mean())}

@@ -1,10 +1,11 @@
 """``Evaluator``: MLLMU-Bench-style metrics for a model on a benchmark in the common schema.
 
-* **Multiple-choice accuracy by option likelihood**: each of the 4 options is scored as the answer (answer-only
-  labels from ``UnlearnDataCollator``, so prompts and image tokens are exactly those of training); the option with the
-  highest mean (or summed) answer log-probability wins. Deterministic and free of answer-parsing pitfalls
-  (research/benchmarks.md §1.7).
-* **ROUGE-L** (F) of greedy generations on the forget VQA split, new tokens only.
+* **Multiple-choice accuracy by option likelihood**: each option (4 in MLLMU-style splits, any number >= 2 per row)
+  is scored as the answer (answer-only labels from ``UnlearnDataCollator``, so prompts and image tokens are exactly
+  those of training); the option with the highest mean (or summed) answer log-probability wins. Deterministic and
+  free of answer-parsing pitfalls (research/benchmarks.md §1.7).
+* **ROUGE-L** (F) of greedy generations on the forget VQA split, new tokens only; also the score of every
+  generation-only split (no options, e.g. CLEAR's TOFU questions) as ``<split>_rougeL``.
 * **Membership inference** (LOSS attack): score = -mean answer NLL; members = the forget people's rows, non-members =
   the holdout people's rows (never trained on); ROC-AUC, 0.5 = no signal.
 
@@ -27,9 +28,9 @@ from trl.trainer.utils import pad
 
 from .. import losses
 from ..data.collators import IGNORE_INDEX, UnlearnDataCollator
-from ..data.schema import MCQ_COLUMNS, REQUIRED_TRAIN_COLUMNS, check_columns
+from ..data.schema import MCQ_COLUMNS, REQUIRED_TRAIN_COLUMNS, check_columns, has_options
 from ..models import unwrap_model
-from . import metrics
+from . import metrics, mia
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Evaluator:
         benchmark: splits in the common schema (``hf_unlearn.data.schema``), e.g. from
             ``build_synthetic_benchmark``: forget_vqa, forget_qa, retain_vqa, retain_qa, test_vqa, general,
             holdout_vqa, holdout_qa.
-        batch_size: questions per forward pass (each question expands to its 4 options).
+        batch_size: questions per forward pass (each question expands to its options).
         option_score: ``"mean"`` (length-normalised answer log-prob, default) or ``"sum"``.
         max_new_tokens: generation budget for ROUGE-L (answers are short).
         show_progress: show tqdm bars.
@@ -142,6 +143,10 @@ class Evaluator:
     # -------------------------------------------------------------------------------------------------- scoring
     def _answer_log_probs(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed answer log-prob and answer length per row, both (B,)."""
+        return losses.sequence_log_probs(*self._answer_logits(rows))
+
+    def _answer_logits(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of a batch, trimmed to the positions from the earliest answer token on when possible."""
         batch = self._to_device(self.collator(rows))
         labels = batch.pop("labels")
         kwargs = {}
@@ -153,7 +158,7 @@ class Evaluator:
             kwargs["logits_to_keep"] = keep
             labels = labels[:, labels.shape[1] - keep:]
         logits = self.model(**batch, **kwargs).logits  # (B, K, V)
-        return losses.sequence_log_probs(logits, labels)
+        return logits, labels
 
     @staticmethod
     def _rows(cols: dict[str, list]) -> list[dict]:
@@ -163,18 +168,26 @@ class Evaluator:
         return [{"question": cols["question"][i], "answer": cols["answer"][i], "image": images[i]} for i in range(n)]
 
     def option_scores(self, dataset: datasets.Dataset, desc: str = "options") -> np.ndarray:
-        """(N, 4) answer log-probability of every option of every question (mean per token or summed)."""
+        """(N, K) answer log-probability of every option of every question (mean per token or summed); K is the
+        largest number of options in the split, and questions with fewer options are padded with -inf."""
         check_columns(dataset, MCQ_COLUMNS, desc)
-        scores = []
+        scores: list[np.ndarray] = []
         with self._eval_mode():
             for cols in self._batches(dataset, desc):
-                rows = []
+                rows, sizes = [], []
                 for row, options in zip(self._rows(cols), cols["options"]):
+                    if not options:
+                        raise ValueError(f"Split {desc!r} has a row without options: it is generation-only; score it "
+                                         "with rouge_l (evaluate() does so for splits without options).")
                     rows += [{**row, "answer": option} for option in options]
+                    sizes.append(len(options))
                 logps, counts = self._answer_log_probs(rows)
                 values = logps / counts.clamp(min=1) if self.option_score == "mean" else logps
-                scores.append(values.float().cpu().numpy().reshape(len(cols["question"]), -1))
-        return np.concatenate(scores, axis=0)
+                scores += np.split(values.float().cpu().numpy(), np.cumsum(sizes)[:-1])
+        out = np.full((len(scores), max(map(len, scores), default=0)), -np.inf)
+        for i, row_scores in enumerate(scores):
+            out[i, :len(row_scores)] = row_scores
+        return out
 
     def answer_nll(self, dataset: datasets.Dataset, desc: str = "nll") -> np.ndarray:
         """(N,) mean negative log-likelihood per answer token of each row's ground-truth answer."""
@@ -188,9 +201,17 @@ class Evaluator:
 
     def mcq_accuracy(self, dataset: datasets.Dataset | str) -> float:
         """Multiple-choice accuracy of a split (or a split name) by option likelihood."""
+        return float(self.mcq_correct(dataset).mean())
+
+    def mcq_correct(self, dataset: datasets.Dataset | str) -> np.ndarray:
+        """(N,) 1.0 where the highest-scoring option is the labelled one, else 0.0 (the rows behind the accuracy)."""
         name = dataset if isinstance(dataset, str) else "split"
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        return metrics.mcq_accuracy(self.option_scores(dataset, desc=name), dataset["label"])
+        scores = self.option_scores(dataset, desc=name)
+        labels = np.asarray(dataset["label"])
+        if len(labels) == 0:
+            raise ValueError("Cannot compute an accuracy over zero questions.")
+        return (metrics.mcq_predictions(scores) == labels).astype(np.float64)
 
     # -------------------------------------------------------------------------------------------------- generation
     def generate(self, dataset: datasets.Dataset, desc: str = "generate") -> list[str]:
@@ -225,8 +246,12 @@ class Evaluator:
 
     def rouge_l(self, dataset: datasets.Dataset | str) -> float:
         """Mean ROUGE-L F of greedy answers against the ground truth."""
+        return float(self.rouge_l_scores(dataset).mean())
+
+    def rouge_l_scores(self, dataset: datasets.Dataset | str) -> np.ndarray:
+        """(N,) ROUGE-L F of each greedy answer against its ground truth."""
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        return metrics.rouge_l(self.generate(dataset), dataset["answer"])
+        return metrics.rouge_l_per_row(self.generate(dataset), dataset["answer"])
 
     # -------------------------------------------------------------------------------------------------- attacks
     def membership_auc(self, members: datasets.Dataset | str, nonmembers: datasets.Dataset | str) -> float:
@@ -234,6 +259,90 @@ class Evaluator:
         members = self._split(members) if isinstance(members, str) else members
         nonmembers = self._split(nonmembers) if isinstance(nonmembers, str) else nonmembers
         return metrics.roc_auc(-self.answer_nll(members, "mia members"), -self.answer_nll(nonmembers, "mia holdout"))
+
+    def answer_token_stats(self, dataset: datasets.Dataset | str, desc: str = "tokens") -> dict[str, list[np.ndarray]]:
+        """Per-row answer-token statistics of every row (``mia.answer_token_stats``: log-probs, next-token mean/std
+        of log p, greedy matches), from one forward pass per batch; only one batch's logits live at a time."""
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc)
+        out: dict[str, list[np.ndarray]] = {}
+        with self._eval_mode():
+            for cols in self._batches(dataset, desc):
+                logits, labels = self._answer_logits(self._rows(cols))
+                for key, rows in mia.answer_token_stats(logits, labels).items():
+                    out.setdefault(key, []).extend(rows)
+                del logits
+        return out
+
+    def gradient_norms(self, dataset: datasets.Dataset | str, desc: str = "gradnorm") -> np.ndarray:
+        """(N,) global L2 norm of the gradient of each row's mean answer NLL w.r.t. the trainable parameters.
+
+        One forward and backward per row, dropout off; ``.grad`` of the parameters is left untouched (the gradients
+        come from ``torch.autograd.grad``). White-box and slow: the optional attack of ``mia_scores``.
+        """
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("The gradient-norm attack needs trainable parameters; the model has none "
+                             "(set requires_grad=True on the parameters to attack).")
+        norms = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                for i in range(len(dataset)):
+                    nll = losses.token_mean_nll(*self._answer_logits(self._rows(dataset[i:i + 1])))
+                    grads = torch.autograd.grad(nll, params, allow_unused=True)
+                    norms.append(torch.sqrt(sum(g.float().square().sum() for g in grads if g is not None)).item())
+        finally:
+            self.model.train(was_training)
+        return np.array(norms, dtype=np.float64)
+
+    def mia_scores(
+        self, dataset: datasets.Dataset | str, reference: torch.nn.Module | np.ndarray | None = None, *,
+        k: float = mia.DEFAULT_K, gradient_norm: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Per-row membership scores of every attack of ``hf_unlearn.evaluation.mia`` (higher = "member"):
+        ``loss``, ``zlib``, ``min_k``, ``min_k_pp``; ``reference`` when a reference is given; ``gradnorm`` when
+        ``gradient_norm=True``.
+
+        Args:
+            dataset: the rows (or a split name).
+            reference: a reference model sharing this evaluator's processing class (e.g. the retain-only oracle),
+                or its per-row mean answer NLLs on ``dataset`` (from its ``answer_nll``) to score it once only.
+            k: the Min-K% fraction.
+            gradient_norm: also run the white-box gradient-norm attack (one backward per row).
+        """
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        stats = self.answer_token_stats(dataset, "mia")
+        reference_nll = None
+        if isinstance(reference, torch.nn.Module):
+            ref_eval = Evaluator(reference, self.processing_class, {}, batch_size=self.batch_size,
+                                 show_progress=self.show_progress)
+            # The same computation as the target's loss score, so a model that is its own reference scores exactly 0.
+            reference_nll = -mia.loss_score(ref_eval.answer_token_stats(dataset, "mia reference")["log_prob"])
+        elif reference is not None:
+            reference_nll = np.asarray(reference, dtype=np.float64)
+        grad_norms = self.gradient_norms(dataset) if gradient_norm else None
+        return mia.attack_scores(stats, dataset["answer"], k=k, reference_nll=reference_nll, grad_norms=grad_norms)
+
+    def membership_aucs(
+        self, members: datasets.Dataset | str, nonmembers: datasets.Dataset | str,
+        reference: torch.nn.Module | tuple[np.ndarray, np.ndarray] | None = None, *, k: float = mia.DEFAULT_K,
+        gradient_norm: bool = False,
+    ) -> dict[str, float]:
+        """ROC-AUC of every attack, members (positives) vs non-members: ``mia_loss_auc``, ``mia_zlib_auc``,
+        ``mia_min_k_auc``, ``mia_min_k_pp_auc``, plus ``mia_reference_auc`` with a ``reference`` (a model, or the
+        pair of its per-row NLLs on members and non-members) and ``mia_gradnorm_auc`` with ``gradient_norm=True``.
+        0.5 = members look unseen. ``mia_loss_auc`` equals ``membership_auc``."""
+        ref_members = ref_nonmembers = reference
+        if isinstance(reference, tuple):
+            ref_members, ref_nonmembers = reference
+        return mia.attack_aucs(
+            self.mia_scores(members, ref_members, k=k, gradient_norm=gradient_norm),
+            self.mia_scores(nonmembers, ref_nonmembers, k=k, gradient_norm=gradient_norm),
+        )
 
     def mia_splits(self) -> tuple[str, str] | None:
         """The (members, non-members) splits: VQA rows for vision-language models (the knowledge being unlearned),
@@ -246,7 +355,8 @@ class Evaluator:
 
     # -------------------------------------------------------------------------------------------------- all
     def evaluate(self, splits: Sequence[str] | None = None, rouge: bool = True, mia: bool = True) -> dict[str, float]:
-        """Compute ``<split>_acc`` for each multiple-choice split, ``forget_rougeL`` and ``mia_auc``.
+        """Compute ``<split>_acc`` for each multiple-choice split (``<split>_rougeL`` for a split without options),
+        ``forget_rougeL`` and ``mia_auc``.
 
         Args:
             splits: the multiple-choice splits (default: those of ``MCQ_SPLITS`` present in the benchmark).
@@ -260,7 +370,10 @@ class Evaluator:
         results: dict[str, float] = {}
         for name in names:
             if self.can_evaluate(name):
-                results[f"{name}_acc"] = self.mcq_accuracy(name)
+                if has_options(self.benchmark[name]):
+                    results[f"{name}_acc"] = self.mcq_accuracy(name)
+                else:  # generation-only split (e.g. CLEAR's TOFU questions): ROUGE-L of greedy answers
+                    results[f"{name}_rougeL"] = self.rouge_l(name)
         if rouge:
             name = "forget_vqa" if self.supports_images else "forget_qa"
             if self.can_evaluate(name):

@@ -31,11 +31,15 @@ def mcq_accuracy(option_scores: np.ndarray, labels: Sequence[int]) -> float:
 
 
 _ROUGE_SCORER = None
+ROUGE_MEASURES = ("fmeasure", "recall", "precision")
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure (``rouge_score``, Porter stemmer on, as MLLMU-Bench's ``eval.py``)."""
+def rouge_l_per_row(predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure") -> np.ndarray:
+    """ROUGE-L of each prediction against its reference (``rouge_score``, Porter stemmer on, as MLLMU-Bench's
+    ``eval.py``). ``measure``: ``"fmeasure"`` (MLLMU-Bench, MUSE), ``"recall"`` (TOFU, CLEAR) or ``"precision"``."""
     global _ROUGE_SCORER
+    if measure not in ROUGE_MEASURES:
+        raise ValueError(f"measure={measure!r}; use one of {ROUGE_MEASURES}.")
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
     if not predictions:
@@ -44,22 +48,35 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
         from rouge_score import rouge_scorer
 
         _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = [_ROUGE_SCORER.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-    return float(np.mean(scores))
+    return np.array([getattr(_ROUGE_SCORER.score(ref, pred)["rougeL"], measure)
+                     for pred, ref in zip(predictions, references)], dtype=np.float64)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure") -> float:
+    """Mean ROUGE-L (F-measure by default) over rows; see ``rouge_l_per_row``."""
+    return float(np.mean(rouge_l_per_row(predictions, references, measure)))
 
 
 def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) -> float:
     """Area under the ROC curve of telling positives from negatives by score (higher score = "positive").
 
-    Computed as the Mann-Whitney statistic: P(score_pos > score_neg) + 0.5 * P(tie). 0.5 means no signal; 1.0 means
-    every positive outscores every negative; below 0.5 means the ordering is reversed (which is a signal too).
+    Equals the Mann-Whitney statistic P(score_pos > score_neg) + 0.5 * P(tie): 0.5 means no signal; 1.0 means every
+    positive outscores every negative; below 0.5 means the ordering is reversed (which is a signal too). Computed by
+    ``sklearn.metrics.roc_auc_score`` (O(n log n)); infinite scores (a loss that overflowed) keep their rank.
     """
-    pos = np.asarray(positive_scores, dtype=np.float64)
-    neg = np.asarray(negative_scores, dtype=np.float64)
+    from sklearn.metrics import roc_auc_score
+
+    pos = np.asarray(positive_scores, dtype=np.float64).ravel()
+    neg = np.asarray(negative_scores, dtype=np.float64).ravel()
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"ROC-AUC needs both classes; got {pos.size} positives and {neg.size} negatives.")
-    if np.isnan(pos).any() or np.isnan(neg).any():
+    scores = np.concatenate([pos, neg])
+    if np.isnan(scores).any():
         raise ValueError("ROC-AUC scores contain NaN (the model's loss is NaN: it diverged); evaluate a finite model.")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+    # sklearn rejects infinities; moving them just past the finite range keeps every rank and tie.
+    finite = scores[np.isfinite(scores)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    above, below = np.nextafter(high, np.inf), np.nextafter(low, -np.inf)
+    scores = np.where(scores == np.inf, above, np.where(scores == -np.inf, below, scores))
+    labels = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
+    return float(roc_auc_score(labels, scores))

@@ -411,6 +411,9 @@ def resolve_file(
 
 def push_folder(obj: PushToHubMixin, repo_id: str, *, subfolder: str | None = None, **kwargs: Any):
     """`PushToHubMixin.push_to_hub`, or, with ``subfolder``, ``save_pretrained`` + ``upload_folder`` into it."""
+    from ..hub.safety import redacted_for_hub
+
+    obj = redacted_for_hub(obj)  # user-named preserve sets are published as preserve_set_<i>
     if subfolder is None:
         return PushToHubMixin.push_to_hub(obj, repo_id, **kwargs)
     from huggingface_hub import HfApi

@@ -123,19 +123,12 @@ class SaliencyMask(PushToHubMixin):
             digest.update(packed.tobytes())
         return "sha256:" + digest.hexdigest()
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        """Write ``saliency_mask.safetensors`` (+ ``saliency_mask_config.json`` when a config is set).
-
-        Each mask is flattened, packed with ``np.packbits(bitorder="little")`` and stored as a uint8 tensor; the
-        shapes, a sha256 checksum of the data and metadata, the sha256 of the config file and (for computed masks)
-        the architecture the mask was made for go into the safetensors metadata. The bytes are deterministic: an
-        unchanged mask saved again is the same file. Both files are written and fsynced in a temporary directory and
-        moved into place with `os.replace`. Extra keyword arguments (from `push_to_hub`) are ignored.
-        """
-        save_directory = os.fspath(save_directory)
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory={save_directory!r} is a file; pass a directory.")
-        os.makedirs(save_directory, exist_ok=True)
+    def to_files(self) -> dict[str, bytes]:
+        """The bytes of the files ``save_pretrained`` writes: ``{MASK_NAME: ..., CONFIG_NAME: ...}`` (the config only
+        when set). Each mask is flattened, packed with ``np.packbits(bitorder="little")`` and stored as a uint8 tensor;
+        the shapes, a sha256 checksum of the data and metadata, the sha256 of the config file and (for computed
+        masks) the architecture the mask was made for go into the safetensors metadata. Deterministic: an unchanged
+        mask gives the same bytes."""
         packed = _pack(self.masks)
         config_bytes = self.config.to_json_string().encode("utf-8") if self.config is not None else None
         metadata = {
@@ -151,15 +144,30 @@ class SaliencyMask(PushToHubMixin):
         if config_bytes is not None:
             metadata["config_sha256"] = hashlib.sha256(config_bytes).hexdigest()
         metadata[CHECKSUM_KEY] = _checksum(metadata, packed)
+        files = {MASK_NAME: safetensors_bytes(packed, metadata)}
+        if config_bytes is not None:
+            files[CONFIG_NAME] = config_bytes
+        return files
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write ``saliency_mask.safetensors`` (+ ``saliency_mask_config.json`` when a config is set): ``to_files``.
+
+        Both files are written and fsynced in a temporary directory and moved into place with `os.replace`, the config
+        first (a mask whose recorded config hash names another config is refused on load, so an interruption between
+        the two renames is detected rather than mixing two masks). Extra keyword arguments (from `push_to_hub`) are
+        ignored.
+        """
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory={save_directory!r} is a file; pass a directory.")
+        os.makedirs(save_directory, exist_ok=True)
+        files = self.to_files()
         tmp_dir = tempfile.mkdtemp(dir=save_directory, prefix=".tmp-saliency-")
         try:
-            write_safetensors(os.path.join(tmp_dir, MASK_NAME), packed, metadata)
-            if config_bytes is not None:
-                atomic_write_bytes(os.path.join(tmp_dir, CONFIG_NAME), config_bytes)
-            # The config first: a mask whose config_sha256 names another config is refused on load, so an
-            # interruption between the two renames is detected rather than mixing two masks.
+            for filename, data in files.items():
+                atomic_write_bytes(os.path.join(tmp_dir, filename), data)
             for filename in (CONFIG_NAME, MASK_NAME):
-                if os.path.exists(os.path.join(tmp_dir, filename)):
+                if filename in files:
                     os.replace(os.path.join(tmp_dir, filename), os.path.join(save_directory, filename))
             fsync_directory(save_directory)
         finally:
@@ -440,29 +448,23 @@ def _checksum(metadata: dict[str, str], packed: dict[str, np.ndarray]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def write_safetensors(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write uint8 ``arrays`` as a safetensors file with deterministic bytes, fsynced.
+def safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """uint8 ``arrays`` as the bytes of a safetensors file, deterministic.
 
-    ``safetensors.numpy.save_file`` orders the metadata entries differently from run to run, so a mask saved twice
-    would differ byte for byte (and be uploaded again on every push). This writes the same layout (8-byte header
-    length, JSON header padded with spaces to 8 bytes, tensors back to back) in a fixed order.
+    ``safetensors.numpy.save`` orders the metadata entries differently from run to run, so a mask saved twice would
+    differ byte for byte (and be uploaded again on every push). This writes the same layout (8-byte header length,
+    JSON header padded with spaces to 8 bytes, tensors back to back) in a fixed order.
     """
     header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
     offset = 0
     for name, array in arrays.items():
         if array.dtype != np.uint8:
-            raise TypeError(f"write_safetensors writes uint8 arrays; {name!r} is {array.dtype}.")
+            raise TypeError(f"safetensors_bytes writes uint8 arrays; {name!r} is {array.dtype}.")
         header[name] = {"dtype": "U8", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for array in arrays.values():
-            f.write(np.ascontiguousarray(array).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
+    return b"".join([struct.pack("<Q", len(blob)), blob, *(np.ascontiguousarray(a).tobytes() for a in arrays.values())])
 
 
 def _read_mask_file(mask_path: str) -> tuple[dict[str, str], dict[str, np.ndarray]]:

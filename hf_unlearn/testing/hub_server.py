@@ -560,8 +560,10 @@ def local_hub(tmp_dir: str | os.PathLike) -> Iterator[LocalHubServer]:
     """Start a ``LocalHubServer`` and point ``huggingface_hub``/``transformers`` in this process at it.
 
     Inside the block: ``HF_ENDPOINT``/``HF_TOKEN`` name the server, ``HF_HOME`` is ``<tmp_dir>/hf_home`` (an isolated
-    cache and token file) and offline mode is off. Everything is restored on exit, even on error. Not thread-safe
-    against other code changing the same globals concurrently (tests run it one at a time).
+    cache and token file) and offline mode is off, for ``huggingface_hub``, ``transformers`` and ``datasets``
+    (``load_dataset("org/name")``; ``Dataset.push_to_hub`` is not supported: upload parquet files with ``HfApi``).
+    Everything is restored on exit, even on error. Not thread-safe against other code changing the same globals
+    concurrently (tests run it one at a time).
     """
     import huggingface_hub
     from huggingface_hub import constants
@@ -582,6 +584,11 @@ def local_hub(tmp_dir: str | os.PathLike) -> Iterator[LocalHubServer]:
                                                ("huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE"))
                      if m in sys.modules]
     saved_extra = [getattr(sys.modules[m], name) for m, name in extra_modules]
+    # `datasets` copies the endpoint, offline mode and its cache path at import (load_dataset("org/name")).
+    import datasets.config as datasets_config
+
+    datasets_names = ("HF_ENDPOINT", "HUB_DATASETS_URL", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_DATASETS_CACHE")
+    saved_datasets = {name: getattr(datasets_config, name) for name in datasets_names if hasattr(datasets_config, name)}
     with server:
         try:
             for name in ("HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
@@ -612,6 +619,12 @@ def local_hub(tmp_dir: str | os.PathLike) -> Iterator[LocalHubServer]:
             extra_values = {"HF_HUB_CACHE": cache, "HF_ASSETS_CACHE": patched["HF_ASSETS_CACHE"]}
             for m, name in extra_modules:
                 setattr(sys.modules[m], name, extra_values[name])
+            datasets_patch = {
+                "HF_ENDPOINT": endpoint, "HUB_DATASETS_URL": endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+                "HF_HUB_OFFLINE": False, "HF_DATASETS_OFFLINE": False, "HF_DATASETS_CACHE": hf_home / "datasets",
+            }
+            for name in saved_datasets:
+                setattr(datasets_config, name, datasets_patch[name])
             _hf_uris.parse_hf_uri.cache_clear()
             _reset_transformers_api()
             yield server
@@ -630,5 +643,7 @@ def local_hub(tmp_dir: str | os.PathLike) -> Iterator[LocalHubServer]:
                 _http._HUB_ORIGINS = saved_origins
             for (m, name), value in zip(extra_modules, saved_extra):
                 setattr(sys.modules[m], name, value)
+            for name, value in saved_datasets.items():
+                setattr(datasets_config, name, value)
             _hf_uris.parse_hf_uri.cache_clear()
             _reset_transformers_api()

@@ -205,8 +205,10 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     def _build_reference_model(self, model, ref_model, args) -> nn.Module | None:
         if ref_model is model:
             raise ValueError("`ref_model` is the model being trained; pass a separate model, a path, or None.")
-        if isinstance(ref_model, str):
-            ref_model = type(model).from_pretrained(ref_model)
+        if isinstance(ref_model, str):  # a local folder first, then a Hub id; a mistyped path is named as one
+            from ..hub.resolve import locate
+
+            ref_model = type(model).from_pretrained(locate(ref_model, "ref_model").location)
         if ref_model is not None:
             return ref_model.eval().requires_grad_(False)
         if hasattr(model, "disable_adapter"):  # PEFT: the base model with adapters off *is* the reference

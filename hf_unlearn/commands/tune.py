@@ -1,0 +1,58 @@
+"""``hf-unlearn tune [--methods ga,npo,...] [--seeds 100,101] [--output FILE] [--quick]``: the tuning protocol.
+
+Runs every method's grid (``hf_unlearn.demo.tuning.TUNING_GRIDS``: the same number of points for every method) on
+validation seeds that the published tables never report, scores each point by its distance to the oracle over
+forget-VQA, forget-QA, retain-VQA and general accuracy, and records the grid, every score and the picks in
+``hf_unlearn/demo/tuned.json`` (``--output``), which the demo reads as its defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "tune",
+        help="Pick every method's demo hyperparameters by the tuning protocol on validation seeds.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--methods", default=None, help="Comma-separated methods (default: every method with a grid).")
+    parser.add_argument("--seeds", default=None, help="Validation seeds (default: 100,101); never report them.")
+    parser.add_argument("--output", default=None, help="Where to write the record (default: hf_unlearn/demo/tuned.json).")
+    parser.add_argument("--quick", action="store_true", help="The demo's reduced benchmark (for tests, not conclusions).")
+    parser.add_argument("--cache-dir", default=None, help="Where vanilla/oracle models are cached.")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1).")
+    parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..demo import DemoConfig
+    from ..demo.tuning import TUNING_GRIDS, VALIDATION_SEEDS, tune
+    from .demo import _parse_seeds
+
+    try:
+        seeds = _parse_seeds(None, args.seeds) if args.seeds else list(VALIDATION_SEEDS)
+    except ValueError as err:
+        print(f"hf-unlearn tune: error: {err}", file=sys.stderr)
+        return 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    unknown = [m for m in methods or [] if m not in TUNING_GRIDS]
+    if unknown:
+        print(f"hf-unlearn tune: error: no tuning grid for {unknown}; grids: {', '.join(TUNING_GRIDS)}.",
+              file=sys.stderr)
+        return 2
+    if args.threads < 1:
+        print(f"hf-unlearn tune: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    kwargs = {"output": args.output} if args.output else {}
+    tune(methods, seeds=seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
+    return 0

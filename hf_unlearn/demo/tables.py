@@ -1,0 +1,123 @@
+"""The published benchmark tables: generated from a committed ``results.json``, never edited by hand.
+
+``README.md`` and ``docs/benchmark.md`` carry blocks between ``<!-- hf_unlearn:<name>:start -->`` and
+``<!-- hf_unlearn:<name>:end -->`` markers. ``scripts/render_tables.py`` rewrites them from the committed results
+file (``docs/results/demo.json``); a test checks that what is committed equals what the script renders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..evaluation.report import COLUMNS, README_COLUMNS, results_table
+from ..utils import atomic_write_text
+
+RESULTS_FILE = os.path.join("docs", "results", "demo.json")
+TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned.json")
+
+
+def _span(values: list[int]) -> str:
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}–{values[-1]}"
+    return ", ".join(str(v) for v in values)
+
+
+def caption(payload: Mapping[str, Any]) -> str:
+    """Seeds, machine, date and wall time of a run, as one sentence under its table."""
+    seeds = payload["benchmark"].get("seeds", [])
+    run = payload.get("run", {})
+    machine = run.get("machine", {})
+    load = machine.get("load_average")
+    questions = payload.get("num_questions", {})
+    parts = [
+        f"Mean over seeds {_span(seeds)} ({len(seeds)} seeds) with 95% intervals from a bootstrap over seeds and "
+        f"questions ({questions.get('forget_vqa', '?')} forget-VQA, {questions.get('forget_qa', '?')} forget-QA, "
+        f"{questions.get('retain_vqa', '?')} retain-VQA questions per seed).",
+        f"Measured {run.get('date', '?')[:10]} on {machine.get('cpu_count', '?')} CPU cores "
+        f"({machine.get('processor', '?')}, {machine.get('platform', '?')}, torch {machine.get('torch', '?')}, "
+        f"{machine.get('torch_threads', '?')} torch thread(s)"
+        + (f", load average at the end {load[0]}" if load else "") + f"); total wall time {run.get('wall_time_s', '?')} s.",
+    ]
+    tuning = payload["benchmark"].get("tuning")
+    if tuning:
+        parts.append(f"Method hyperparameters: the tuning protocol's picks on validation seeds "
+                     f"{_span(tuning.get('seeds', []))} (never reported).")
+    return " ".join(parts)
+
+
+def _fmt_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def tuning_table(record: Mapping[str, Any]) -> str:
+    """The tuning protocol's record (``tuned.json``) as a table: each method's grid, pick and mean distance."""
+    protocol = record.get("protocol", {})
+    lines = ["| Method | Grid (same number of points for every method) | Pick | Mean distance to the oracle |",
+             "|---|---|---|---:|"]
+    for name, entry in record.get("methods", {}).items():
+        grid = "; ".join(f"{k} ∈ {{{', '.join(_fmt_value(v) for v in values)}}}" for k, values in entry["grid"].items())
+        pick = ", ".join(f"{k}={_fmt_value(v)}" for k, v in entry["picked"].items())
+        lines.append(f"| {name} | {grid} | {pick} | {entry['distance']:.3f} |")
+    seeds = protocol.get("seeds", [])
+    lines += ["", f"Validation seeds {_span(seeds)} (never reported); {protocol.get('grid_size', '?')} points per "
+                  f"method per seed; criterion: {protocol.get('criterion', '?')} over "
+                  f"{', '.join(protocol.get('metrics', []))}; wall time {protocol.get('wall_time_s', '?')} s."]
+    return "\n".join(lines)
+
+
+def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """``{block name: Markdown}`` for every generated block."""
+    blocks = {
+        "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
+        "demo-table-full": results_table(payload, COLUMNS) + "\n\n" + caption(payload),
+    }
+    if tuning:
+        blocks["tuning-table"] = tuning_table(tuning)
+    return blocks
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- hf_unlearn:{re.escape(name)}:start -->\n)(.*?)(\n<!-- hf_unlearn:{re.escape(name)}:end -->)",
+                      re.DOTALL)
+
+
+def block_in(text: str, name: str) -> str | None:
+    """The content of block ``name`` in ``text`` (None when the markers are absent)."""
+    match = _pattern(name).search(text)
+    return match.group(2) if match else None
+
+
+def replace_blocks(text: str, blocks: Mapping[str, str]) -> str:
+    """``text`` with every block whose markers it has replaced by its new content."""
+    for name, content in blocks.items():
+        text = _pattern(name).sub(lambda m: m.group(1) + content + m.group(3), text)
+    return text
+
+
+def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNING_FILE) -> dict[str, str]:
+    """The blocks rendered from the committed results file (and tuning record, if present)."""
+    with open(results_path, encoding="utf-8") as f:
+        payload = json.load(f)
+    tuning = None
+    if tuning_path and os.path.isfile(tuning_path):
+        with open(tuning_path, encoding="utf-8") as f:
+            tuning = json.load(f)
+    return rendered_blocks(payload, tuning)
+
+
+def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:
+    """Rewrite the generated blocks of ``files`` from ``results_path``; returns the files that changed."""
+    blocks = load_blocks(results_path, tuning_path)
+    changed = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new = replace_blocks(text, blocks)
+        if new != text:
+            atomic_write_text(path, new)
+            changed.append(path)
+    return changed

@@ -1,0 +1,174 @@
+"""The tuning protocol: how every method's demo hyperparameters are chosen, with the same budget for all of them.
+
+1. **Seeds.** Validation seeds (``VALIDATION_SEEDS``) that the published tables never report: the people,
+   portraits, initial weights and batch order of a validation seed are not those of any reported seed.
+2. **Budget.** Every method gets ``GRID_SIZE`` grid points per seed: learning rate x steps, plus the method's own
+   main knob where it has one (``TUNING_GRIDS``).
+3. **Criterion.** At each seed a point is scored by its Euclidean distance to the oracle over forget-VQA, forget-QA,
+   retain-VQA and general accuracy (``DISTANCE_METRICS``); the pick is the point with the lowest mean distance over
+   the validation seeds (ties: the first point of the grid, which lists cheaper budgets first).
+4. **Output.** ``hf_unlearn/demo/tuned.json`` records the grid, the seeds, every point's distances and the picks;
+   the registry (``demo/methods.py``) reads the picks as the demo's defaults.
+
+``hf-unlearn tune`` runs it. Only the four criterion metrics are evaluated, on every row of their splits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from transformers import set_seed
+
+from ..data.synthetic import build_synthetic_benchmark
+from ..evaluation.evaluator import Evaluator
+from ..evaluation.stats import distance
+from ..utils import write_json_atomic
+from .config import DemoConfig
+from .methods import METHODS, TUNED_FILE, MethodUnavailableError
+from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
+from .references import load_or_train_reference_models
+
+VALIDATION_SEEDS = (100, 101)
+GRID_SIZE = 12
+_SPLIT_OF = {metric: metric[: -len("_acc")] for metric in DISTANCE_METRICS}
+
+# Each method: 12 points. Learning rates and step counts bracket the values that move the tiny demo models; the
+# knob is the method's own main hyperparameter.
+TUNING_GRIDS: dict[str, dict[str, list[Any]]] = {
+    "ga": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [5, 10, 20, 40]},
+    "ga_diff": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
+    "kl_min": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
+    "npo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.4]},
+    "mmunlearner": {"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [30, 80], "mask_threshold": [0.5, 1.0]},
+    "vkd": {"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [30, 80], "push_away_weight": [1.0, 4.0]},
+    "simnpo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [2.5, 4.5]},
+    "rmu": {"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [20, 50], "steering_coeff": [6.0, 12.0]},
+    "idkpo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.5]},
+    "undial": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "gamma": [3.0, 10.0]},
+}
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid, cheapest step budgets first (the order ties are broken in)."""
+    keys = sorted(grid, key=lambda k: (k != "max_steps", k != "learning_rate", k))
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def check_grids(grids: Mapping[str, Mapping[str, Sequence[Any]]], size: int = GRID_SIZE) -> None:
+    """Every method must get the same budget: ``size`` points."""
+    wrong = {m: len(grid_points(g)) for m, g in grids.items() if len(grid_points(g)) != size}
+    if wrong:
+        raise ValueError(f"Every tuning grid must have {size} points (same budget for every method); got {wrong}.")
+
+
+def select(points: Sequence[Mapping[str, Any]], scores: Sequence[Mapping[str, Mapping[str, float]]],
+           oracle: Mapping[str, Mapping[str, float]], metrics: Sequence[str] = DISTANCE_METRICS) -> dict[str, Any]:
+    """The protocol's pick: the point with the lowest mean (over seeds) distance to the oracle.
+
+    Args:
+        points: the grid points, in grid order.
+        scores: per point, ``{seed: {metric: value}}``.
+        oracle: ``{seed: {metric: value}}`` of the oracle at the same seeds.
+    Returns ``{"index", "hyperparameters", "distance", "distances"}`` (``distances``: every point's mean distance).
+    """
+    if not points or len(points) != len(scores):
+        raise ValueError(f"{len(points)} points but {len(scores)} scores.")
+    means = []
+    for per_seed in scores:
+        if set(per_seed) != set(oracle):
+            raise ValueError(f"Scores cover seeds {sorted(per_seed)}, the oracle {sorted(oracle)}.")
+        means.append(float(np.mean([distance(per_seed[s], oracle[s], metrics) for s in per_seed])))
+    best = int(np.argmin(means))  # first minimum: the cheapest of equally good points
+    return {"index": best, "hyperparameters": dict(points[best]), "distance": means[best], "distances": means}
+
+
+def criterion_point(model, processor, benchmark, batch_size: int = 16) -> dict[str, float]:
+    """The four criterion metrics of one model (multiple-choice accuracy on their whole splits)."""
+    evaluator = Evaluator(model, processor, benchmark, batch_size=batch_size)
+    return {metric: evaluator.mcq_accuracy(split) for metric, split in _SPLIT_OF.items()}
+
+
+def tune(
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] = VALIDATION_SEEDS,
+    config: DemoConfig | None = None,
+    grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    cache_dir: str | None = None,
+    output: str | None = TUNED_FILE,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the protocol; write (and return) the record of ``tuned.json``."""
+    config = config or DemoConfig()
+    grids = dict(TUNING_GRIDS if grids is None else grids)
+    methods = list(methods or [m for m in grids if m in METHODS])
+    missing = [m for m in methods if m not in grids or m not in METHODS]
+    if missing:
+        raise ValueError(f"No tuning grid or registry entry for {missing}; grids: {sorted(grids)}, "
+                         f"registered: {sorted(METHODS)}.")
+    check_grids({m: grids[m] for m in methods}, size=len(grid_points(grids[methods[0]])))
+    start = time.perf_counter()
+    oracle: dict[str, dict[str, float]] = {}
+    scores: dict[str, list[dict[str, dict[str, float]]]] = {m: [{} for _ in grid_points(grids[m])] for m in methods}
+    unavailable: dict[str, str] = {}
+    from tqdm.auto import tqdm
+
+    with deterministic():
+        for seed in seeds:
+            seed_config = replace(config, seed=seed)
+            set_seed(seed)
+            benchmark = build_synthetic_benchmark(seed_config.benchmark)
+            refs = load_or_train_reference_models(benchmark, seed_config, cache_dir, show_progress, log)
+            vanilla, processor = refs["vanilla"]["model"], refs["vanilla"]["processor"]
+            oracle[str(seed)] = criterion_point(refs["oracle"]["model"], processor, benchmark, config.eval_batch_size)
+            data = method_data(benchmark)
+            for name in methods:
+                if name in unavailable:
+                    continue
+                for i, point in enumerate(tqdm(grid_points(grids[name]), desc=f"tune {name} seed {seed}",
+                                               disable=not show_progress)):
+                    try:
+                        model, _, _ = run_method(name, vanilla, processor, data, seed_config, **point)
+                    except MethodUnavailableError as err:
+                        unavailable[name] = str(err)
+                        break
+                    scores[name][i][str(seed)] = criterion_point(model, processor, benchmark, config.eval_batch_size)
+                    del model
+    record: dict[str, Any] = {
+        "protocol": {"seeds": list(seeds), "metrics": list(DISTANCE_METRICS), "grid_size": GRID_SIZE,
+                     "criterion": "mean over seeds of the Euclidean distance to the oracle",
+                     "benchmark": config.settings()["benchmark"], "wall_time_s": round(time.perf_counter() - start)},
+        "oracle": oracle,
+        "methods": {},
+        "unavailable": unavailable,
+    }
+    for name in methods:
+        if name in unavailable:
+            continue
+        points = grid_points(grids[name])
+        pick = select(points, scores[name], oracle)
+        record["methods"][name] = {
+            "grid": {k: list(v) for k, v in grids[name].items()}, "picked": pick["hyperparameters"],
+            "distance": pick["distance"],
+            "points": [{"hyperparameters": p, "distance": d, "per_seed": s}
+                       for p, d, s in zip(points, pick["distances"], scores[name])],
+        }
+        log(f"[tune] {name}: {pick['hyperparameters']} (mean distance to the oracle {pick['distance']:.3f})")
+    if output:
+        if os.path.isfile(output):  # keep picks of methods not tuned in this run, under the same protocol
+            with open(output, encoding="utf-8") as f:
+                previous = json.load(f)
+            same = {k: previous.get("protocol", {}).get(k) for k in ("seeds", "benchmark", "grid_size")} == {
+                k: record["protocol"][k] for k in ("seeds", "benchmark", "grid_size")}
+            for name, entry in previous.get("methods", {}).items() if same else ():
+                record["methods"].setdefault(name, entry)
+        write_json_atomic(output, record)
+    return record
+

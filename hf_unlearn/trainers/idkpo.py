@@ -1,0 +1,131 @@
+"""IdkPO: direct preference optimisation toward refusals on the forget set (TOFU's "IDK" baseline).
+
+Every forget row becomes a preference pair: the *chosen* answer is a refusal (a column of the forget set, or one
+drawn per row from a list, seeded), the *rejected* answer is the row's own answer. The loss is standard DPO against
+the frozen starting model. The forget rows are wrapped so that each carries its refusal (``idkpo_refusal``); the
+collator wrapper collates the row twice, once with each answer, and puts the chosen batch under ``idkpo_chosen``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from .. import losses
+from ..config import IdkPOConfig
+from ..data.collators import PairedCollator
+from ..data.refusals import REFUSALS, refusal_for
+from .base import UnlearnTrainer
+
+REFUSAL_KEY = "idkpo_refusal"
+CHOSEN_BATCH_KEY = "idkpo_chosen"
+
+
+def with_answer(row: dict[str, Any], answer: str) -> dict[str, Any]:
+    """A copy of a question/answer or chat ``messages`` row whose answer is ``answer``."""
+    row = dict(row)
+    if row.get("messages") is not None:
+        messages = [dict(m) for m in row["messages"]]
+        if not messages or messages[-1].get("role") != "assistant":
+            raise ValueError("A `messages` row must end with an assistant turn: it is the answer to replace.")
+        content = messages[-1]["content"]
+        messages[-1]["content"] = answer if isinstance(content, str) else [{"type": "text", "text": answer}]
+        row["messages"] = messages
+    else:
+        row["answer"] = answer
+    return row
+
+
+class RefusalRows(Dataset):
+    """``dataset[i]`` plus its refusal under ``idkpo_refusal``: from ``column``, else ``refusal_for(i, seed)``."""
+
+    def __init__(self, dataset, column: str | None = None, refusals=None, seed: int = 0):
+        self.dataset, self.column, self.seed = dataset, column, seed
+        self.refusals = tuple(refusals) if refusals is not None else REFUSALS
+        if column is not None:
+            columns = getattr(dataset, "column_names", None) or (list(dataset[0]) if len(dataset) else [])
+            if column not in columns:
+                raise ValueError(f"refusal_column={column!r} is not a column of the forget set; columns found: "
+                                 f"{sorted(columns)}. Add the column or set refusal_column=None to draw refusals "
+                                 "from the built-in list.")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = dict(self.dataset[i])
+        if self.column is None:
+            refusal = refusal_for(int(i), self.seed, self.refusals)
+        else:
+            refusal = row.pop(self.column)
+            if not isinstance(refusal, str) or not refusal.strip():
+                raise ValueError(f"Forget row {i} has no refusal in column {self.column!r} (got {refusal!r}); every "
+                                 "row needs a non-empty string.")
+        return {**row, REFUSAL_KEY: refusal}
+
+
+class RefusalPairCollator:
+    """Wrap a row collator: rows with a refusal are collated as the rejected batch (their own answer) plus, under
+    ``idkpo_chosen``, the chosen batch (the refusal). Other rows (retain, evaluation) pass through unchanged."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, rows: list[dict]) -> dict:
+        if not rows or REFUSAL_KEY not in rows[0]:
+            return self.collator(rows)
+        plain = [{k: v for k, v in r.items() if k != REFUSAL_KEY} for r in rows]
+        batch = dict(self.collator(plain))
+        batch[CHOSEN_BATCH_KEY] = self.collator([with_answer(r, row[REFUSAL_KEY]) for r, row in zip(plain, rows)])
+        return batch
+
+
+class IdkPOTrainer(UnlearnTrainer):
+    """IdkPO: DPO with a refusal as the preferred answer and the forget answer as the dispreferred one.
+
+    L = -mean log sigmoid(beta * [(log pi - log pi_ref)(refusal) - (log pi - log pi_ref)(forget answer)]) + retain.
+    The reference is a frozen copy of the starting model, the PEFT base with adapters off, or ``ref_model=``. Works
+    on vision-language models (a refusal to the image question). See ``docs/methods/idkpo.md``.
+    """
+
+    config_class = IdkPOConfig
+    _name = "IdkPO"
+    _method_tag = "idkpo"
+    _paper = {
+        "title": "TOFU: A Task of Fictitious Unlearning for LLMs",
+        "id": "2401.06121",
+        "citation": "@inproceedings{maini2024tofu,\n  title={{TOFU}: A Task of Fictitious Unlearning for {LLM}s},\n  "
+                    "author={Maini, Pratyush and Feng, Zhili and Schwarzschild, Avi and Lipton, Zachary C. and Kolter, "
+                    "J. Zico},\n  booktitle={COLM},\n  year={2024}\n}",
+    }
+    needs_reference_on_forget = True
+
+    def __init__(self, model, args=None, data_collator=None, train_dataset=None, *pos, **kwargs):
+        args = self._coerce_args(args, model)
+        if train_dataset is not None and len(train_dataset) > 0:
+            train_dataset = RefusalRows(train_dataset, args.refusal_column, args.refusals, args.seed)
+        super().__init__(model, args, data_collator, train_dataset, *pos, **kwargs)
+        # The base class built (or was given) the row collator; pair each forget row with its refusal around it.
+        self.data_collator = PairedCollator(RefusalPairCollator(self.data_collator.collator))
+
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        return {k: v for k, v in UnlearnTrainer.model_inputs(batch).items() if k != CHOSEN_BATCH_KEY}
+
+    def _policy_and_reference_logps(self, model, inputs: dict):
+        outputs = model(**inputs)
+        logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])
+        ref_logps, _ = losses.sequence_log_probs(self.reference_logits(model, inputs), inputs["labels"])
+        return logps, ref_logps, outputs.loss
+
+    def forget_loss(self, model, forget):
+        if CHOSEN_BATCH_KEY not in forget:
+            raise ValueError("IdkPO forget batches need their refusal answers; pass the forget set as train_dataset "
+                             "so the trainer can attach them (a custom data_collator must collate plain rows).")
+        rejected, rej_ref, forget_nll = self._policy_and_reference_logps(model, self.model_inputs(forget))
+        chosen, chosen_ref, refusal_nll = self._policy_and_reference_logps(model, forget[CHOSEN_BATCH_KEY])
+        loss = losses.dpo_loss(chosen, rejected, chosen_ref, rej_ref, self.args.beta)
+        margin = ((chosen - chosen_ref) - (rejected - rej_ref)).mean()
+        return loss, {"forget_nll": forget_nll.item(), "refusal_nll": refusal_nll.item(),
+                      "reward_margin": margin.item()}

@@ -1,0 +1,68 @@
+"""The published numbers: README and docs tables equal what the script renders from the committed results, and the
+committed run is the multi-seed run the docs say it is (seeds never used for tuning, calibrated attack)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hf_unlearn.demo.tables import RESULTS_FILE, TUNING_FILE, block_in, load_blocks, replace_blocks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def results():
+    return json.loads((ROOT / RESULTS_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def tuning():
+    return json.loads((ROOT / TUNING_FILE).read_text())
+
+
+def test_readme_and_docs_tables_equal_the_script_output():
+    blocks = load_blocks(str(ROOT / RESULTS_FILE), str(ROOT / TUNING_FILE))
+    readme = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "benchmark.md").read_text()
+    assert block_in(readme, "demo-table") == blocks["demo-table"]
+    assert block_in(docs, "demo-table-full") == blocks["demo-table-full"]
+    assert block_in(docs, "tuning-table") == blocks["tuning-table"]
+    # The check can fail: an edited cell is caught by the script's --check mode.
+    edited = readme.replace(blocks["demo-table"], blocks["demo-table"].replace("| vanilla |", "| vanilla* |"))
+    assert block_in(edited, "demo-table") != blocks["demo-table"]
+    assert replace_blocks(edited, blocks) == readme
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_tables.py"), "--check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_the_committed_run_is_a_multi_seed_run_with_intervals(results):
+    seeds = results["benchmark"]["seeds"]
+    assert len(seeds) >= 5
+    assert results["num_questions"]["forget_vqa"] >= 50 and results["num_questions"]["forget_qa"] >= 50
+    assert set(results["per_seed"]) == {str(s) for s in seeds}
+    for model, metrics in results["methods"].items():
+        for key, value in metrics.items():
+            if value is None:
+                continue
+            lo, hi = results["intervals"][model][key]
+            assert lo - 1e-9 <= value <= hi + 1e-9, (model, key)
+    for key in ("date", "wall_time_s", "machine"):
+        assert results["run"][key]
+
+
+def test_reported_seeds_were_never_used_for_tuning(results, tuning):
+    assert not set(results["benchmark"]["seeds"]) & set(tuning["protocol"]["seeds"])
+    # The demo ran with the tuning protocol's picks.
+    assert results["benchmark"]["tuning"]["seeds"] == tuning["protocol"]["seeds"]
+
+
+def test_the_relearning_attack_does_not_damage_a_model_that_knows_the_answers(results):
+    """The calibrated budget: at every reported seed the vanilla model loses at most 0.05 on the attack's test rows."""
+    for seed, models in results["per_seed"].items():
+        vanilla = models["vanilla"]
+        assert vanilla["relearn_acc"] >= vanilla["relearn_pre_acc"] - 0.05, seed

@@ -1,0 +1,68 @@
+"""The tuning protocol: the same budget for every method, the pick closest to the oracle, a real end-to-end run."""
+
+import json
+
+import pytest
+
+from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
+from hf_unlearn.demo import DemoConfig
+from hf_unlearn.demo.methods import demo_defaults, tuned_hyperparameters
+from hf_unlearn.demo.pipeline import DISTANCE_METRICS, DemoTrainingConfig
+from hf_unlearn.demo.tuning import TUNING_GRIDS, check_grids, grid_points, select, tune
+
+
+def test_every_method_gets_the_same_budget_and_cheap_points_come_first():
+    check_grids(TUNING_GRIDS)  # raises unless every grid has the same number of points
+    assert {len(grid_points(g)) for g in TUNING_GRIDS.values()} == {12}
+    points = grid_points({"learning_rate": [1e-3, 1e-4], "max_steps": [5, 20]})
+    assert points[0] == {"max_steps": 5, "learning_rate": 1e-3} and points[-1]["max_steps"] == 20
+    with pytest.raises(ValueError, match="same budget"):
+        check_grids({"a": {"learning_rate": [1, 2]}, "b": {"learning_rate": [1, 2, 3]}}, size=2)
+
+
+def _point(forget, qa=1.0, retain=1.0, general=0.9):
+    return dict(zip(DISTANCE_METRICS, (forget, qa, retain, general)))
+
+
+def test_select_picks_the_point_closest_to_the_oracle_over_seeds():
+    oracle = {"1": _point(0.25), "2": _point(0.3)}
+    points = [{"lr": 1}, {"lr": 2}, {"lr": 3}]
+    scores = [
+        {"1": _point(0.9), "2": _point(0.9)},  # did not forget
+        {"1": _point(0.25, retain=0.9), "2": _point(0.3, retain=0.9)},  # forgot, lost 0.1 retain at both seeds
+        {"1": _point(0.0, retain=0.2), "2": _point(0.3, retain=1.0)},  # lucky at seed 2, collapsed at seed 1
+    ]
+    pick = select(points, scores, oracle)
+    assert pick["index"] == 1 and pick["hyperparameters"] == {"lr": 2}
+    assert pick["distance"] == pytest.approx(0.1)
+    assert pick["distances"][2] > pick["distances"][1]  # a single lucky seed does not win
+    # Ties go to the first (cheapest) point.
+    assert select(points[:2], [scores[1], scores[1]], oracle)["index"] == 0
+    with pytest.raises(ValueError, match="seeds"):
+        select(points[:1], [{"1": _point(0.2)}], oracle)
+
+
+@pytest.mark.slow
+def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
+    config = DemoConfig(
+        benchmark=SyntheticBenchmarkConfig(num_people=4, num_holdout_people=2, num_validation_people=1,
+                                           forget_ratio=0.25, num_general=4),
+        training=DemoTrainingConfig(num_train_epochs=3, batch_size=8, warmup_steps=0), relearn=None)
+    grids = {"ga": {"learning_rate": [1e-4, 1e-2], "max_steps": [2]}, "npo": {"learning_rate": [1e-4, 1e-2],
+                                                                             "max_steps": [2]}}
+    out = tmp_path / "tuned.json"
+    record = tune(["ga", "npo"], seeds=[7, 8], config=config, grids=grids, cache_dir=str(tmp_path / "cache"),
+                  output=str(out), show_progress=False, log=lambda s: None)
+    assert json.loads(out.read_text()) == record
+    assert record["protocol"]["seeds"] == [7, 8] and set(record["oracle"]) == {"7", "8"}
+    for name in ("ga", "npo"):
+        entry = record["methods"][name]
+        distances = [p["distance"] for p in entry["points"]]
+        assert entry["distance"] == min(distances)
+        assert entry["picked"] == entry["points"][distances.index(min(distances))]["hyperparameters"]
+        for p in entry["points"]:
+            assert set(p["per_seed"]) == {"7", "8"} and set(p["per_seed"]["7"]) == set(DISTANCE_METRICS)
+    # The registry reads the picks as the demo's defaults.
+    assert tuned_hyperparameters("ga", str(out)) == record["methods"]["ga"]["picked"]
+    assert tuned_hyperparameters("not_tuned", str(out)) == {}
+    assert demo_defaults("ga", {"max_steps": 99, "beta": 1})["beta"] == 1
