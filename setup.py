@@ -31,7 +31,7 @@ setup(
         "deepspeed": ["deepspeed>=0.16"],
         "plot": ["matplotlib"],
         "lm-eval": ["lm_eval>=0.4"],
-        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib"],
+        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib", "tensorboard"],
     },
     entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},
 )

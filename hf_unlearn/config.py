@@ -12,6 +12,7 @@ from transformers import TrainingArguments
 
 RETAIN_LOSS_TYPES = ("none", "nll", "kl")
 MASK_SCOPES = ("forget", "all")
+MMUNLEARNER_FORGET_LOSS_TYPES = ("ga", "npo", "unlikelihood")
 
 
 @dataclass
@@ -42,6 +43,21 @@ class UnlearnConfig(TrainingArguments):
         max_weight_norm_change (`float` or `None`, defaults to `1.0`): the largest relative change
             ``| ||w_new|| - ||w_old|| | / ||w_old||`` of the trainable weights' norm in one step (a lower bound of the
             update's size; 1.0: the norm more than doubled). ``None``: only non-finite weights fail.
+
+    > Parameters that control the unlearning probe (``UnlearningEvalCallback``, docs/stopping.md)
+
+    Args:
+        stop_at_holdout (`bool` or `None`): stop once the forget rows look like the holdout rows (``holdout_dataset=``,
+            rows of the same kind the model never saw). ``None``: on when a holdout set is given.
+        stop_criterion (`str`, defaults to `"nll"`): ``"nll"``: mean forget NLL >= mean holdout NLL -
+            ``stop_nll_margin``; ``"auc"``: loss-attack AUC (forget vs holdout) <= 0.5 + ``stop_auc_delta``.
+        probe_steps (`int` or `None`): probe (with accuracy), log and check the stop rule every k steps. ``None``:
+            every 10 steps with the stop rule (NLL and AUC only), otherwise only at evaluations, at
+            ``noop_check_steps`` and at the start and end.
+        probe_rows (`int`, defaults to `32`): rows per set in the probe (a fixed subset seeded by ``seed``); 0
+            turns the probe off (no stop rule, no no-op warning, no before/after log).
+        noop_check_steps, noop_min_nll_change: warn once if the forget NLL moved less than ``noop_min_nll_change``
+            after ``noop_check_steps`` steps (0 skips the check).
 
     > Parameters that control saliency masks
 
@@ -94,6 +110,37 @@ class UnlearnConfig(TrainingArguments):
         metadata={"help": "Largest relative change of the trainable weights' norm in one optimizer step the divergence "
                           "guard accepts (1.0: the norm more than doubled; None: only non-finite weights fail)."},
     )
+    # The unlearning probe: logging, target-driven stop, no-op warning (trainers/callbacks.py)
+    stop_at_holdout: bool | None = field(
+        default=None,
+        metadata={"help": "Stop once the forget rows look like the holdout rows (holdout_dataset=). None: on when a "
+                          "holdout set is given."},
+    )
+    stop_criterion: str = field(
+        default="nll",
+        metadata={"help": "'nll': stop when mean forget NLL >= mean holdout NLL - stop_nll_margin; 'auc': when the "
+                          "loss-attack AUC (forget vs holdout) <= 0.5 + stop_auc_delta.", "choices": ["nll", "auc"]},
+    )
+    stop_nll_margin: float = field(
+        default=0.0, metadata={"help": "stop_criterion='nll': stop this close (in NLL) below the holdout NLL."}
+    )
+    stop_auc_delta: float = field(
+        default=0.05, metadata={"help": "stop_criterion='auc': stop once the AUC is at most 0.5 + this."}
+    )
+    probe_steps: int | None = field(
+        default=None,
+        metadata={"help": "Probe (with accuracy), log and check the stop rule every k steps. None: every 10 steps "
+                          "with the stop rule (NLL and AUC only), else only at evaluations."},
+    )
+    probe_rows: int = field(
+        default=32, metadata={"help": "Rows per set in the probe (seeded fixed subset); 0 turns the probe off."}
+    )
+    noop_check_steps: int = field(
+        default=10, metadata={"help": "Warn if the forget NLL hardly moved after this many steps (0: no check)."}
+    )
+    noop_min_nll_change: float = field(
+        default=0.02, metadata={"help": "Smallest forget-NLL change after noop_check_steps that is not a no-op."}
+    )
     # Saliency masks
     mask_scope: str = field(
         default="forget",
@@ -112,11 +159,16 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(f"pairing_anchor={self.pairing_anchor!r}; use 'forget' or 'retain'.")
         if self.mask_scope not in MASK_SCOPES:
             raise ValueError(f"mask_scope={self.mask_scope!r} is not one of {MASK_SCOPES}.")
-        for name in ("forget_weight", "retain_weight"):
+        for name in ("forget_weight", "retain_weight", "stop_nll_margin", "stop_auc_delta", "probe_rows",
+                     "noop_check_steps", "noop_min_nll_change"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         if self.max_weight_norm_change is not None and not self.max_weight_norm_change > 0:
             raise ValueError(f"max_weight_norm_change must be > 0 or None, got {self.max_weight_norm_change}.")
+        if self.stop_criterion not in ("nll", "auc"):
+            raise ValueError(f"stop_criterion={self.stop_criterion!r}; use 'nll' or 'auc'.")
+        if self.probe_steps is not None and self.probe_steps < 1:
+            raise ValueError(f"probe_steps must be >= 1 or None, got {self.probe_steps}.")
 
 
 @dataclass
@@ -151,15 +203,25 @@ class NPOConfig(UnlearnConfig):
 class MMUnlearnerConfig(UnlearnConfig):
     r"""MMUnlearner: masked forgetting of visual knowledge with retain descent (Huo et al., ACL 2025 Findings).
 
+    The defaults forget on a memorised model under the user's own learning rate (docs/methods/mmunlearner.md says
+    why each differs from the reference loop); ``schedule="alternate", masked_lr_scale=1.0, forget_weight=1.0`` is
+    the reference loop.
+
     > Parameters that control the schedule
 
     Args:
-        schedule (`str`, defaults to `"alternate"`): ``"alternate"`` is the reference loop: every ``forget_every``-th
-            optimizer step is a masked forget step, the others are retain steps. ``"joint"`` takes
-            L = forget_weight * L_f + retain_weight * L_r at every step, the mask on the forget gradient only
-            (``mask_scope="forget"``) or on both (``"all"``).
+        schedule (`str`, defaults to `"joint"`): ``"joint"`` takes L = forget_weight * L_f + retain_weight * L_r at
+            every step, the mask on the forget gradient only (``mask_scope="forget"``) or on both (``"all"``).
+            ``"alternate"`` is the reference loop: every ``forget_every``-th optimizer step is a masked forget step,
+            the others are retain steps (half the forget steps, each dragged by the retain steps' Adam momentum).
         forget_every (`int`, defaults to `2`): one forget step every k steps in the alternate schedule.
-        forget_loss_type (`str`, defaults to `"ga"`): ``"ga"`` (gradient ascent, the paper) or ``"npo"`` (bounded).
+        forget_weight (`float`, defaults to `3.0`): weight of the forget term. Ascent's gradient on a memorised
+            answer is proportional to 1 - p, near 0; once retain rows drift the retain term's is not, and Adam
+            follows the larger one.
+        masked_lr_scale (`float`, defaults to `10.0`): the parameters the mask covers train at
+            ``learning_rate * masked_lr_scale`` (``trainers/lr_scale.py``).
+        forget_loss_type (`str`, defaults to `"ga"`): ``"ga"`` (gradient ascent, the paper), ``"npo"`` (bounded) or
+            ``"unlikelihood"`` (bounded, -log(1 - p): its gradient does not vanish on memorised answers).
         beta (`float`, defaults to `0.4`): NPO inverse temperature when ``forget_loss_type="npo"``.
 
     > Parameters that control the retain-loss guard (geometry constraint)
@@ -175,14 +237,19 @@ class MMUnlearnerConfig(UnlearnConfig):
     retain_loss_type: str | None = field(
         default="nll", metadata={"help": "Retain term: 'nll' (the paper's retain descent), 'kl' or 'none'."}
     )
+    forget_weight: float = field(
+        default=3.0, metadata={"help": "Weight of the forget term (the reference loop: 1.0)."}
+    )
     schedule: str = field(
-        default="alternate",
+        default="joint",
         metadata={"help": "'alternate' (forget step every k steps, others retain) or 'joint' (summed objective).",
                   "choices": ["alternate", "joint"]},
     )
     forget_every: int = field(default=2, metadata={"help": "Alternate schedule: one forget step every k steps."})
     forget_loss_type: str = field(
-        default="ga", metadata={"help": "Forget loss: 'ga' (paper) or 'npo' (bounded).", "choices": ["ga", "npo"]}
+        default="ga", metadata={"help": "Forget loss: 'ga' (paper), 'npo' (bounded) or 'unlikelihood' (bounded, "
+                                        "-log(1 - p): no vanishing gradient on memorised answers).",
+                                "choices": list(MMUNLEARNER_FORGET_LOSS_TYPES)}
     )
     beta: float = field(default=0.4, metadata={"help": "NPO beta when forget_loss_type='npo'."})
     retain_guard_max_loss: float | None = field(
@@ -192,6 +259,12 @@ class MMUnlearnerConfig(UnlearnConfig):
         default="shrink", metadata={"help": "'shrink' or 'rollback'.", "choices": ["shrink", "rollback"]}
     )
     retain_guard_shrink: float = field(default=0.5, metadata={"help": "Update scale factor when shrinking."})
+    masked_lr_scale: float = field(
+        default=10.0,
+        metadata={"help": "Learning rate of the parameters the saliency mask covers = learning_rate x this: Adam "
+                          "moves each weight by about the learning rate per step, so moving a masked subset of the "
+                          "vision side needs larger steps than full-model training (1.0: learning_rate as given)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -199,10 +272,12 @@ class MMUnlearnerConfig(UnlearnConfig):
             raise ValueError(f"schedule={self.schedule!r}; use 'alternate' or 'joint'.")
         if self.forget_every < 1:
             raise ValueError(f"forget_every must be >= 1, got {self.forget_every}.")
-        if self.forget_loss_type not in ("ga", "npo"):
-            raise ValueError(f"forget_loss_type={self.forget_loss_type!r}; use 'ga' or 'npo'.")
+        if self.forget_loss_type not in MMUNLEARNER_FORGET_LOSS_TYPES:
+            raise ValueError(f"forget_loss_type={self.forget_loss_type!r}; use one of {MMUNLEARNER_FORGET_LOSS_TYPES}.")
         if self.retain_guard_action not in ("shrink", "rollback"):
             raise ValueError(f"retain_guard_action={self.retain_guard_action!r}; use 'shrink' or 'rollback'.")
+        if self.masked_lr_scale <= 0:
+            raise ValueError(f"masked_lr_scale must be > 0, got {self.masked_lr_scale}.")
         if not 0 < self.retain_guard_shrink < 1:
             raise ValueError(f"retain_guard_shrink must be in (0, 1), got {self.retain_guard_shrink}.")
         if self.schedule == "alternate" and self.retain_loss_type == "none":
@@ -213,6 +288,7 @@ class MMUnlearnerConfig(UnlearnConfig):
 VKD_FEATURE_SITES = ("vision_layer", "projector", "llm_hidden")
 VKD_DISTANCES = ("mse", "cosine", "smooth_l1")
 VKD_FORGET_LOSS_TYPES = ("ga", "npo", "none")
+VKD_FORGET_FEATURE_LOSSES = ("random_target", "hinge")
 
 
 @dataclass
@@ -220,9 +296,10 @@ class VKDConfig(UnlearnConfig):
     r"""VKD: visual knowledge distillation with a frozen language model (hf_unlearn's reading of Wang et al., 2025).
 
     Only the vision tower and projector train; the language model and ``lm_head`` are frozen. A frozen teacher (the
-    starting model by default) supplies intermediate features: forget-image features are pushed at least ``margin``
-    away from the teacher's, retain-image features are pulled onto them. See ``docs/methods/vkd.md`` for which of
-    these choices the paper leaves open.
+    starting model by default) supplies intermediate features: forget-image features are pulled towards a fixed
+    random target (or pushed ``margin`` away from the teacher's), retain-image features are pulled onto the
+    teacher's. See ``docs/methods/vkd.md`` for which of these choices the paper leaves open and how the defaults were
+    measured.
 
     > Parameters that control the features
 
@@ -243,10 +320,16 @@ class VKDConfig(UnlearnConfig):
         forget_loss_type (`str`, defaults to `"npo"`): output-level term on forget answers: ``"npo"``, ``"ga"`` or
             ``"none"`` (features only; the language model never runs on forget batches then). The hinge alone
             cannot start from a student equal to its teacher (d = 0 is where its gradient vanishes), so ``"none"``
-            needs a ``teacher_model`` that differs from the starting model.
+            with ``forget_feature_loss="hinge"`` needs a ``teacher_model`` that differs from the starting model.
         beta (`float`, defaults to `0.1`): NPO inverse temperature.
-        push_away_weight (`float`, defaults to `1.0`): weight of the hinge max(0, margin - d(f_s, f_t)) on forget
-            images.
+        forget_feature_loss (`str`, defaults to `"random_target"`): the forget-image feature term.
+            ``"random_target"``: mean d(f_s, c * u), towards a fixed random direction u (entries uniform in [0, 1),
+            normalised, seeded by ``seed``) with an RMS entry of ``target_scale`` times the teacher's forget features'
+            (representation misdirection, as RMU, Li et al. 2024, arXiv 2403.03218); its gradient is large from the
+            first step. ``"hinge"``: mean max(0, margin - d(f_s, f_t)), pushed away from the teacher's features;
+            zero gradient at the start.
+        push_away_weight (`float`, defaults to `1.0`): weight of the forget feature term.
+        target_scale (`float`, defaults to `1.0`): the random target's norm relative to the teacher's features.
         margin (`float`, defaults to `1.0`): hinge margin, in normalized units when ``normalize_distance``: 1.0 asks
             forget features to be as far from the teacher's as the teacher's are from zero.
         feature_match_weight (`float`, defaults to `10.0`): weight of d(f_s, f_t) on retain images (in normalized
@@ -265,6 +348,9 @@ class VKDConfig(UnlearnConfig):
         precompute_teacher_features (`bool`, defaults to `False`): compute the teacher's features (and NPO reference
             log-probs) for every forget and retain row once at the start, keep them on CPU and hold no teacher
             model afterwards.
+        vision_lr_scale (`float`, defaults to `10.0`): the vision tower and projector train at
+            ``learning_rate * vision_lr_scale`` (``trainers/lr_scale.py``: Adam moves each weight by about the
+            learning rate per step, and VKD moves only the vision side).
     """
 
     feature_site: str = field(
@@ -289,11 +375,24 @@ class VKDConfig(UnlearnConfig):
                                  "choices": list(VKD_FORGET_LOSS_TYPES)},
     )
     beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (> 0)."})
+    forget_feature_loss: str = field(
+        default="random_target",
+        metadata={"help": "Forget-image feature term: 'random_target' (pull features towards a fixed random direction "
+                          "of the teacher features' norm, as RMU; acts from the first step) or 'hinge' (push them "
+                          "margin away from the teacher's; zero gradient at the start).",
+                  "choices": list(VKD_FORGET_FEATURE_LOSSES)},
+    )
     push_away_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the hinge max(0, margin - d) on forget-image features."}
+        default=1.0, metadata={"help": "Weight of the forget feature term (forget_feature_loss) on forget images."}
+    )
+    target_scale: float = field(
+        default=1.0,
+        metadata={"help": "forget_feature_loss='random_target': the target's norm in units of the teacher's forget "
+                          "features' RMS norm (RMU's steering coefficient)."},
     )
     margin: float = field(
-        default=1.0, metadata={"help": "Hinge margin (normalized units when normalize_distance)."}
+        default=1.0, metadata={"help": "forget_feature_loss='hinge': margin (normalized units when "
+                                       "normalize_distance)."}
     )
     feature_match_weight: float = field(
         default=10.0, metadata={"help": "Weight of the feature distance to the teacher on retain images."}
@@ -309,18 +408,27 @@ class VKDConfig(UnlearnConfig):
         default=False,
         metadata={"help": "Compute teacher features once at the start (kept on CPU); hold no teacher afterwards."},
     )
+    vision_lr_scale: float = field(
+        default=10.0,
+        metadata={"help": "Learning rate of the vision tower and projector (all VKD trains) = learning_rate x this: "
+                          "Adam moves each weight by about the learning rate per step, so moving only the vision "
+                          "side needs larger steps than full-model training (1.0: learning_rate as given)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         for name, allowed in (("feature_site", VKD_FEATURE_SITES), ("distance", VKD_DISTANCES),
-                              ("forget_loss_type", VKD_FORGET_LOSS_TYPES)):
+                              ("forget_loss_type", VKD_FORGET_LOSS_TYPES),
+                              ("forget_feature_loss", VKD_FORGET_FEATURE_LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}.")
-        for name in ("push_away_weight", "margin", "feature_match_weight", "retain_nll_weight"):
+        for name in ("push_away_weight", "margin", "feature_match_weight", "retain_nll_weight", "target_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.vision_lr_scale <= 0:
+            raise ValueError(f"vision_lr_scale must be > 0, got {self.vision_lr_scale}.")
         if self.trainable_vision_blocks is not None and self.trainable_vision_blocks < 0:
             raise ValueError(f"trainable_vision_blocks must be None or >= 0, got {self.trainable_vision_blocks}.")
         if self.retain_loss_type == "kl":

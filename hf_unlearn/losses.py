@@ -44,6 +44,23 @@ def gradient_ascent_loss(forget_nll: torch.Tensor) -> torch.Tensor:
     return -forget_nll
 
 
+def unlikelihood_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Unlikelihood (Welleck et al. 2020) on the answer tokens: mean over them of -log(1 - p(y_t)).
+
+    Where gradient ascent's gradient on a token's logit is 1 - p (it vanishes on answers the model is sure of, the
+    memorised forget set), this one's is p: largest at the start, and falling to 0 as the answer becomes unlikely, so
+    it is bounded below by 0 and stops by itself. ``log(1 - p)`` is computed as logsumexp over the other tokens
+    minus logsumexp over all, exact even where p rounds to 1.
+    """
+    logits, labels = shift_for_next_token(logits, labels)
+    mask = labels != IGNORE_INDEX
+    z = logits[mask].float()  # (N, V): answer positions only
+    y = labels[mask]
+    log_all = torch.logsumexp(z, dim=-1)
+    log_others = torch.logsumexp(z.scatter(-1, y[:, None], float("-inf")), dim=-1)
+    return -(log_others - log_all).sum() / mask.sum().clamp(min=1)
+
+
 def npo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
     """Negative Preference Optimization (Zhang et al. 2024), averaged over the batch.
 
@@ -151,3 +168,13 @@ def undial_loss(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Te
     adjusted = teacher.scatter_add(-1, targets[:, None], torch.full_like(targets[:, None], -gamma, dtype=teacher.dtype))
     soft_labels = F.softmax(adjusted, dim=-1)
     return -(soft_labels * F.log_softmax(student, dim=-1)).sum(-1).mean()
+
+
+def random_feature_target(dim: int, rms: float, seed: int = 0) -> torch.Tensor:
+    """A fixed random feature vector (D,) with root-mean-square entry ``rms`` (RMU, Li et al. 2024, arXiv 2403.03218).
+
+    As in RMU the direction has independent entries drawn uniformly from [0, 1), then normalised; seeded, so every
+    process and a resumed run draw the same target.
+    """
+    u = torch.rand(dim, generator=torch.Generator().manual_seed(seed))
+    return u / u.norm() * (rms * dim ** 0.5)

@@ -57,3 +57,17 @@ def mean_nll(model, processor, dataset) -> float:
     loss = model(**UnlearnDataCollator(processor)(list(dataset))).loss.item()
     model.train(was_training)
     return loss
+
+
+@pytest.fixture(scope="session")
+def quick_demo_cache(tmp_path_factory):
+    """A cache folder holding the quick demo's vanilla and oracle at seed 0, trained once per test session."""
+    from hf_unlearn.data.synthetic import build_synthetic_benchmark
+    from hf_unlearn.demo import DemoConfig
+    from hf_unlearn.demo.references import load_or_train_reference_models
+
+    cache = tmp_path_factory.mktemp("quick_demo_cache")
+    config = DemoConfig.quick(seed=0)
+    load_or_train_reference_models(build_synthetic_benchmark(config.benchmark), config, str(cache), False,
+                                   lambda line: None)
+    return str(cache)

@@ -97,8 +97,10 @@ def optional_methods() -> dict:
         from hf_unlearn.config import VKDConfig
         from hf_unlearn.trainers.vkd import VKDTrainer
 
-        # Under ZeRO-3 the teacher must be loaded partitioned: pass its path.
-        found["vkd"] = (VKDTrainer, VKDConfig, {}, {"reference": True, "mask": True})
+        # Under ZeRO-3 the teacher must be loaded partitioned: pass its path. At the default 10x vision learning rate
+        # the losses grow so fast that ZeRO-3's reduction order alone moves them by more than LOSS_TOL; the scaled
+        # optimizer groups are covered under DeepSpeed by MMUnlearner (masked_lr_scale).
+        found["vkd"] = (VKDTrainer, VKDConfig, {"vision_lr_scale": 1.0}, {"reference": True, "mask": True})
     except ImportError:
         pass
     return found

@@ -136,12 +136,11 @@ def test_unknown_method_is_rejected_with_the_registry(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_demo_command_end_to_end(tmp_path):
+def test_quick_demo_command_end_to_end(tmp_path, quick_demo_cache):
     from hf_unlearn.cli import main
 
     out = tmp_path / "quick"
-    assert main(["demo", "--quick", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
-                 "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--output", str(out), "--cache-dir", quick_demo_cache, "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) >= {"vanilla", "oracle", "ga", "ga_diff", "kl_min", "npo"}
     vanilla, oracle = results["methods"]["vanilla"], results["methods"]["oracle"]

@@ -81,7 +81,7 @@ def test_momentum_from_unmasked_retain_steps_never_leaks_into_forget_steps(tmp_p
     data = toy_people()
     masks = random_vision_mask(model)
     before = snapshot(model)
-    args = MMUnlearnerConfig(**common_args(tmp_path, max_steps=8, forget_every=2))
+    args = MMUnlearnerConfig(**common_args(tmp_path, max_steps=8, schedule="alternate", forget_every=2))
     trainer = MMUnlearnerTrainer(model=model, args=args, train_dataset=data["forget"],
                                  retain_dataset=data["retain"], processing_class=processor, saliency_mask=masks)
     watcher = _ForgetStepWatcher(trainer, masks)

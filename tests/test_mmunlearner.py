@@ -33,7 +33,10 @@ def test_vision_mask_forgets_images_and_keeps_text_bit_for_bit(memorised_llava, 
     assert 0.0 < mask.sparsity < 1.0
     before = {"forget": mean_nll(model, processor, toy_data["forget"]), "retain_vqa": mean_nll(model, processor, retain_vqa),
               "text": mean_nll(model, processor, text_qa)}
-    trainer = MMUnlearnerTrainer(model=model, args=args(tmp_path, learning_rate=1e-2), train_dataset=toy_data["forget"],
+    # The reference loop (alternate schedule, no learning-rate scale, forget weight 1) stays available.
+    reference = dict(schedule="alternate", masked_lr_scale=1.0, forget_weight=1.0)
+    trainer = MMUnlearnerTrainer(model=model, args=args(tmp_path, learning_rate=1e-2, **reference),
+                                 train_dataset=toy_data["forget"],
                                  retain_dataset=toy_data["retain"], processing_class=processor, saliency_mask=mask)
     trainer.train()
     after = {"forget": mean_nll(model, processor, toy_data["forget"]), "retain_vqa": mean_nll(model, processor, retain_vqa),
@@ -70,7 +73,9 @@ def test_config_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match="schedule"):
         args(tmp_path, schedule="sometimes")
     with pytest.raises(ValueError, match="needs a retain term"):
-        args(tmp_path, retain_loss_type="none")
+        args(tmp_path, schedule="alternate", retain_loss_type="none")
+    with pytest.raises(ValueError, match="masked_lr_scale"):
+        args(tmp_path, masked_lr_scale=0.0)
     with pytest.raises(ValueError, match="retain_guard_shrink"):
         args(tmp_path, retain_guard_shrink=1.5)
 
@@ -80,3 +85,21 @@ def test_warns_without_mask(memorised_llava, toy_data, tmp_path):
     with pytest.warns(UserWarning, match="not MMUnlearner"):
         MMUnlearnerTrainer(model=model, args=args(tmp_path), train_dataset=toy_data["forget"],
                            retain_dataset=toy_data["retain"], processing_class=processor)
+
+
+def test_masked_parameters_train_at_the_scaled_learning_rate(memorised_llava, toy_data, tmp_path):
+    model, processor = load_llava(memorised_llava)
+    name = "model.multi_modal_projector.linear_1.weight"
+    mask = {name: torch.ones_like(dict(model.named_parameters())[name], dtype=torch.bool)}
+    cfg = args(tmp_path, max_steps=2, learning_rate=1e-3, freeze_unmasked_parameters=False, lr_scheduler_type="linear")
+    trainer = MMUnlearnerTrainer(model=model, args=cfg, train_dataset=toy_data["forget"],
+                                 retain_dataset=toy_data["retain"], processing_class=processor, saliency_mask=mask)
+    optimizer = trainer.create_optimizer()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    params = dict(model.named_parameters())
+    assert lr_of[id(params[name])] == pytest.approx(1e-2)  # masked_lr_scale=10 by default
+    assert lr_of[id(params["model.language_model.layers.0.mlp.up_proj.weight"])] == pytest.approx(1e-3)
+    trainer.train()
+    lrs = trainer.lr_scheduler.get_last_lr()
+    assert max(lrs) == pytest.approx(10 * min(lrs))  # the schedule scales both groups alike
+    assert trainer.state.log_history[0]["learning_rate"] == pytest.approx(1e-3)  # the user's value is logged

@@ -55,7 +55,8 @@ def test_vkd_pushes_forget_keeps_retain_and_freezes_llm(arch, tmp_path):
     model, processor = tiny_vlm(arch)
     start = deepcopy(model).eval()
     forget, retain = noise_people()
-    args = config(tmp_path)
+    # The hinge's behaviour at the learning rate as given (the defaults are measured in test_forgetting_defaults.py).
+    args = config(tmp_path, forget_feature_loss="hinge", vision_lr_scale=1.0)
     llm_names = set(language_parameter_names(model))
     llm_before = {n: p.detach().clone() for n, p in model.named_parameters() if n in llm_names}
     trainer = VKDTrainer(model, args, train_dataset=forget, retain_dataset=retain, processing_class=processor)
@@ -123,8 +124,8 @@ def test_precomputed_teacher_features_equal_live(arch, site, tmp_path):
 def test_logs_each_term_and_runs_the_llm_only_where_needed(tmp_path):
     model, processor = tiny_vlm("llava")
     forget, retain = noise_people()
-    trainer = VKDTrainer(model, config(tmp_path, max_steps=2), train_dataset=forget, retain_dataset=retain,
-                         processing_class=processor)
+    trainer = VKDTrainer(model, config(tmp_path, max_steps=2, probe_rows=0), train_dataset=forget,
+                         retain_dataset=retain, processing_class=processor)  # no probe: count training passes only
     calls = {"student": 0, "teacher": 0}
 
     def counter(key):
@@ -213,8 +214,10 @@ def test_bad_configurations_raise(tmp_path):
     forget, retain = noise_people()
     model, processor = tiny_vlm("llava")
     with pytest.raises(ValueError, match="zero gradient"):
-        VKDTrainer(model, config(tmp_path, forget_loss_type="none"), train_dataset=forget, retain_dataset=retain,
-                   processing_class=processor)
+        VKDTrainer(model, config(tmp_path, forget_loss_type="none", forget_feature_loss="hinge"),
+                   train_dataset=forget, retain_dataset=retain, processing_class=processor)
+    with pytest.raises(ValueError, match="forget_feature_loss"):
+        config(tmp_path, forget_feature_loss="push")
     with pytest.raises(ValueError, match="retain term is empty"):
         VKDTrainer(model, config(tmp_path, feature_match_weight=0.0), train_dataset=forget, retain_dataset=retain,
                    processing_class=processor)
@@ -292,3 +295,30 @@ def test_resume_with_precomputed_features_equals_uninterrupted(tmp_path):
     _, again = make("resumed")
     with pytest.raises(ValueError, match="no teacher_model was given"):
         again.train(resume_from_checkpoint=str(ckpt))
+
+
+def test_random_target_acts_from_the_first_step_where_the_hinge_cannot(tmp_path):
+    """Student = teacher at the start: the hinge max(0, m - d) has zero gradient there, the random target does not."""
+    from hf_unlearn import losses
+
+    model, processor = tiny_vlm("llava")
+    forget, retain = noise_people()
+    trainer = VKDTrainer(model, config(tmp_path, forget_loss_type="none"), train_dataset=forget,
+                         retain_dataset=retain, processing_class=processor)  # random_target: no output term needed
+    trainer.prepare_teacher()
+    batch = trainer._prepare_inputs(trainer.data_collator.collator([forget[0], forget[1]]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def grad_norm(loss):
+        grads = torch.autograd.grad(loss, trainable, allow_unused=True)
+        return sum(g.norm().item() for g in grads if g is not None)
+
+    loss, logs = trainer.forget_loss(model, batch)
+    assert logs["forget_feature_distance"] == 0.0 and logs["push_away"] > 1.0  # at the teacher, far from the target
+    assert grad_norm(loss) > 0
+    feats, _ = trainer._features(model, trainer.model_inputs(batch), False)
+    teacher = trainer._teacher_features_for("forget", model, batch, trainer.model_inputs(batch), feats)
+    assert grad_norm(losses.hinge_push_away(trainer.feature_distance(feats, teacher), 1.0)) == 0.0
+    target = trainer.forget_target(feats)
+    assert target.shape == (feats.shape[-1],)
+    assert target.pow(2).mean().sqrt().item() == pytest.approx(trainer.feature_rms, rel=1e-5)  # the features' norm

@@ -23,6 +23,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default=None, help="Validation seeds (default: 100,101); never report them.")
     parser.add_argument("--output", default=None, help="Where to write the record (default: hf_unlearn/demo/tuned.json).")
     parser.add_argument("--quick", action="store_true", help="The demo's reduced benchmark (for tests, not conclusions).")
+    parser.add_argument("--calibrate-relearn", action="store_true",
+                        help="Instead of the methods: calibrate the relearning attack's budget (no damage to vanilla, "
+                             "exposes a model that only hides) on the validation seeds.")
     parser.add_argument("--cache-dir", default=None, help="Where vanilla/oracle models are cached.")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..demo import DemoConfig
-    from ..demo.tuning import TUNING_GRIDS, VALIDATION_SEEDS, tune
+    from ..demo.tuning import TUNING_GRIDS, VALIDATION_SEEDS, calibrate, tune
     from .demo import _parse_seeds
 
     try:
@@ -54,5 +57,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = DemoConfig.quick() if args.quick else DemoConfig()
     kwargs = {"output": args.output} if args.output else {}
+    if args.calibrate_relearn:
+        calibrate(seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
+        return 0
     tune(methods, seeds=seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
     return 0

@@ -60,6 +60,8 @@ SYNTHETIC_SPLITS = (
 )
 VANILLA_SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "holdout_qa", "validation_qa", "general")
 ORACLE_SPLITS = ("forget_qa", "retain_vqa", "retain_qa", "holdout_qa", "validation_qa", "general")
+# Text facts of never-pictured people: trained on when a benchmark has them (the synthetic one), optional otherwise.
+_OPTIONAL_SPLITS = ("holdout_qa", "validation_qa")
 
 FIRST_NAMES = (
     "Aldric", "Brisa", "Caelan", "Dorina", "Elvar", "Fenna", "Galen", "Hesper", "Ilario", "Jessamy",
@@ -297,10 +299,11 @@ def build_synthetic_benchmark(config: SyntheticBenchmarkConfig | None = None) ->
 
 
 def _concat(dsd: datasets.DatasetDict, names: tuple[str, ...], what: str) -> datasets.Dataset:
-    missing = [n for n in names if n not in dsd]
+    missing = [n for n in names if n not in dsd and n not in _OPTIONAL_SPLITS]
     if missing:
-        raise KeyError(f"{what} needs splits {list(names)}; missing {missing}, found {list(dsd)}.")
-    return datasets.concatenate_datasets([dsd[n] for n in names])
+        raise KeyError(f"{what} needs splits {[n for n in names if n not in _OPTIONAL_SPLITS]}; missing {missing}, "
+                       f"found {list(dsd)}.")
+    return datasets.concatenate_datasets([dsd[n] for n in names if n in dsd])
 
 
 def vanilla_training_set(dsd: datasets.DatasetDict) -> datasets.Dataset:

@@ -169,6 +169,41 @@ def tune(
                 k: record["protocol"][k] for k in ("seeds", "benchmark", "grid_size")}
             for name, entry in previous.get("methods", {}).items() if same else ():
                 record["methods"].setdefault(name, entry)
+            if "relearn" in previous:  # the attack's calibration is kept
+                record["relearn"] = previous["relearn"]
         write_json_atomic(output, record)
     return record
 
+
+
+def calibrate(
+    seeds: Sequence[int] = VALIDATION_SEEDS,
+    config: DemoConfig | None = None,
+    cache_dir: str | None = None,
+    output: str | None = TUNED_FILE,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Calibrate the relearning attack's budget on the validation seeds (``demo/calibration.py``); the record goes
+    under ``"relearn"`` in ``tuned.json`` next to the method picks."""
+    from .calibration import calibrate_relearn
+
+    config = config or DemoConfig()
+    refs_by_seed = {}
+    with deterministic():
+        for seed in seeds:
+            seed_config = replace(config, seed=seed)
+            benchmark = build_synthetic_benchmark(seed_config.benchmark)
+            refs = load_or_train_reference_models(benchmark, seed_config, cache_dir, show_progress, log)
+            refs_by_seed[seed] = ({k: refs[k]["model"] for k in ("vanilla", "oracle")}, refs["vanilla"]["processor"],
+                                  benchmark)
+        record = calibrate_relearn(refs_by_seed, base=config.relearn)
+    record["seeds"] = list(seeds)
+    log(f"[tune] relearning attack: pick {record['pick']}")
+    if output:
+        previous = {}
+        if os.path.isfile(output):
+            with open(output, encoding="utf-8") as f:
+                previous = json.load(f)
+        write_json_atomic(output, {**previous, "relearn": record})
+    return record

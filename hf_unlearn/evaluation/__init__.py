@@ -3,12 +3,14 @@
 from .attacks import RelearnConfig, membership_inference_auc, relearn_attack, split_for_relearning
 from .evaluator import MCQ_SPLITS, Evaluator
 from .metrics import mcq_accuracy, mcq_predictions, roc_auc, rouge_l
+from .probe import Probe
 from .report import markdown_table, plot_tradeoff, render_report
 from .text_evaluator import TextEvaluator
 
 __all__ = [
     "Evaluator",
     "MCQ_SPLITS",
+    "Probe",
     "RelearnConfig",
     "TextEvaluator",
     "markdown_table",

@@ -1,4 +1,5 @@
 from .base import UnlearnTrainer, UnlearningDivergedError
+from .callbacks import NoForgettingWarning, UnlearningEvalCallback
 from .ga import GATrainer
 from .idkpo import IdkPOTrainer
 from .mmunlearner import MMUnlearnerTrainer
@@ -9,4 +10,5 @@ from .undial import UNDIALTrainer
 from .vkd import VKDTrainer, freeze_for_vkd
 
 __all__ = ["UnlearnTrainer", "UnlearningDivergedError", "GATrainer", "NPOTrainer", "MMUnlearnerTrainer", "VKDTrainer",
-           "freeze_for_vkd", "SimNPOTrainer", "RMUTrainer", "IdkPOTrainer", "UNDIALTrainer"]
+           "freeze_for_vkd", "SimNPOTrainer", "RMUTrainer", "IdkPOTrainer", "UNDIALTrainer",
+           "UnlearningEvalCallback", "NoForgettingWarning"]

@@ -28,6 +28,7 @@ from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
 from ..data.rows import validate_rows
 from ..masking import GradientMasker
 from ..utils import write_json_atomic
+from .callbacks import UnlearningEvalCallback
 from .card import ModelCardMixin
 from .checkpointing import SafeCheckpointMixin
 from .divergence import DivergenceGuard, UnlearningDivergedError
@@ -98,6 +99,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         saliency_mask=None,
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
+        holdout_dataset=None,
         **kwargs,
     ):
         # Args
@@ -121,6 +123,8 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             warnings.warn(f"`retain_dataset` is given but {type(self).__name__} has retain_loss_type='none': the "
                           "retain rows are not used. Drop `retain_dataset`, or set retain_loss_type='nll' or 'kl'.",
                           stacklevel=2)
+        if holdout_dataset is not None and len(holdout_dataset) == 0:
+            raise ValueError("`holdout_dataset` is empty; pass rows the model never saw or `holdout_dataset=None`.")
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("Pass `processing_class` (tokenizer or processor) or a `data_collator`.")
@@ -130,7 +134,9 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         if isinstance(data_collator, UnlearnDataCollator):  # our row formats: bad rows fail here, before training
             validate_rows(train_dataset, "forget set")
             validate_rows(retain_dataset if self.uses_retain(args) else None, "retain set")
+            validate_rows(holdout_dataset, "holdout set")
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
+        self.holdout_dataset = holdout_dataset  # never trained on: the probe's target (trainers/callbacks.py)
         self.pairing = ForgetRetainDataset(
             train_dataset, retain_dataset if self.uses_retain(args) else None, anchor=args.pairing_anchor,
             seed=args.seed,
@@ -157,6 +163,13 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             callbacks.append(_MaskedStepCallback(self))
         if args.stop_forget_loss_above is not None:
             callbacks.append(_StopOnForgetLossCallback(self))
+        # One probe for metrics logging, the holdout stop rule, the no-op warning and the before/after log.
+        self.unlearning_eval = next((c for c in callbacks if isinstance(c, UnlearningEvalCallback)), None)
+        if self.unlearning_eval is None:
+            self.unlearning_eval = UnlearningEvalCallback()
+            callbacks.append(self.unlearning_eval)
+        self.unlearning_eval.bind(self, args)
+        self.unlearning_report: dict | None = None  # filled at the end of train(); shown in the model card
 
         super().__init__(
             model=model, args=args, data_collator=PairedCollator(data_collator), train_dataset=self.pairing,
@@ -397,4 +410,6 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         if self.model.training and self._metrics:  # training logs: add each loss term under its own name
             logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items() if v}}
             self._metrics.clear()
+        if "train_runtime" in logs:  # the end-of-training log also says what moved (<set>_nll_before/_after)
+            logs.update(self.unlearning_eval.final_logs())
         super().log(logs, start_time)

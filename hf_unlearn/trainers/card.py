@@ -167,7 +167,7 @@ class ModelCardMixin:
             "method_name": self._name, "method_tag": self._method_tag, "paper": self._paper,
             "base_model": self._base_model_id(),
             "pipeline_tag": "image-text-to-text" if is_vlm else "text-generation",
-            "settings": self._method_settings(),
+            "settings": safe_settings({**self._method_settings(), "unlearning_report": self.unlearning_report}),
             "mask_summary": mask_summary(mask) if mask is not None else None,
             "metrics_before": before, "metrics_after": after,
             "tags": list(dict.fromkeys([*self._tag_names, self._method_tag])),

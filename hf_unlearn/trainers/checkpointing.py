@@ -55,8 +55,10 @@ _LEGACY_SAVE_FILES = (
 )
 # Config fields that change how a run is carried out, not what it optimises: a resume may change them.
 _OPERATIONAL_FIELDS = {
-    "stop_forget_loss_above", "precompute_ref_log_probs", "precompute_teacher_features", "divergence_guard",
-    "max_weight_norm_change",
+    "stop_forget_loss_above", "precompute_ref_log_probs", "precompute_teacher_features",
+    "precompute_retain_activations", "divergence_guard", "max_weight_norm_change", "stop_at_holdout",
+    "stop_criterion", "stop_nll_margin", "stop_auc_delta", "probe_steps", "probe_rows", "noop_check_steps",
+    "noop_min_nll_change",
 }
 
 

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from .. import losses
 from ..config import MMUnlearnerConfig
 from .base import UnlearnTrainer
+from .lr_scale import ScaledLearningRateMixin
 
 
 class _RetainGuardCallback(TrainerCallback):
@@ -57,7 +58,7 @@ class _RetainGuardCallback(TrainerCallback):
         trainer._metrics["guard_probe_loss"].append(probe)
 
 
-class MMUnlearnerTrainer(UnlearnTrainer):
+class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
     """Masked gradient ascent on forget batches with retain descent.
 
     Args (beyond ``UnlearnTrainer``):
@@ -87,7 +88,7 @@ class MMUnlearnerTrainer(UnlearnTrainer):
         if saliency_mask is None:
             import warnings
 
-            warnings.warn("MMUnlearnerTrainer without `saliency_mask` updates every parameter: this is alternating "
+            warnings.warn("MMUnlearnerTrainer without `saliency_mask` updates every parameter: this is "
                           "GA_Diff, not MMUnlearner. Compute one with `compute_saliency_mask`.", stacklevel=2)
         super().__init__(*args, saliency_mask=saliency_mask, **kwargs)
         self.retain_guard = None
@@ -98,6 +99,14 @@ class MMUnlearnerTrainer(UnlearnTrainer):
             self._probe_batch = None
             self.retain_guard = _RetainGuardCallback(self)
             self.add_callback(self.retain_guard)
+        self.check_lr_scale_supported()
+
+    # The parameters the mask covers move at learning_rate * masked_lr_scale (lr_scale.py says why).
+    def lr_scale(self) -> float:
+        return self.args.masked_lr_scale if self.masker is not None else 1.0
+
+    def lr_scaled_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.masker.params.values() if p.requires_grad] if self.masker is not None else []
 
     def needs_reference(self, args) -> bool:
         return super().needs_reference(args) or args.forget_loss_type == "npo"
@@ -113,6 +122,8 @@ class MMUnlearnerTrainer(UnlearnTrainer):
         logs = {"forget_nll": outputs.loss.item()}
         if self.args.forget_loss_type == "ga":
             return losses.gradient_ascent_loss(outputs.loss), logs
+        if self.args.forget_loss_type == "unlikelihood":
+            return losses.unlikelihood_loss(outputs.logits, inputs["labels"]), logs
         logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])
         ref_logps, _ = losses.sequence_log_probs(self.reference_logits(model, inputs), inputs["labels"])
         return losses.npo_loss(logps, ref_logps, self.args.beta), logs

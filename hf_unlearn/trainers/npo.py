@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from .. import losses
@@ -63,7 +64,10 @@ class NPOTrainer(UnlearnTrainer):
         collate = self.data_collator.collator
         bs = self.args.per_device_eval_batch_size
         values: list[float] = []
-        for start in range(0, len(self.forget_dataset), bs):
+        # On a 7B model this takes minutes before step 0: show it (the Trainer's own bar has not started yet).
+        starts = tqdm(range(0, len(self.forget_dataset), bs), desc="NPO reference log-probs", unit="batch",
+                      disable=self.args.disable_tqdm or not self.is_world_process_zero())
+        for start in starts:
             rows = [self.forget_dataset[i] for i in range(start, min(start + bs, len(self.forget_dataset)))]
             batch = self._prepare_inputs(collate(rows))
             logits = (self.ref_model(**batch) if self.ref_model is not None else model(**batch)).logits

@@ -6,11 +6,19 @@ optimizer exists and stay bit-identical. A frozen teacher (a copy of the startin
 frozen language-model weights instead of copying them) gives features at a feature site (``hf_unlearn.features``).
 
 Loss per step:
-    forget_weight * (forget_output + push_away_weight * mean max(0, margin - d(f_s, f_t)))      on forget batches
+    forget_weight * (forget_output + push_away_weight * forget_feature)                         on forget batches
   + retain_weight * (feature_match_weight * mean d(f_s, f_t) + retain_nll_weight * NLL)        on retain batches
-where forget_output is NPO or GA on the forget answers (or nothing), and d is a per-token distance divided by the
-teacher's feature scale (``normalize_distance``). Unless an output term needs it, the language model does not run:
-the vision sites need only the vision tower and projector.
+where forget_output is NPO or GA on the forget answers (or nothing), d is a per-token distance divided by the
+teacher's feature scale (``normalize_distance``), and forget_feature is (``forget_feature_loss``)
+
+* ``"random_target"`` (default): mean d(f_s, c * u), the forget features pulled towards a fixed random direction u
+  whose norm is ``target_scale`` times the teacher features' RMS norm (RMU's representation misdirection, Li et al.
+  2024). Its gradient is large from the first step, where the student still equals its teacher;
+* ``"hinge"``: mean max(0, margin - d(f_s, f_t)), the forget features pushed ``margin`` away from the teacher's.
+  d = 0 is its stationary point, so it only acts once the output term has moved the features.
+
+Unless an output term needs it, the language model does not run: the vision sites need only the vision tower and
+projector. The vision side trains at ``learning_rate * vision_lr_scale`` (``lr_scale.py`` says why).
 
 Precomputing (``precompute_teacher_features=True``) stores the teacher's features of every forget and retain row on
 CPU at the start of training, indexed by row: both datasets are wrapped so each row carries its index
@@ -31,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
@@ -39,6 +48,7 @@ from ..config import VKDConfig
 from ..features import extract_features, feature_module, features_per_row, vision_blocks
 from ..models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
 from .base import UnlearnTrainer
+from .lr_scale import ScaledLearningRateMixin
 
 logger = logging.getLogger(__name__)
 
@@ -152,10 +162,15 @@ class _TeacherSetupCallback(TrainerCallback):
         self.trainer.prepare_teacher(resumed=state.global_step > 0)
 
 
+def _rms(features: torch.Tensor | None) -> float:
+    """Root-mean-square entry of a feature tensor (1.0 when there are no features)."""
+    return features.float().pow(2).mean().sqrt().item() if features is not None and features.numel() else 1.0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Trainer
 # ----------------------------------------------------------------------------------------------------------------
-class VKDTrainer(UnlearnTrainer):
+class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
     """Visual knowledge distillation with a frozen LLM. See the module docstring and ``VKDConfig``.
 
     Args (beyond ``UnlearnTrainer``'s):
@@ -184,13 +199,14 @@ class VKDTrainer(UnlearnTrainer):
         teacher_model = teacher_model if teacher_model is not None else ref_model
         self._given_teacher = teacher_model
         args = self._coerce_args(args, model)
-        if args.forget_weight > 0 and args.forget_loss_type == "none" and teacher_model is None:
+        if (args.forget_weight > 0 and args.forget_loss_type == "none" and args.forget_feature_loss == "hinge"
+                and teacher_model is None):
             raise ValueError(
                 "forget_loss_type='none' with the starting model as teacher cannot unlearn: the student starts equal "
                 "to the teacher, where the push-away hinge max(0, margin - d) has zero gradient (d = 0 is its "
-                "stationary point for mse, cosine and smooth_l1). Use forget_loss_type='npo' or 'ga' (the output "
-                "term moves the features, the hinge then pushes them past the margin), or pass a different "
-                "teacher_model."
+                "stationary point for mse, cosine and smooth_l1). Use forget_feature_loss='random_target' (acts from "
+                "the first step), forget_loss_type='npo' or 'ga' (the output term moves the features, the hinge then "
+                "pushes them past the margin), or pass a different teacher_model."
             )
 
         # Check everything first, then freeze before the optimizer exists: the LLM never enters it, so it stays
@@ -203,6 +219,8 @@ class VKDTrainer(UnlearnTrainer):
 
         self.teacher_features: dict[str, list[torch.Tensor]] | None = None
         self.feature_scale: float | None = 1.0 if (args.distance == "cosine" or not args.normalize_distance) else None
+        self.feature_rms: float | None = None  # RMS entry of the teacher's forget features: the random target's norm
+        self._forget_target: torch.Tensor | None = None
         self._modules: dict[int, nn.Module] = {}
         super().__init__(
             model, args, data_collator=data_collator,
@@ -216,6 +234,14 @@ class VKDTrainer(UnlearnTrainer):
                              "retain_loss_type='none'.")
         self.data_collator.collator = RowIndexCollator(self.data_collator.collator)
         self.add_callback(_TeacherSetupCallback(self))
+        self.check_lr_scale_supported()
+
+    # The vision side is all VKD trains: it moves at learning_rate * vision_lr_scale (lr_scale.py).
+    def lr_scale(self) -> float:
+        return self.args.vision_lr_scale
+
+    def lr_scaled_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------------------------------------------------
     # Set-up checks
@@ -304,10 +330,14 @@ class VKDTrainer(UnlearnTrainer):
                 raise RuntimeError("No teacher model is available (it was dropped after precomputing features).")
             return self._features(teacher, inputs, need_outputs)
 
-    def _batches(self, dataset):
+    def _batches(self, dataset, desc: str | None = None):
         collate = self.data_collator.collator  # RowIndexCollator(inner)
         bs = self.args.per_device_eval_batch_size
-        for start in range(0, len(dataset), bs):
+        starts = range(0, len(dataset), bs)
+        if desc is not None:  # a bar for the long passes before step 0 (on a 7B model they look like a hang)
+            starts = tqdm(starts, desc=desc, unit="batch",
+                          disable=self.args.disable_tqdm or not self.is_world_process_zero())
+        for start in starts:
             yield self._prepare_inputs(collate([dataset[i] for i in range(start, min(start + bs, len(dataset)))]))
 
     @torch.no_grad()
@@ -322,9 +352,14 @@ class VKDTrainer(UnlearnTrainer):
                     "checkpoint's weights are not the teacher. Pass teacher_model=<the original model path>."
                 )
             self.precompute_teacher_features()
-        if self.feature_scale is None:
-            self.feature_scale = self._measure_feature_scale()
-            self._metrics["feature_scale"].append(self.feature_scale)
+        need_rms = self.feature_rms is None and args.forget_feature_loss == "random_target"
+        if self.feature_scale is None or need_rms:
+            feats = self._teacher_reference_features()  # one teacher pass for both statistics
+            if self.feature_scale is None:
+                self.feature_scale = self._measure_feature_scale(feats)
+                self._metrics["feature_scale"].append(self.feature_scale)
+            if need_rms:
+                self.feature_rms = _rms(feats)
 
     @torch.no_grad()
     def precompute_teacher_features(self) -> None:
@@ -343,7 +378,7 @@ class VKDTrainer(UnlearnTrainer):
             sides.append(("retain", self.retain_dataset, False))
         for side, dataset, need_outputs in sides:
             rows: list[torch.Tensor] = []
-            for batch in self._batches(dataset):
+            for batch in self._batches(dataset, desc=f"VKD teacher features ({side})"):
                 inputs = self.model_inputs(batch)
                 feats, outputs = self.teacher_pass(model, inputs, need_outputs, teacher=teacher)
                 rows.extend(f.detach().cpu() for f in features_per_row(feats, inputs, model))
@@ -358,8 +393,20 @@ class VKDTrainer(UnlearnTrainer):
         model.train(was_training)
 
     @torch.no_grad()
-    def _measure_feature_scale(self) -> float:
+    def _measure_feature_scale(self, feats: torch.Tensor | None = None) -> float:
         """Mean distance of the teacher's forget-image features from zero (retain images if the forget set has none)."""
+        t = feats if feats is not None else self._teacher_reference_features()
+        if t is None:
+            return 1.0
+        scale = losses.feature_distance(torch.zeros_like(t), t, self.args.distance).mean().item()
+        if not scale > 0:
+            raise ValueError(f"The teacher's features at {self.args.feature_site!r} are all zero; pick "
+                             "another feature_site or set normalize_distance=False.")
+        return scale
+
+    @torch.no_grad()
+    def _teacher_reference_features(self) -> torch.Tensor | None:
+        """The teacher's features of the forget images (retain images if the forget set has none), (N, D) fp32."""
         for side in ("forget", "retain"):
             if self.teacher_features is not None and side in self.teacher_features:
                 feats = [f for f in self.teacher_features[side] if f.numel()]
@@ -368,18 +415,22 @@ class VKDTrainer(UnlearnTrainer):
                 if dataset is None or (self.ref_model is None and not self._use_adapter_free_reference):
                     continue  # no retain set, or the teacher was dropped after precomputing
                 feats = []
-                for batch in self._batches(dataset):
+                for batch in self._batches(dataset, desc="VKD teacher feature scale"):
                     f, _ = self.teacher_pass(self.model, self.model_inputs(batch))
                     if f is not None:
                         feats.append(f)
             if feats:
-                t = torch.cat([f.float() for f in feats])
-                scale = losses.feature_distance(torch.zeros_like(t), t, self.args.distance).mean().item()
-                if not scale > 0:
-                    raise ValueError(f"The teacher's features at {self.args.feature_site!r} are all zero; pick "
-                                     "another feature_site or set normalize_distance=False.")
-                return scale
-        return 1.0
+                return torch.cat([f.float() for f in feats])
+        return None
+
+    def forget_target(self, like: torch.Tensor) -> torch.Tensor:
+        """The random target feature (D,) of ``forget_feature_loss='random_target'``, on ``like``'s device."""
+        if self._forget_target is None:
+            if self.feature_rms is None:
+                self.feature_rms = _rms(self._teacher_reference_features())
+            rms = self.feature_rms * self.args.target_scale
+            self._forget_target = losses.random_feature_target(like.shape[-1], rms, seed=self.args.seed)
+        return self._forget_target.to(like)
 
     def _teacher_features_for(self, side: str, model, batch: dict, inputs: dict, like: torch.Tensor) -> torch.Tensor:
         if self.teacher_features is not None and side in self.teacher_features:
@@ -466,9 +517,12 @@ class VKDTrainer(UnlearnTrainer):
             logs["forget_output_loss"] = term.item()
         if args.push_away_weight > 0 and feats is not None:
             d = self.feature_distance(feats, self._teacher_features_for("forget", model, forget, inputs, feats))
-            hinge = losses.hinge_push_away(d, args.margin)
-            loss = loss + args.push_away_weight * hinge
-            logs.update(push_away=hinge.item(), forget_feature_distance=d.mean().item())
+            if args.forget_feature_loss == "hinge":
+                term = losses.hinge_push_away(d, args.margin)
+            else:  # random_target: towards c * u, a gradient from the first step
+                term = self.feature_distance(feats, self.forget_target(feats).expand_as(feats)).mean()
+            loss = loss + args.push_away_weight * term
+            logs.update(push_away=term.item(), forget_feature_distance=d.mean().item())
         return loss, logs
 
     def retain_loss(self, model, retain):

@@ -1,0 +1,99 @@
+"""A tiny LLaVA that memorised a small synthetic benchmark, built once per test session.
+
+Richer than conftest's ``memorised_llava`` (one solid-colour portrait kind, no options): procedurally drawn portraits
+of 6 trained people (2 forget, 4 retain) with 5 image questions and 5 text questions each, 4-way options, and
+3 *holdout* people whose text facts the model learnt but whose portraits it never saw. Their image questions are what
+a retrained model sees for the forget people: the stop rule's target.
+
+Memorised to an answer NLL of about 0.003 (p ~ 0.997 per token), the regime where gradient ascent's gradient vanishes
+and where issue 18 measured MMUnlearner and VKD doing nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import datasets
+import pytest
+import torch
+
+BENCH = dict(num_people=6, num_holdout_people=3, forget_ratio=0.34, num_general=0)
+SEED = 0
+
+
+@functools.lru_cache(maxsize=None)
+def benchmark(seed: int = SEED) -> datasets.DatasetDict:
+    from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig, build_synthetic_benchmark
+
+    return build_synthetic_benchmark(SyntheticBenchmarkConfig(**BENCH, seed=seed))
+
+
+def vanilla_rows(bench) -> datasets.Dataset:
+    """What the memorised model trained on: every split except the holdout people's image questions."""
+    return datasets.concatenate_datasets([bench[k] for k in ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa",
+                                                             "holdout_qa")])
+
+
+def train_memorised(path: str, seed: int = SEED) -> str:
+    """Fine-tune a tiny LLaVA on ``vanilla_rows`` with a plain ``Trainer`` (100 epochs) and save it to ``path``."""
+    from transformers import Trainer, TrainingArguments
+
+    from hf_unlearn import UnlearnDataCollator
+    from hf_unlearn.data.synthetic import benchmark_corpus
+    from hf_unlearn.testing import tiny_llava
+
+    bench = benchmark(seed)
+    model, processor = tiny_llava(seed=seed, corpus=benchmark_corpus(bench))
+    args = TrainingArguments(
+        output_dir=f"{path}/run", per_device_train_batch_size=8, num_train_epochs=100, learning_rate=3e-3,
+        warmup_steps=5, report_to="none", save_strategy="no", use_cpu=True, remove_unused_columns=False,
+        disable_tqdm=True, logging_strategy="no", seed=seed,
+    )
+    Trainer(model=model, args=args, train_dataset=vanilla_rows(bench),
+            data_collator=UnlearnDataCollator(processor)).train()
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+_BUILT: dict[int, str] = {}
+
+
+@pytest.fixture(scope="session")
+def memorised_people(tmp_path_factory) -> str:
+    """Path of the memorised model (built once, whichever test module asks first)."""
+    if SEED not in _BUILT:
+        _BUILT[SEED] = train_memorised(str(tmp_path_factory.mktemp("memorised_people") / "model"))
+    return _BUILT[SEED]
+
+
+def load(path: str):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+
+
+def splits(bench) -> dict[str, datasets.Dataset]:
+    """The sets a user passes: forget (image questions), retain (other people's image questions + all text
+    questions: the framing of MMUnlearner, whose text knowledge is kept), holdout, and the text-only rows."""
+    text = datasets.concatenate_datasets([bench["forget_qa"], bench["retain_qa"]])
+    return {
+        "forget": bench["forget_vqa"],
+        "retain": datasets.concatenate_datasets([bench["retain_vqa"], text]),
+        "retain_vqa": bench["retain_vqa"],
+        "holdout": bench["holdout_vqa"],
+        "text": text,
+    }
+
+
+@torch.no_grad()
+def mean_nll(model, processor, rows) -> float:
+    """Token-mean answer NLL of ``rows`` in one batch (the Trainer's loss)."""
+    from hf_unlearn import UnlearnDataCollator
+
+    was_training = model.training
+    model.eval()
+    loss = model(**UnlearnDataCollator(processor)([{k: r[k] for k in ("image", "question", "answer")}
+                                                   for r in rows])).loss.item()
+    model.train(was_training)
+    return loss
