@@ -35,8 +35,9 @@ def half_write_then_wait(path: str, data: bytes, ready_file: str) -> None:
         f.write(data[: len(data) // 2])
         f.flush()
         os.fsync(f.fileno())
-        with open(ready_file, "w") as ready:
+        with open(ready_file + ".part", "w") as ready:
             ready.write(path)
+        os.replace(ready_file + ".part", ready_file)  # the test sees the file only once it holds the path
         while True:  # the test SIGKILLs this process now
             time.sleep(1)
 
