@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, SaliencyMask, SaliencyMaskConfig
+from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, SaliencyMask
 from hf_unlearn.trainers.checkpointing import (
     LOCK_NAME,
     MANIFEST_NAME,

@@ -40,7 +40,8 @@ def as_messages(row):
 def as_standard_prompt_completion(row):
     """Raw text, laid out as the tiny LLaVA's chat template would render it (the image token written by hand)."""
     image = "<image>\n" if row["image"] is not None else ""
-    return {"image": row["image"], "prompt": f"USER: {image}{row['question']} ASSISTANT:", "completion": f" {row['answer']}"}
+    return {"image": row["image"], "prompt": f"USER: {image}{row['question']} ASSISTANT:",
+            "completion": f" {row['answer']}"}
 
 
 FORMATS = {"prompt_completion": as_conversational_prompt_completion, "messages": as_messages,
