@@ -11,7 +11,7 @@ from .config import IdkPOConfig, RMUConfig, SimNPOConfig, UNDIALConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset
 from .evaluation import Evaluator
-from .saliency import SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
+from .saliency import MaskFileError, SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
 from .trainers import (
     GATrainer,
     MMUnlearnerTrainer,
@@ -48,6 +48,7 @@ __all__ = [
     "SaliencyMaskConfig",
     "SaliencyMask",
     "compute_saliency_mask",
+    "MaskFileError",
     "Evaluator",
     "UnlearnDataCollator",
     "PairedCollator",

@@ -36,6 +36,13 @@ class UnlearnConfig(TrainingArguments):
         pairing_anchor (`str`, defaults to `"forget"`): which split an epoch runs over; the other is cycled.
         stop_forget_loss_above (`float` or `None`): stop once the mean forget NLL of a step exceeds this value
             (gradient ascent diverges if left alone).
+        divergence_guard (`bool`, defaults to `True`): keep an optimizer step only if the loss and the updated
+            weights are finite and the weight norm changed by at most ``max_weight_norm_change``; on a failure put
+            back the last good weights (bit for bit), save nothing more and raise ``UnlearningDivergedError``
+            (``hf_unlearn.trainers.divergence``; holds one copy of the trainable weights).
+        max_weight_norm_change (`float` or `None`, defaults to `1.0`): the largest relative change
+            ``| ||w_new|| - ||w_old|| | / ||w_old||`` of the trainable weights' norm in one step (a lower bound of the
+            update's size; 1.0: the norm more than doubled). ``None``: only non-finite weights fail.
 
     > Parameters that control the unlearning probe (``UnlearningEvalCallback``, docs/stopping.md)
 
@@ -93,6 +100,16 @@ class UnlearnConfig(TrainingArguments):
     stop_forget_loss_above: float | None = field(
         default=None, metadata={"help": "Stop training once a step's mean forget NLL exceeds this value."}
     )
+    divergence_guard: bool = field(
+        default=True,
+        metadata={"help": "Check each step's loss and updated weights; on divergence restore the last good weights, "
+                          "save nothing more and raise UnlearningDivergedError."},
+    )
+    max_weight_norm_change: float | None = field(
+        default=1.0,
+        metadata={"help": "Largest relative change of the trainable weights' norm in one optimizer step the divergence "
+                          "guard accepts (1.0: the norm more than doubled; None: only non-finite weights fail)."},
+    )
     # The unlearning probe: logging, target-driven stop, no-op warning (trainers/callbacks.py)
     stop_at_holdout: bool | None = field(
         default=None,
@@ -146,6 +163,8 @@ class UnlearnConfig(TrainingArguments):
                      "noop_check_steps", "noop_min_nll_change"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        if self.max_weight_norm_change is not None and not self.max_weight_norm_change > 0:
+            raise ValueError(f"max_weight_norm_change must be > 0 or None, got {self.max_weight_norm_change}.")
         if self.stop_criterion not in ("nll", "auc"):
             raise ValueError(f"stop_criterion={self.stop_criterion!r}; use 'nll' or 'auc'.")
         if self.probe_steps is not None and self.probe_steps < 1:

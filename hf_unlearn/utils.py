@@ -31,8 +31,11 @@ def _temporary_sibling(path: str) -> Iterator[str]:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temporary sibling, fsynced, renamed over ``path``."""
     with _temporary_sibling(path) as tmp, open(tmp, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -46,3 +49,17 @@ def write_json_atomic(path: str, data: Any) -> None:
 def atomic_copy(src: str, dst: str) -> None:
     with _temporary_sibling(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def fsync_directory(path: str) -> None:
+    """Make the renames inside ``path`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

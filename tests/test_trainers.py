@@ -161,12 +161,14 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(memorised_llava, 
     args = GAConfig(**ga_args(tmp_path, save_strategy="steps", save_steps=2, max_steps=6))
     trainer = GATrainer(model=model, args=args, train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"],
                         processing_class=processor, callbacks=[_PoisonAfter(3)])
-    with pytest.raises(UnlearningDivergedError, match=r"became (nan|inf).*step 3.*checkpoint-2"):
+    with pytest.raises(UnlearningDivergedError, match=r"became (nan|inf).*step 4.*checkpoint-2"):
         trainer.train()
     ckpt = tmp_path / "out" / "checkpoint-2"
     reloaded = LlavaForConditionalGeneration.from_pretrained(ckpt)
     assert all(torch.isfinite(p).all() for p in reloaded.parameters())
     assert not (tmp_path / "out" / "checkpoint-4").exists()
+    # The guard put back the weights from before step 3 (the step whose result was poisoned): checkpoint-2's.
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in reloaded.state_dict().items())
 
 
 @pytest.mark.parametrize("method", ["ga_diff", "npo_precomputed"])

@@ -288,8 +288,10 @@ def test_resume_with_precomputed_features_equals_uninterrupted(tmp_path):
     for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
 
-    # Without the features file and without a teacher, resuming is an error (the starting model is gone).
+    # Without the features file and without a teacher, resuming is an error (the starting model is gone). A checkpoint
+    # of an earlier version (no manifest) is the way to get one: with the manifest it would be incomplete.
     (ckpt / VKDTrainer.TEACHER_FEATURES_NAME).unlink()
+    (ckpt / "hf_unlearn_manifest.json").unlink()
     _, again = make("resumed")
     with pytest.raises(ValueError, match="no teacher_model was given"):
         again.train(resume_from_checkpoint=str(ckpt))

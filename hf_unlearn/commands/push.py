@@ -43,13 +43,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..hub.push import HubPushError, push_run_dir
+    from ..saliency.errors import MaskFileError
 
     try:
         info = push_run_dir(args.run_dir, args.repo_id, private=args.private,
                             include_dataset_ids=args.include_dataset_ids, dataset_ids=args.dataset_ids,
                             commit_message=args.commit_message, revision=args.revision, token=args.token,
                             license=args.license, base_model=args.base_model)
-    except (HubPushError, ValueError, OSError) as err:
+    except (HubPushError, MaskFileError, ValueError, OSError) as err:
         print(f"hf-unlearn push: error: {err}", file=sys.stderr)
         return 1
     print(f"Pushed to {info.repo_url}" if getattr(info, "repo_url", None) else f"Pushed to {args.repo_id}")

@@ -6,7 +6,8 @@ which expands image placeholders into their image tokens, so the answer's label 
 expansion (LLaVA: one ``<image>`` per patch; Qwen2-VL: ``t*h*w / merge**2`` ``<|image_pad|>`` tokens).
 
 Rows use the columns documented in ``hf_unlearn.data.schema``: ``question`` and ``answer`` (plus an optional
-``image``), or chat ``messages`` (the last assistant turn is the answer) with an optional ``images`` list.
+``image``), or TRL's formats: ``prompt``/``completion`` (strings, or lists of turns) and chat ``messages`` (the last
+assistant turn is the answer), with optional ``images``. ``hf_unlearn.data.rows`` reads and checks them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from transformers import ProcessorMixin
 from trl.trainer.utils import flush_left, pad
 
+from .rows import RowError, parse_row
+
 IGNORE_INDEX = -100
 # Per-example values the trainers attach to forget rows (e.g. precomputed reference log-probs); collated as tensors.
 RESERVED_FLOAT_KEYS = ("ref_logp",)
@@ -27,27 +30,12 @@ def _tokenizer_of(processing_class):
     return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
 
 
-def _user_and_answer(row: dict) -> tuple[list[dict], str, list]:
-    """Split a row into (prompt messages, answer text, images)."""
-    if "messages" in row and row["messages"] is not None:
-        messages = list(row["messages"])
-        if not messages or messages[-1].get("role") != "assistant":
-            raise ValueError("A `messages` row must end with an assistant turn: it is the answer to learn or forget.")
-        answer = messages[-1]["content"]
-        if not isinstance(answer, str):
-            answer = "".join(part.get("text", "") for part in answer if part.get("type") == "text")
-        images = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
-        return messages[:-1], answer, list(images)
-    missing = [c for c in ("question", "answer") if c not in row]
-    if missing:
-        raise ValueError(
-            f"Row is missing column(s) {missing}; columns found: {sorted(row)}. Provide `question` and `answer` "
-            "(and optionally `image`), or chat `messages`; rename with `dataset.rename_column(old, new)`."
-        )
-    image = row.get("image")
-    content: list[dict] = [{"type": "image"}] if image is not None else []
-    content.append({"type": "text", "text": row["question"]})
-    return [{"role": "user", "content": content}], row["answer"], ([image] if image is not None else [])
+def _user_and_answer(row: dict, position: int = 0) -> tuple[list[dict] | str, str, list]:
+    """Split a row into (prompt messages, or raw prompt text; answer text; images). See ``hf_unlearn.data.rows``."""
+    try:
+        return parse_row(row)
+    except RowError as err:
+        raise ValueError(f"Row {position} of this batch: {err}") from None
 
 
 def _plain_text(messages: list[dict]) -> list[dict]:
@@ -110,14 +98,29 @@ class UnlearnDataCollator:
         eos = _tokenizer_of(pc).eos_token or ""
         return " ".join(parts) + " ASSISTANT:", " " + answer + eos
 
+    def _raw(self, prompt: str, completion: str, num_images: int, position: int) -> tuple[str, str]:
+        image_token = getattr(self.processing_class, "image_token", None)
+        if num_images and (image_token is None or prompt.count(image_token) != num_images):
+            raise ValueError(
+                f"Row {position} of this batch: a string `prompt` with {num_images} image(s) must contain the "
+                f"processor's image token {image_token!r} once per image (found "
+                f"{prompt.count(image_token) if image_token else 0}); or use the conversational format "
+                "(`prompt` as a list of turns), where the image parts are placed for you."
+            )
+        eos = _tokenizer_of(self.processing_class).eos_token or ""
+        return prompt, completion if completion.endswith(eos) else completion + eos
+
     # -- collation ---------------------------------------------------------------------------------------------
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if not rows:
             raise ValueError("Cannot collate an empty batch.")
         prompts, completions, images = [], [], []
-        for row in rows:
-            messages, answer, row_images = _user_and_answer(row)
-            prompt, completion = self._render(messages, answer)
+        for position, row in enumerate(rows):
+            messages, answer, row_images = _user_and_answer(row, position)
+            if isinstance(messages, str):  # TRL's standard prompt-completion: raw text, no chat template
+                prompt, completion = self._raw(messages, answer, len(row_images), position)
+            else:
+                prompt, completion = self._render(messages, answer)
             prompts.append(prompt)
             completions.append(completion)
             images.extend(row_images)

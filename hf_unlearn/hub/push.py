@@ -23,13 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from safetensors import safe_open
-from safetensors.numpy import save as save_safetensors
 
 from ..saliency.config import CONFIG_NAME as MASK_CONFIG_NAME
+from ..saliency.config import SaliencyMaskConfig
 from ..saliency.mask import MASK_NAME, SaliencyMask
 from .card import CARD_INPUTS_NAME, CARD_NAME, check_license, read_card_inputs, render_card
-from .safety import check_dataset_ids, is_hub_model_id, preserve_name_map, redact_preserve_names
+from .safety import check_dataset_ids, is_hub_model_id, redacted_for_hub
 
 logger = logging.getLogger(__name__)
 
@@ -91,25 +90,16 @@ def _rewritten_for_hub(folder: str, files: list[str], base_model: str | None) ->
             config["base_model_name_or_path"] = base_model
             out[adapter] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8")
     config_rel, mask_rel = f"{MASK_SUBFOLDER}/{MASK_CONFIG_NAME}", f"{MASK_SUBFOLDER}/{MASK_NAME}"
-    mask_config = summary = metadata = None
-    if config_rel in files:
-        with open(os.path.join(folder, MASK_SUBFOLDER, MASK_CONFIG_NAME), encoding="utf-8") as f:
-            mask_config = json.load(f)
-    if mask_rel in files:
-        with safe_open(os.path.join(folder, MASK_SUBFOLDER, MASK_NAME), framework="np") as f:
-            metadata = dict(f.metadata() or {})
-        summary = json.loads(metadata.get("scores_summary") or "null")
-    mapping = preserve_name_map(mask_config, summary)
-    if mapping:
-        if mask_config is not None:
-            redacted = redact_preserve_names(mask_config, mapping)
-            out[config_rel] = (json.dumps(redacted, indent=2, sort_keys=True) + "\n").encode("utf-8")
-        if metadata is not None:
-            path = os.path.join(folder, MASK_SUBFOLDER, MASK_NAME)
-            with safe_open(path, framework="np") as f:
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-            metadata["scores_summary"] = json.dumps(redact_preserve_names(summary, mapping))
-            out[mask_rel] = save_safetensors(tensors, metadata=metadata)
+    if mask_rel in files:  # re-serialised whole, so the published files' checksums match what they hold
+        mask = SaliencyMask.from_pretrained(os.path.join(folder, MASK_SUBFOLDER))
+        published = redacted_for_hub(mask)
+        if published is not mask:
+            out.update({f"{MASK_SUBFOLDER}/{name}": data for name, data in published.to_files().items()})
+    elif config_rel in files:
+        config = SaliencyMaskConfig.from_pretrained(os.path.join(folder, MASK_SUBFOLDER))
+        published = redacted_for_hub(config)
+        if published is not config:
+            out[config_rel] = published.to_json_string().encode("utf-8")
     return out
 
 

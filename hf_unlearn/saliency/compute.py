@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from ..models import LANGUAGE, PROJECTOR, VISION, unwrap_model
 from .config import SaliencyMaskConfig
-from .mask import SaliencyMask
+from ..data.rows import validate_rows
+from .mask import SaliencyMask, describe_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -313,8 +314,7 @@ def compute_saliency_mask(
     Batches are consecutive rows (no shuffling), so the result is deterministic. ``config.max_batches`` caps each
     dataset separately.
     """
-    if not isinstance(config, SaliencyMaskConfig):
-        raise TypeError(f"config must be a SaliencyMaskConfig, got {type(config).__name__}.")
+    _check_arguments(model, config, forget_dataset, preserve_datasets, data_collator)
     targets = config.resolve_targets(model)  # name -> group
     names = list(targets)
     params = dict(model.named_parameters())
@@ -341,7 +341,49 @@ def compute_saliency_mask(
 
     masks = {n: m.cpu() for n, m in masks.items()}
     summary["groups"] = _group_counts(masks, targets)
-    return SaliencyMask(masks, config=config, scores_summary=summary)
+    return SaliencyMask(masks, config=config, scores_summary=summary, architecture=describe_architecture(model, names))
+
+
+_SIGNATURE = "compute_saliency_mask(model, config, forget_dataset, preserve_datasets, data_collator)"
+
+
+def _is_dataset(value: Any) -> bool:
+    return (hasattr(value, "__iter__") and not isinstance(value, (str, bytes, Mapping))
+            and not (callable(value) and not hasattr(value, "__len__")))
+
+
+def _check_arguments(model, config, forget_dataset, preserve_datasets, data_collator) -> None:
+    """Types first, then the rows (without decoding images): a wrong call fails before any gradient is computed."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch / transformers model, got {type(model).__name__}; the arguments are "
+                        f"{_SIGNATURE}.")
+    if not isinstance(config, SaliencyMaskConfig):
+        raise TypeError(f"config must be a SaliencyMaskConfig, got {type(config).__name__}.")
+    if forget_dataset is not None and not _is_dataset(forget_dataset):
+        raise TypeError(f"forget_dataset must be a dataset (a datasets.Dataset or a list of rows), got "
+                        f"{type(forget_dataset).__name__}; the arguments are {_SIGNATURE}.")
+    if preserve_datasets is not None and not isinstance(preserve_datasets, Mapping):
+        what = ("a collator" if callable(preserve_datasets) and not hasattr(preserve_datasets, "__len__")
+                else f"a single {type(preserve_datasets).__name__}")
+        raise TypeError(
+            f"preserve_datasets must map preserve-set names to datasets, got {what}. The arguments are "
+            f"{_SIGNATURE}: pass e.g. preserve_datasets={{'retain': retain_ds}} (the names config.preserve_sets uses: "
+            f"{config.preserve_sets}) and the collator as data_collator."
+        )
+    for name, dataset in (preserve_datasets or {}).items():
+        if not isinstance(name, str) or not _is_dataset(dataset):
+            raise TypeError(f"preserve_datasets[{name!r}] must be a dataset under a string name, got "
+                            f"{type(dataset).__name__}.")
+    if data_collator is not None and (not callable(data_collator) or _is_dataset(data_collator)
+                                      or isinstance(data_collator, Mapping)):
+        raise TypeError(f"data_collator must be a callable turning a list of rows into a batch dict, got "
+                        f"{type(data_collator).__name__}; the arguments are {_SIGNATURE}.")
+    from ..data.collators import UnlearnDataCollator
+
+    if isinstance(data_collator, UnlearnDataCollator):  # rows in hf_unlearn's / TRL's formats: check them all now
+        validate_rows(forget_dataset, "forget set")
+        for name, dataset in (preserve_datasets or {}).items():
+            validate_rows(dataset, f"preserve set {name!r}")
 
 
 def _fisher_ratio_masks(

@@ -17,6 +17,7 @@ from torch import nn
 from transformers.utils import PushToHubMixin
 
 from ..utils import atomic_write_text
+from .errors import MaskFileError
 from ..models import (
     GROUPS,
     LANGUAGE,
@@ -333,11 +334,18 @@ class SaliencyMaskConfig(PushToHubMixin):
     ) -> "SaliencyMaskConfig":
         """Load from a local directory (or the JSON file itself) or a Hub repo (``hf_hub_download`` kwargs allowed)."""
         path = resolve_file(path_or_repo_id, CONFIG_NAME, subfolder, **hub_kwargs)
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise MaskFileError(path, f"is not valid JSON ({err}): it is truncated or damaged.") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path} does not hold a JSON object.")
-        return cls.from_dict(data)
+            raise MaskFileError(path, "does not hold a JSON object.")
+        _check_written_by_compatible_version(path, data.get("hf_unlearn_version"))
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise MaskFileError(path, f"holds an invalid mask config ({err})") from None
 
     def push_to_hub(self, repo_id: str, *, subfolder: str | None = None, **kwargs: Any):
         """Push ``saliency_mask_config.json`` to a Hub repo (`PushToHubMixin.push_to_hub` kwargs allowed).
@@ -345,6 +353,24 @@ class SaliencyMaskConfig(PushToHubMixin):
         With ``subfolder`` the file goes into that folder of the repo (e.g. next to the unlearned model's weights).
         """
         return push_folder(self, repo_id, subfolder=subfolder, **kwargs)
+
+
+def _check_written_by_compatible_version(path: str, written_by: Any) -> None:
+    """A config from a newer minor (or major) version may carry semantics this version would silently get wrong."""
+    from packaging.version import InvalidVersion, Version
+
+    if written_by is None:
+        return
+    try:
+        theirs, ours = Version(str(written_by)), Version(_library_version())
+    except InvalidVersion:
+        raise MaskFileError(path, f"names hf_unlearn_version={written_by!r}, which is not a version number: the file "
+                                  "is damaged or was not written by hf_unlearn.") from None
+    if theirs.release[:2] > ours.release[:2]:
+        raise MaskFileError(path, f"was written by hf_unlearn {theirs}, newer than this {ours}: its format or "
+                                  "settings may mean something this version does not know.",
+                            f"Upgrade hf_unlearn to >= {theirs.major}.{theirs.minor} (pip install -U hf_unlearn), or "
+                            "recompute the mask with this version.")
 
 
 def _candidate_names(name: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from copy import deepcopy
@@ -19,21 +20,19 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .. import losses
 from ..config import UnlearnConfig
 from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCollator
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
+from ..data.rows import validate_rows
 from ..integrations.launchers import unlearning_step
 from ..masking import GradientMasker
 from ..utils import write_json_atomic
 from .callbacks import UnlearningEvalCallback
 from .card import ModelCardMixin
-
-
-class UnlearningDivergedError(RuntimeError):
-    """Raised when a training loss becomes NaN or infinite (before the step, so no saved checkpoint is touched)."""
+from .checkpointing import SafeCheckpointMixin
+from .divergence import DivergenceGuard, UnlearningDivergedError
 
 
 class _MaskedStepCallback(TrainerCallback):
@@ -77,7 +76,7 @@ class _StopOnForgetLossCallback(TrainerCallback):
         return control
 
 
-class UnlearnTrainer(ModelCardMixin, Trainer):
+class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     """Base class of every unlearning trainer. See the module docstring."""
 
     config_class = UnlearnConfig
@@ -123,6 +122,10 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
             )
         if retain_dataset is not None and len(retain_dataset) == 0:
             raise ValueError("`retain_dataset` is empty; pass retain rows or `retain_dataset=None`.")
+        if retain_dataset is not None and not self.uses_retain(args):
+            warnings.warn(f"`retain_dataset` is given but {type(self).__name__} has retain_loss_type='none': the "
+                          "retain rows are not used. Drop `retain_dataset`, or set retain_loss_type='nll' or 'kl'.",
+                          stacklevel=2)
         if holdout_dataset is not None and len(holdout_dataset) == 0:
             raise ValueError("`holdout_dataset` is empty; pass rows the model never saw or `holdout_dataset=None`.")
         if data_collator is None:
@@ -131,6 +134,10 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
             data_collator = UnlearnDataCollator(
                 processing_class, answer_only=args.answer_only_loss, max_length=args.max_length
             )
+        if isinstance(data_collator, UnlearnDataCollator):  # our row formats: bad rows fail here, before training
+            validate_rows(train_dataset, "forget set")
+            validate_rows(retain_dataset if self.uses_retain(args) else None, "retain set")
+            validate_rows(holdout_dataset, "holdout set")
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
         self.holdout_dataset = holdout_dataset  # never trained on: the probe's target (trainers/callbacks.py)
         self.pairing = ForgetRetainDataset(
@@ -152,6 +159,9 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
             self.masker = GradientMasker(model, masks, freeze_uncovered=args.freeze_unmasked_parameters)
 
         callbacks = list(callbacks or []) + [PairingEpochCallback(self.pairing)]
+        self.divergence_guard = DivergenceGuard(self) if args.divergence_guard else None
+        if self.divergence_guard is not None:
+            callbacks.append(self.divergence_guard)
         if self.masker is not None:
             callbacks.append(_MaskedStepCallback(self))
         if args.stop_forget_loss_above is not None:
@@ -322,11 +332,12 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         if not torch.is_tensor(total):
             raise ValueError("This step has no loss term: both forget_weight and retain_weight are 0.")
         if not torch.isfinite(total):
-            last = self._last_checkpoint_dir()
-            where = f" (last checkpoint: {last})" if last else ""
+            what = f"the loss became {total.item()} at step {self.state.global_step + 1} with terms {logs}"
+            if self.divergence_guard is not None:
+                self.divergence_guard.on_nonfinite_loss(what)  # puts back the last good weights and raises
             raise UnlearningDivergedError(
-                f"The unlearning loss became {total.item()} at step {self.state.global_step} with terms {logs}. "
-                f"Training stopped before this step touched the weights{where}. Lower `learning_rate`, set "
+                f"Unlearning diverged: {what}. Training stopped before this step touched the weights (the weights "
+                "themselves may be broken: divergence_guard=False). Lower `learning_rate`, set "
                 "`stop_forget_loss_above`, use a bounded forget loss (NPOTrainer), or add a retain term."
             )
         if self.is_fsdp_enabled and model.training:  # FSDP2: the ranks' backward passes must visit the same units
@@ -341,10 +352,6 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
         for key, value in logs.items():
             self._metrics[key].append(value)
         return (total, None) if return_outputs else total
-
-    def _last_checkpoint_dir(self) -> str | None:
-        out = self.args.output_dir
-        return get_last_checkpoint(out) if out and os.path.isdir(out) else None
 
     # ------------------------------------------------------------------------------------------------------------
     # Training step: masks
@@ -391,19 +398,18 @@ class UnlearnTrainer(ModelCardMixin, Trainer):
             self._loss_part = None
 
     # ------------------------------------------------------------------------------------------------------------
-    # Checkpoints: unlearning state saved with each checkpoint, weights reloaded with key conversion
+    # Checkpoints: unlearning state saved with each checkpoint (written atomically: SafeCheckpointMixin), weights
+    # reloaded with key conversion
     # ------------------------------------------------------------------------------------------------------------
     STATE_NAME = "hf_unlearn_state.json"
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.pairing.forget_extras and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+    def _save_checkpoint_extras(self, folder: str) -> None:
+        super()._save_checkpoint_extras(folder)
+        if self.pairing.forget_extras:
             write_json_atomic(os.path.join(folder, self.STATE_NAME), {"forget_extras": self.pairing.forget_extras})
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        resume_from_checkpoint = self.resolve_resume_checkpoint(resume_from_checkpoint)  # a complete one, or None
         if resume_from_checkpoint:
             state_file = os.path.join(resume_from_checkpoint, self.STATE_NAME)
             if os.path.isfile(state_file):  # e.g. NPO's precomputed reference log-probs of the *starting* model

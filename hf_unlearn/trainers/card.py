@@ -41,6 +41,7 @@ from ..hub.safety import check_dataset_ids, hub_id, is_hub_model_id, safe_settin
 from ..models import is_vision_language_model, unwrap_model
 from ..saliency.mask import MASK_NAME, SaliencyMask
 from ..utils import atomic_copy, atomic_write_bytes
+from .checkpointing import staged_save
 
 logger = logging.getLogger(__name__)
 
@@ -243,10 +244,11 @@ class ModelCardMixin:
         Called by ``_save_checkpoint`` for each checkpoint folder, so every checkpoint carries its card and mask.
         """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        super().save_model(output_dir, _internal_call=True)
-        if self.args.should_save:
-            self._save_mask(os.path.join(output_dir, MASK_SUBFOLDER))
-            self.create_model_card(output_dir=output_dir)
+        with staged_save(self, output_dir) as folder:  # whole or not at all; stale files of earlier saves removed
+            super().save_model(folder, _internal_call=True)
+            if self.args.should_save:
+                self._save_mask(os.path.join(folder, MASK_SUBFOLDER))
+                self.create_model_card(output_dir=folder)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 

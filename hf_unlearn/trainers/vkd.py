@@ -42,7 +42,6 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .. import losses
 from ..config import VKDConfig
@@ -466,11 +465,10 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
     # ------------------------------------------------------------------------------------------------------------
     TEACHER_FEATURES_NAME = "vkd_teacher_features.safetensors"
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.teacher_features is None or not self.args.should_save:
+    def _save_checkpoint_extras(self, folder: str) -> None:
+        super()._save_checkpoint_extras(folder)
+        if self.teacher_features is None:
             return
-        folder = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         tensors = {f"{side}.{i}": f.contiguous() for side, rows in self.teacher_features.items()
                    for i, f in enumerate(rows)}
         tensors["feature_scale"] = torch.tensor(self.feature_scale if self.feature_scale is not None else 0.0,
@@ -480,8 +478,7 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         os.replace(path + ".tmp", path)  # never a half-written file
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        resume_from_checkpoint = self.resolve_resume_checkpoint(resume_from_checkpoint)  # a complete one, or None
         path = os.path.join(resume_from_checkpoint, self.TEACHER_FEATURES_NAME) if resume_from_checkpoint else None
         if path and os.path.isfile(path) and self.args.precompute_teacher_features:
             self.teacher_features = self._load_teacher_features(path)

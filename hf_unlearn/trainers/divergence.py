@@ -1,0 +1,164 @@
+"""The divergence guard: an optimizer step is kept only if its loss and its updated weights are sane.
+
+Gradient ascent is unbounded: at a high learning rate one step can move the weights to 1e8 (finite, so nothing
+fails) and the next forward pass is NaN. By then a checkpoint of the broken weights may be on disk. The guard checks:
+
+1. every loss as it is computed (``compute_loss``), before its backward pass;
+2. after every optimizer step, the norm of the trainable weights: it must be finite (a non-finite gradient or an
+   overflowing update shows here; the message says which) and may change by at most ``max_weight_norm_change`` times
+   itself (default 1.0, i.e. it more than doubled: no fine-tuning step legitimately does that);
+3. before every save (checkpoint or ``save_model``): the weights are finite and give a finite loss on a fixed forget
+   batch, so a checkpoint is never written with weights whose next forward pass diverges.
+
+On a failure the weights are put back, bit for bit, to the last state known good (before the failing step; for a
+non-finite loss or a failed pre-save check, before the step that produced the weights), nothing more is saved, and
+``UnlearningDivergedError`` names the last checkpoint that was verified when it was written.
+
+Cost per step: one in-place copy of the trainable parameters (kept on their device, allocated once) and two fused
+norms; no second temporary copy, one host sync. The norm change is a lower bound of the update's size
+(``| ||a|| - ||b|| | <= ||a - b||``), which is what makes the check cheap: the exact update norm would need a
+subtraction over every weight. Under DeepSpeed the optimizer steps inside backward, so check 2 is skipped there (1
+and 3 hold). ``divergence_guard=False`` turns everything off.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import TrainerCallback
+
+
+class UnlearningDivergedError(RuntimeError):
+    """Training diverged (a non-finite loss or weights, or a weight-norm change above ``max_weight_norm_change``).
+
+    Raised before the failing step is kept: the model in memory holds the last weights known good, and no checkpoint
+    was written after them. The message names the last checkpoint verified when saved.
+    """
+
+
+class DivergenceGuard(TrainerCallback):
+    """See the module docstring. Created by ``UnlearnTrainer`` when ``args.divergence_guard`` is True."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.params: list[torch.nn.Parameter] = []
+        self._snapshot: list[torch.Tensor] = []
+        self._has_snapshot = False
+        self._probe = None
+        self.enabled_steps = False  # per-step checks (off under DeepSpeed)
+
+    # -------------------------------------------------------------------------------------------- set-up
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.enabled_steps = not self.trainer.is_deepspeed_enabled
+        self.params = [p for p in self.trainer.model.parameters() if p.requires_grad] if self.enabled_steps else []
+        self._snapshot = [torch.empty_like(p) for p in self.params]
+        self._has_snapshot = False
+        self._norm_before = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._snapshot, self._has_snapshot = [], False  # free the copy
+
+    # -------------------------------------------------------------------------------------------- per step
+    @torch.no_grad()
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if not self.enabled_steps or not self.params:
+            return
+        torch._foreach_copy_(self._snapshot, self.params)
+        self._norm_before = _norm_tensor(self.params)  # no sync yet
+        self._has_snapshot = True
+
+    @torch.no_grad()
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if not self.enabled_steps or not self._has_snapshot:
+            return
+        before, after = torch.stack([self._norm_before, _norm_tensor(self.params)]).tolist()  # the one sync
+        step = state.global_step + 1
+        if not math.isfinite(after):
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = _norm_tensor(grads).item() if grads else float("nan")
+            self._restore()
+            cause = (f"the gradient norm was {norm}" if not math.isfinite(norm)
+                     else "the gradients were finite: the update overflowed")
+            self._fail(f"step {step} made the weights non-finite ({cause})",
+                       "The model in memory holds the weights from before that step")
+        change = abs(after - before) / before if before > 0 else 0.0
+        self.trainer._metrics["weight_norm_change"].append(change)
+        bound = args.max_weight_norm_change
+        if bound is not None and change > bound:
+            self._restore()
+            self._fail(f"step {step} changed the weight norm from {before:.4g} to {after:.4g} ({change:.3g} times "
+                       f"itself), above max_weight_norm_change={bound}",
+                       "The model in memory holds the weights from before that step")
+
+    # -------------------------------------------------------------------------------------------- loss / saves
+    def on_nonfinite_loss(self, what: str) -> None:
+        """Called by ``compute_loss``: the current weights give a non-finite loss; put back the ones before them."""
+        self._fail(what, self._restore_message())
+
+    @torch.no_grad()
+    def verify_before_save(self, what: str) -> dict:
+        """Check the weights about to be saved; returns what the manifest records (``{"finite": True, ...}``)."""
+        tensors = [p.detach() for p in self.trainer.model.parameters() if p.numel()]
+        if tensors and not self.trainer.is_deepspeed_enabled:
+            worst = _norm_tensor(tensors, ord=math.inf).item()
+            if not math.isfinite(worst):
+                self._fail(f"the weights about to be saved ({what}) are not finite", self._restore_message())
+        loss = self._probe_loss()
+        if loss is not None and not math.isfinite(loss):
+            self._fail(f"the weights about to be saved ({what}) give a {loss} loss on a forget batch",
+                       self._restore_message())
+        return {"finite": True, "probe_loss": loss}
+
+    def _probe_loss(self) -> float | None:
+        trainer = self.trainer
+        dataset = getattr(trainer, "forget_dataset", None)
+        if dataset is None or len(dataset) == 0:
+            return None
+        if self._probe is None:
+            n = min(trainer.args.per_device_train_batch_size, len(dataset))
+            self._probe = trainer.data_collator.collator([dataset[i] for i in range(n)])
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            outputs = model(**trainer.model_inputs(trainer._prepare_inputs(self._probe)))
+        finally:
+            model.train(was_training)
+        return None if getattr(outputs, "loss", None) is None else outputs.loss.item()
+
+    # -------------------------------------------------------------------------------------------- failure
+    @torch.no_grad()
+    def _restore(self) -> bool:
+        if not self._has_snapshot:
+            return False
+        torch._foreach_copy_(self.params, self._snapshot)
+        return True
+
+    def _restore_message(self) -> str:
+        """Put back the weights from before the last step (those whose loss was checked finite)."""
+        if self._restore():
+            return ("The model in memory holds the weights from before the step that produced them (their loss was "
+                    "finite)")
+        if self.trainer.state.global_step == 0:
+            return ("No step had run: the starting weights already give it (check the data, the labels and the "
+                    "model's dtype)")
+        return "No step of this run had been kept yet: the model in memory holds the weights that give it"
+
+    def _fail(self, what: str, memory: str) -> None:
+        trainer = self.trainer
+        last = trainer.last_verified_checkpoint() if hasattr(trainer, "last_verified_checkpoint") else None
+        checkpoint = (f"the last checkpoint verified finite when saved is {last}" if last
+                      else "no checkpoint verified finite was saved in output_dir")
+        raise UnlearningDivergedError(
+            f"Unlearning diverged: {what}. Training stopped and nothing more was saved. {memory}; {checkpoint}. "
+            "Lower `learning_rate`, set `stop_forget_loss_above`, use a bounded forget loss (NPOTrainer), or add a "
+            "retain term."
+        )
+
+
+def _norm_tensor(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
+    """The ``ord``-norm over all ``tensors`` as a 0-d fp32 tensor (fused per device; no host sync)."""
+    norms = torch._foreach_norm(tensors, ord)
+    device = norms[0].device
+    return torch.linalg.vector_norm(torch.stack([n.float().to(device) for n in norms]), ord)
