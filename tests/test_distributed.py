@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "distributed_worker.py"
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 LAUNCHERS = ("ddp", "zero2", "zero3", "fsdp2") if HAS_DEEPSPEED else ("ddp", "fsdp2")
-LOSS_TOL = 1e-5  # measured <= 1e-6
+LOSS_TOL = 1e-5  # measured <= 1e-6 on losses of order 1; relative to the loss beyond that (fp32 summation order)
 PARAM_TOL = 5e-5  # measured <= 1e-5
 
 
@@ -145,7 +145,9 @@ def test_matches_single_process_run(workdir, launcher, method):
     ref, ref_params = _run(workdir, _reference_tag(launcher), same_as)
     assert run["global_step"] == ref["global_step"] > 0
     assert len(run["losses"]) == len(ref["losses"]) == run["global_step"]
-    loss_diff = (torch.tensor(run["losses"]) - torch.tensor(ref["losses"])).abs().max().item()
+    run_losses, ref_losses = torch.tensor(run["losses"]), torch.tensor(ref["losses"])
+    # VKD's feature terms reach ~100 with its scaled vision learning rate: compare relative to the loss there.
+    loss_diff = ((run_losses - ref_losses).abs() / ref_losses.abs().clamp(min=1.0)).max().item()
     assert loss_diff <= LOSS_TOL, (run["losses"], ref["losses"])
     assert _max_diff(params, ref_params) <= PARAM_TOL
     init = load_file(str(workdir / "init" / "named_params.safetensors"))
