@@ -18,7 +18,8 @@ Cost per step: one in-place copy of the trainable parameters (kept on their devi
 norms; no second temporary copy, one host sync. The norm change is a lower bound of the update's size
 (``| ||a|| - ||b|| | <= ||a - b||``), which is what makes the check cheap: the exact update norm would need a
 subtraction over every weight. Under DeepSpeed the optimizer steps inside backward, so check 2 is skipped there (1
-and 3 hold). ``divergence_guard=False`` turns everything off.
+and 3 hold). Under FSDP2 each rank copies its own shards and the norms are summed over the ranks, so every rank takes
+the same decision. ``divergence_guard=False`` turns everything off.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ class DivergenceGuard(TrainerCallback):
     # -------------------------------------------------------------------------------------------- set-up
     def on_train_begin(self, args, state, control, **kwargs):
         self.enabled_steps = not self.trainer.is_deepspeed_enabled
-        self.params = [p for p in self.trainer.model.parameters() if p.requires_grad] if self.enabled_steps else []
-        self._snapshot = [torch.empty_like(p) for p in self.params]
-        self._has_snapshot = False
-        self._norm_before = None
+        self._snapshot, self._has_snapshot, self._norm_before = [], False, None
+
+    def _trainable_locals(self) -> list[torch.Tensor]:
+        # Looked up at each step: under FSDP2 the registered parameters are the shards only between steps (a forward
+        # outside training, e.g. the probe's, leaves full tensors registered that the next backward frees).
+        self.params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        return [_local(p) for p in self.params]
 
     def on_train_end(self, args, state, control, **kwargs):
         self._snapshot, self._has_snapshot = [], False  # free the copy
@@ -62,20 +66,26 @@ class DivergenceGuard(TrainerCallback):
     # -------------------------------------------------------------------------------------------- per step
     @torch.no_grad()
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if not self.enabled_steps or not self.params:
+        if not self.enabled_steps:
             return
-        torch._foreach_copy_(self._snapshot, self.params)
-        self._norm_before = _norm_tensor(self.params)  # no sync yet
+        local = self._trainable_locals()
+        if not local:
+            return
+        if [t.shape for t in self._snapshot] != [t.shape for t in local]:
+            self._snapshot = [torch.empty_like(t) for t in local]  # allocated once
+        torch._foreach_copy_(self._snapshot, local)
+        self._norm_before = _norm_tensor(local)  # no sync yet
         self._has_snapshot = True
 
     @torch.no_grad()
     def on_optimizer_step(self, args, state, control, **kwargs):
         if not self.enabled_steps or not self._has_snapshot:
             return
-        before, after = torch.stack([self._norm_before, _norm_tensor(self.params)]).tolist()  # the one sync
+        norms = torch.stack([self._norm_before, _norm_tensor([_local(p) for p in self.params])])
+        before, after = _sum_over_shards(norms ** 2, self.params).sqrt().tolist()  # the one sync
         step = state.global_step + 1
         if not math.isfinite(after):
-            grads = [p.grad for p in self.params if p.grad is not None]
+            grads = [_local(p.grad) for p in self.params if p.grad is not None]
             norm = _norm_tensor(grads).item() if grads else float("nan")
             self._restore()
             cause = (f"the gradient norm was {norm}" if not math.isfinite(norm)
@@ -99,9 +109,11 @@ class DivergenceGuard(TrainerCallback):
     @torch.no_grad()
     def verify_before_save(self, what: str) -> dict:
         """Check the weights about to be saved; returns what the manifest records (``{"finite": True, ...}``)."""
-        tensors = [p.detach() for p in self.trainer.model.parameters() if p.numel()]
+        params = [p for p in self.trainer.model.parameters() if p.numel()]
+        tensors = [_local(p.detach()) for p in params]
+        tensors = [t for t in tensors if t.numel()]
         if tensors and not self.trainer.is_deepspeed_enabled:
-            worst = _norm_tensor(tensors, ord=math.inf).item()
+            worst = _sum_over_shards(_norm_tensor(tensors, ord=math.inf), params, op="max").item()
             if not math.isfinite(worst):
                 self._fail(f"the weights about to be saved ({what}) are not finite", self._restore_message())
         loss = self._probe_loss()
@@ -132,7 +144,7 @@ class DivergenceGuard(TrainerCallback):
     def _restore(self) -> bool:
         if not self._has_snapshot:
             return False
-        torch._foreach_copy_(self.params, self._snapshot)
+        torch._foreach_copy_([_local(p) for p in self.params], self._snapshot)
         return True
 
     def _restore_message(self) -> str:
@@ -155,6 +167,23 @@ class DivergenceGuard(TrainerCallback):
             "Lower `learning_rate`, set `stop_forget_loss_above`, use a bounded forget loss (NPOTrainer), or add a "
             "retain term."
         )
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) parameter or gradient; the tensor itself otherwise."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _sum_over_shards(values: torch.Tensor, params: list[torch.Tensor], op: str = "sum") -> torch.Tensor:
+    """Combine per-rank values over the ranks when the parameters are sharded (DTensors); as is otherwise (DDP
+    replicas hold the same weights, one process holds all of them)."""
+    if not any(hasattr(p, "to_local") for p in params):
+        return values
+    import torch.distributed as dist
+
+    out = values.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return out
 
 
 def _norm_tensor(tensors: list[torch.Tensor], ord: float = 2.0) -> torch.Tensor:
