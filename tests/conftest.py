@@ -71,3 +71,20 @@ def quick_demo_cache(tmp_path_factory):
     load_or_train_reference_models(build_synthetic_benchmark(config.benchmark), config, str(cache), False,
                                    lambda line: None)
     return str(cache)
+
+
+# The small built-in benchmark of the command-line tests, and a tiny LLaVA folder whose tokenizer knows its text.
+CLI_BENCH = dict(num_people=4, num_holdout_people=2, forget_ratio=0.25, num_general=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory):
+    from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig, benchmark_corpus, build_synthetic_benchmark
+    from hf_unlearn.testing import tiny_llava
+
+    bench = build_synthetic_benchmark(SyntheticBenchmarkConfig(**CLI_BENCH))
+    model, processor = tiny_llava(corpus=benchmark_corpus(bench))
+    path = tmp_path_factory.mktemp("model") / "tiny-llava"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

@@ -10,19 +10,13 @@ from safetensors.torch import load_file
 
 from hf_unlearn.cli import main
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig, benchmark_corpus, build_synthetic_benchmark
-from hf_unlearn.testing import tiny_llava
 
-BENCH = dict(num_people=4, num_holdout_people=2, forget_ratio=0.25, num_general=4)
+from conftest import CLI_BENCH as BENCH
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    bench = build_synthetic_benchmark(SyntheticBenchmarkConfig(**BENCH))
-    model, processor = tiny_llava(corpus=benchmark_corpus(bench))
-    path = tmp_path_factory.mktemp("model") / "tiny-llava"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+def model_dir(tiny_llava_dir):
+    return tiny_llava_dir
 
 
 def _yaml(path, text):

@@ -25,6 +25,7 @@ from .. import losses
 from ..config import UnlearnConfig
 from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCollator
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
+from ..data.row_index import ROW_INDEX_KEY
 from ..data.rows import validate_rows
 from ..integrations.launchers import unlearning_step
 from ..masking import GradientMasker
@@ -294,7 +295,14 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     @staticmethod
     def model_inputs(batch: dict) -> dict:
         """The batch without the per-row values our trainers attach (they are not model arguments)."""
-        return {k: v for k, v in batch.items() if k not in RESERVED_FLOAT_KEYS}
+        return {k: v for k, v in batch.items() if k not in RESERVED_FLOAT_KEYS and k != ROW_INDEX_KEY}
+
+    @staticmethod
+    def copy_sharing_frozen(model: nn.Module) -> nn.Module:
+        """A frozen copy of ``model`` that shares every frozen parameter with it (only trainable ones are copied):
+        the reference / teacher of methods that train part of the model."""
+        shared = {id(p): p for p in model.parameters() if not p.requires_grad}
+        return deepcopy(model, memo=shared).eval().requires_grad_(False)
 
     def forget_loss(self, model, forget: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The forget objective for one batch (before ``forget_weight``) and values to log. Subclasses implement."""

@@ -32,7 +32,7 @@ from ..data.collators import PairedCollator
 from ..features import language_blocks
 from ..models import unwrap_model
 from .base import UnlearnTrainer
-from .vkd import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
+from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
 
 _DISTRIBUTED_WRAPPERS = frozenset({"DistributedDataParallel", "DeepSpeedEngine", "FullyShardedDataParallel"})
 PAPER_LAYER, PAPER_DEPTH = 7, 32  # Zephyr-7B: layer 7 of 32
@@ -170,15 +170,8 @@ class RMUTrainer(UnlearnTrainer):
                              "precompute_retain_activations=True (no frozen copy is held), or pass ref_model= a path.")
         if ref_model is None and not hasattr(model, "disable_adapter") and not getattr(args, "deepspeed", None):
             # Frozen weights are the same in policy and reference: share them, copy only the trainable matrices.
-            shared = {id(p): p for p in model.parameters() if not p.requires_grad}
-            from copy import deepcopy
-
-            return deepcopy(model, memo=shared).eval().requires_grad_(False)
+            return self.copy_sharing_frozen(model)
         return super()._build_reference_model(model, ref_model, args)
-
-    @staticmethod
-    def model_inputs(batch: dict) -> dict:
-        return {k: v for k, v in UnlearnTrainer.model_inputs(batch).items() if k != ROW_INDEX_KEY}
 
     # ------------------------------------------------------------------------------------------------------------
     # Activations

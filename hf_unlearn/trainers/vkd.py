@@ -32,13 +32,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from copy import deepcopy
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
@@ -48,12 +45,12 @@ from ..config import VKDConfig
 from ..features import extract_features, feature_module, features_per_row, vision_blocks
 from ..integrations.fsdp import is_fsdp2_module
 from ..models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
+from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
 from .base import UnlearnTrainer
 from .lr_scale import ScaledLearningRateMixin
 
 logger = logging.getLogger(__name__)
 
-ROW_INDEX_KEY = "vkd_row_index"
 # Wrappers that must see every forward: they gather weights in it (ZeRO-3, FSDP) or reduce gradients through its
 # hooks. DDP is not one: hf_unlearn averages DDP gradients itself (integrations/ddp.py).
 _DISTRIBUTED_WRAPPERS = frozenset({"DeepSpeedEngine", "FullyShardedDataParallel"})
@@ -122,37 +119,6 @@ def freeze_for_vkd(model: nn.Module, trainable_vision_blocks: int | None = None)
         else:
             p.requires_grad_(False)
     return [name for name, _ in model.named_parameters() if name in trainable]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Row indices (for the precomputed teacher features)
-# ----------------------------------------------------------------------------------------------------------------
-class IndexedRows(Dataset):
-    """``dataset[i]`` plus ``{"vkd_row_index": i}``: which stored teacher features belong to a row."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {**dict(self.dataset[i]), ROW_INDEX_KEY: int(i)}
-
-
-class RowIndexCollator:
-    """Wrap a row collator: lift ``vkd_row_index`` out of the rows and add it to the batch as a LongTensor."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, rows: list[dict]) -> dict:
-        if not rows or ROW_INDEX_KEY not in rows[0]:
-            return self.collator(rows)
-        index = torch.tensor([r[ROW_INDEX_KEY] for r in rows], dtype=torch.long)
-        batch = dict(self.collator([{k: v for k, v in r.items() if k != ROW_INDEX_KEY} for r in rows]))
-        batch[ROW_INDEX_KEY] = index
-        return batch
 
 
 class _TeacherSetupCallback(TrainerCallback):
@@ -305,17 +271,12 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             )
         if ref_model is None and not hasattr(model, "disable_adapter") and not getattr(args, "deepspeed", None):
             # The frozen language model is identical in student and teacher: share its weights instead of copying.
-            shared = {id(p): p for p in model.parameters() if not p.requires_grad}
-            return deepcopy(model, memo=shared).eval().requires_grad_(False)
+            return self.copy_sharing_frozen(model)
         return super()._build_reference_model(model, ref_model, args)
 
     # ------------------------------------------------------------------------------------------------------------
     # Teacher
     # ------------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def model_inputs(batch: dict) -> dict:
-        return {k: v for k, v in UnlearnTrainer.model_inputs(batch).items() if k != ROW_INDEX_KEY}
-
     def _feature_module(self, model) -> nn.Module:
         key = id(unwrap_model(model))
         if key not in self._modules:
