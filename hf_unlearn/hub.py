@@ -180,16 +180,19 @@ def _mask_context(mask_summary: dict | None) -> dict | None:
     if not mask_summary:
         return None
     if not isinstance(mask_summary, dict):
-        raise TypeError("mask_summary must be a dict like {'config': {...}, 'sparsity': {'total': 0.12, "
+        raise TypeError("mask_summary must be a dict like {'config': {...}, 'selected_fraction': {'total': 0.12, "
                         f"'by_module': {{...}}}}, got {type(mask_summary).__name__}.")
-    sparsity = mask_summary.get("sparsity") or {}
-    total = sparsity.get("total")
+    # The fraction allowed to move; cards written before 0.1.0 stored it under the misnomer "sparsity".
+    key = "selected_fraction" if "selected_fraction" in mask_summary else "sparsity"
+    selected = mask_summary.get(key) or {}
+    total = selected.get("total")
     if total is not None and not isinstance(total, (int, float)):
-        raise ValueError(f"mask_summary['sparsity']['total'] must be a number, got {total!r}.")
-    modules = [(f"`{m}`", _fmt(v)) for m, v in (sparsity.get("by_module") or {}).items()
+        raise ValueError(f"mask_summary[{key!r}]['total'] must be a number, got {total!r}.")
+    modules = [(f"`{m}`", _fmt(v)) for m, v in (selected.get("by_module") or {}).items()
                if isinstance(m, str) and _MODULE_NAME.match(m) and isinstance(v, (int, float))]
     return {"config_rows": _flatten(safe_settings(mask_summary.get("config") or {})),
-            "total": None if total is None else _fmt(float(total)), "module_rows": modules}
+            "total": None if total is None else _fmt(float(total)),
+            "sparsity": None if total is None else _fmt(1.0 - float(total)), "module_rows": modules}
 
 
 def _paper_context(paper: dict | None) -> dict | None:
@@ -249,7 +252,8 @@ def build_model_card(
         base_model: Hub id of the model that was unlearned; a local path is dropped.
         model_name: Hub id of this model (used in the "How to load" snippet and the title); a path is dropped.
         settings: method knobs; filtered again through ``safe_settings``.
-        mask_summary: ``{"config": {...}, "sparsity": {"total": 0.12, "by_module": {"module.name": 0.3}}}``.
+        mask_summary: ``{"config": {...}, "selected_fraction": {"total": 0.12, "by_module": {"module.name": 0.3}}}``
+            (the fractions allowed to move; the legacy key ``"sparsity"`` is read with the same meaning).
         metrics_before / metrics_after: ``{metric: number}`` (nested dicts are flattened with ``/``).
         dataset_ids: Hub ids of the data sets; published only if ``include_dataset_ids`` (local paths never).
         tags: extra Hub tags.

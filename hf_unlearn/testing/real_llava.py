@@ -48,6 +48,14 @@ RECIPE_VERSION = 1
 PATCH_SIZE = 14
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
+# SmolLM2-Instruct's template as shipped in the GGUF file: string content only, like most text LMs' templates.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + "
+    "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
 # SmolLM2-Instruct's own template (same system prompt, same ChatML layout), with list content rendered part by part:
 # image parts become the processor's placeholder, which LlavaProcessor expands to the image tokens.
 CHAT_TEMPLATE = (
@@ -242,6 +250,7 @@ def _build(folder: str, image_size: int, seed: int, check: bool) -> dict:
                                "(> 1e-3): the ONNX export changed; do not use this conversion.")
     del onnx_model
 
+    shipped_template = tokenizer.chat_template
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     image_processor = BitImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
@@ -277,6 +286,8 @@ def _build(folder: str, image_size: int, seed: int, check: bool) -> dict:
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "vision_max_abs_diff_vs_onnxruntime": max_abs_diff, "build_seconds": round(time.perf_counter() - start, 1),
         "versions": _wheel_versions(),
+        # The saved tokenizer carries the processor's multimodal template; this is the one the GGUF file shipped.
+        "shipped_chat_template_matches_constant": shipped_template == SMOLLM2_CHAT_TEMPLATE,
     }
     with open(os.path.join(folder, METADATA_NAME), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2, sort_keys=True)

@@ -247,8 +247,10 @@ def _mask_summary(mask: SaliencyMask) -> dict:
     rows = mask.sparsity_report(by=by)
     if len(rows) > _MAX_MODULE_ROWS:
         rows = mask.sparsity_report(by="group")
+    # "selected_fraction" (allowed to move); older cards stored the same values under "sparsity" (hub.py reads both).
     return {"config": mask.config.to_dict() if mask.config is not None else {},
-            "sparsity": {"total": mask.sparsity, "by_module": {r["module"]: r["fraction"] for r in rows}}}
+            "selected_fraction": {"total": mask.selected_fraction,
+                                  "by_module": {r["module"]: r["fraction"] for r in rows}}}
 
 
 # ----------------------------------------------------------------------------------------------------------------
