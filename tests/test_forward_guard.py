@@ -23,7 +23,7 @@ def test_bf16_training_at_lr_zero_leaves_fp32_losses_identical(memorised_llava, 
                         processing_class=processor)
     trainer.train()
     assert all(torch.equal(p.detach(), weights[n]) for n, p in model.named_parameters())  # nothing could move
-    assert "forward" not in model.__dict__ and "_original_forward" not in model.__dict__  # the class method again
     after = {"forget": mean_nll(model, processor, toy_data["forget"]),
              "retain": mean_nll(model, processor, toy_data["retain"])}
     assert after == before  # bit-identical fp32 losses, not bf16 ones
+    assert "forward" not in model.__dict__ and "_original_forward" not in model.__dict__  # the class method again

@@ -62,10 +62,10 @@ def test_vision_mask_retain_steps_use_only_rows_that_reach_the_trainable_set(mem
                                                         learning_rate=1e-4),
                                  train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"],
                                  processing_class=processor, saliency_mask=mask, callbacks=[RecordGradients()])
-    assert trainer.skipped_retain_rows == len(text_qa) == 6
-    assert all(trainer.pairing[i]["retain"]["image"] is not None for i in range(len(trainer.pairing)))
     trainer.train()
     assert len(grad_norms) == 8 and min(grad_norms) > 0  # every retain step moves the vision side
+    assert trainer.skipped_retain_rows == len(text_qa) == 6
+    assert all(trainer.pairing[i]["retain"]["image"] is not None for i in range(len(trainer.pairing)))
     assert trainer.state.log_history[0]["retain_rows_skipped"] == 6.0
     # Without a mask every parameter trains: text rows count, nothing is skipped.
     model, processor = load_llava(memorised_llava)
