@@ -45,7 +45,7 @@ def real(tmp_path_factory):
     text = rows_to_dataset([dict(person_id=-1, kind="qa", image=None, question=q, answer=a,
                                  options=[a, "Berlin", "Madrid", "Lisbon"], label=0) for q, a in TEXT_FACTS])
     rows = datasets.concatenate_datasets([bench["forget_vqa"], bench["retain_vqa"], text])
-    seconds = memorise(model, processor, rows, str(tmp_path_factory.mktemp("real_memorise")), steps=10,
+    seconds = memorise(model, processor, rows, str(tmp_path_factory.mktemp("real_memorise")), steps=16,
                        learning_rate=1e-3, batch_size=len(rows), seed=0)
     retain = datasets.concatenate_datasets([bench["retain_vqa"], text])
     data = MethodData(forget=bench["forget_vqa"], retain=retain, preserve={"retain": bench["retain_vqa"], "text": text})

@@ -116,11 +116,12 @@ def memorise(model, processor, rows: datasets.Dataset, output_dir: str, steps: i
     args = TrainingArguments(
         output_dir=output_dir, max_steps=steps, learning_rate=learning_rate, lr_scheduler_type="constant",
         per_device_train_batch_size=batch_size, weight_decay=0.0, seed=seed, data_seed=seed, save_strategy="no",
-        report_to="none", logging_strategy="no", remove_unused_columns=False, disable_tqdm=True, use_cpu=True,
+        report_to="none", logging_steps=1, remove_unused_columns=False, disable_tqdm=True, use_cpu=True,
         dataloader_num_workers=0,
     )
     set_seed(seed)
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=UnlearnDataCollator(processor)).train()
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=UnlearnDataCollator(processor))
+    trainer.train()
     model.eval()
     return time.perf_counter() - start
 
