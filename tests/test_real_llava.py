@@ -49,7 +49,8 @@ def real(tmp_path_factory):
                        learning_rate=1e-3, batch_size=len(rows), seed=0)
     retain = datasets.concatenate_datasets([bench["retain_vqa"], text])
     data = MethodData(forget=bench["forget_vqa"], retain=retain, preserve={"retain": bench["retain_vqa"], "text": text})
-    yield dict(model=model, processor=processor, bench=bench, text=text, data=data, memorise_s=seconds)
+    before = {"forget": nll(model, processor, data.forget), "retain": nll(model, processor, data.retain)}
+    yield dict(model=model, processor=processor, bench=bench, text=text, data=data, before=before, memorise_s=seconds)
     torch.set_num_threads(1)
 
 
@@ -106,7 +107,7 @@ def test_memorised_and_evaluator_runs(real):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_forgets_more_than_it_damages(real, method, tmp_path):
     model, processor, data = real["model"], real["processor"], real["data"]
-    before = {"forget": nll(model, processor, data.forget), "retain": nll(model, processor, data.retain)}
+    before = real["before"]
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
