@@ -75,7 +75,8 @@ def test_newline_kept_when_no_special_token_ends_the_turn():
     # A template without an end-of-turn token: the trailing newline is the only end signal, so it stays a label.
     _, processor = tiny_vlm("llava")
     processor.chat_template = ("{% for m in messages %}{{ m['role'] }}: {% for p in m['content'] %}"
-                               "{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}{{ '\\n' }}"
+                               "{% if p['type'] == 'image' %}<image>{% else %}{{ p['text'] }}{% endif %}"
+                               "{% endfor %}{{ '\\n' }}"
                                "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
     batch = UnlearnDataCollator(processor)([ROWS[1]])
     assert _decoded(processor.tokenizer, batch, 0, labels=True) == "pilot\n"

@@ -4,7 +4,8 @@ One session-scoped model memorises 4 fictitious characters on real photos (2 to 
 facts the pretrained model knows, with a plain ``Trainer`` on its last 2 decoder layers. Every registered method
 then runs from a copy for a few steps with its registered hyperparameters, the real processor and chat template,
 and must raise the forget NLL more than the retain NLL. Also: VKD leaves the language model bit-identical, masks are
-exact (an elementwise mask under AdamW weight decay), the Evaluator runs, and the collator fixes of issue 16 hold with SmolLM2's own tokenizer.
+exact (an elementwise mask under AdamW weight decay), the Evaluator runs, and the collator fixes of issue 16 hold
+with SmolLM2's own tokenizer.
 
 Budget: the whole tier about 150 s on a quiet 2-core machine (the model is built once and cached; a cold build adds
 about a minute).

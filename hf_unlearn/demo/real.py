@@ -234,7 +234,8 @@ def run_real_seed(config: RealDemoConfig, methods: Sequence[str], cache_dir: str
 
 
 def run_real_demo(config: RealDemoConfig | None = None, output_dir: str = "hf_unlearn_demo_real",
-                  methods: Sequence[str] | None = None, cache_dir: str | None = None, seeds: Sequence[int] | None = None,
+                  methods: Sequence[str] | None = None, cache_dir: str | None = None,
+                  seeds: Sequence[int] | None = None,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the real-weights demo at each seed; returns (and writes to ``output_dir``) the results payload."""
     config = config or RealDemoConfig()

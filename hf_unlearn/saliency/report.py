@@ -63,7 +63,8 @@ def rows_to_markdown(rows: list[dict]) -> str:
     covered = sum(row["covered"] for row in rows)
     selected = sum(row["selected"] for row in rows)
     fraction = selected / covered if covered else 0.0
-    lines.append(f"| **total** |  | {covered:,} | {selected:,} | {fraction:.4f} | {1.0 - fraction if covered else 0.0:.4f} |")
+    held = 1.0 - fraction if covered else 0.0
+    lines.append(f"| **total** |  | {covered:,} | {selected:,} | {fraction:.4f} | {held:.4f} |")
     return "\n".join(lines) + "\n"
 
 
