@@ -121,13 +121,13 @@ class MMUnlearnerTrainer(UnlearnTrainer):
         skipped = len(retain) - len(keep)
         if skipped == 0:
             return 0
-        if not keep:
-            raise ValueError(
-                f"Every retain row is text-only, but only vision-side parameters are trainable ({len(trainable)} "
-                "tensors of the vision tower / projector): retain steps could not change anything. Add retain rows "
-                "with images (other people's image questions), or set freeze_unmasked_parameters=False so that the "
-                "language model trains too."
-            )
+        if not keep:  # nothing to route to: say so, and leave the retain steps as they are (no-ops)
+            logger.warning(
+                "MMUnlearner: every retain row is text-only, but only vision-side parameters are trainable (%d "
+                "tensors of the vision tower / projector): retain steps cannot change anything. Add retain rows with "
+                "images (other people's image questions), or set freeze_unmasked_parameters=False so that the "
+                "language model trains too.", len(trainable))
+            return 0
         self.pairing.retain = retain.select(keep) if hasattr(retain, "select") else [retain[i] for i in keep]
         logger.warning("MMUnlearner: %d of %d retain rows are text-only and cannot produce a gradient for the "
                        "trainable (vision-side) parameters; retain steps use the %d rows with images.",
