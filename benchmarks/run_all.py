@@ -192,7 +192,8 @@ def parse(argv=None) -> argparse.Namespace:
                         help="torch intra-op threads on CPU (default 1: stable on a shared, oversubscribed machine)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 repetitions, few steps")
     parser.add_argument("--only", nargs="+", choices=MEASUREMENTS, help="run only these measurements")
-    parser.add_argument("--sizes", nargs="+", choices=sorted(common.SIZES), help="model sizes (default: all)")
+    parser.add_argument("--sizes", nargs="+", choices=common.SIZE_CHOICES,
+                        help="model sizes (default: tiny and mid; 'real' is the 157M real-weights LLaVA)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 2 with --quick)")
     parser.add_argument("--reruns-under-load", type=int, default=1, metavar="N",
                         help="re-run a measurement up to N times while the load average exceeds half the cores "

@@ -20,7 +20,7 @@ def test_answer_only_labels_cover_exactly_the_answer(arch):
     model, processor = tiny_vlm(arch)
     tok = processor.tokenizer
     batch = UnlearnDataCollator(processor)(ROWS)
-    end_of_turn = "</s>" if arch == "llava" else "<|im_end|>\n"
+    end_of_turn = "</s>" if arch == "llava" else "<|im_end|>"  # labels end at the end-of-turn token, no newline
     lead = " " if arch == "llava" else ""
     for i, row in enumerate(ROWS):
         expected = tok(lead + row["answer"] + end_of_turn, add_special_tokens=False)["input_ids"]

@@ -121,7 +121,8 @@ def test_push_then_reload_model_processor_and_mask_in_a_fresh_process(memorised_
         assert {"hf_unlearn", "unlearning", "gradient-ascent"} <= set(card.data.tags)
         assert card.data.base_model is None  # loaded from a local path: never published
         assert os.path.basename(os.path.dirname(memorised_llava)) not in card.text  # e.g. "memorised0"
-        assert f"Sparsity (whole model): **{_fmt(mask.sparsity)}**" in card.text
+        assert f"Selected fraction (allowed to move, whole mask): **{_fmt(mask.selected_fraction)}**; sparsity (held " \
+               f"fixed): {_fmt(1.0 - mask.selected_fraction)}" in card.text
         assert f"| `forget_nll` | {_fmt(forget_before)} | {_fmt(forget_after)} |" in card.text
         assert "| `learning_rate` | 0.001 |" in card.text and "| `score` | random |" in card.text
         assert 'from_pretrained("local-user/llava-ga")' in card.text

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 
 from hf_unlearn import (MMUnlearnerConfig, MMUnlearnerTrainer, SaliencyMaskConfig, UnlearnDataCollator,
                         compute_saliency_mask)
@@ -44,6 +45,37 @@ def test_vision_mask_forgets_images_and_keeps_text_bit_for_bit(memorised_llava, 
     assert after["forget"] > before["forget"] + 1.0       # the forget people are no longer recognised
     assert after["retain_vqa"] < 1.0                      # other people still are
     assert after["text"] == before["text"]                # text knowledge untouched: the LLM is frozen
+
+
+def test_vision_mask_retain_steps_use_only_rows_that_reach_the_trainable_set(memorised_llava, toy_data, tmp_path):
+    # Issue 16 item 5: with a vision mask the LLM is frozen, so a text-only retain batch gives no gradient at all.
+    model, processor = load_llava(memorised_llava)
+    retain_vqa, text_qa = split(toy_data)
+    mask = compute_saliency_mask(model, SaliencyMaskConfig(target_modules="vision", batch_size=2),
+                                 toy_data["forget"], {"retain": retain_vqa, "text": text_qa},
+                                 UnlearnDataCollator(processor), show_progress=False)
+    grad_norms = []
+
+    class RecordGradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if state.global_step % args.forget_every:  # a retain step
+                grad_norms.append(sum(float(p.grad.norm()) for p in model.parameters() if p.grad is not None))
+
+    trainer = MMUnlearnerTrainer(model=model, args=args(tmp_path, max_steps=16, schedule="alternate", forget_every=2,
+                                                        learning_rate=1e-4),
+                                 train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"],
+                                 processing_class=processor, saliency_mask=mask, callbacks=[RecordGradients()])
+    trainer.train()
+    assert len(grad_norms) == 8 and min(grad_norms) > 0  # every retain step moves the vision side
+    assert trainer.skipped_retain_rows == len(text_qa) == 6
+    assert all(trainer.pairing[i]["retain"]["image"] is not None for i in range(len(trainer.pairing)))
+    assert trainer.state.log_history[0]["retain_rows_skipped"] == 6.0
+    # Without a mask every parameter trains: text rows count, nothing is skipped.
+    model, processor = load_llava(memorised_llava)
+    with pytest.warns(UserWarning, match="not MMUnlearner"):
+        plain = MMUnlearnerTrainer(model=model, args=args(tmp_path), train_dataset=toy_data["forget"],
+                                   retain_dataset=toy_data["retain"], processing_class=processor)
+    assert plain.skipped_retain_rows == 0 and len(plain.pairing.retain) == 10
 
 
 def test_retain_guard_rollback_undoes_every_forget_update(memorised_llava, toy_data, tmp_path):

@@ -53,7 +53,9 @@ def test_sections_render_method_citation_settings_mask_and_snippet():
            "(https://huggingface.co/papers/2404.05868)" in text
     assert "@article{zhang2024negative," in text
     assert "| `beta` | 0.1 |" in text and "| `lr_scheduler_type` | cosine |" in text
-    assert "| `score` | fisher |" in text and "Sparsity (whole model): **0.1234**" in text
+    # A legacy summary ("sparsity" meant the selected fraction) renders with the new, explicit wording.
+    assert "| `score` | fisher |" in text
+    assert "Selected fraction (allowed to move, whole mask): **0.1234**; sparsity (held fixed): 0.8766" in text
     assert "| `model.vision_tower` | 0.3 |" in text
     assert 'AutoModelForImageTextToText.from_pretrained("me/llava-npo")' in text
     assert 'AutoProcessor.from_pretrained("me/llava-npo")' in text

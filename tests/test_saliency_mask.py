@@ -38,8 +38,11 @@ def test_counts_and_mapping_interface(llava):
     assert "model.multi_modal_projector.linear_1.weight" in mask and "lm_head.weight" not in mask
     assert mask.num_covered == 30_208
     assert mask.num_selected == sum(int(t.sum()) for t in mask.masks.values())
-    assert mask.sparsity == pytest.approx(mask.num_selected / 30_208)
-    assert 0.28 < mask.sparsity < 0.32
+    # selected_fraction = allowed to move; sparsity = held fixed (issue 16 item 4: it used to be the selected one)
+    assert mask.selected_fraction == pytest.approx(mask.num_selected / 30_208)
+    assert 0.28 < mask.selected_fraction < 0.32
+    assert mask.sparsity == pytest.approx(1 - mask.num_selected / 30_208)
+    assert f"selected_fraction={mask.selected_fraction:.4f}, sparsity={1 - mask.selected_fraction:.4f}" in repr(mask)
     assert mask["model.vision_tower.pre_layrnorm.bias"].dtype == torch.bool
     assert "covered=30208" in repr(mask)
 
@@ -232,19 +235,19 @@ def test_sparsity_report_rows():
     rows = SaliencyMask(masks).sparsity_report()
     assert rows == [
         {"module": "model.vision_tower.encoder.layers.0.mlp.fc1", "group": "vision", "covered": 6, "selected": 3,
-         "fraction": 0.5},
+         "fraction": 0.5, "sparsity": 0.5},
         {"module": "model.multi_modal_projector.linear_1", "group": "projector", "covered": 4, "selected": 1,
-         "fraction": 0.25},
+         "fraction": 0.25, "sparsity": 0.75},
         {"module": "model.language_model.layers.0.self_attn.q_proj", "group": "language", "covered": 4,
-         "selected": 4, "fraction": 1.0},
+         "selected": 4, "fraction": 1.0, "sparsity": 0.0},
     ]
     by_group = SaliencyMask(masks).sparsity_report(by="group")
     assert [(r["module"], r["covered"], r["selected"]) for r in by_group] == [
         ("vision", 6, 3), ("projector", 4, 1), ("language", 4, 4)
     ]
     table = SaliencyMask(masks).to_markdown()
-    assert "| model.multi_modal_projector.linear_1 | projector | 4 | 1 | 0.2500 |" in table
-    assert "| **total** |  | 14 | 8 | 0.5714 |" in table
+    assert "| model.multi_modal_projector.linear_1 | projector | 4 | 1 | 0.2500 | 0.7500 |" in table
+    assert "| **total** |  | 14 | 8 | 0.5714 | 0.4286 |" in table
     with pytest.raises(ValueError, match="by='layer'"):
         SaliencyMask(masks).sparsity_report(by="layer")
 

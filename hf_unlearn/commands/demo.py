@@ -31,14 +31,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "seeds and questions (time grows with the number of seeds).")
     parser.add_argument("--methods", default=None,
                         help="Comma-separated methods to run (default: all registered). See --list-methods.")
+    parser.add_argument("--real", action="store_true",
+                        help="Real pretrained weights and real photos: the 157M real_llava (SmolLM2-135M + DINOv2-S, "
+                             "needs the `real` extra, see docs/real_weights.md) on fictitious characters on skimage "
+                             "photos. Slow on CPU: minutes per method.")
     parser.add_argument("--quick", action="store_true",
                         help="Reduced benchmark and budgets (8 people): about a minute, for tests and CI.")
     parser.add_argument("--cache-dir", default=None,
                         help="Where vanilla/oracle models are cached (default: $HF_UNLEARN_CACHE or "
                              "~/.cache/hf_unlearn).")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default 1: the demo's tiny models gain nothing from more threads, and "
-                             "training slows down many times when other processes share the cores).")
+                             "training slows down many times when other processes share the cores; with --real, "
+                             "torch's default).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--list-methods", action="store_true", help="List the registered methods and exit.")
     parser.add_argument("--text", action="store_true",
@@ -81,10 +86,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"hf-unlearn demo: error: {err}", file=sys.stderr)
         return 2
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         print(f"hf-unlearn demo: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or (torch.get_num_threads() if args.real else 1))
+    if args.real:
+        from ..demo.real import RealDemoConfig, run_real_demo
+
+        config = RealDemoConfig.quick(seed=seeds[0]) if args.quick else RealDemoConfig(seed=seeds[0])
+        run_real_demo(config, output_dir=args.output, methods=methods, cache_dir=args.cache_dir, seeds=seeds)
+        return 0
     config = DemoConfig.quick(seed=seeds[0]) if args.quick else DemoConfig(seed=seeds[0])
     run_demo(config, output_dir=args.output, methods=methods, cache_dir=args.cache_dir,
              show_progress=not args.no_progress, seeds=seeds)

@@ -12,6 +12,7 @@ assistant turn is the answer), with optional ``images``. ``hf_unlearn.data.rows`
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -64,6 +65,7 @@ class UnlearnDataCollator:
     answer_only: bool = True
     max_length: int | None = None
     _image_token_id: int | None = field(default=None, init=False, repr=False)
+    _warned_string_template: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self):
         tok = _tokenizer_of(self.processing_class)
@@ -79,15 +81,21 @@ class UnlearnDataCollator:
         is_processor = isinstance(pc, ProcessorMixin)
         template_owner = pc if getattr(pc, "chat_template", None) else _tokenizer_of(pc)
         if getattr(template_owner, "chat_template", None):
-            msgs = messages if is_processor else _plain_text(messages)
-            full_msgs = msgs + [{"role": "assistant", "content": answer if not is_processor else
-                                 [{"type": "text", "text": answer}]}]
+            if is_processor and _takes_content_parts(template_owner):
+                msgs, answer_content = messages, [{"type": "text", "text": answer}]
+            elif is_processor:
+                # A text model's template (string content only, like SmolLM2's or Llama's): we place the image
+                # placeholders ourselves, which the processor then expands into image tokens.
+                msgs, answer_content = self._with_image_placeholders(messages, template_owner), answer
+            else:
+                msgs, answer_content = _plain_text(messages), answer
+            full_msgs = msgs + [{"role": "assistant", "content": answer_content}]
             prompt = template_owner.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             full = template_owner.apply_chat_template(full_msgs, tokenize=False)
             if not full.startswith(prompt):
                 raise ValueError("The chat template does not render the prompt as a prefix of the full conversation; "
                                  "pass rows whose template is prefix-consistent or set a simple chat template.")
-            return prompt, full[len(prompt):]
+            return prompt, self._end_at_end_of_turn(full[len(prompt):])
         # No chat template: a plain "USER/ASSISTANT" layout with the processor's image placeholder.
         image_token = getattr(pc, "image_token", "<image>")
         parts = []
@@ -109,6 +117,38 @@ class UnlearnDataCollator:
             )
         eos = _tokenizer_of(self.processing_class).eos_token or ""
         return prompt, completion if completion.endswith(eos) else completion + eos
+
+    def _with_image_placeholders(self, messages: list[dict], template_owner) -> list[dict]:
+        """String content for a string-only template: each image part becomes the processor's placeholder + newline
+        (the llava-hf layout), in the order of the parts; warns once per collator."""
+        image_token = getattr(self.processing_class, "image_token", None) or "<image>"
+        has_images = any(not isinstance(m["content"], str) and any(p.get("type") == "image" for p in m["content"])
+                         for m in messages)
+        if has_images and not self._warned_string_template:
+            self._warned_string_template = True
+            warnings.warn(
+                f"The chat template of {type(template_owner).__name__} takes string content only (a text model's "
+                f"template), so image parts are rendered as {image_token!r} + newline before their text. To choose "
+                "the layout, set `processor.chat_template` to a template that renders {'type': 'image'} parts.",
+                UserWarning, stacklevel=4,
+            )
+        flat = []
+        for m in messages:
+            content = m["content"]
+            if not isinstance(content, str):
+                content = "".join(image_token + "\n" if p.get("type") == "image" else p.get("text", "")
+                                  for p in content)
+            flat.append({"role": m["role"], "content": content})
+        return flat
+
+    def _end_at_end_of_turn(self, completion: str) -> str:
+        """Drop what a template writes after the end-of-turn token (ChatML's newline after ``<|im_end|>``): labels
+        end at the token that stops generation."""
+        stripped = completion.rstrip()
+        if stripped != completion and any(stripped.endswith(t) for t in _special_tokens(_tokenizer_of(
+                self.processing_class))):
+            return stripped
+        return completion
 
     # -- collation ---------------------------------------------------------------------------------------------
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -204,3 +244,41 @@ class PairedCollator:
                 batch["retain"] = self._collate_side([f["retain"] for f in features])
             return batch
         return self.collator(features)
+
+
+# -- chat-template helpers of UnlearnDataCollator._render -----------------------------------------------------
+_PROBE_TEXT = "hf-unlearn-probe"
+
+
+def _takes_content_parts(template_owner) -> bool:
+    """Whether a chat template renders list content (``[{"type": "text", ...}]``) rather than only strings.
+
+    Rendered once per template: a string-only template either fails on a list (``'...' + message['content']``) or
+    prints its Python repr. A template that fails on strings as well is taken as it is (its own error will tell).
+    """
+    template = template_owner.chat_template
+    template = template if isinstance(template, str) else repr(template)
+    if template not in _TEMPLATE_TAKES_PARTS:
+        def render(content):
+            return template_owner.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True, tokenize=False)
+
+        try:
+            text = render([{"type": "text", "text": _PROBE_TEXT}])
+            _TEMPLATE_TAKES_PARTS[template] = _PROBE_TEXT in text and "'type'" not in text
+        except Exception:
+            try:
+                render(_PROBE_TEXT)
+                _TEMPLATE_TAKES_PARTS[template] = False
+            except Exception:
+                _TEMPLATE_TAKES_PARTS[template] = True
+    return _TEMPLATE_TAKES_PARTS[template]
+
+
+_TEMPLATE_TAKES_PARTS: dict[str, bool] = {}
+
+
+def _special_tokens(tok) -> set[str]:
+    specials = set(getattr(tok, "all_special_tokens", []) or [])
+    specials.update(t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if t.special)
+    return {t for t in specials if t}

@@ -168,18 +168,21 @@ def _mask_context(mask_summary: dict | None) -> dict | None:
     if not mask_summary:
         return None
     if not isinstance(mask_summary, dict):
-        raise TypeError("mask_summary must be a dict like {'config': {...}, 'sparsity': {'total': 0.12, "
+        raise TypeError("mask_summary must be a dict like {'config': {...}, 'selected_fraction': {'total': 0.12, "
                         f"'by_module': {{...}}}}, got {type(mask_summary).__name__}.")
-    sparsity = mask_summary.get("sparsity") or {}
-    total = sparsity.get("total")
+    # The fraction allowed to move; cards written before 0.1.0 stored it under the misnomer "sparsity".
+    key = "selected_fraction" if "selected_fraction" in mask_summary else "sparsity"
+    selected = mask_summary.get(key) or {}
+    total = selected.get("total")
     if total is not None and not isinstance(total, (int, float)):
-        raise ValueError(f"mask_summary['sparsity']['total'] must be a number, got {total!r}.")
-    modules = [(f"`{m}`", _fmt(v)) for m, v in (sparsity.get("by_module") or {}).items()
+        raise ValueError(f"mask_summary[{key!r}]['total'] must be a number, got {total!r}.")
+    modules = [(f"`{m}`", _fmt(v)) for m, v in (selected.get("by_module") or {}).items()
                if isinstance(m, str) and MODULE_NAME.match(m) and isinstance(v, (int, float))]
     config = mask_summary.get("config") or {}
     config = redact_preserve_names(config, preserve_name_map(config))  # user-named preserve sets stay local
     return {"config_rows": _flatten(safe_settings(config)),
-            "total": None if total is None else _fmt(float(total)), "module_rows": modules}
+            "total": None if total is None else _fmt(float(total)),
+            "sparsity": None if total is None else _fmt(1.0 - float(total)), "module_rows": modules}
 
 
 def _paper_context(paper: dict | None) -> dict | None:
@@ -232,7 +235,8 @@ def build_model_card(
         base_model: Hub id of the model that was unlearned; a local path is dropped.
         model_name: Hub id of this model (used in the "How to load" snippet and the title); a path is dropped.
         settings: method knobs; filtered again through ``safe_settings``.
-        mask_summary: ``{"config": {...}, "sparsity": {"total": 0.12, "by_module": {"module.name": 0.3}}}``.
+        mask_summary: ``{"config": {...}, "selected_fraction": {"total": 0.12, "by_module": {"module.name": 0.3}}}``
+            (the fractions allowed to move; the legacy key ``"sparsity"`` is read with the same meaning).
         metrics_before / metrics_after: ``{metric: number}`` (nested dicts are flattened with ``/``).
         dataset_ids: Hub ids of the data sets; published only if ``include_dataset_ids`` (local paths never).
         tags: extra Hub tags.
@@ -293,12 +297,14 @@ def build_model_card(
 # Card inputs (filtered, JSON) saved next to a model, and rendering from them
 # ----------------------------------------------------------------------------------------------------------------
 def mask_summary(mask) -> dict:
-    """``{"config": ..., "sparsity": {"total", "by_module"}}`` of a ``SaliencyMask``, for the card."""
+    """``{"config": ..., "selected_fraction": {"total", "by_module"}}`` of a ``SaliencyMask``, for the card
+    (the fractions allowed to move)."""
     rows = mask.sparsity_report(by="module")
     if len(rows) > _MAX_MODULE_ROWS:
         rows = mask.sparsity_report(by="group")
     return {"config": mask.config.to_dict() if mask.config is not None else {},
-            "sparsity": {"total": mask.sparsity, "by_module": {r["module"]: r["fraction"] for r in rows}}}
+            "selected_fraction": {"total": mask.selected_fraction,
+                                  "by_module": {r["module"]: r["fraction"] for r in rows}}}
 
 
 def read_card_inputs(folder: str | os.PathLike) -> dict:

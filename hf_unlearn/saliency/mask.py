@@ -103,15 +103,25 @@ class SaliencyMask(PushToHubMixin):
         return sum(int(t.sum()) for t in self.masks.values())
 
     @property
-    def sparsity(self) -> float:
+    def selected_fraction(self) -> float:
         """Fraction of covered entries that are selected (allowed to move)."""
         covered = self.num_covered
         return self.num_selected / covered if covered else 0.0
 
+    @property
+    def sparsity(self) -> float:
+        """Fraction of covered entries held fixed (not selected): ``1 - selected_fraction``.
+
+        Before hf_unlearn 0.1.0 this property returned the selected fraction; use ``selected_fraction`` for that.
+        """
+        covered = self.num_covered
+        return (covered - self.num_selected) / covered if covered else 0.0
+
     def __repr__(self) -> str:
         return (
             f"SaliencyMask(parameters={len(self)}, covered={self.num_covered}, selected={self.num_selected}, "
-            f"sparsity={self.sparsity:.4f}, score={getattr(self.config, 'score', None)!r})"
+            f"selected_fraction={self.selected_fraction:.4f}, sparsity={self.sparsity:.4f}, "
+            f"score={getattr(self.config, 'score', None)!r})"
         )
 
     # -------------------------------------------------------------------------------------------- save and load
@@ -358,7 +368,7 @@ class SaliencyMask(PushToHubMixin):
 
     # ------------------------------------------------------------------------------------------------- reporting
     def sparsity_report(self, model: nn.Module | None = None, by: str = "module") -> list[dict]:
-        """Rows ``{module, group, covered, selected, fraction}``, one per module (``by="module"``, the parameter name
+        """Rows ``{module, group, covered, selected, fraction, sparsity}`` (``fraction`` = selected / covered), one per module (``by="module"``, the parameter name
         without its last component) or per model part (``by="group"``). With ``model`` the mask is validated first and
         text-only models report ``"language"``."""
         from .report import sparsity_rows

@@ -24,7 +24,9 @@ def module_of(name: str) -> str:
 
 
 def sparsity_rows(masks: dict[str, torch.Tensor], model: nn.Module | None = None, by: str = "module") -> list[dict]:
-    """Rows ``{module, group, covered, selected, fraction}`` in order of first appearance.
+    """Rows ``{module, group, covered, selected, fraction, sparsity}`` in order of first appearance.
+
+    ``fraction`` is the selected fraction (selected / covered, allowed to move); ``sparsity`` the fraction held fixed.
 
     ``by="module"``: one row per module; ``by="group"``: one row per model part (``vision``, ``projector``,
     ``language``). Names with no recognised part are ``language`` on a text-only model (or when no mask name is a
@@ -46,20 +48,23 @@ def sparsity_rows(masks: dict[str, torch.Tensor], model: nn.Module | None = None
         row["selected"] += int(mask.sum())
     for row in rows.values():
         row["fraction"] = row["selected"] / row["covered"] if row["covered"] else 0.0
+        row["sparsity"] = 1.0 - row["fraction"] if row["covered"] else 0.0
     return list(rows.values())
 
 
 def rows_to_markdown(rows: list[dict]) -> str:
     """A Markdown table of sparsity rows, with a total row."""
-    lines = ["| module | group | covered | selected | fraction |", "|---|---|---:|---:|---:|"]
+    lines = ["| module | group | covered | selected | selected fraction | sparsity |", "|---|---|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row['module']} | {row['group']} | {row['covered']:,} | {row['selected']:,} | {row['fraction']:.4f} |"
+            f"| {row['module']} | {row['group']} | {row['covered']:,} | {row['selected']:,} | {row['fraction']:.4f} "
+            f"| {1.0 - row['fraction'] if row['covered'] else 0.0:.4f} |"
         )
     covered = sum(row["covered"] for row in rows)
     selected = sum(row["selected"] for row in rows)
     fraction = selected / covered if covered else 0.0
-    lines.append(f"| **total** |  | {covered:,} | {selected:,} | {fraction:.4f} |")
+    held = 1.0 - fraction if covered else 0.0
+    lines.append(f"| **total** |  | {covered:,} | {selected:,} | {fraction:.4f} | {held:.4f} |")
     return "\n".join(lines) + "\n"
 
 

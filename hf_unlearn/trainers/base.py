@@ -34,6 +34,7 @@ from .callbacks import UnlearningEvalCallback
 from .card import ModelCardMixin
 from .checkpointing import SafeCheckpointMixin
 from .divergence import DivergenceGuard, UnlearningDivergedError
+from .forward_guard import forward_restored
 
 
 class _MaskedStepCallback(TrainerCallback):
@@ -423,7 +424,8 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             if os.path.isfile(state_file):  # e.g. NPO's precomputed reference log-probs of the *starting* model
                 with open(state_file, encoding="utf-8") as f:
                     self.pairing.forget_extras.update(json.load(f)["forget_extras"])
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        with forward_restored(self.model):  # no autocast wrapper left behind after bf16/fp16 training
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # transformers 5.23 saves some architectures (LLaVA) under legacy key names and Trainer's resume loads them

@@ -9,13 +9,19 @@ the mask's target modules are frozen, errors in the forget step are raised, neve
 
 from __future__ import annotations
 
+import logging
+
+import datasets
 import torch
 from transformers import TrainerCallback
 
 from .. import losses
 from ..config import MMUnlearnerConfig
+from ..models import PROJECTOR, VISION, parameter_group
 from .base import UnlearnTrainer
 from .lr_scale import ScaledLearningRateMixin
+
+logger = logging.getLogger(__name__)
 
 
 class _RetainGuardCallback(TrainerCallback):
@@ -91,6 +97,7 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             warnings.warn("MMUnlearnerTrainer without `saliency_mask` updates every parameter: this is "
                           "GA_Diff, not MMUnlearner. Compute one with `compute_saliency_mask`.", stacklevel=2)
         super().__init__(*args, saliency_mask=saliency_mask, **kwargs)
+        self.skipped_retain_rows = self._keep_retain_rows_with_gradient()
         self.retain_guard = None
         if self.args.retain_guard_max_loss is not None:
             if self.is_deepspeed_enabled:
@@ -107,6 +114,35 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
 
     def lr_scaled_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.masker.params.values() if p.requires_grad] if self.masker is not None else []
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Retain-batch selection: only rows that can move the trainable parameters
+    # ------------------------------------------------------------------------------------------------------------
+    def _keep_retain_rows_with_gradient(self) -> int:
+        """With a vision mask the language model is frozen, so a text-only retain row passes through no trainable
+        parameter and its retain step is a no-op (half the retain steps on a mixed retain set). Pair forget rows only
+        with retain rows that have an image; return (and log) how many were left out."""
+        retain = self.pairing.retain
+        trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
+        if retain is None or not trainable or any(parameter_group(n) not in (VISION, PROJECTOR) for n in trainable):
+            return 0
+        keep = _rows_with_images(retain)
+        skipped = len(retain) - len(keep)
+        if skipped == 0:
+            return 0
+        if not keep:  # nothing to route to: say so, and leave the retain steps as they are (no-ops)
+            logger.warning(
+                "MMUnlearner: every retain row is text-only, but only vision-side parameters are trainable (%d "
+                "tensors of the vision tower / projector): retain steps cannot change anything. Add retain rows with "
+                "images (other people's image questions), or set freeze_unmasked_parameters=False so that the "
+                "language model trains too.", len(trainable))
+            return 0
+        self.pairing.retain = retain.select(keep) if hasattr(retain, "select") else [retain[i] for i in keep]
+        logger.warning("MMUnlearner: %d of %d retain rows are text-only and cannot produce a gradient for the "
+                       "trainable (vision-side) parameters; retain steps use the %d rows with images.",
+                       skipped, len(retain), len(keep))
+        self._metrics["retain_rows_skipped"].append(float(skipped))
+        return skipped
 
     def needs_reference(self, args) -> bool:
         return super().needs_reference(args) or args.forget_loss_type == "npo"
@@ -140,3 +176,17 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         loss = self.model(**self._probe_batch).loss.item()
         self.model.train(was_training)
         return loss
+
+
+def _rows_with_images(dataset) -> list[int]:
+    """Indices of the rows that carry an image (``image``, or a non-empty ``images`` list), without decoding them."""
+    if isinstance(dataset, datasets.Dataset):
+        columns = [c for c in ("image", "images") if c in dataset.column_names]
+        if not columns:
+            return []
+        # The raw Arrow values: no image is decoded just to see whether it is there.
+        table = dataset.with_format("arrow").select_columns(columns)
+        values = [table[c].to_pylist() for c in columns]
+        return [i for i, row in enumerate(zip(*values)) if any(v is not None and v != [] for v in row)]
+    return [i for i in range(len(dataset))
+            if dataset[i].get("image") is not None or bool(dataset[i].get("images"))]
