@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Regenerate the benchmark tables of README.md and docs/benchmark.md from the committed results.
+"""Regenerate the benchmark tables of README.md, docs/benchmark.md and docs/methods/*.md from the committed results.
 
     python scripts/render_tables.py            # rewrite the generated blocks in place
     python scripts/render_tables.py --check    # exit 1 if a committed block differs from what this renders
@@ -17,7 +17,9 @@ sys.path.insert(0, ROOT)
 
 from hf_unlearn.demo.tables import RESULTS_FILE, TUNING_FILE, block_in, load_blocks, update_files  # noqa: E402
 
-FILES = ("README.md", os.path.join("docs", "benchmark.md"))
+FILES = ("README.md", os.path.join("docs", "benchmark.md"),
+         *sorted(os.path.join("docs", "methods", f) for f in os.listdir(os.path.join(ROOT, "docs", "methods"))
+                 if f.endswith(".md")))
 
 
 def main() -> int:

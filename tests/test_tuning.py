@@ -8,16 +8,22 @@ from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
 from hf_unlearn.demo import DemoConfig
 from hf_unlearn.demo.methods import demo_defaults, tuned_hyperparameters
 from hf_unlearn.demo.pipeline import DISTANCE_METRICS, DemoTrainingConfig
-from hf_unlearn.demo.tuning import TUNING_GRIDS, check_grids, grid_points, select, tune
+from hf_unlearn.demo.tuning import GRID_SIZE, TUNING_GRIDS, check_grids, grid_points, grid_rounds, select, tune
 
 
 def test_every_method_gets_the_same_budget_and_cheap_points_come_first():
     check_grids(TUNING_GRIDS)  # raises unless every grid has the same number of points
-    assert {len(grid_points(g)) for g in TUNING_GRIDS.values()} == {12}
+    assert {len(grid_points(g)) for g in TUNING_GRIDS.values()} == {GRID_SIZE} == {24}
+    assert all(len(rounds) == 2 and all(len(grid_points(r)) == 12 for r in rounds) for rounds in TUNING_GRIDS.values())
     points = grid_points({"learning_rate": [1e-3, 1e-4], "max_steps": [5, 20]})
     assert points[0] == {"max_steps": 5, "learning_rate": 1e-3} and points[-1]["max_steps"] == 20
     with pytest.raises(ValueError, match="same budget"):
         check_grids({"a": {"learning_rate": [1, 2]}, "b": {"learning_rate": [1, 2, 3]}}, size=2)
+    # Rounds: the points of each round in turn; a point in both rounds is run (and counted) twice.
+    rounds = [{"learning_rate": [1e-3], "max_steps": [5, 20]}, {"learning_rate": [1e-3, 3e-3], "max_steps": [20]}]
+    assert grid_points(rounds) == [{"max_steps": 5, "learning_rate": 1e-3}, {"max_steps": 20, "learning_rate": 1e-3},
+                                   {"max_steps": 20, "learning_rate": 1e-3}, {"max_steps": 20, "learning_rate": 3e-3}]
+    assert grid_rounds(rounds) == rounds and grid_rounds(rounds[0]) == [rounds[0]]
 
 
 def _point(forget, qa=1.0, retain=1.0, general=0.9):
@@ -48,13 +54,14 @@ def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
         benchmark=SyntheticBenchmarkConfig(num_people=4, num_holdout_people=2, num_validation_people=1,
                                            forget_ratio=0.25, num_general=4),
         training=DemoTrainingConfig(num_train_epochs=3, batch_size=8, warmup_steps=0), relearn=None)
-    grids = {"ga": {"learning_rate": [1e-4, 1e-2], "max_steps": [2]}, "npo": {"learning_rate": [1e-4, 1e-2],
-                                                                             "max_steps": [2]}}
+    grids = {"ga": [{"learning_rate": [1e-4], "max_steps": [2]}, {"learning_rate": [1e-2], "max_steps": [2]}],
+             "npo": {"learning_rate": [1e-4, 1e-2], "max_steps": [2]}}
     out = tmp_path / "tuned.json"
     record = tune(["ga", "npo"], seeds=[7, 8], config=config, grids=grids, cache_dir=str(tmp_path / "cache"),
                   output=str(out), show_progress=False, log=lambda s: None)
     assert json.loads(out.read_text()) == record
     assert record["protocol"]["seeds"] == [7, 8] and set(record["oracle"]) == {"7", "8"}
+    assert record["protocol"]["grid_size"] == 2 and len(record["methods"]["ga"]["grid"]) == 2  # two rounds
     for name in ("ga", "npo"):
         entry = record["methods"][name]
         distances = [p["distance"] for p in entry["points"]]
@@ -66,3 +73,17 @@ def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
     assert tuned_hyperparameters("ga", str(out)) == record["methods"]["ga"]["picked"]
     assert tuned_hyperparameters("not_tuned", str(out)) == {}
     assert demo_defaults("ga", {"max_steps": 99, "beta": 1})["beta"] == 1
+
+
+def test_tuning_starts_every_point_from_the_untuned_entry_not_from_an_earlier_pick(tmp_path, monkeypatch):
+    """Re-running the protocol reproduces the record: a picked key that a grid point does not set is put back to the
+    entry's untuned value (or the config's default), so an earlier pick never leaks into the scores."""
+    import hf_unlearn.demo.methods as methods
+
+    tuned = tmp_path / "tuned.json"
+    tuned.write_text(json.dumps({"methods": {"npo": {"picked": {"beta": 2.0, "retain_weight": 7.0}}}}))
+    monkeypatch.setattr(methods, "TUNED_FILE", str(tuned))
+    monkeypatch.setattr(methods.tuned_hyperparameters, "__defaults__", (str(tuned),))
+    # beta: the entry's untuned 0.4; retain_weight: not in the entry, so NPOConfig's default 1.0.
+    assert methods.untuned_overrides("npo") == {"beta": 0.4, "retain_weight": 1.0}
+    assert methods.UNTUNED["npo"]["beta"] == 0.4 and "retain_weight" not in methods.UNTUNED["npo"]

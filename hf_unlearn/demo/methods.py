@@ -14,7 +14,7 @@ import importlib
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import datasets
@@ -139,9 +139,22 @@ def tuned_hyperparameters(name: str, path: str = TUNED_FILE) -> dict[str, Any]:
         return dict(json.load(f).get("methods", {}).get(name, {}).get("picked", {}))
 
 
+UNTUNED: dict[str, dict[str, Any]] = {}  # each method's starting point before the tuning protocol's pick
+
+
 def demo_defaults(name: str, untuned: Mapping[str, Any]) -> dict[str, Any]:
     """A method's demo hyperparameters: the tuning protocol's pick over the untuned starting point."""
+    UNTUNED[name] = dict(untuned)
     return {**untuned, **tuned_hyperparameters(name)}
+
+
+def untuned_overrides(name: str) -> dict[str, Any]:
+    """Overrides that undo ``name``'s recorded pick: each picked key at its untuned value (the entry's starting
+    point, else the config's default). The tuning protocol scores every grid point from the same starting point,
+    never from an earlier pick, so re-running it reproduces the record."""
+    config_cls = METHODS[name].config_class
+    defaults = {f.name: f.default for f in fields(config_cls) if f.default is not MISSING} if config_cls else {}
+    return {k: UNTUNED.get(name, {}).get(k, defaults.get(k)) for k in tuned_hyperparameters(name)}
 
 
 # Untuned starting points; `hf-unlearn tune` (demo/tuning.py) picks the values the demo uses on validation seeds.

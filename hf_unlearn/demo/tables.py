@@ -59,13 +59,39 @@ def tuning_table(record: Mapping[str, Any]) -> str:
     lines = ["| Method | Grid (same number of points for every method) | Pick | Mean distance to the oracle |",
              "|---|---|---|---:|"]
     for name, entry in record.get("methods", {}).items():
-        grid = "; ".join(f"{k} ∈ {{{', '.join(_fmt_value(v) for v in values)}}}" for k, values in entry["grid"].items())
+        rounds = entry["grid"] if isinstance(entry["grid"], list) else [entry["grid"]]
+        grid = " + ".join(
+            ("round {}: ".format(i + 1) if len(rounds) > 1 else "")
+            + "; ".join(f"{k} ∈ {{{', '.join(_fmt_value(v) for v in values)}}}" for k, values in r.items())
+            for i, r in enumerate(rounds))
         pick = ", ".join(f"{k}={_fmt_value(v)}" for k, v in entry["picked"].items())
         lines.append(f"| {name} | {grid} | {pick} | {entry['distance']:.3f} |")
     seeds = protocol.get("seeds", [])
     lines += ["", f"Validation seeds {_span(seeds)} (never reported); {protocol.get('grid_size', '?')} points per "
                   f"method per seed; criterion: {protocol.get('criterion', '?')} over "
                   f"{', '.join(protocol.get('metrics', []))}; wall time {protocol.get('wall_time_s', '?')} s."]
+    return "\n".join(lines)
+
+
+def method_tuning_table(record: Mapping[str, Any], name: str) -> str:
+    """Every grid point of one method (``tuned.json``): its mean distance to the oracle and, per validation seed,
+    the four criterion metrics; the pick in bold."""
+    entry = record["methods"][name]
+    seeds = record.get("protocol", {}).get("seeds", [])
+    metrics = record.get("protocol", {}).get("metrics", [])
+    short = [m[: -len("_acc")] if m.endswith("_acc") else m for m in metrics]
+    lines = ["| Hyperparameters | Mean distance | " + " | ".join(f"seed {s}: {'/'.join(short)}" for s in seeds) + " |",
+             "|---|---:|" + "---|" * len(seeds)]
+    for point in entry["points"]:
+        hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in point["hyperparameters"].items())
+        if point["hyperparameters"] == entry["picked"]:
+            hp = f"**{hp}**"
+        cells = [" / ".join(f"{point['per_seed'][str(s)][m]:.2f}" for m in metrics) for s in seeds]
+        lines.append(f"| {hp} | {point['distance']:.3f} | " + " | ".join(cells) + " |")
+    oracle = record.get("oracle", {})
+    if oracle:
+        lines.append("| oracle | 0 | " + " | ".join(" / ".join(f"{oracle[str(s)][m]:.2f}" for m in metrics)
+                                                for s in seeds) + " |")
     return "\n".join(lines)
 
 
@@ -98,6 +124,8 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
     }
     if tuning:
         blocks["tuning-table"] = tuning_table(tuning)
+        for name in tuning.get("methods", {}):
+            blocks[f"tuning-{name}"] = method_tuning_table(tuning, name)
         if tuning.get("relearn"):
             blocks["relearn-calibration"] = relearn_table(tuning["relearn"])
     return blocks

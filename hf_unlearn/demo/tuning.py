@@ -2,8 +2,9 @@
 
 1. **Seeds.** Validation seeds (``VALIDATION_SEEDS``) that the published tables never report: the people,
    portraits, initial weights and batch order of a validation seed are not those of any reported seed.
-2. **Budget.** Every method gets ``GRID_SIZE`` grid points per seed: learning rate x steps, plus the method's own
-   main knob where it has one (``TUNING_GRIDS``).
+2. **Budget.** Every method gets ``GRID_SIZE`` grid points per seed, in two rounds of 12: learning rate x steps,
+   plus the method's own main knob where it has one; round 2 extends round 1 past the edge its pick lay on
+   (``TUNING_GRIDS``).
 3. **Criterion.** At each seed a point is scored by its Euclidean distance to the oracle over forget-VQA, forget-QA,
    retain-VQA and general accuracy (``DISTANCE_METRICS``); the pick is the point with the lowest mean distance over
    the validation seeds (ties: the first point of the grid, which lists cheaper budgets first).
@@ -31,40 +32,64 @@ from ..evaluation.evaluator import Evaluator
 from ..evaluation.stats import distance
 from ..utils import write_json_atomic
 from .config import DemoConfig
-from .methods import METHODS, TUNED_FILE, MethodUnavailableError
+from .methods import METHODS, TUNED_FILE, MethodUnavailableError, untuned_overrides
 from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
 from .references import load_or_train_reference_models
 
 VALIDATION_SEEDS = (100, 101)
-GRID_SIZE = 12
+GRID_SIZE = 24
 _SPLIT_OF = {metric: metric[: -len("_acc")] for metric in DISTANCE_METRICS}
 
-# Each method: 12 points. Learning rates and step counts bracket the values that move the tiny demo models; the
-# knob is the method's own main hyperparameter.
-TUNING_GRIDS: dict[str, dict[str, list[Any]]] = {
-    "ga": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [5, 10, 20, 40]},
-    "ga_diff": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
-    "kl_min": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
-    "npo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.4]},
+Grid = Mapping[str, Sequence[Any]]
+
+# Each method: two rounds of 12 points (24 in all). Round 1 brackets the values that move the tiny demo models (lr x
+# steps x the method's own main knob); every method's round-1 pick lay on an edge of its grid, so round 2 extends
+# each grid past that edge (written once, from round 1's record, the same way for every method). The pick is the
+# best of all 24 points.
+TUNING_GRIDS: dict[str, list[dict[str, list[Any]]]] = {
+    "ga": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [5, 10, 20, 40]},
+           {"learning_rate": [2e-4, 3e-4, 5e-4], "max_steps": [40, 80, 120, 160]}],
+    "ga_diff": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
+                {"learning_rate": [1e-3, 2e-3], "max_steps": [30, 60], "retain_weight": [5.0, 10.0, 20.0]}],
+    "kl_min": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
+               {"learning_rate": [1e-3, 2e-3], "max_steps": [30, 60], "retain_weight": [5.0, 10.0, 20.0]}],
+    "npo": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.4]},
+            {"learning_rate": [3e-4, 1e-3], "max_steps": [40, 80], "beta": [0.4, 1.0, 2.0]}],
     # MMUnlearner and VKD scale the learning rate of what they train (masked_lr_scale / vision_lr_scale = 10):
-    # the effective vision-side rates are 3e-4 .. 3e-3.
-    "mmunlearner": {"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80], "mask_threshold": [0.5, 1.0]},
-    "vkd": {"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80],
-            "forget_feature_loss": ["random_target", "hinge"]},
-    "simnpo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [2.5, 4.5]},
-    "rmu": {"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [20, 50], "steering_coeff": [6.0, 12.0]},
-    "idkpo": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.5]},
-    "undial": {"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "gamma": [3.0, 10.0]},
+    # the effective vision-side rates are 3e-4 .. 3e-3. Their round 2 trades the mask threshold / forget term for
+    # the weight of what keeps retain images intact (round 1 lost most on retain-VQA).
+    "mmunlearner": [{"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80], "mask_threshold": [0.5, 1.0]},
+                    {"learning_rate": [1e-4, 3e-4], "max_steps": [80, 160], "retain_weight": [1.0, 3.0, 10.0]}],
+    "vkd": [{"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80],
+             "forget_feature_loss": ["random_target", "hinge"]},
+            {"learning_rate": [1e-4, 3e-4], "max_steps": [80, 160], "feature_match_weight": [10.0, 30.0, 100.0]}],
+    "simnpo": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [2.5, 4.5]},
+               {"learning_rate": [1e-3, 2e-3], "max_steps": [40, 80], "beta": [1.0, 2.5, 4.5]}],
+    "rmu": [{"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [20, 50], "steering_coeff": [6.0, 12.0]},
+            {"learning_rate": [3e-3, 1e-2], "max_steps": [20, 50], "steering_coeff": [12.0, 24.0, 48.0]}],
+    "idkpo": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.5]},
+              {"learning_rate": [1e-3, 3e-3], "max_steps": [15, 40], "beta": [0.03, 0.1, 0.3]}],
+    "undial": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "gamma": [3.0, 10.0]},
+               {"learning_rate": [1e-3, 3e-3], "max_steps": [30, 60], "gamma": [10.0, 20.0, 40.0]}],
 }
 
 
-def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """Every combination of a grid, cheapest step budgets first (the order ties are broken in)."""
+def grid_points(grid: Grid | Sequence[Grid]) -> list[dict[str, Any]]:
+    """Every combination of a grid, cheapest step budgets first (the order ties are broken in); for a list of
+    rounds, the points of each round in turn (a point in two rounds counts, and is run, twice)."""
+    if not isinstance(grid, Mapping):
+        return [point for round_grid in grid for point in grid_points(round_grid)]
     keys = sorted(grid, key=lambda k: (k != "max_steps", k != "learning_rate", k))
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
-def check_grids(grids: Mapping[str, Mapping[str, Sequence[Any]]], size: int = GRID_SIZE) -> None:
+def grid_rounds(grid: Grid | Sequence[Grid]) -> list[dict[str, list[Any]]]:
+    """A grid as its list of rounds (JSON-ready)."""
+    rounds = [grid] if isinstance(grid, Mapping) else list(grid)
+    return [{k: list(v) for k, v in r.items()} for r in rounds]
+
+
+def check_grids(grids: Mapping[str, Grid | Sequence[Grid]], size: int = GRID_SIZE) -> None:
     """Every method must get the same budget: ``size`` points."""
     wrong = {m: len(grid_points(g)) for m, g in grids.items() if len(grid_points(g)) != size}
     if wrong:
@@ -102,7 +127,7 @@ def tune(
     methods: Sequence[str] | None = None,
     seeds: Sequence[int] = VALIDATION_SEEDS,
     config: DemoConfig | None = None,
-    grids: Mapping[str, Mapping[str, Sequence[Any]]] | None = None,
+    grids: Mapping[str, Grid | Sequence[Grid]] | None = None,
     cache_dir: str | None = None,
     output: str | None = TUNED_FILE,
     show_progress: bool = True,
@@ -138,14 +163,15 @@ def tune(
                 for i, point in enumerate(tqdm(grid_points(grids[name]), desc=f"tune {name} seed {seed}",
                                                disable=not show_progress)):
                     try:
-                        model, *_ = run_method(name, vanilla, processor, data, seed_config, **point)
+                        model, *_ = run_method(name, vanilla, processor, data, seed_config,
+                                               **{**untuned_overrides(name), **point})
                     except MethodUnavailableError as err:
                         unavailable[name] = str(err)
                         break
                     scores[name][i][str(seed)] = criterion_point(model, processor, benchmark, config.eval_batch_size)
                     del model
     record: dict[str, Any] = {
-        "protocol": {"seeds": list(seeds), "metrics": list(DISTANCE_METRICS), "grid_size": GRID_SIZE,
+        "protocol": {"seeds": list(seeds), "metrics": list(DISTANCE_METRICS), "grid_size": len(grid_points(grids[methods[0]])),
                      "criterion": "mean over seeds of the Euclidean distance to the oracle",
                      "benchmark": config.settings()["benchmark"], "wall_time_s": round(time.perf_counter() - start)},
         "oracle": oracle,
@@ -158,7 +184,7 @@ def tune(
         points = grid_points(grids[name])
         pick = select(points, scores[name], oracle)
         record["methods"][name] = {
-            "grid": {k: list(v) for k, v in grids[name].items()}, "picked": pick["hyperparameters"],
+            "grid": grid_rounds(grids[name]), "picked": pick["hyperparameters"],
             "distance": pick["distance"],
             "points": [{"hyperparameters": p, "distance": d, "per_seed": s}
                        for p, d, s in zip(points, pick["distances"], scores[name])],
