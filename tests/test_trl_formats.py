@@ -83,19 +83,30 @@ def test_text_model_formats_and_the_standard_format_image_token_check(toy_data):
 
 @pytest.mark.parametrize("build", [tiny_llava, tiny_qwen2_vl], ids=["llava", "qwen2_vl"])
 def test_answer_labels_equal_trl_vision_language_collator(build, toy_data):
-    """TRL's collator with completion_only_loss=True labels the same answer tokens. The sequences are identical on
-    Qwen2-VL; on LLaVA ours keeps the tokenizer's BOS (TRL tokenizes with add_special_tokens=False) - the only
-    difference. Ours stays: it also serves text-only tokenizers, answer_only=False (image tokens excluded from the
-    labels) and never truncates a prompt's image tokens."""
+    """TRL's collator with completion_only_loss=True labels the same answer tokens, up to two deliberate differences:
+    on LLaVA ours keeps the tokenizer's BOS (TRL tokenizes with add_special_tokens=False); on Qwen2-VL, whose ChatML
+    template writes a newline after ``<|im_end|>``, our labels (and sequence) end at the end-of-turn token, TRL's
+    carry that newline (issue 16: the model should not be trained to forget or keep a newline). Ours stays: it also
+    serves text-only tokenizers, answer_only=False (image tokens excluded from the labels) and never truncates a
+    prompt's image tokens."""
     _, processor = build()
     rows = [as_conversational_prompt_completion(toy_data["all"][i]) for i in (0, 1)]
     ours = UnlearnDataCollator(processor)(copy.deepcopy(rows))
     theirs = DataCollatorForVisionLanguageModeling(processor, completion_only_loss=True)(copy.deepcopy(rows))
+    end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>") if build is tiny_qwen2_vl else None
     for i in range(len(rows)):
         answer = ours["labels"][i][ours["labels"][i] != -100]
-        assert answer.numel() > 0 and torch.equal(answer, theirs["labels"][i][theirs["labels"][i] != -100])
+        their_answer = theirs["labels"][i][theirs["labels"][i] != -100]
+        if end_of_turn is not None:  # TRL's labels: ours + the template's newline after <|im_end|>
+            assert answer[-1] == end_of_turn and processor.tokenizer.decode(their_answer[-1:]) == "\n"
+            their_answer = their_answer[:-1]
+        assert answer.numel() > 0 and torch.equal(answer, their_answer)
     if build is tiny_qwen2_vl:
-        assert_same_batch(ours, {k: v for k, v in theirs.items()})
+        for i in range(len(rows)):  # same sequences but for that one trailing token
+            ids = ours["input_ids"][i][ours["attention_mask"][i].bool()]
+            their_ids = theirs["input_ids"][i][theirs["attention_mask"][i].bool()]
+            assert torch.equal(ids, their_ids[:-1]), i
+        assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
     else:
         bos = processor.tokenizer.bos_token_id
         assert (ours["input_ids"][:, 0] == bos).all() and not (theirs["input_ids"][:, 0] == bos).any()

@@ -392,10 +392,11 @@ def run_text_cli(args: argparse.Namespace) -> int:
             spec = METHODS.get(name)
             print(f"{name:12s} {spec.description if spec else '(not registered in this version)'}")
         return 0
-    if args.threads < 1:
-        print(f"error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
+    threads = 1 if args.threads is None else args.threads  # the tiny text models gain nothing from more
+    if threads < 1:
+        print(f"error: --threads must be >= 1, got {threads}.", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     seeds = list(getattr(args, "seeds", None) or [args.seed])
     config = TextDemoConfig.quick(seed=seeds[0]) if args.quick else TextDemoConfig(seed=seeds[0])
     run_text_demo(config, output_dir=args.output, methods=methods, cache_dir=args.cache_dir,
