@@ -42,6 +42,9 @@ def test_pick_budget_takes_the_strongest_harmless_budget_that_exposes_hiding():
     reports = {
         (1e-4, 10): [seed(1.0, 0.2, 0.2), seed(1.0, 0.2, 0.3)],  # harmless, exposes only at one seed
         (3e-4, 10): [seed(1.0, 0.2, 0.8), seed(0.99, 0.3, 0.9)],  # harmless, exposes
+        # harmless, and the hiding model answers more than the oracle, but only as much as before the attack: a
+        # level above the oracle's is not a gain
+        (3e-4, 30): [seed(1.0, 0.2, 0.5), seed(1.0, 0.2, 0.5)],
         (1e-3, 30): [seed(0.9, 0.4, 1.0), seed(1.0, 0.3, 1.0)],  # damages vanilla at one seed
     }
     assert pick_budget(reports) == (3e-4, 10)

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--methods", default=None, help="Comma-separated methods (default: every method with a grid).")
-    parser.add_argument("--seeds", default=None, help="Validation seeds (default: 100,101); never report them.")
+    parser.add_argument("--seeds", default=None, help="Validation seeds (default: 100,101; with --calibrate-relearn "
+                        "100,101,102,103); never report them.")
     parser.add_argument("--output", default=None, help="Where to write the record (default: hf_unlearn/demo/tuned.json).")
     parser.add_argument("--quick", action="store_true", help="The demo's reduced benchmark (for tests, not conclusions).")
     parser.add_argument("--calibrate-relearn", action="store_true",
@@ -37,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..demo import DemoConfig
-    from ..demo.tuning import TUNING_GRIDS, VALIDATION_SEEDS, calibrate, tune
+    from ..demo.tuning import CALIBRATION_SEEDS, TUNING_GRIDS, VALIDATION_SEEDS, calibrate, tune
     from .demo import _parse_seeds
 
     try:
-        seeds = _parse_seeds(None, args.seeds) if args.seeds else list(VALIDATION_SEEDS)
+        default = CALIBRATION_SEEDS if args.calibrate_relearn else VALIDATION_SEEDS
+        seeds = _parse_seeds(None, args.seeds) if args.seeds else list(default)
     except ValueError as err:
         print(f"hf-unlearn tune: error: {err}", file=sys.stderr)
         return 2

@@ -212,12 +212,15 @@ def machine_info() -> dict[str, Any]:
 
 
 def tuning_provenance() -> dict[str, Any] | None:
-    """Which tuning record the registry's defaults came from (its validation seeds), or None if never tuned."""
+    """Which tuning record the registry's defaults came from (its validation seeds, and those the relearning attack
+    was calibrated on), or None if never tuned."""
     if not os.path.isfile(TUNED_FILE):
         return None
     with open(TUNED_FILE, encoding="utf-8") as f:
         record = json.load(f)
-    return {"seeds": record.get("protocol", {}).get("seeds", []), "methods": sorted(record.get("methods", {}))}
+    return {"seeds": record.get("protocol", {}).get("seeds", []), "methods": sorted(record.get("methods", {})),
+            "relearn_seeds": record.get("relearn", {}).get("seeds", []),
+            "relearn_pick": record.get("relearn", {}).get("pick")}
 
 
 def run_demo(

@@ -17,6 +17,7 @@ from ..evaluation.report import COLUMNS, README_COLUMNS, results_table
 from ..utils import atomic_write_text
 
 RESULTS_FILE = os.path.join("docs", "results", "demo.json")
+TEXT_RESULTS_FILE = os.path.join("docs", "results", "text_demo.json")
 TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned.json")
 
 
@@ -26,26 +27,38 @@ def _span(values: list[int]) -> str:
     return ", ".join(str(v) for v in values)
 
 
-def caption(payload: Mapping[str, Any]) -> str:
+def caption(payload: Mapping[str, Any], text: bool = False) -> str:
     """Seeds, machine, date and wall time of a run, as one sentence under its table."""
     seeds = payload["benchmark"].get("seeds", [])
     run = payload.get("run", {})
     machine = run.get("machine", {})
     load = machine.get("load_average")
     questions = payload.get("num_questions", {})
+    if text:  # each TOFU metric is one number per seed (several are not means over rows): seeds are resampled
+        sample = (f"Mean over seeds {_span(seeds)} ({len(seeds)} seeds) with 95% intervals from a bootstrap over "
+                  f"seeds ({questions.get('forget_qa', '?')} forget questions per seed).")
+    else:
+        sample = (f"Mean over seeds {_span(seeds)} ({len(seeds)} seeds) with 95% intervals from a bootstrap over "
+                  f"seeds and questions ({questions.get('forget_vqa', '?')} forget-VQA, "
+                  f"{questions.get('forget_qa', '?')} forget-QA, {questions.get('retain_vqa', '?')} retain-VQA "
+                  "questions per seed).")
     parts = [
-        f"Mean over seeds {_span(seeds)} ({len(seeds)} seeds) with 95% intervals from a bootstrap over seeds and "
-        f"questions ({questions.get('forget_vqa', '?')} forget-VQA, {questions.get('forget_qa', '?')} forget-QA, "
-        f"{questions.get('retain_vqa', '?')} retain-VQA questions per seed).",
+        sample,
         f"Measured {run.get('date', '?')[:10]} on {machine.get('cpu_count', '?')} CPU cores "
         f"({machine.get('processor', '?')}, {machine.get('platform', '?')}, torch {machine.get('torch', '?')}, "
         f"{machine.get('torch_threads', '?')} torch thread(s)"
         + (f", load average at the end {load[0]}" if load else "") + f"); total wall time {run.get('wall_time_s', '?')} s.",
     ]
+    cached = run.get("cached", {}).values()
+    if any(any(c.values()) if isinstance(c, Mapping) else c for c in cached):
+        parts.append("Vanilla and oracle times are their training times when first trained (this run loaded them "
+                     "from the cache).")
     tuning = payload["benchmark"].get("tuning")
     if tuning:
         parts.append(f"Method hyperparameters: the tuning protocol's picks on validation seeds "
-                     f"{_span(tuning.get('seeds', []))} (never reported).")
+                     f"{_span(tuning.get('seeds', []))} (never reported)"
+                     + (f"; relearning attack calibrated on validation seeds {_span(tuning['relearn_seeds'])}."
+                        if tuning.get("relearn_seeds") else "."))
     return " ".join(parts)
 
 
@@ -112,16 +125,47 @@ def relearn_table(record: Mapping[str, Any]) -> str:
                                                                                 pick.get("steps")) else ""
         lines.append(f"| {budget['learning_rate']:g} x {budget['steps']}{chosen} | " + " | ".join(cells) + " |")
     lines += ["", f"Pick rule: the strongest budget whose vanilla drop is at most {record.get('max_vanilla_drop')} "
-                  "at every seed and under which the hiding model regains more than the oracle at every seed."]
+                  "at every seed and under which the hiding model gains more than the oracle at every seed."]
     return "\n".join(lines)
 
 
-def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None = None) -> dict[str, str]:
+def distance_paired_table(payload: Mapping[str, Any], methods: tuple[str, ...] = ("mmunlearner", "vkd"),
+                          baselines: tuple[str, ...] = ("ga", "ga_diff", "kl_min", "npo")) -> str:
+    """Paired differences of the distance to the oracle (method minus baseline, same seeds and questions): negative
+    = the method is closer; an interval that excludes 0 is a difference the seeds resolve."""
+    paired = payload.get("distance_paired", {})
+    lines = ["| Method | " + " | ".join(f"− {b}" for b in baselines) + " |", "|---|" + "---:|" * len(baselines)]
+    for m in methods:
+        if m not in paired:
+            continue
+        cells = []
+        for b in baselines:
+            entry = paired[m].get(b)
+            if entry is None:
+                cells.append("—")
+                continue
+            lo, hi = entry["interval"]
+            verdict = " (closer)" if hi < 0 else " (farther)" if lo > 0 else ""
+            cells.append(f"{entry['diff']:+.2f} ({lo:+.2f}–{hi:+.2f}){verdict}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None = None,
+                    text_payload: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
         "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
         "demo-table-full": results_table(payload, COLUMNS) + "\n\n" + caption(payload),
+        "distance-paired": distance_paired_table(payload),
     }
+    if text_payload:
+        from ..evaluation.report import markdown_table
+        from .text import TEXT_COLUMNS
+
+        blocks["text-demo-table"] = (markdown_table(text_payload["methods"], TEXT_COLUMNS,
+                                                    intervals=text_payload.get("intervals"))
+                                     + "\n\n" + caption(text_payload, text=True))
     if tuning:
         blocks["tuning-table"] = tuning_table(tuning)
         for name in tuning.get("methods", {}):
@@ -132,32 +176,40 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
 
 
 def _pattern(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- hf_unlearn:{re.escape(name)}:start -->\n)(.*?)(\n<!-- hf_unlearn:{re.escape(name)}:end -->)",
+    # An empty block is the two markers on consecutive lines; a filled one has its content on the lines between.
+    return re.compile(rf"(<!-- hf_unlearn:{re.escape(name)}:start -->\n)(?:(.*?)\n)?(<!-- hf_unlearn:{re.escape(name)}:end -->)",
                       re.DOTALL)
 
 
 def block_in(text: str, name: str) -> str | None:
-    """The content of block ``name`` in ``text`` (None when the markers are absent)."""
+    """The content of block ``name`` in ``text`` ("" for an empty block; None when the markers are absent)."""
     match = _pattern(name).search(text)
-    return match.group(2) if match else None
+    return (match.group(2) or "") if match else None
 
 
 def replace_blocks(text: str, blocks: Mapping[str, str]) -> str:
     """``text`` with every block whose markers it has replaced by its new content."""
     for name, content in blocks.items():
-        text = _pattern(name).sub(lambda m: m.group(1) + content + m.group(3), text)
+        text = _pattern(name).sub(lambda m: m.group(1) + content + "\n" + m.group(3), text)
     return text
 
 
-def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNING_FILE) -> dict[str, str]:
-    """The blocks rendered from the committed results file (and tuning record, if present)."""
+def _json_or_none(path: str | None) -> Any:
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNING_FILE,
+                text_results_path: str | None = None) -> dict[str, str]:
+    """The blocks rendered from the committed results file (and the tuning record and text-demo results, if
+    present; the text results default to ``TEXT_RESULTS_FILE`` next to ``results_path``)."""
     with open(results_path, encoding="utf-8") as f:
         payload = json.load(f)
-    tuning = None
-    if tuning_path and os.path.isfile(tuning_path):
-        with open(tuning_path, encoding="utf-8") as f:
-            tuning = json.load(f)
-    return rendered_blocks(payload, tuning)
+    if text_results_path is None:
+        text_results_path = os.path.join(os.path.dirname(results_path), os.path.basename(TEXT_RESULTS_FILE))
+    return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path))
 
 
 def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import hashlib
 import importlib
 import json
@@ -47,7 +48,7 @@ from ..evaluation.text_evaluator import TextEvaluator
 from ..testing.models import tiny_llama
 from .config import default_cache_dir, library_version
 from .methods import METHODS, MethodData, MethodUnavailableError
-from .pipeline import run_method
+from .pipeline import machine_info, run_method
 from .references import REFERENCE_MODELS, cached_reference_models, fit_reference_model
 
 try:  # the text methods' registry entries (SimNPO, RMU, IdkPO, UNDIAL), where this version has them
@@ -361,6 +362,7 @@ def run_text_demo(config: TextDemoConfig | None = None, output_dir: str = "hf_un
     config = config or TextDemoConfig()
     seeds = list(seeds) if seeds is not None else [config.seed]
     start = time.perf_counter()
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     runs = [run_text_seed(replace(config, seed=s), methods, cache_dir, log, show_progress) for s in seeds]
     summary = summarise_text_seeds(runs)
     notes = list(dict.fromkeys(n for r in runs for n in r["notes"]))
@@ -370,6 +372,7 @@ def run_text_demo(config: TextDemoConfig | None = None, output_dir: str = "hf_un
                "paired": summary["paired"], "per_seed": {str(s): r["methods"] for s, r in zip(seeds, runs)},
                "num_questions": runs[0]["num_questions"], "notes": notes}
     total = time.perf_counter() - start
+    payload["run"] = {"date": started, "wall_time_s": round(total, 1), "machine": machine_info()}
     write_text_outputs(payload, output_dir, notes, total)
     log(markdown_table(payload["methods"], TEXT_COLUMNS, intervals=payload["intervals"] if len(seeds) > 1 else None))
     for n in notes:

@@ -37,6 +37,9 @@ from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
 from .references import load_or_train_reference_models
 
 VALIDATION_SEEDS = (100, 101)
+# The relearning attack is calibrated on more validation seeds than the methods are tuned on: a budget that spares
+# vanilla at 2 seeds damaged it at 4 of the 5 reported ones (by up to 0.16), so it must spare it at 4.
+CALIBRATION_SEEDS = (100, 101, 102, 103)
 GRID_SIZE = 24
 _SPLIT_OF = {metric: metric[: -len("_acc")] for metric in DISTANCE_METRICS}
 
@@ -206,14 +209,15 @@ def tune(
 
 
 def calibrate(
-    seeds: Sequence[int] = VALIDATION_SEEDS,
+    seeds: Sequence[int] = CALIBRATION_SEEDS,
     config: DemoConfig | None = None,
     cache_dir: str | None = None,
     output: str | None = TUNED_FILE,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Calibrate the relearning attack's budget on the validation seeds (``demo/calibration.py``); the record goes
+    """Calibrate the relearning attack's budget on validation seeds (``CALIBRATION_SEEDS``, never reported;
+    ``demo/calibration.py``); the record goes
     under ``"relearn"`` in ``tuned.json`` next to the method picks."""
     from .calibration import calibrate_relearn
 
