@@ -4,8 +4,8 @@ Every benchmark compares two variants A and B measured in one run on the same mo
 order of the variants alternated between repetitions (A B, B A, A B, ...) so slow drifts of a shared machine hit both
 sides alike. A ratio is computed per repetition (B_i / A_i) and reported as the median and the min-max spread.
 
-Load: the 1-minute load average is recorded before and after every measurement (``watch_load``). Above half the
-cores, a fixed cost per step hides in the noise of a shared machine: the measurement is re-run, and if the load is
+Load: the 1-minute load average is recorded before and after every measurement (``watch_load``). Above the
+benchmark's own threads plus half the other cores, a fixed cost per step hides in the noise of a shared machine: the measurement is re-run, and if the load is
 still too high its rows are marked "measured under load" (not a verdict) in the table and the summary. Timings also
 record the thread's CPU time (``time.thread_time``), which waiting for a core does not inflate: a cross-check of the
 wall-time ratio on a loaded machine, not a replacement.
@@ -392,13 +392,21 @@ def load_average() -> float:
 
 
 def load_limit() -> float:
-    """Above this load average (half the cores) a measurement is not a verdict."""
-    return (os.cpu_count() or 1) / 2
+    """Above this load average a measurement is not a verdict: the benchmark's own threads (a single-threaded
+    benchmark alone on 2 cores already shows a load of 1) plus half the other cores."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    own = min(torch.get_num_threads(), cores)
+    return own + (cores - own) / 2
+
+
+LOAD_RULE = "its own threads plus half the other cores"
 
 
 def watch_load(measure: Callable[[], list["Row"]], what: str, log=print, reruns: int = 1) -> list["Row"]:
     """Run ``measure`` with the load average recorded before and after; re-run it (up to ``reruns`` times) while the
-    load exceeds half the cores, then keep the last result, its rows marked as measured under load."""
+    load exceeds ``load_limit()``, then keep the last result, its rows marked as measured under load."""
     limit = load_limit()
     for attempt in range(1 + reruns):
         before = load_average()
@@ -409,7 +417,7 @@ def watch_load(measure: Callable[[], list["Row"]], what: str, log=print, reruns:
         if max(before, after) <= limit or not any(r.load_sensitive for r in rows):
             return rows
         action = "re-running it" if attempt < reruns else "keeping it, marked 'measured under load' (not a verdict)"
-        log(f"WARNING: load average {before:.1f} -> {after:.1f} exceeds half the {os.cpu_count()} cores "
+        log(f"WARNING: load average {before:.1f} -> {after:.1f} exceeds {LOAD_RULE} of {os.cpu_count()} "
             f"({limit:g}) during {what}: {action}")
         free_memory()
     return rows
@@ -461,7 +469,7 @@ class Row:
 
     @property
     def under_load(self) -> bool:
-        """Measured while the load average exceeded half the cores: a timing that is not a verdict."""
+        """Measured while the load average exceeded ``load_limit()``: a timing that is not a verdict."""
         return self.load_sensitive and bool(self.load) and self.load_limit is not None and max(self.load) > \
             self.load_limit
 
