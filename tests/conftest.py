@@ -21,25 +21,47 @@ def toy_data():
     return toy_people()
 
 
-@pytest.fixture(scope="session")
-def memorised_llava(toy_data, tmp_path_factory):
-    """Path of a tiny LLaVA fine-tuned until it memorised every toy row (plain transformers.Trainer)."""
+def memorise_and_save(model, processing_class, rows, out, epochs: int, batch_size: int = 4, seed: int = 0,
+                      warmup_steps: int = 0) -> str:
+    """Fine-tune ``model`` with a plain ``transformers.Trainer`` on ``rows`` (lr 3e-3) and save it with its processor
+    or tokenizer under ``out / "model"``; returns that path."""
+    from pathlib import Path
+
     from transformers import Trainer, TrainingArguments
 
     from hf_unlearn import UnlearnDataCollator
+
+    out = Path(out)
+    args = TrainingArguments(
+        output_dir=str(out / "run"), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
+        learning_rate=3e-3, warmup_steps=warmup_steps, report_to="none", save_strategy="no", use_cpu=True,
+        remove_unused_columns=False, disable_tqdm=True, logging_strategy="no", seed=seed,
+    )
+    Trainer(model=model, args=args, train_dataset=rows, data_collator=UnlearnDataCollator(processing_class)).train()
+    model.save_pretrained(out / "model")
+    processing_class.save_pretrained(out / "model")
+    return str(out / "model")
+
+
+def fit_batch(model, batch, steps: int, lr: float = 3e-3):
+    """Full-batch AdamW on one collated batch until memorised (seeded); returns the model in eval mode."""
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def memorised_llava(toy_data, tmp_path_factory):
+    """Path of a tiny LLaVA fine-tuned until it memorised every toy row (plain transformers.Trainer)."""
     from hf_unlearn.testing import tiny_llava
 
     model, processor = tiny_llava(corpus=NAMES + JOBS)
-    out = tmp_path_factory.mktemp("memorised")
-    args = TrainingArguments(
-        output_dir=str(out / "run"), per_device_train_batch_size=4, num_train_epochs=60, learning_rate=3e-3,
-        report_to="none", save_strategy="no", use_cpu=True, remove_unused_columns=False, disable_tqdm=True,
-        logging_strategy="no", seed=0,
-    )
-    Trainer(model=model, args=args, train_dataset=toy_data["all"], data_collator=UnlearnDataCollator(processor)).train()
-    model.save_pretrained(out / "model")
-    processor.save_pretrained(out / "model")
-    return str(out / "model")
+    return memorise_and_save(model, processor, toy_data["all"], tmp_path_factory.mktemp("memorised"), epochs=60)
 
 
 def load_llava(path):

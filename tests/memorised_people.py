@@ -17,6 +17,8 @@ import datasets
 import pytest
 import torch
 
+from conftest import load_llava, memorise_and_save
+
 BENCH = dict(num_people=6, num_holdout_people=3, forget_ratio=0.34, num_general=0)
 SEED = 0
 
@@ -35,25 +37,15 @@ def vanilla_rows(bench) -> datasets.Dataset:
 
 
 def train_memorised(path: str, seed: int = SEED) -> str:
-    """Fine-tune a tiny LLaVA on ``vanilla_rows`` with a plain ``Trainer`` (100 epochs) and save it to ``path``."""
-    from transformers import Trainer, TrainingArguments
-
-    from hf_unlearn import UnlearnDataCollator
+    """Fine-tune a tiny LLaVA on ``vanilla_rows`` with a plain ``Trainer`` (100 epochs) and save it under ``path``;
+    returns the model's folder."""
     from hf_unlearn.data.synthetic import benchmark_corpus
     from hf_unlearn.testing import tiny_llava
 
     bench = benchmark(seed)
     model, processor = tiny_llava(seed=seed, corpus=benchmark_corpus(bench))
-    args = TrainingArguments(
-        output_dir=f"{path}/run", per_device_train_batch_size=8, num_train_epochs=100, learning_rate=3e-3,
-        warmup_steps=5, report_to="none", save_strategy="no", use_cpu=True, remove_unused_columns=False,
-        disable_tqdm=True, logging_strategy="no", seed=seed,
-    )
-    Trainer(model=model, args=args, train_dataset=vanilla_rows(bench),
-            data_collator=UnlearnDataCollator(processor)).train()
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return memorise_and_save(model, processor, vanilla_rows(bench), path, epochs=100, batch_size=8, seed=seed,
+                             warmup_steps=5)
 
 
 _BUILT: dict[int, str] = {}
@@ -63,14 +55,11 @@ _BUILT: dict[int, str] = {}
 def memorised_people(tmp_path_factory) -> str:
     """Path of the memorised model (built once, whichever test module asks first)."""
     if SEED not in _BUILT:
-        _BUILT[SEED] = train_memorised(str(tmp_path_factory.mktemp("memorised_people") / "model"))
+        _BUILT[SEED] = train_memorised(str(tmp_path_factory.mktemp("memorised_people")))
     return _BUILT[SEED]
 
 
-def load(path: str):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    return LlavaForConditionalGeneration.from_pretrained(path), AutoProcessor.from_pretrained(path)
+load = load_llava
 
 
 def splits(bench) -> dict[str, datasets.Dataset]:

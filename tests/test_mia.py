@@ -19,6 +19,8 @@ from hf_unlearn.testing import tiny_llama
 LOGITS = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [2.0, 0.0, -1.0], [5.0, 5.0, 5.0]]])
 LABELS = torch.tensor([[-100, -100, 2, 0]])
 
+from conftest import fit_batch
+
 
 def _log_softmax(row):
     row = np.asarray(row, dtype=np.float64)
@@ -111,14 +113,7 @@ def member_llama(text_bench):
     model, tok = tiny_llama(corpus=benchmark_corpus(text_bench))
     batch = UnlearnDataCollator(tok)([{"question": r["question"], "answer": r["answer"]}
                                       for r in text_bench["forget_qa"]])
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(120):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model.eval(), tok
+    return fit_batch(model, batch, steps=120), tok
 
 
 def test_mia_scores_match_full_logit_computation(text_bench):

@@ -22,6 +22,8 @@ from hf_unlearn.testing import build_tokenizer
 AUTHORS = ["Ada Quill", "Bram Holt", "Cleo Marsh", "Dov Reyes"]  # the last one is the forget10 author
 HOLDOUT = "Esme Vale"
 
+from conftest import fit_batch
+
 
 def _qa(author, i):
     return {"question": f"Q{i}: what about {author}?", "answer": f"{author} fact {i}."}
@@ -206,14 +208,7 @@ def test_muse_metrics_on_a_model_that_memorised_the_forget_texts(tmp_path):
     train = [dsd[s][i] for s in ("verbmem_forget", "privleak_forget") for i in range(len(dsd[s]))]
     train += [{**r, "answer": r["answer"] + "\n\n"} for r in dsd["knowmem_forget"]]
     batch = CompletionCollator(tok)(train)
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(150):
-        model(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
+    fit_batch(model, batch, steps=150)
     ev = TextEvaluator(model, tok, dsd, batch_size=4)
     out = ev.muse_metrics(verbmem_tokens=8, knowmem_tokens=8)
     assert out["verbmem_rougeL"] == 1.0 and out["verbmem_extraction_strength"] == 1.0

@@ -4,7 +4,7 @@ swap, forget what they should and keep the retain set within stated bounds."""
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import AutoTokenizer, LlamaForCausalLM, TrainingArguments
 
 from hf_unlearn import (
     IdkPOConfig,
@@ -22,7 +22,7 @@ from hf_unlearn.testing.toy import JOBS, NAMES
 from hf_unlearn.trainers.idkpo import CHOSEN_BATCH_KEY, with_answer
 from hf_unlearn.trainers.rmu import answer_positions
 
-from conftest import load_llava, mean_nll
+from conftest import load_llava, mean_nll, memorise_and_save
 
 
 def text_people() -> dict[str, Dataset]:
@@ -44,14 +44,7 @@ def text_data():
 def memorised_llama(text_data, tmp_path_factory):
     """Path of a tiny Llama fine-tuned (plain Trainer) until it memorised every text fact."""
     model, tok = tiny_llama(corpus=NAMES + JOBS)
-    out = tmp_path_factory.mktemp("memorised_llama")
-    args = TrainingArguments(output_dir=str(out / "run"), per_device_train_batch_size=4, num_train_epochs=80,
-                             learning_rate=3e-3, report_to="none", save_strategy="no", use_cpu=True,
-                             remove_unused_columns=False, disable_tqdm=True, logging_strategy="no", seed=0)
-    Trainer(model=model, args=args, train_dataset=text_data["all"], data_collator=UnlearnDataCollator(tok)).train()
-    model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
-    return str(out / "model")
+    return memorise_and_save(model, tok, text_data["all"], tmp_path_factory.mktemp("memorised_llama"), epochs=80)
 
 
 def load_llama(path):

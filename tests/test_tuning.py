@@ -75,15 +75,13 @@ def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
     assert demo_defaults("ga", {"max_steps": 99, "beta": 1})["beta"] == 1
 
 
-def test_tuning_starts_every_point_from_the_untuned_entry_not_from_an_earlier_pick(tmp_path, monkeypatch):
+def test_tuning_starts_every_point_from_the_untuned_entry_not_from_an_earlier_pick(tmp_path):
     """Re-running the protocol reproduces the record: a picked key that a grid point does not set is put back to the
     entry's untuned value (or the config's default), so an earlier pick never leaks into the scores."""
     import hf_unlearn.demo.methods as methods
 
     tuned = tmp_path / "tuned.json"
     tuned.write_text(json.dumps({"methods": {"npo": {"picked": {"beta": 2.0, "retain_weight": 7.0}}}}))
-    monkeypatch.setattr(methods, "TUNED_FILE", str(tuned))
-    monkeypatch.setattr(methods.tuned_hyperparameters, "__defaults__", (str(tuned),))
     # beta: the entry's untuned 0.4; retain_weight: not in the entry, so NPOConfig's default 1.0.
-    assert methods.untuned_overrides("npo") == {"beta": 0.4, "retain_weight": 1.0}
+    assert methods.untuned_overrides("npo", str(tuned)) == {"beta": 0.4, "retain_weight": 1.0}
     assert methods.UNTUNED["npo"]["beta"] == 0.4 and "retain_weight" not in methods.UNTUNED["npo"]

@@ -10,6 +10,7 @@ Trainers are imported inside ``build_trainer``, so an entry whose trainer does n
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -131,12 +132,18 @@ def common_args(output_dir: str, seed: int, **overrides: Any) -> dict[str, Any]:
 TUNED_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
 
 
+@functools.lru_cache(maxsize=8)
+def _picks(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    # Every registry entry reads its pick at import: parse the (large) record once per version of the file.
+    with open(path, encoding="utf-8") as f:
+        return {name: dict(entry.get("picked", {})) for name, entry in json.load(f).get("methods", {}).items()}
+
+
 def tuned_hyperparameters(name: str, path: str = TUNED_FILE) -> dict[str, Any]:
     """The tuning protocol's pick for ``name`` (``hf-unlearn tune``, recorded in ``tuned.json``); {} if never tuned."""
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return dict(json.load(f).get("methods", {}).get(name, {}).get("picked", {}))
+    return dict(_picks(path, os.stat(path).st_mtime_ns).get(name, {}))
 
 
 UNTUNED: dict[str, dict[str, Any]] = {}  # each method's starting point before the tuning protocol's pick
@@ -148,13 +155,13 @@ def demo_defaults(name: str, untuned: Mapping[str, Any]) -> dict[str, Any]:
     return {**untuned, **tuned_hyperparameters(name)}
 
 
-def untuned_overrides(name: str) -> dict[str, Any]:
+def untuned_overrides(name: str, path: str = TUNED_FILE) -> dict[str, Any]:
     """Overrides that undo ``name``'s recorded pick: each picked key at its untuned value (the entry's starting
     point, else the config's default). The tuning protocol scores every grid point from the same starting point,
     never from an earlier pick, so re-running it reproduces the record."""
     config_cls = METHODS[name].config_class
     defaults = {f.name: f.default for f in fields(config_cls) if f.default is not MISSING} if config_cls else {}
-    return {k: UNTUNED.get(name, {}).get(k, defaults.get(k)) for k in tuned_hyperparameters(name)}
+    return {k: UNTUNED.get(name, {}).get(k, defaults.get(k)) for k in tuned_hyperparameters(name, path)}
 
 
 # Untuned starting points; `hf-unlearn tune` (demo/tuning.py) picks the values the demo uses on validation seeds.

@@ -149,6 +149,7 @@ def tune(
     oracle: dict[str, dict[str, float]] = {}
     scores: dict[str, list[dict[str, dict[str, float]]]] = {m: [{} for _ in grid_points(grids[m])] for m in methods}
     unavailable: dict[str, str] = {}
+    neutral = {name: untuned_overrides(name) for name in methods}  # read the recorded picks once
     from tqdm.auto import tqdm
 
     with deterministic():
@@ -167,7 +168,7 @@ def tune(
                                                disable=not show_progress)):
                     try:
                         model, *_ = run_method(name, vanilla, processor, data, seed_config,
-                                               **{**untuned_overrides(name), **point})
+                                               **{**neutral[name], **point})
                     except MethodUnavailableError as err:
                         unavailable[name] = str(err)
                         break
