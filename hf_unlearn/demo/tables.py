@@ -18,6 +18,9 @@ from ..utils import atomic_write_text
 
 RESULTS_FILE = os.path.join("docs", "results", "demo.json")
 TEXT_RESULTS_FILE = os.path.join("docs", "results", "text_demo.json")
+REAL_RESULTS_FILE = os.path.join("docs", "results", "demo_real_quick.json")
+REAL_COLUMNS = tuple(c for c in COLUMNS if c[0] in ("forget_vqa_acc", "retain_vqa_acc", "test_vqa_acc",
+                                                    "forget_rougeL", "wall_time_s"))
 TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned.json")
 
 
@@ -152,7 +155,8 @@ def distance_paired_table(payload: Mapping[str, Any], methods: tuple[str, ...] =
 
 
 def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None = None,
-                    text_payload: Mapping[str, Any] | None = None) -> dict[str, str]:
+                    text_payload: Mapping[str, Any] | None = None,
+                    real_payload: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
         "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
@@ -166,6 +170,13 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
         blocks["text-demo-table"] = (markdown_table(text_payload["methods"], TEXT_COLUMNS,
                                                     intervals=text_payload.get("intervals"))
                                      + "\n\n" + caption(text_payload, text=True))
+    if real_payload:  # one seed, a first look (docs/real_weights.md says so): no intervals, no caption claims
+        run = real_payload.get("run", {})
+        blocks["real-demo-table"] = (results_table(real_payload, REAL_COLUMNS) + "\n\n"
+                                     + f"One seed ({_span(real_payload['benchmark'].get('seeds', []))}), "
+                                     f"measured {run.get('date', '?')[:10]}, total wall time {run.get('wall_time_s')} s "
+                                     f"on {run.get('machine', {}).get('cpu_count', '?')} CPU cores (load average at "
+                                     f"the end {(run.get('machine', {}).get('load_average') or ['?'])[0]}).")
     if tuning:
         blocks["tuning-table"] = tuning_table(tuning)
         for name in tuning.get("methods", {}):
@@ -207,9 +218,12 @@ def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNI
     present; the text results default to ``TEXT_RESULTS_FILE`` next to ``results_path``)."""
     with open(results_path, encoding="utf-8") as f:
         payload = json.load(f)
+    folder = os.path.dirname(results_path)
     if text_results_path is None:
-        text_results_path = os.path.join(os.path.dirname(results_path), os.path.basename(TEXT_RESULTS_FILE))
-    return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path))
+        text_results_path = os.path.join(folder, os.path.basename(TEXT_RESULTS_FILE))
+    real_results_path = os.path.join(folder, os.path.basename(REAL_RESULTS_FILE))
+    return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path),
+                           _json_or_none(real_results_path))
 
 
 def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:
