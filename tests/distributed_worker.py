@@ -147,6 +147,11 @@ def methods() -> dict:
         "vkd": (VKDTrainer, VKDConfig, {}, {"reference": True, "mask": True, "launchers": everywhere}),
         "vkd_retain_nll": (VKDTrainer, VKDConfig, {"retain_nll_weight": 1.0},
                            {"reference": True, "mask": True, "launchers": ("reference", "ddp", "fsdp2")}),
+        # The stranger target: forget features pulled onto the teacher's features of holdout images (computed once
+        # per rank before the first step). Retain NLL as in vkd_retain_nll, so FSDP2 runs it too.
+        "vkd_stranger": (VKDTrainer, VKDConfig, {"retain_nll_weight": 1.0, "forget_feature_loss": "stranger",
+                                                 "stop_at_holdout": False, "probe_rows": 0},
+                         {"reference": True, "holdout": True, "launchers": ("reference", "ddp", "fsdp2")}),
         # DDP with ddp_find_unused_parameters set either way (transformers' default is True without checkpointing).
         "ga_diff_find_unused_false": (GATrainer, GAConfig, {"retain_loss_type": "nll",
                                                             "ddp_find_unused_parameters": False},
@@ -200,6 +205,8 @@ def run_method(name: str, spec, workdir: str, tag: str, ranks: int, resume: str 
         # "mask_differs_per_rank": a user bug (unseeded mask) that must be caught, not train silently apart.
         seed = 1234 + int(os.environ.get("RANK", "0")) if options.get("mask_differs_per_rank") else 1234
         kwargs["saliency_mask"] = vision_mask(model, seed)
+    if options.get("holdout"):
+        kwargs["holdout_dataset"] = data()[0]["validation_vqa"].select(range(4))
     if options.get("reference") and tag in ("zero3", "fsdp2"):
         kwargs["ref_model"] = init  # a deep copy of a partitioned model is not a model
     trainer = trainer_cls(model=model, args=args, train_dataset=forget, retain_dataset=retain,

@@ -35,6 +35,13 @@ def noise_people():
     return Dataset.from_list(forget), Dataset.from_list(retain)
 
 
+def strangers():
+    """3 never-seen portraits (the holdout set of the stranger target), seeded apart from noise_people's."""
+    rng = np.random.default_rng(1)
+    return Dataset.from_list([{"image": Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+                               "question": Q, "answer": n} for n in ("Gus Grey", "Hal Hill", "Ida Irons")])
+
+
 def config(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, per_device_eval_batch_size=3,
                 learning_rate=1e-3, max_steps=20, logging_steps=1, use_cpu=True, save_strategy="no",
@@ -263,15 +270,19 @@ def test_peft_adapters_on_the_vision_side_with_adapter_free_teacher(tmp_path):
     assert trainer.state.log_history[1]["forget_feature_distance"] > 0  # adapters moved the student off the base
 
 
-def test_resume_with_precomputed_features_equals_uninterrupted(tmp_path):
-    """The checkpoint carries the teacher features: a resumed run needs no teacher and matches a straight run."""
+@pytest.mark.parametrize("with_holdout", [False, True], ids=["random_target", "stranger"])
+def test_resume_with_precomputed_features_equals_uninterrupted(with_holdout, tmp_path):
+    """The checkpoint carries the teacher features (and the stranger targets): a resumed run needs no teacher and
+    matches a straight run."""
     forget, retain = noise_people()
+    holdout = strangers() if with_holdout else None
 
     def make(name):
         model, processor = tiny_vlm("llava")
         args = config(tmp_path, output_dir=str(tmp_path / name), max_steps=4, save_strategy="steps", save_steps=2,
-                      per_device_train_batch_size=1, precompute_teacher_features=True)
-        return model, VKDTrainer(model, args, train_dataset=forget, retain_dataset=retain, processing_class=processor)
+                      per_device_train_batch_size=1, precompute_teacher_features=True, stop_at_holdout=False)
+        return model, VKDTrainer(model, args, train_dataset=forget, retain_dataset=retain, processing_class=processor,
+                                 holdout_dataset=holdout)
 
     straight_model, straight = make("straight")
     straight.train()
@@ -283,7 +294,10 @@ def test_resume_with_precomputed_features_equals_uninterrupted(tmp_path):
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert resumed.state.global_step == 4 and resumed.ref_model is None
     assert resumed.feature_scale == straight.feature_scale
-    for side in ("forget", "retain"):
+    sides = ("forget", "retain", "stranger") if with_holdout else ("forget", "retain")
+    assert set(resumed.teacher_features) == set(sides)
+    assert resumed.args.forget_feature_loss == ("stranger" if with_holdout else "random_target")
+    for side in sides:
         for a, b in zip(straight.teacher_features[side], resumed.teacher_features[side], strict=True):
             assert torch.equal(a, b)
     for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
@@ -323,3 +337,50 @@ def test_random_target_acts_from_the_first_step_where_the_hinge_cannot(tmp_path)
     target = trainer.forget_target(feats)
     assert target.shape == (feats.shape[-1],)
     assert target.pow(2).mean().sqrt().item() == pytest.approx(trainer.feature_rms, rel=1e-5)  # the features' norm
+
+
+def test_stranger_target_is_the_default_with_a_holdout_set_and_pulls_forget_features_onto_strangers(tmp_path):
+    """With holdout_dataset= the forget images' features move towards the teacher's features of never-seen images
+    (each forget row its own stranger), the retain features less, the language model not at all."""
+    model, processor = tiny_vlm("llava")
+    start = deepcopy(model).eval()
+    forget, retain = noise_people()
+    holdout = strangers()
+    args = config(tmp_path, forget_loss_type="none", stop_at_holdout=False)
+    trainer = VKDTrainer(model, args, train_dataset=forget, retain_dataset=retain, processing_class=processor,
+                         holdout_dataset=holdout)
+    assert args.forget_feature_loss == "stranger"
+    trainer.prepare_teacher()
+    collate = UnlearnDataCollator(processor)
+    strangers_seen = [extract_features(start, collate([row]), args.feature_site, args.feature_layer)[0]
+                      for row in holdout]
+    assert len(trainer.stranger_features) == 3
+    for got, want in zip(trainer.stranger_features, strangers_seen, strict=True):
+        torch.testing.assert_close(got, want)
+    batch = trainer._prepare_inputs(trainer.data_collator.collator([{**forget[i], ROW_INDEX_KEY: i} for i in (0, 1)]))
+    target = trainer.stranger_target(batch, torch.empty(2 * 16, strangers_seen[0].shape[-1]))
+    # Row i gets stranger (i * 7919) mod 3: rows 0 and 1 get strangers 0 and 2, fixed for the whole run.
+    assert torch.equal(target, torch.cat([trainer.stranger_features[0], trainer.stranger_features[2]]))
+
+    @torch.no_grad()
+    def distance_to_strangers(m):
+        feats = extract_features(m, collate(list(forget)), args.feature_site, args.feature_layer)[0]
+        return (feature_distance(feats, target, args.distance) / trainer.feature_scale).mean().item()
+
+    before = distance_to_strangers(model)
+    trainer.train()
+    after = distance_to_strangers(model)
+    retain_drift = mean_distance(model, start, retain, processor, args, trainer.feature_scale)
+    assert before > 0.5 and after < 0.6 * before, (before, after)  # forget images now look more like the strangers
+    assert retain_drift < 0.5 * (before - after), retain_drift  # retain images move less (feature matching)
+    for name in language_parameter_names(model):
+        assert torch.equal(dict(model.named_parameters())[name], dict(start.named_parameters())[name]), name
+
+    # Without a holdout set the default is the random target; asking for strangers without one is an error.
+    plain = VKDTrainer(tiny_vlm("llava")[0], config(tmp_path, output_dir=str(tmp_path / "plain")),
+                       train_dataset=forget, retain_dataset=retain, processing_class=processor)
+    assert plain.args.forget_feature_loss == "random_target"
+    for given, match in ((None, "no holdout set was given"), (retain.select([4]), "no row with an image")):
+        with pytest.raises(ValueError, match=match):
+            VKDTrainer(tiny_vlm("llava")[0], config(tmp_path, forget_feature_loss="stranger"), train_dataset=forget,
+                       retain_dataset=retain, processing_class=processor, holdout_dataset=given)

@@ -1,4 +1,4 @@
-"""``hf-unlearn tune [--methods ga,npo,...] [--seeds 100,101] [--output FILE] [--quick]``: the tuning protocol.
+"""``hf-unlearn tune [--methods ga,npo,...] [--seeds 100,101,102,103] [--output FILE] [--quick]``: the tuning protocol.
 
 Runs every method's grid (``hf_unlearn.demo.tuning.TUNING_GRIDS``: the same number of points for every method) on
 validation seeds that the published tables never report, scores each point by its distance to the oracle over
@@ -20,8 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--methods", default=None, help="Comma-separated methods (default: every method with a grid).")
-    parser.add_argument("--seeds", default=None, help="Validation seeds (default: 100,101; with --calibrate-relearn "
-                        "100,101,102,103); never report them.")
+    parser.add_argument("--seeds", default=None, help="Validation seeds (default: 100,101,102,103, for tuning and "
+                        "--calibrate-relearn alike); never report them.")
     parser.add_argument("--output", default=None, help="Where to write the record (default: hf_unlearn/demo/tuned.json).")
     parser.add_argument("--quick", action="store_true", help="The demo's reduced benchmark (for tests, not conclusions).")
     parser.add_argument("--calibrate-relearn", action="store_true",

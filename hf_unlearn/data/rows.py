@@ -191,3 +191,19 @@ def validate_rows(dataset, split: str) -> None:
             parse_row(row)
         except RowError as err:
             raise ValueError(f"{split} row {index}: {err}") from None
+
+
+def rows_with_images(dataset) -> list[int]:
+    """Indices of the rows that carry an image (``image``, or a non-empty ``images`` list), without decoding them."""
+    import datasets
+
+    if isinstance(dataset, datasets.Dataset):
+        columns = [c for c in ("image", "images") if c in dataset.column_names]
+        if not columns:
+            return []
+        # The raw Arrow values: no image is decoded just to see whether it is there.
+        table = dataset.with_format("arrow").select_columns(columns)
+        values = [table[c].to_pylist() for c in columns]
+        return [i for i, row in enumerate(zip(*values)) if any(v is not None and v != [] for v in row)]
+    return [i for i in range(len(dataset))
+            if dataset[i].get("image") is not None or bool(dataset[i].get("images"))]

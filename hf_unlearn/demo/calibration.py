@@ -18,6 +18,7 @@ reporting 2 for each; ``RelearnConfig``'s defaults are its pick (docs/benchmark.
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -60,13 +61,14 @@ def identity_swap_model(vanilla, processor, benchmark: datasets.DatasetDict, see
     for name, p in model.named_parameters():
         p.requires_grad_("multi_modal_projector" in name)
     train = datasets.Dataset.from_list(relabelled * 3 + kept)
-    args = TrainingArguments(
-        output_dir="hf_unlearn_identity_swap", num_train_epochs=epochs, learning_rate=learning_rate,
-        per_device_train_batch_size=8, lr_scheduler_type="constant", save_strategy="no", logging_strategy="no",
-        report_to="none", disable_tqdm=True, remove_unused_columns=False, seed=seed, dataloader_num_workers=0,
-    )
-    set_seed(seed)
-    Trainer(model=model, args=args, train_dataset=train, data_collator=UnlearnDataCollator(processor)).train()
+    with tempfile.TemporaryDirectory(prefix="hf_unlearn_identity_swap_") as tmp:  # nothing left in the cwd
+        args = TrainingArguments(
+            output_dir=tmp, num_train_epochs=epochs, learning_rate=learning_rate,
+            per_device_train_batch_size=8, lr_scheduler_type="constant", save_strategy="no", logging_strategy="no",
+            report_to="none", disable_tqdm=True, remove_unused_columns=False, seed=seed, dataloader_num_workers=0,
+        )
+        set_seed(seed)
+        Trainer(model=model, args=args, train_dataset=train, data_collator=UnlearnDataCollator(processor)).train()
     model.requires_grad_(True)
     return model.eval()
 

@@ -36,10 +36,11 @@ from .methods import METHODS, TUNED_FILE, MethodUnavailableError, untuned_overri
 from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
 from .references import load_or_train_reference_models
 
-VALIDATION_SEEDS = (100, 101)
-# The relearning attack is calibrated on more validation seeds than the methods are tuned on: a budget that spares
-# vanilla at 2 seeds damaged it at 4 of the 5 reported ones (by up to 0.16), so it must spare it at 4.
-CALIBRATION_SEEDS = (100, 101, 102, 103)
+# Four validation seeds: picks made on two did not carry over (VKD's pick scored 0.153 on seeds 100/101, 0.239 on
+# 100-103 and 0.31 on the reported seeds), and a relearning budget that spared vanilla at 2 seeds damaged it at 4 of
+# the 5 reported ones (by up to 0.16). The methods are tuned and the attack calibrated on the same four.
+VALIDATION_SEEDS = (100, 101, 102, 103)
+CALIBRATION_SEEDS = VALIDATION_SEEDS
 GRID_SIZE = 24
 _SPLIT_OF = {metric: metric[: -len("_acc")] for metric in DISTANCE_METRICS}
 
@@ -63,9 +64,11 @@ TUNING_GRIDS: dict[str, list[dict[str, list[Any]]]] = {
     # the weight of what keeps retain images intact (round 1 lost most on retain-VQA).
     "mmunlearner": [{"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80], "mask_threshold": [0.5, 1.0]},
                     {"learning_rate": [1e-4, 3e-4], "max_steps": [80, 160], "retain_weight": [1.0, 3.0, 10.0]}],
+    # VKD's round 1 compares its forget feature terms (the hinge, never picked before, gave way to "stranger");
+    # round 2 extends past round 1's edges (lr 3e-4, 80 steps) and the last record's (feature_match_weight 100).
     "vkd": [{"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80],
-             "forget_feature_loss": ["random_target", "hinge"]},
-            {"learning_rate": [1e-4, 3e-4], "max_steps": [80, 160], "feature_match_weight": [10.0, 30.0, 100.0]}],
+             "forget_feature_loss": ["random_target", "stranger"]},
+            {"learning_rate": [3e-4, 6e-4], "max_steps": [120, 200], "feature_match_weight": [30.0, 100.0, 300.0]}],
     "simnpo": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [2.5, 4.5]},
                {"learning_rate": [1e-3, 2e-3], "max_steps": [40, 80], "beta": [1.0, 2.5, 4.5]}],
     "rmu": [{"learning_rate": [3e-4, 1e-3, 3e-3], "max_steps": [20, 50], "steering_coeff": [6.0, 12.0]},

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 
-import datasets
 import torch
 from transformers import TrainerCallback
 
 from .. import losses
 from ..config import MMUnlearnerConfig
+from ..data.rows import rows_with_images
 from ..models import PROJECTOR, VISION, parameter_group
 from .base import UnlearnTrainer
 from .lr_scale import ScaledLearningRateMixin
@@ -126,7 +126,7 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         trainable = [name for name, p in self.model.named_parameters() if p.requires_grad]
         if retain is None or not trainable or any(parameter_group(n) not in (VISION, PROJECTOR) for n in trainable):
             return 0
-        keep = _rows_with_images(retain)
+        keep = rows_with_images(retain)
         skipped = len(retain) - len(keep)
         if skipped == 0:
             return 0
@@ -176,17 +176,3 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         loss = self.model(**self._probe_batch).loss.item()
         self.model.train(was_training)
         return loss
-
-
-def _rows_with_images(dataset) -> list[int]:
-    """Indices of the rows that carry an image (``image``, or a non-empty ``images`` list), without decoding them."""
-    if isinstance(dataset, datasets.Dataset):
-        columns = [c for c in ("image", "images") if c in dataset.column_names]
-        if not columns:
-            return []
-        # The raw Arrow values: no image is decoded just to see whether it is there.
-        table = dataset.with_format("arrow").select_columns(columns)
-        values = [table[c].to_pylist() for c in columns]
-        return [i for i, row in enumerate(zip(*values)) if any(v is not None and v != [] for v in row)]
-    return [i for i in range(len(dataset))
-            if dataset[i].get("image") is not None or bool(dataset[i].get("images"))]

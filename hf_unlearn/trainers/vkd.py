@@ -11,18 +11,25 @@ Loss per step:
 where forget_output is NPO or GA on the forget answers (or nothing), d is a per-token distance divided by the
 teacher's feature scale (``normalize_distance``), and forget_feature is (``forget_feature_loss``)
 
-* ``"random_target"`` (default): mean d(f_s, c * u), the forget features pulled towards a fixed random direction u
-  whose norm is ``target_scale`` times the teacher features' RMS norm (RMU's representation misdirection, Li et al.
-  2024). Its gradient is large from the first step, where the student still equals its teacher;
+* ``"stranger"`` (the default with ``holdout_dataset=``): mean d(f_s(x_f), f_t(x_h)), each forget image's features
+  pulled onto the teacher's features of a never-seen image x_h of the holdout set. A model that never learnt the
+  forget people sees strangers in their images; this teaches exactly that, and the target is a feature the frozen
+  language model already reads as "unknown person" (measured on the benchmark: docs/methods/vkd.md);
+* ``"random_target"`` (the default without a holdout set): mean d(f_s, c * u), the forget features pulled towards a
+  fixed random direction u whose norm is ``target_scale`` times the teacher features' RMS norm (RMU's
+  representation misdirection, Li et al. 2024). Its gradient is large from the first step, where the student still
+  equals its teacher;
 * ``"hinge"``: mean max(0, margin - d(f_s, f_t)), the forget features pushed ``margin`` away from the teacher's.
   d = 0 is its stationary point, so it only acts once the output term has moved the features.
 
 Unless an output term needs it, the language model does not run: the vision sites need only the vision tower and
 projector. The vision side trains at ``learning_rate * vision_lr_scale`` (``lr_scale.py`` says why).
 
-Precomputing (``precompute_teacher_features=True``) stores the teacher's features of every forget and retain row on
-CPU at the start of training, indexed by row: both datasets are wrapped so each row carries its index
-(``vkd_row_index``), which the collator turns into a tensor and the losses use to look the features up. Each
+The stranger targets are the teacher's features of the holdout images, computed once at the start of training (and
+kept with the precomputed features in checkpoints). Precomputing (``precompute_teacher_features=True``) stores the
+teacher's features of every forget and retain row on CPU at the start of training, indexed by row: both datasets are
+wrapped so each row carries its index (``vkd_row_index``), which the collator turns into a tensor and the losses use
+to look the features up. Each
 checkpoint carries them (``vkd_teacher_features.safetensors``), so resuming needs no teacher. They are derived from
 forget images: keep checkpoints private (the Hub push allowlist never includes them).
 """
@@ -46,6 +53,7 @@ from ..features import extract_features, feature_module, features_per_row, visio
 from ..integrations.fsdp import is_fsdp2_module
 from ..models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
 from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
+from ..data.rows import rows_with_images
 from .base import UnlearnTrainer
 from .lr_scale import ScaledLearningRateMixin
 
@@ -168,6 +176,18 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         teacher_model = teacher_model if teacher_model is not None else ref_model
         self._given_teacher = teacher_model
         args = self._coerce_args(args, model)
+        holdout = kwargs.get("holdout_dataset")
+        if args.forget_feature_loss is None:
+            args.forget_feature_loss = "stranger" if holdout is not None else "random_target"
+        if args.forget_feature_loss == "stranger" and args.push_away_weight > 0 and (
+                holdout is None or not rows_with_images(holdout)):
+            raise ValueError(
+                "forget_feature_loss='stranger' pulls forget-image features onto the teacher's features of never-seen "
+                "images, taken from `holdout_dataset=`, but " + ("no holdout set was given" if holdout is None else
+                                                                 "the holdout set has no row with an image")
+                + ". Pass holdout rows with images of people (or objects) the model never saw, or use "
+                "forget_feature_loss='random_target'."
+            )
         if (args.forget_weight > 0 and args.forget_loss_type == "none" and args.forget_feature_loss == "hinge"
                 and teacher_model is None):
             raise ValueError(
@@ -190,6 +210,7 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         self.feature_scale: float | None = 1.0 if (args.distance == "cosine" or not args.normalize_distance) else None
         self.feature_rms: float | None = None  # RMS entry of the teacher's forget features: the random target's norm
         self._forget_target: torch.Tensor | None = None
+        self.stranger_features: list[torch.Tensor] | None = None  # teacher features of the holdout images, per image
         self._modules: dict[int, nn.Module] = {}
         super().__init__(
             model, args, data_collator=data_collator,
@@ -315,6 +336,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
     def prepare_teacher(self, resumed: bool = False) -> None:
         """At train begin: precompute teacher features (if asked) and measure the feature scale."""
         args = self.args
+        if self.stranger_features is None and self.uses_stranger_target():
+            self.stranger_features = self._stranger_features_from_checkpoint() or self._compute_stranger_features()
         if args.precompute_teacher_features and self.teacher_features is None:
             if resumed and self._given_teacher is None:
                 raise ValueError(
@@ -332,13 +355,18 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             if need_rms:
                 self.feature_rms = _rms(feats)
 
+    def _starting_teacher(self) -> nn.Module | None:
+        """The teacher before training moves the student: the given teacher, the PEFT base (adapters off: None), or,
+        when precomputing without a teacher, the starting model itself."""
+        if self.ref_model is not None or self._use_adapter_free_reference:
+            return self.ref_model
+        return self.model
+
     @torch.no_grad()
     def precompute_teacher_features(self) -> None:
         """Store the teacher's features of every forget / retain row on CPU (and NPO ref log-probs); drop it."""
         args, model = self.args, self.model
-        # The given teacher, the PEFT base (adapters off, teacher=None), or the starting model itself.
-        teacher = self.ref_model if self.ref_model is not None else (None if self._use_adapter_free_reference
-                                                                    else model)
+        teacher = self._starting_teacher()
         was_training = model.training
         model.eval()
         store: dict[str, list[torch.Tensor]] = {}
@@ -359,6 +387,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             store[side] = rows
         if npo:
             self.pairing.forget_extras["ref_logp"] = ref_logps
+        if self.stranger_features is not None:  # saved with the checkpoints: resuming holds no teacher
+            store["stranger"] = self.stranger_features
         self.teacher_features = store
         self.ref_model = None
         model.train(was_training)
@@ -393,6 +423,38 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             if feats:
                 return torch.cat([f.float() for f in feats])
         return None
+
+    def uses_stranger_target(self) -> bool:
+        return self.args.forget_feature_loss == "stranger" and self.args.push_away_weight > 0
+
+    def _stranger_features_from_checkpoint(self) -> list[torch.Tensor] | None:
+        return (self.teacher_features or {}).get("stranger")
+
+    @torch.no_grad()
+    def _compute_stranger_features(self) -> list[torch.Tensor]:
+        """The teacher's features of every holdout image, one (tokens, D) tensor per image row, on CPU."""
+        was_training = self.model.training
+        self.model.eval()
+        rows: list[torch.Tensor] = []
+        holdout = [self.holdout_dataset[i] for i in rows_with_images(self.holdout_dataset)]
+        for batch in self._batches(holdout, desc="VKD stranger targets"):
+            inputs = self.model_inputs(batch)
+            feats, _ = self.teacher_pass(self.model, inputs, teacher=self._starting_teacher())
+            rows.extend(f.detach().cpu() for f in features_per_row(feats, inputs, self.model))
+        self.model.train(was_training)
+        return rows
+
+    def stranger_target(self, forget: dict, like: torch.Tensor) -> torch.Tensor:
+        """The stranger features of a forget batch: forget row i gets holdout image (i * 7919) mod H. A fixed
+        assignment (the same target at every step), spread so that one person's rows, adjacent in most datasets,
+        get different strangers."""
+        rows = self.stranger_features
+        target = torch.cat([rows[(i * 7919) % len(rows)] for i in forget[ROW_INDEX_KEY].tolist()])
+        if target.shape != like.shape:
+            raise ValueError(
+                f"Stranger features {tuple(target.shape)} and forget features {tuple(like.shape)} differ: the holdout "
+                "images must give as many image tokens as the forget images (same image size / resolution).")
+        return target.to(like)
 
     def forget_target(self, like: torch.Tensor) -> torch.Tensor:
         """The random target feature (D,) of ``forget_feature_loss='random_target'``, on ``like``'s device."""
@@ -490,6 +552,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             d = self.feature_distance(feats, self._teacher_features_for("forget", model, forget, inputs, feats))
             if args.forget_feature_loss == "hinge":
                 term = losses.hinge_push_away(d, args.margin)
+            elif args.forget_feature_loss == "stranger":  # onto the teacher's view of a never-seen image
+                term = self.feature_distance(feats, self.stranger_target(forget, feats)).mean()
             else:  # random_target: towards c * u, a gradient from the first step
                 term = self.feature_distance(feats, self.forget_target(feats).expand_as(feats)).mean()
             loss = loss + args.push_away_weight * term
