@@ -5,8 +5,9 @@ order of the variants alternated between repetitions (A B, B A, A B, ...) so slo
 sides alike. A ratio is computed per repetition (B_i / A_i) and reported as the median and the min-max spread.
 
 Load: the 1-minute load average is recorded before and after every measurement (``watch_load``). Above the
-benchmark's own threads plus half the other cores, a fixed cost per step hides in the noise of a shared machine: the measurement is re-run, and if the load is
-still too high its rows are marked "measured under load" (not a verdict) in the table and the summary. Timings also
+benchmark's own threads plus half the other cores, a fixed cost per step hides in the noise of a shared machine: the
+measurement is re-run, and if the load is still too high its rows are marked "measured under load" (not a verdict) in
+the table and the summary. Timings also
 record the thread's CPU time (``time.thread_time``), which waiting for a core does not inflate: a cross-check of the
 wall-time ratio on a loaded machine, not a replacement.
 """

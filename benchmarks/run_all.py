@@ -148,8 +148,8 @@ def load_warning(rows: list[Row]) -> str:
     worst = max(max(r.load) for r in loaded)
     rerun = "even after a re-run" if min(r.attempts for r in loaded) > 1 else "not re-run"
     return (f"> **Warning: {len(loaded)} timing row(s) were measured under load** (1-minute load average up to "
-            f"{worst:.1f}, above {common.LOAD_RULE} of {os.cpu_count()}, {rerun}). Their ratios are not verdicts: fixed "
-            "per-step costs hide in the noise of other processes. Regenerate on a quiet machine.\n\n")
+            f"{worst:.1f}, above {common.LOAD_RULE} of {os.cpu_count()}, {rerun}). Their ratios are not verdicts: "
+            "fixed per-step costs hide in the noise of other processes. Regenerate on a quiet machine.\n\n")
 
 
 def summary(rows: list[Row]) -> str:
@@ -198,9 +198,8 @@ def parse(argv=None) -> argparse.Namespace:
                         help="model sizes (default: tiny and mid; 'real' is the 157M real-weights LLaVA)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; 2 with --quick)")
     parser.add_argument("--reruns-under-load", type=int, default=1, metavar="N",
-                        help="re-run a measurement up to N times while the load average exceeds the benchmark's own threads "
-                             "plus half the other cores "
-                             "(default 1); then its timing rows are marked 'measured under load'")
+                        help=f"re-run a measurement up to N times while the load average exceeds the benchmark's limit "
+                             f"({common.LOAD_RULE}; default 1); then its timing rows are marked 'measured under load'")
     parser.add_argument("--output", default=None, help=f"Markdown file (default for a full run: {DEFAULT_OUTPUT})")
     parser.add_argument("--json", default=None, help=f"JSON results (default for a full run: {DEFAULT_JSON})")
     parser.add_argument("--from-json", default=None, metavar="RESULTS",

@@ -298,9 +298,8 @@ class VKDConfig(UnlearnConfig):
     Only the vision tower and projector train; the language model and ``lm_head`` are frozen. A frozen teacher (the
     starting model by default) supplies intermediate features: forget-image features are pulled towards the teacher's
     features of never-seen faces (or a fixed random target, or pushed ``margin`` away from the teacher's), retain-image
-    features are pulled onto the
-    teacher's. See ``docs/methods/vkd.md`` for which of these choices the paper leaves open and how the defaults were
-    measured.
+    features are pulled onto the teacher's. See ``docs/methods/vkd.md`` for which of these choices the paper leaves
+    open and how the defaults were measured.
 
     > Parameters that control the features
 

@@ -151,7 +151,7 @@ def methods() -> dict:
         # per rank before the first step). Retain NLL as in vkd_retain_nll, so FSDP2 runs it too.
         "vkd_stranger": (VKDTrainer, VKDConfig, {"retain_nll_weight": 1.0, "forget_feature_loss": "stranger",
                                                  "stop_at_holdout": False, "probe_rows": 0},
-                         {"reference": True, "holdout": True, "launchers": ("reference", "ddp", "fsdp2")}),
+                         {"reference": True, "holdout": True, "launchers": ("reference", "ddp", "zero3", "fsdp2")}),
         # DDP with ddp_find_unused_parameters set either way (transformers' default is True without checkpointing).
         "ga_diff_find_unused_false": (GATrainer, GAConfig, {"retain_loss_type": "nll",
                                                             "ddp_find_unused_parameters": False},

@@ -38,12 +38,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..demo import DemoConfig
-    from ..demo.tuning import CALIBRATION_SEEDS, TUNING_GRIDS, VALIDATION_SEEDS, calibrate, tune
+    from ..demo.tuning import TUNING_GRIDS, VALIDATION_SEEDS, calibrate, tune
     from .demo import _parse_seeds
 
     try:
-        default = CALIBRATION_SEEDS if args.calibrate_relearn else VALIDATION_SEEDS
-        seeds = _parse_seeds(None, args.seeds) if args.seeds else list(default)
+        seeds = _parse_seeds(None, args.seeds) if args.seeds else list(VALIDATION_SEEDS)
     except ValueError as err:
         print(f"hf-unlearn tune: error: {err}", file=sys.stderr)
         return 2

@@ -29,9 +29,8 @@ The stranger targets are the teacher's features of the holdout images, computed 
 kept with the precomputed features in checkpoints). Precomputing (``precompute_teacher_features=True``) stores the
 teacher's features of every forget and retain row on CPU at the start of training, indexed by row: both datasets are
 wrapped so each row carries its index (``vkd_row_index``), which the collator turns into a tensor and the losses use
-to look the features up. Each
-checkpoint carries them (``vkd_teacher_features.safetensors``), so resuming needs no teacher. They are derived from
-forget images: keep checkpoints private (the Hub push allowlist never includes them).
+to look the features up. Each checkpoint carries them (``vkd_teacher_features.safetensors``), so resuming needs no
+teacher. They are derived from forget images: keep checkpoints private (the Hub push allowlist never includes them).
 """
 
 from __future__ import annotations
@@ -337,7 +336,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         """At train begin: precompute teacher features (if asked) and measure the feature scale."""
         args = self.args
         if self.stranger_features is None and self.uses_stranger_target():
-            self.stranger_features = self._stranger_features_from_checkpoint() or self._compute_stranger_features()
+            # A resumed run with precomputed features has them from its checkpoint (and holds no teacher).
+            self.stranger_features = (self.teacher_features or {}).get("stranger") or self._compute_stranger_features()
         if args.precompute_teacher_features and self.teacher_features is None:
             if resumed and self._given_teacher is None:
                 raise ValueError(
@@ -426,9 +426,6 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
 
     def uses_stranger_target(self) -> bool:
         return self.args.forget_feature_loss == "stranger" and self.args.push_away_weight > 0
-
-    def _stranger_features_from_checkpoint(self) -> list[torch.Tensor] | None:
-        return (self.teacher_features or {}).get("stranger")
 
     @torch.no_grad()
     def _compute_stranger_features(self) -> list[torch.Tensor]:
