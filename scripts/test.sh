@@ -1,7 +1,17 @@
 #!/usr/bin/env bash
 # Install (see setup.sh) and run the whole test suite, slow tests included.
+#
+#   bash scripts/test.sh [pytest args]            in .venv, the locked versions (what CI runs)
+#   bash scripts/test.sh --latest [pytest args]   in .venv-latest, the newest releases (drift check, docs/install.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+VENV=.venv
+if [ "${1:-}" = "--latest" ]; then
+  shift
+  VENV=.venv-latest
+  bash scripts/setup.sh --latest
+else
+  bash scripts/setup.sh
+fi
 export HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest -q "$@"
+exec "$VENV/bin/python" -m pytest -q "$@"

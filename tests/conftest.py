@@ -16,6 +16,15 @@ torch.set_num_threads(1)
 from hf_unlearn.testing.toy import JOBS, NAMES, toy_people  # noqa: E402
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a torchrun master or a local server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def toy_data():
     return toy_people()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from functools import lru_cache
@@ -29,6 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -79,18 +80,13 @@ def _reference_tag(launcher: str) -> str:
     return "reference_images" if launcher in WORKER_MODULE.IMAGES_ONLY else "reference"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _launch(args: list[str], what: str, ranks: int) -> None:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     prefix = [sys.executable] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-        str(_free_port())]
+        str(free_port())]
     proc = subprocess.run(prefix + [str(WORKER)] + args, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     if proc.returncode != 0:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "deepspeed" / "unlearn_llava.py"
@@ -34,11 +35,6 @@ def _example():
     return sys.modules["unlearn_llava"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(WRAPPER))
@@ -48,7 +44,7 @@ def test_recipe_runs_in_tiny_mode(launcher, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     out = tmp_path / "run"
-    env = {**os.environ, "OUT": str(out), "PORT": str(_free_port()), "HF_HUB_OFFLINE": "1",
+    env = {**os.environ, "OUT": str(out), "PORT": str(free_port()), "HF_HUB_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(["bash", str(ROOT / "examples" / "accelerate" / f"{launcher}.sh"), "--tiny"], cwd=ROOT,

@@ -28,6 +28,7 @@ from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
 from ..data.row_index import ROW_INDEX_KEY
 from ..data.rows import validate_rows
 from ..integrations.launchers import unlearning_step
+from ..integrations.zero3_kernels import restore_kernelized_layers
 from ..masking import GradientMasker
 from ..utils import write_json_atomic
 from .callbacks import UnlearningEvalCallback
@@ -147,11 +148,17 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             seed=args.seed,
         )
 
-        # Reference model (frozen starting point) for KL retain terms and NPO
+        # Reference model (frozen starting point) for KL retain terms and NPO. Under ZeRO-3, models built after an
+        # earlier zero.Init may miss kernels' attention wrappers (transformers >= 5.25): put them back first.
+        zero3 = is_deepspeed_zero3_enabled()
+        if zero3:
+            restore_kernelized_layers(model, ref_model if isinstance(ref_model, nn.Module) else None)
         self.ref_model = None
         self._use_adapter_free_reference = False
         if self.needs_reference(args):
             self.ref_model = self._build_reference_model(model, ref_model, args)
+            if zero3:
+                restore_kernelized_layers(self.ref_model)
 
         # Saliency mask: hooks are registered before the Trainer (and DeepSpeed) wrap the model
         self.saliency_mask = saliency_mask
