@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 from common import Row, Settings  # noqa: E402
 
+from hf_unlearn.provenance import environment as provenance_environment  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT = os.path.join(REPO, "docs", "benchmarks.md")
 DEFAULT_JSON = os.path.join(REPO, "benchmarks", "results.json")
@@ -130,11 +132,12 @@ READING = """## Reading the results
 def environment(settings: Settings, load_start: float, load_end: float) -> str:
     import bench_memory
     import torch
-    import transformers
+
+    from hf_unlearn.provenance import describe
 
     device = "CPU" if settings.device == "cpu" else torch.cuda.get_device_name(0)
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, device {device}, "
-            f"{settings.threads} torch thread(s), torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"{settings.threads} torch thread(s), {describe(provenance_environment())}, "
             f"repetitions: {settings.reps} (timings), {bench_memory.repetitions(settings)} (whole runs), 1 (mask size, "
             f"deterministic); load average (1 min) {load_start:.1f} at start, {load_end:.1f} at "
             "end")
@@ -296,7 +299,7 @@ def main(argv=None) -> list[Row]:
     finally:
         shutil.rmtree(settings.workdir, ignore_errors=True)  # saved models, trainer output dirs
     header = {"when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "elapsed": time.perf_counter() - start,
-              "env": environment(settings, load_start, common.load_average())}
+              "env": environment(settings, load_start, common.load_average()), "environment": provenance_environment()}
     text = render(rows, header, notes)
     print(text)
     loaded = [r for r in rows if r.under_load]

@@ -13,7 +13,20 @@ import torch
 # another process shares the cores.
 torch.set_num_threads(1)
 
+from hf_unlearn.demo.config import DemoTrainingConfig  # noqa: E402
+from hf_unlearn.demo.memorisation import MemorisationBar  # noqa: E402
 from hf_unlearn.testing.toy import JOBS, NAMES, toy_people  # noqa: E402
+
+
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24  # u: a float32 operation's result is within u * |result| of the exact value
+
+
+def reduction_tolerance(scale: float, terms: int) -> float:
+    """How far two float32 evaluations of one reduction may differ when only the summation order differs (another
+    CPU's vector kernels, another batch layout): each is within (n - 1) u sum|x_i| of the exact value (Higham,
+    *Accuracy and Stability of Numerical Algorithms*, eq. 4.4), so they are within twice that of each other.
+    ``scale`` bounds sum|x_i|, ``terms`` the longest chain of additions feeding the result."""
+    return 2 * (terms - 1) * FLOAT32_UNIT_ROUNDOFF * scale
 
 
 def free_port() -> int:
@@ -30,23 +43,24 @@ def toy_data():
     return toy_people()
 
 
+# The bar every memorised fixture model is trained to (hf_unlearn.demo.memorisation): tests may assert it, never 1.0.
+MEMORISED = MemorisationBar()
+
+
 def memorise_and_save(model, processing_class, rows, out, epochs: int, batch_size: int = 4, seed: int = 0,
-                      warmup_steps: int = 0) -> str:
-    """Fine-tune ``model`` with a plain ``transformers.Trainer`` on ``rows`` (lr 3e-3) and save it with its processor
-    or tokenizer under ``out / "model"``; returns that path."""
+                      warmup_steps: int = 0, splits: dict | None = None) -> str:
+    """Fine-tune ``model`` with a plain ``transformers.Trainer`` on ``rows`` (lr 3e-3, linear decay over ``epochs``),
+    topped up until ``splits`` (default: the rows themselves) clear ``MEMORISED`` on this CPU, and save it with its
+    processor or tokenizer under ``out / "model"``; returns that path."""
     from pathlib import Path
 
-    from transformers import Trainer, TrainingArguments
-
-    from hf_unlearn import UnlearnDataCollator
+    from hf_unlearn.demo.references import train_to_criterion
 
     out = Path(out)
-    args = TrainingArguments(
-        output_dir=str(out / "run"), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
-        learning_rate=3e-3, warmup_steps=warmup_steps, report_to="none", save_strategy="no", use_cpu=True,
-        remove_unused_columns=False, disable_tqdm=True, logging_strategy="no", seed=seed,
-    )
-    Trainer(model=model, args=args, train_dataset=rows, data_collator=UnlearnDataCollator(processing_class)).train()
+    recipe = DemoTrainingConfig(num_train_epochs=epochs, learning_rate=3e-3, batch_size=batch_size,
+                                warmup_steps=warmup_steps, memorisation=MEMORISED)
+    train_to_criterion("vanilla", model, processing_class, rows, splits or {"trained": rows}, recipe, seed,
+                       str(out / "run"))
     model.save_pretrained(out / "model")
     processing_class.save_pretrained(out / "model")
     return str(out / "model")

@@ -30,10 +30,12 @@ def benchmark(seed: int = SEED) -> datasets.DatasetDict:
     return build_synthetic_benchmark(SyntheticBenchmarkConfig(**BENCH, seed=seed))
 
 
+TRAINED = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "holdout_qa")
+
+
 def vanilla_rows(bench) -> datasets.Dataset:
     """What the memorised model trained on: every split except the holdout people's image questions."""
-    return datasets.concatenate_datasets([bench[k] for k in ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa",
-                                                             "holdout_qa")])
+    return datasets.concatenate_datasets([bench[k] for k in TRAINED])
 
 
 def train_memorised(path: str, seed: int = SEED) -> str:
@@ -45,7 +47,7 @@ def train_memorised(path: str, seed: int = SEED) -> str:
     bench = benchmark(seed)
     model, processor = tiny_llava(seed=seed, corpus=benchmark_corpus(bench))
     return memorise_and_save(model, processor, vanilla_rows(bench), path, epochs=100, batch_size=8, seed=seed,
-                             warmup_steps=5)
+                             warmup_steps=5, splits={name: bench[name] for name in TRAINED})
 
 
 _BUILT: dict[int, str] = {}

@@ -19,7 +19,7 @@ def micro_config(seed: int = 0, epochs: int = 3) -> DemoConfig:
     return DemoConfig(
         benchmark=SyntheticBenchmarkConfig(num_people=4, num_holdout_people=2, num_validation_people=1,
                                            forget_ratio=0.25, num_general=4),
-        training=DemoTrainingConfig(num_train_epochs=epochs, batch_size=8, warmup_steps=0),
+        training=DemoTrainingConfig(num_train_epochs=epochs, batch_size=8, warmup_steps=0, memorisation=None),
         relearn=RelearnConfig(steps=2, batch_size=2), seed=seed,
     )
 

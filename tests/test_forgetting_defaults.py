@@ -103,4 +103,4 @@ def test_stop_rule_ends_training_when_forget_nll_reaches_holdout(memorised_peopl
     for name in ("forget", "retain", "holdout"):
         assert final[f"{name}_nll_before"] == pytest.approx(report["before"][f"{name}_nll"])
         assert final[f"{name}_nll_after"] == pytest.approx(report["after"][f"{name}_nll"])
-    assert report["before"]["mia_auc"] == 1.0 and report["after"]["mia_auc"] < 0.8
+    assert report["before"]["mia_auc"] >= 0.95 and report["after"]["mia_auc"] < 0.8  # memorised, then not

@@ -148,7 +148,8 @@ def test_memorised_members_are_told_apart_and_the_reference_calibrates(member_ll
     ev = Evaluator(model, tok, text_bench, batch_size=8)
     aucs = ev.membership_aucs("forget_qa", "holdout_qa")
     assert set(aucs) == {"mia_loss_auc", "mia_zlib_auc", "mia_min_k_auc", "mia_min_k_pp_auc"}
-    assert aucs["mia_loss_auc"] == 1.0 and aucs["mia_min_k_auc"] == 1.0 and aucs["mia_min_k_pp_auc"] > 0.9
+    # Memorised members against never-seen rows (the fixture's loss is far below every holdout row's)
+    assert aucs["mia_loss_auc"] >= 0.95 and aucs["mia_min_k_auc"] >= 0.95 and aucs["mia_min_k_pp_auc"] > 0.9
     assert aucs["mia_loss_auc"] == ev.membership_auc("forget_qa", "holdout_qa")  # the evaluate() key's attack
     # The model as its own reference: every reference score is 0, no signal.
     with_ref = ev.membership_aucs("forget_qa", "holdout_qa", reference=model)
@@ -157,8 +158,9 @@ def test_memorised_members_are_told_apart_and_the_reference_calibrates(member_ll
     untrained, _ = tiny_llama(corpus=benchmark_corpus(text_bench))
     ref_eval = Evaluator(untrained, tok, text_bench)
     pair = (ref_eval.answer_nll(text_bench["forget_qa"]), ref_eval.answer_nll(text_bench["holdout_qa"]))
-    assert ev.membership_aucs("forget_qa", "holdout_qa", reference=untrained)["mia_reference_auc"] == 1.0
-    assert ev.membership_aucs("forget_qa", "holdout_qa", reference=pair)["mia_reference_auc"] == 1.0
+    calibrated = ev.membership_aucs("forget_qa", "holdout_qa", reference=untrained)["mia_reference_auc"]
+    assert calibrated >= 0.95
+    assert ev.membership_aucs("forget_qa", "holdout_qa", reference=pair)["mia_reference_auc"] == calibrated
 
 
 def test_gradient_norm_attack_equals_manual_backward(member_llama, text_bench):

@@ -34,6 +34,8 @@ from hf_unlearn.testing import tiny_llama
 from hf_unlearn.testing.toy import JOBS, NAMES
 from hf_unlearn.trainers.idkpo import CHOSEN_BATCH_KEY
 
+from conftest import reduction_tolerance
+
 ROWS = [{"question": f"What is the job of {n}?", "answer": f"{n} works as a {j}."} for n, j in zip(NAMES, JOBS)]
 ROWS += [{"question": f"Who works as a {j}?", "answer": n} for n, j in zip(NAMES, JOBS)]
 FORGET, RETAIN = Dataset.from_list(ROWS[:4]), Dataset.from_list(ROWS[4:8])
@@ -93,8 +95,16 @@ def test_ga_equals_openunlearning(tmp_path):
 def test_grad_diff_equals_openunlearning(tmp_path, gamma, alpha):
     trainer, model, _, batch = build(GATrainer, GAConfig, tmp_path, retain_loss_type="nll", forget_weight=gamma,
                                      retain_weight=alpha)
-    ou = gamma * -ou_token_mean_ce(model, batch["forget"]) + alpha * ou_token_mean_ce(model, batch["retain"])
-    assert ours(trainer, model, batch) == pytest.approx(ou, rel=1e-6)
+    forget_ce, retain_ce = ou_token_mean_ce(model, batch["forget"]), ou_token_mean_ce(model, batch["retain"])
+    ou = gamma * -forget_ce + alpha * retain_ce
+    # The two terms nearly cancel (their difference is ~1% of either), so a tolerance relative to the result would
+    # test the last bits of the cancellation. Each cross-entropy is a log-sum-exp over the vocabulary and a mean over
+    # answer tokens, summed in a kernel-dependent order: bound the difference by those reductions on the terms' scale.
+    terms = model.config.vocab_size + int((batch["forget"]["labels"] != -100).sum())
+    tolerance = reduction_tolerance(gamma * forget_ce + alpha * retain_ce, terms)
+    assert ours(trainer, model, batch) == pytest.approx(ou, abs=tolerance)
+    assert tolerance < 0.01 * min(gamma * forget_ce, alpha * retain_ce)  # a dropped, mis-signed or mis-weighted
+    # term moves the result by a whole term: far beyond the tolerance
 
 
 @pytest.mark.parametrize("beta, gamma, alpha", [(0.1, 1.0, 1.0), (0.5, 0.5, 2.0)])

@@ -26,6 +26,8 @@ from hf_unlearn.demo.real import memorise, run_real_method
 from hf_unlearn.models import LANGUAGE, PROJECTOR, VISION, parameter_group
 from hf_unlearn.testing.real_llava import SMOLLM2_CHAT_TEMPLATE, build_info, real_llava, real_llava_path
 
+from conftest import MEMORISED
+
 pytestmark = pytest.mark.slow
 
 # Not skipped without the wheels: scripts/setup.sh installs them, and real_llava() then fails with the install command.
@@ -97,10 +99,11 @@ def test_memorised_and_evaluator_runs(real):
     assert nll(model, processor, bench["forget_vqa"]) < 0.1 and nll(model, processor, bench["retain_vqa"]) < 0.1
     evaluator = Evaluator(model, processor, {"forget_vqa": bench["forget_vqa"], "retain_vqa": bench["retain_vqa"],
                                              "retain_qa": real["text"]}, batch_size=4, max_new_tokens=6)
-    assert evaluator.mcq_accuracy("forget_vqa") == 1.0 and evaluator.mcq_accuracy("retain_vqa") == 1.0
+    assert evaluator.mcq_accuracy("forget_vqa") >= MEMORISED.min_accuracy
+    assert evaluator.mcq_accuracy("retain_vqa") >= MEMORISED.min_accuracy
     answers = evaluator.generate(bench["forget_vqa"])
     assert answers == list(bench["forget_vqa"]["answer"])  # greedy answers are the memorised names
-    assert evaluator.mcq_accuracy("retain_qa") == 1.0  # pretrained knowledge survived memorisation
+    assert evaluator.mcq_accuracy("retain_qa") >= MEMORISED.min_accuracy  # pretrained knowledge survived
 
 
 # Methods whose registered hyperparameters (tuned on the tiny demo models) fail on the real model, measured here:

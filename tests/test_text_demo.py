@@ -84,7 +84,7 @@ def test_metrics_tell_vanilla_from_the_retain_only_oracle(trained):
     # Vanilla memorised the forget authors; the oracle never saw them.
     assert vanilla["forget_prob"] > 0.8 > 0.2 > oracle["forget_prob"]
     assert vanilla["forget_extraction_strength"] > oracle["forget_extraction_strength"]
-    assert vanilla["forget_quality"] < 0.05 and vanilla["mia_loss_auc"] == 1.0 and vanilla["privleak"] < -90
+    assert vanilla["forget_quality"] < 0.05 and vanilla["mia_loss_auc"] >= 0.95 and vanilla["privleak"] < -90
     # Both learned the retain authors and the world facts.
     for row in (vanilla, oracle):
         assert row["retain_prob"] > 0.6 and 0 < row["model_utility"] <= 1

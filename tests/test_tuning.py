@@ -53,7 +53,8 @@ def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
     config = DemoConfig(
         benchmark=SyntheticBenchmarkConfig(num_people=4, num_holdout_people=2, num_validation_people=1,
                                            forget_ratio=0.25, num_general=4),
-        training=DemoTrainingConfig(num_train_epochs=3, batch_size=8, warmup_steps=0), relearn=None)
+        training=DemoTrainingConfig(num_train_epochs=3, batch_size=8, warmup_steps=0, memorisation=None),
+        relearn=None)
     grids = {"ga": [{"learning_rate": [1e-4], "max_steps": [2]}, {"learning_rate": [1e-2], "max_steps": [2]}],
              "npo": {"learning_rate": [1e-4, 1e-2], "max_steps": [2]}}
     out = tmp_path / "tuned.json"

@@ -12,6 +12,7 @@ from hf_unlearn.evaluation.probe import Probe, select_rows
 from hf_unlearn.trainers.callbacks import UnlearningEvalCallback
 from hf_unlearn.trainers.vkd import VKDTrainer
 
+from conftest import MEMORISED
 from memorised_people import benchmark, load, memorised_people, splits  # noqa: F401 (fixture)
 
 
@@ -26,7 +27,8 @@ def test_probe_numbers_equal_the_evaluator(memorised_people):  # noqa: F811
         assert result[f"{name}_nll"] == pytest.approx(float(evaluator.answer_nll(ds).mean()), rel=1e-4)
         assert result[f"{name}_acc"] == evaluator.mcq_accuracy(ds)
     assert result["mia_auc"] == pytest.approx(evaluator.membership_auc("forget_vqa", "holdout_vqa"))
-    assert result["forget_acc"] == 1.0 and result["mia_auc"] == 1.0  # memorised: members stand out completely
+    # Memorised (to the fixture's bar): members stand out from never-seen faces
+    assert result["forget_acc"] >= MEMORISED.min_accuracy and result["mia_auc"] >= 0.95
     # A fixed seeded subset: the same rows every time, at most max_rows of them.
     assert select_rows(bench["retain_vqa"], 7, seed=3) == select_rows(bench["retain_vqa"], 7, seed=3)
     assert len(Probe(sets, UnlearnDataCollator(processor), max_rows=4).rows["forget"]) == 4

@@ -14,6 +14,7 @@ import transformers
 
 from ..data.synthetic import BENCHMARK_VERSION, SyntheticBenchmarkConfig
 from ..evaluation.attacks import RelearnConfig
+from .memorisation import MemorisationBar
 
 CACHE_ENV = "HF_UNLEARN_CACHE"
 
@@ -40,10 +41,16 @@ class DemoModelConfig:
 class DemoTrainingConfig:
     """The recipe of the vanilla and oracle models (plain ``Trainer``, answer-only loss)."""
 
-    num_train_epochs: int = field(default=80, metadata={"help": "Epochs over the training set."})
+    num_train_epochs: int = field(
+        default=80, metadata={"help": "Epochs of the recipe (linear learning-rate decay over them); a vanilla short of "
+                                      "the memorisation bar then tops up (memorisation), the oracle as many epochs."})
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate (linear decay)."})
     batch_size: int = field(default=16, metadata={"help": "Rows per step."})
     warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up steps."})
+    memorisation: MemorisationBar | None = field(
+        default_factory=MemorisationBar,
+        metadata={"help": "When the vanilla has memorised its training splits; None: the recipe alone, unchecked "
+                          "(pipeline tests only: nothing then says whether the vanilla memorised)."})
 
 
 @dataclass

@@ -22,7 +22,6 @@ import datetime
 import json
 import logging
 import os
-import platform
 import tempfile
 import time
 import warnings
@@ -33,12 +32,12 @@ from typing import Any
 
 import datasets
 import torch
-import transformers
 from transformers import set_seed
 
 from ..data.synthetic import build_synthetic_benchmark
 from ..evaluation.report import plot_tradeoff, render_report, results_table, write_text
 from ..evaluation.stats import RowValues, summarise
+from ..provenance import environment
 from .config import DemoConfig, DemoModelConfig, DemoTrainingConfig, default_cache_dir, library_version
 from .evaluation import METRIC_KEYS, evaluate_rows, reference_nll
 from .methods import METHODS, TUNED_FILE, MethodData, MethodUnavailableError, get_method
@@ -129,6 +128,7 @@ class SeedResult:
     notes: list[str] = field(default_factory=list)
     num_questions: dict[str, int] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
+    epochs: dict[str, int | None] = field(default_factory=dict)  # vanilla: until memorised; oracle: as many
 
     def points(self) -> dict[str, dict[str, float]]:
         """``{model: {metric: value}}`` at this seed."""
@@ -152,7 +152,8 @@ def run_seed(
     refs = load_or_train_reference_models(benchmark, config, cache_dir, show_progress, log)
     vanilla, processor = refs["vanilla"]["model"], refs["vanilla"]["processor"]
     result = SeedResult(seed=config.seed, num_questions={k: len(v) for k, v in benchmark.items()},
-                        cached={k: refs[k]["cached"] for k in REFERENCE_MODELS})
+                        cached={k: refs[k]["cached"] for k in REFERENCE_MODELS},
+                        epochs={k: refs[k].get("epochs") for k in REFERENCE_MODELS})
     common = dict(seed=config.seed, relearn=config.relearn, batch_size=config.eval_batch_size,
                   max_new_tokens=config.max_new_tokens)
     reference = reference_nll(refs["oracle"]["model"], processor, benchmark, config.eval_batch_size)
@@ -202,13 +203,8 @@ def summarise_seeds(seed_results: Sequence[SeedResult], replicates: int = 2000) 
 
 
 def machine_info() -> dict[str, Any]:
-    """Where the numbers were measured (the docs state it next to every table)."""
-    return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
+    """Where the numbers were measured (the docs state it next to every table): ``provenance.environment()``."""
+    return environment()
 
 
 def tuning_provenance() -> dict[str, Any] | None:
@@ -266,7 +262,8 @@ def run_demo(
         "num_questions": seed_results[0].num_questions,
         "notes": notes,
         "run": {"date": started, "wall_time_s": round(total, 1), "machine": machine_info(),
-                "cached": {str(r.seed): r.cached for r in seed_results}},
+                "cached": {str(r.seed): r.cached for r in seed_results},
+                "reference_epochs": {str(r.seed): r.epochs for r in seed_results}},
     }
     write_outputs(payload, output_dir)
     log(results_table(payload))

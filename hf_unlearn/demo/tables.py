@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..evaluation.report import COLUMNS, README_COLUMNS, results_table
+from ..provenance import describe
 from ..utils import atomic_write_text
 
 RESULTS_FILE = os.path.join("docs", "results", "demo.json")
@@ -48,8 +49,9 @@ def caption(payload: Mapping[str, Any], text: bool = False) -> str:
     parts = [
         sample,
         f"Measured {run.get('date', '?')[:10]} on {machine.get('cpu_count', '?')} CPU cores "
-        f"({machine.get('processor', '?')}, {machine.get('platform', '?')}, torch {machine.get('torch', '?')}, "
-        f"{machine.get('torch_threads', '?')} torch thread(s)"
+        f"({machine.get('processor', '?')}, {machine.get('platform', '?')}, "
+        + (describe(machine) if "packages" in machine else f"torch {machine.get('torch', '?')}")
+        + f", {machine.get('torch_threads', '?')} torch thread(s)"
         + (f", load average at the end {load[0]}" if load else "") + f"); total wall time {run.get('wall_time_s', '?')} s.",
     ]
     cached = run.get("cached", {}).values()

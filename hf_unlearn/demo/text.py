@@ -36,6 +36,7 @@ import transformers
 from transformers import AutoTokenizer, LlamaForCausalLM, set_seed
 
 from ..data.synthetic_text import (
+    VANILLA_TEXT_SPLITS,
     SyntheticTextConfig,
     build_synthetic_text_benchmark,
     oracle_text_training_set,
@@ -49,7 +50,8 @@ from ..testing.models import tiny_llama
 from .config import default_cache_dir, library_version
 from .methods import METHODS, MethodData, MethodUnavailableError
 from .pipeline import machine_info, run_method
-from .references import REFERENCE_MODELS, cached_reference_models, fit_reference_model
+from .memorisation import MemorisationBar
+from .references import REFERENCE_MODELS, cached_reference_models, train_to_criterion
 
 try:  # the text methods' registry entries (SimNPO, RMU, IdkPO, UNDIAL), where this version has them
     importlib.import_module(f"{__package__}.text_methods")
@@ -124,10 +126,16 @@ class TextModelConfig:
 class TextTrainingConfig:
     """The recipe of the vanilla and oracle models (plain ``Trainer``, answer-only loss)."""
 
-    num_train_epochs: int = field(default=40, metadata={"help": "Epochs over the training set."})
+    num_train_epochs: int = field(
+        default=40, metadata={"help": "Epochs of the recipe (linear learning-rate decay over them); a vanilla short of "
+                                      "the memorisation bar then tops up (memorisation), the oracle as many epochs."})
     learning_rate: float = field(default=3e-3, metadata={"help": "AdamW learning rate (linear decay)."})
     batch_size: int = field(default=16, metadata={"help": "Rows per step."})
     warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up steps."})
+    memorisation: MemorisationBar | None = field(
+        default_factory=MemorisationBar,
+        metadata={"help": "When the vanilla has memorised its training splits; None: the recipe alone, unchecked "
+                          "(pipeline tests only: nothing then says whether the vanilla memorised)."})
 
 
 @dataclass
@@ -175,16 +183,20 @@ def build_text_benchmark(config: TextDemoConfig) -> datasets.DatasetDict:
 
 
 def train_text_reference_model(kind: str, benchmark: datasets.DatasetDict, config: TextDemoConfig,
-                               output_dir: str) -> tuple[LlamaForCausalLM, Any, float]:
-    """Train the ``vanilla`` or ``oracle`` tiny Llama from scratch; returns (model, tokenizer, seconds)."""
+                               output_dir: str, vanilla_epochs: int | None = None
+                               ) -> tuple[LlamaForCausalLM, Any, float, dict[str, Any]]:
+    """Train the ``vanilla`` (until it memorised every split it trains on) or ``oracle`` (as many epochs) tiny Llama
+    from scratch; returns (model, tokenizer, seconds, {"epochs": ...})."""
     if kind not in REFERENCE_MODELS:
         raise ValueError(f"kind must be one of {REFERENCE_MODELS}, got {kind!r}.")
     start = time.perf_counter()
     train_set = vanilla_text_training_set(benchmark) if kind == "vanilla" else oracle_text_training_set(benchmark)
     # Same tokenizer and initial weights for both: only the training data differs.
     model, tokenizer = tiny_llama(seed=config.seed, corpus=text_benchmark_corpus(benchmark), **asdict(config.model))
-    fit_reference_model(model, tokenizer, train_set, config.training, config.seed, output_dir)
-    return model, tokenizer, time.perf_counter() - start
+    memorised = {name: benchmark[name] for name in VANILLA_TEXT_SPLITS}
+    epochs = train_to_criterion(kind, model, tokenizer, train_set, memorised, config.training, config.seed,
+                                output_dir, vanilla_epochs)
+    return model, tokenizer, time.perf_counter() - start, {"epochs": epochs}
 
 
 def load_or_train_text_reference_models(
@@ -199,8 +211,8 @@ def load_or_train_text_reference_models(
     def load(path: str):
         return LlamaForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
-    def train(kind: str, scratch: str):
-        return train_text_reference_model(kind, benchmark, config, scratch)
+    def train(kind: str, scratch: str, vanilla_epochs: int | None = None):
+        return train_text_reference_model(kind, benchmark, config, scratch, vanilla_epochs)
 
     refs = cached_reference_models(root, train, load, {"settings": config.settings(), "cache_key": config.cache_key()},
                                    marker_name=CACHE_MARKER, log=log, label="text demo")
@@ -302,7 +314,8 @@ def run_text_seed(config: TextDemoConfig, methods: Sequence[str] | None = None, 
         bar.update(1)
     bar.close()
     return {"methods": results, "notes": notes, "num_questions": {k: v.num_rows for k, v in benchmark.items()},
-            "cached": {k: refs[k]["cached"] for k in REFERENCE_MODELS}}
+            "cached": {k: refs[k]["cached"] for k in REFERENCE_MODELS},
+            "epochs": {k: refs[k].get("epochs") for k in REFERENCE_MODELS}}
 
 
 def render_text_report(results: Mapping[str, Mapping[str, float]], settings: Mapping[str, object] | None = None,
@@ -372,7 +385,8 @@ def run_text_demo(config: TextDemoConfig | None = None, output_dir: str = "hf_un
                "paired": summary["paired"], "per_seed": {str(s): r["methods"] for s, r in zip(seeds, runs)},
                "num_questions": runs[0]["num_questions"], "notes": notes}
     total = time.perf_counter() - start
-    payload["run"] = {"date": started, "wall_time_s": round(total, 1), "machine": machine_info()}
+    payload["run"] = {"date": started, "wall_time_s": round(total, 1), "machine": machine_info(),
+                      "reference_epochs": {str(s): r["epochs"] for s, r in zip(seeds, runs)}}
     write_text_outputs(payload, output_dir, notes, total)
     log(markdown_table(payload["methods"], TEXT_COLUMNS, intervals=payload["intervals"] if len(seeds) > 1 else None))
     for n in notes:
