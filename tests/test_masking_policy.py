@@ -10,7 +10,8 @@ import torch
 from transformers import TrainerCallback
 
 from hf_unlearn import GAConfig, GATrainer
-from hf_unlearn.masking import GradientMasker, PackedMask, put_back
+from hf_unlearn.masking import PackedMask, TrainingStart, put_back
+from hf_unlearn.masking.local import LocalMasker
 from hf_unlearn.testing import tiny_vlm
 from hf_unlearn.testing.toy import JOBS, NAMES, toy_people
 
@@ -74,24 +75,24 @@ def test_with_weight_decay_masked_values_are_saved_once_and_only_for_decayed_ten
 
 def test_optimizer_policy():
     model, _ = tiny_vlm("llava")
-    masker = GradientMasker(model, vision_mask(model))
+    masker = LocalMasker(model, vision_mask(model))
     params = [masker.params[n] for n in masker.partially_masked]
     assert masker.protected == masker.partially_masked  # before training starts: always save (old behaviour)
 
-    masker.begin_training(torch.optim.AdamW(params, weight_decay=0.0))
+    masker.begin_training(TrainingStart(torch.optim.AdamW(params, weight_decay=0.0)))
     assert masker.protected == []
     masker.unmasked_step()  # e.g. a retain step: momentum for masked entries from now on
     assert masker.protected == masker.partially_masked
 
-    masker.begin_training(torch.optim.AdamW(params, weight_decay=0.0), resumed=True)  # state from a checkpoint
+    masker.begin_training(TrainingStart(torch.optim.AdamW(params, weight_decay=0.0), resumed=True))  # from a checkpoint
     assert masker.protected == masker.partially_masked
-    masker.begin_training(torch.optim.Adagrad(params))  # not known to leave zero-gradient entries in place
+    masker.begin_training(TrainingStart(torch.optim.Adagrad(params)))  # may move zero-gradient entries
     assert masker.protected == masker.partially_masked
     used = torch.optim.SGD(params, lr=0.1, momentum=0.9)
     for p in params:
         p.grad = torch.ones_like(p)
     used.step()
-    masker.begin_training(used)  # a user-supplied optimizer that already has momentum
+    masker.begin_training(TrainingStart(used))  # a user-supplied optimizer that already has momentum
     assert masker.protected == masker.partially_masked
 
 
@@ -117,7 +118,7 @@ def test_masks_accumulate_exactly_when_an_unmasked_pass_comes_between_masked_one
     m = masks[name]
     assert (r1[~m] != 0).any()  # the retain pass does reach masked entries
 
-    masker = GradientMasker(model, masks)
+    masker = LocalMasker(model, masks)
     model.zero_grad()
     for forget, retain in ((batches[0], batches[2]), (batches[1], batches[3])):
         masker.active = True

@@ -2,14 +2,8 @@
 
 Why this module exists (measured on 2 CPU processes with gloo, torch 2.13, accelerate 1.15; docs/distributed.md):
 
-* ``fully_shard`` replaces every parameter by a new ``nn.Parameter`` holding a ``DTensor`` shard (dim 0 split over
-  the ranks). The saliency mask's gradient hooks and its snapshot/restore were bound to the old parameter objects
-  before wrapping; they would silently do nothing. ``ShardedMasker`` rebinds the mask to the sharded parameters (each
-  rank keeps its slice of every mask, laid out by DTensor itself) and takes over the masker's job after wrapping.
-* FSDP2 reduces gradients inside ``backward`` (reduce-scatter), so a gradient is only reachable, sharded, after the
-  pass that produced it synchronised. A masked pass therefore always synchronises, and masks exactly its own
-  contribution: ``grad = before + mask * (after - before)``. With ``mask_scope="forget"`` the forget pass is masked
-  and the retain pass is not, as in one process.
+* ``fully_shard`` replaces every parameter by a ``DTensor`` shard and reduces gradients inside ``backward``:
+  saliency masks bind to the shards in ``hf_unlearn/masking/fsdp.py``.
 * A rank whose batch has no image skips the vision tower. FSDP2 all-gathers each unit's weights in its forward and
   reduce-scatters its gradients in backward, so a unit that one rank runs and another skips leaves the collectives
   unmatched (gloo: ``Connection reset by peer`` in ``all_gather_single``). Keep the vision tower out of the wrapped
@@ -24,15 +18,13 @@ Why this module exists (measured on 2 CPU processes with gloo, torch 2.13, accel
 * accelerate enables its FSDP plugin only on accelerators: with ``use_cpu=True`` a run asked for FSDP silently trains
   with DDP. ``allow_fsdp_on_cpu`` lifts that gate so the FSDP2 code paths run on CPU machines (tests, ``--tiny``).
 
-Collectives: ``gather_full_params``, ``check_gradient_agreement`` and every forward and backward of a sharded model
-(``ShardedMasker.__init__`` is not: masks are sliced locally); every rank runs the same steps, so they line up.
+Collectives: ``gather_full_params``, ``check_gradient_agreement`` and every forward and backward of a sharded model;
+every rank runs the same steps, so they line up.
 """
 
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -40,12 +32,13 @@ from transformers import TrainerCallback
 
 __all__ = [
     "FSDPTrainingCallback",
-    "ShardedMasker",
     "allow_fsdp_on_cpu",
     "check_gradient_agreement",
     "check_units_run_on_every_rank",
     "gather_full_params",
+    "is_dtensor",
     "is_fsdp2_module",
+    "local_tensor",
     "prepare_for_inference",
     "prepare_training",
 ]
@@ -57,10 +50,15 @@ def is_fsdp2_module(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
-def _is_dtensor(tensor) -> bool:
+def is_dtensor(tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(tensor, DTensor)
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) parameter or gradient; the tensor itself otherwise."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -176,118 +174,15 @@ def prepare_for_inference(model: nn.Module, accelerator) -> nn.Module:
     return prepare_fsdp(model, accelerator)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Exact masks on sharded parameters
-# ----------------------------------------------------------------------------------------------------------------
-class ShardedMasker:
-    """The saliency mask of a model sharded by FSDP2: same interface as ``GradientMasker`` for the trainer.
-
-    Built after wrapping from the trainer's ``GradientMasker`` (its full-shape masks, by name). Each rank keeps the
-    slice of every mask that matches its shard (``distribute_tensor(..., src_data_rank=None)``: DTensor's own layout,
-    no communication), so the cost per rank is ``1 byte x covered parameters / world size``.
-
-    * ``pass_context()``: wraps each forward/backward of a step. It synchronises (reduce-scatter in backward, even
-      inside the Trainer's accumulation ``no_sync``); while ``active`` it then keeps only the allowed entries of what
-      the pass added to the sharded gradients.
-    * ``snapshot()`` / ``restore()``: around the optimizer step, as ``GradientMasker`` (weight decay, momentum).
-    """
-
-    def __init__(self, masker, model: nn.Module):
-        from torch.distributed.tensor import distribute_tensor
-
-        masker = getattr(masker, "source", masker)  # a second train(): start again from the full masks
-        # The full-shape masker's gradient hooks sit on the parameters FSDP2 replaced (their storage is freed):
-        # left in place they would write into it. This object masks the shards instead.
-        masker.remove()
-        self.source = masker
-        params = dict(model.named_parameters())
-        missing = [n for n in masker.masks if n not in params]
-        if missing:
-            raise RuntimeError(f"After FSDP2 wrapping the model has no parameter {missing[:3]}: cannot place the mask.")
-        self.model = model
-        self.params: dict[str, nn.Parameter] = {n: params[n] for n in masker.masks}
-        self.masks: dict[str, torch.Tensor] = {}  # local slices, bool
-        for name, mask in masker.masks.items():
-            p = self.params[name]
-            if _is_dtensor(p):
-                local = distribute_tensor(mask.to(torch.uint8), p.device_mesh, p.placements, src_data_rank=None)
-                self.masks[name] = local.to_local().to(device=p.to_local().device, dtype=torch.bool)
-            else:  # a parameter FSDP2 left replicated (ignored_params)
-                self.masks[name] = mask.to(device=p.device, dtype=torch.bool)
-        self.partially_masked = [n for n, p in self.params.items() if p.requires_grad and not bool(self.masks[n].all())]
-        self.active = True
-        self._snapshots: dict[str, torch.Tensor] = {}
-
-    @staticmethod
-    def _local(tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.to_local() if _is_dtensor(tensor) else tensor
-
-    # GradientMasker's step policy: sharded, every fully masked step snapshots and restores (always exact).
-    def begin_training(self, optimizer=None, resumed: bool = False) -> None:
-        pass
-
-    def unmasked_step(self) -> None:
-        pass
-
-    def mask_bytes(self) -> int:
-        return sum(m.numel() * m.element_size() for m in self.masks.values())
-
-    def snapshot_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self._snapshots.values())
-
-    @contextmanager
-    def pass_context(self) -> Iterator[None]:
-        """One forward + backward of a masked step: it synchronises; its contribution is masked while ``active``.
-
-        Every pass of a step with a mask synchronises (even inside the Trainer's accumulation ``no_sync``): an
-        unreduced gradient left over from an earlier pass would otherwise be reduced, and masked, with the next one.
-        """
-        masked = self.active
-        trainable = [n for n in self.params if self.params[n].requires_grad] if masked else []
-        with torch.no_grad():
-            before = {n: self._local(self.params[n].grad).clone() for n in trainable if self.params[n].grad is not None}
-        self.model.set_requires_gradient_sync(True)
-        yield
-        with torch.no_grad():
-            for name in trainable:
-                grad = self.params[name].grad
-                if grad is None:
-                    continue
-                local, blocked = self._local(grad), ~self.masks[name]
-                if name in before:  # earlier passes' gradients stay as they were
-                    local.copy_(torch.where(blocked, before[name], local))
-                else:
-                    local.masked_fill_(blocked, 0)
-
-    @torch.no_grad()
-    def snapshot(self) -> None:
-        self._snapshots = {n: self._local(self.params[n].data).clone() for n in self.partially_masked}
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for name, saved in self._snapshots.items():
-            local = self._local(self.params[name].data)
-            local.copy_(torch.where(self.masks[name], local, saved))
-        self._snapshots = {}
-
-    def remove(self) -> None:
-        self._snapshots = {}
-
-
 class FSDPTrainingCallback(TrainerCallback):
-    """``on_train_begin``, once the Trainer has sharded the policy: ``prepare_training`` and the sharded mask."""
+    """``on_train_begin``, once the Trainer has sharded the policy: ``prepare_training``. (Saliency masks on the
+    shards: ``hf_unlearn/masking/fsdp.py``.)"""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        trainer = self.trainer
-        prepare_training(trainer.model_wrapped)
-        if trainer.masker is not None and is_fsdp2_module(trainer.model_wrapped):
-            # A forward before training (e.g. the unlearning probe's "before" numbers) leaves the root unsharded,
-            # its registered parameters full tensors that the next backward frees: bind the mask to the shards.
-            trainer.model_wrapped.reshard()
-            trainer.masker = ShardedMasker(trainer.masker, trainer.model_wrapped)
+        prepare_training(self.trainer.model_wrapped)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -298,6 +193,6 @@ def gather_full_params(model: nn.Module) -> dict[str, torch.Tensor]:
     """``{name: full fp32 CPU tensor}`` on every rank from a sharded model. A collective: call it on every rank."""
     out: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
-        value = param.full_tensor() if _is_dtensor(param) else param
+        value = param.full_tensor() if is_dtensor(param) else param
         out[name] = value.detach().float().cpu().clone()
     return out

@@ -29,38 +29,39 @@ from ..data.row_index import ROW_INDEX_KEY
 from ..data.rows import validate_rows
 from ..integrations.launchers import unlearning_step
 from ..integrations.zero3_kernels import restore_kernelized_layers
-from ..masking import GradientMasker
+from ..masking import TrainingStart, build_masker
 from ..utils import write_json_atomic
 from .callbacks import UnlearningEvalCallback
 from .card import ModelCardMixin
 from .checkpointing import SafeCheckpointMixin
 from .divergence import DivergenceGuard, UnlearningDivergedError
 from .forward_guard import forward_restored
+from .step_plan import StepPlan
 
 
-class _MaskedStepCallback(TrainerCallback):
-    """Snapshot masked entries before the optimizer step and restore them after it (single process / DDP)."""
+class _StepCallback(TrainerCallback):
+    """Starts the step plan at each optimizer step and drives the masker: bound to the launcher when training starts,
+    masked entries saved before and put back after each fully masked optimizer step (masking/__init__.py)."""
 
     def __init__(self, trainer: "UnlearnTrainer"):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.trainer.is_deepspeed_enabled:  # the step runs inside backward: restore around engine.step() there
-            from ..integrations.deepspeed import install_masked_step
-
-            install_masked_step(self.trainer.accelerator, self.trainer.masker, lambda: self.trainer._step_fully_masked)
-        # From here the masker knows the optimizer: it saves nothing while nothing can move masked entries.
-        self.trainer.masker.begin_training(kwargs.get("optimizer"), resumed=state.global_step > 0)
+        trainer = self.trainer
+        if trainer.masker is not None:
+            trainer.masker.begin_training(TrainingStart(
+                optimizer=kwargs.get("optimizer"), resumed=state.global_step > 0, accelerator=trainer.accelerator,
+                model=trainer.model_wrapped, fully_masked=lambda: trainer.step_plan.fully_masked))
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.trainer._step_fully_masked = True
+        self.trainer.step_plan.start_step()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.trainer._step_fully_masked and not self.trainer.is_deepspeed_enabled:
+        if self.trainer.masker is not None and self.trainer.step_plan.fully_masked:
             self.trainer.masker.snapshot()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.trainer._step_fully_masked and not self.trainer.is_deepspeed_enabled:
+        if self.trainer.masker is not None and self.trainer.step_plan.fully_masked:
             self.trainer.masker.restore()
 
 
@@ -160,19 +161,17 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             if zero3:
                 restore_kernelized_layers(self.ref_model)
 
-        # Saliency mask: hooks are registered before the Trainer (and DeepSpeed) wrap the model
+        # Saliency mask: checked against the model now; its masker is built once the launcher is known (below)
         self.saliency_mask = saliency_mask
+        masks = self._resolve_mask(model, saliency_mask) if saliency_mask is not None else None
         self.masker = None
-        if saliency_mask is not None:
-            masks = self._resolve_mask(model, saliency_mask)
-            self.masker = GradientMasker(model, masks, freeze_uncovered=args.freeze_unmasked_parameters)
+        self.step_plan = StepPlan()
 
         callbacks = list(callbacks or []) + [PairingEpochCallback(self.pairing)]
         self.divergence_guard = DivergenceGuard(self) if args.divergence_guard else None
         if self.divergence_guard is not None:
             callbacks.append(self.divergence_guard)
-        if self.masker is not None:
-            callbacks.append(_MaskedStepCallback(self))
+        callbacks.append(_StepCallback(self))
         if args.stop_forget_loss_above is not None:
             callbacks.append(_StopOnForgetLossCallback(self))
         # One probe for metrics logging, the holdout stop rule, the no-op warning and the before/after log.
@@ -189,10 +188,16 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             optimizers=optimizers, **kwargs,
         )
 
+        # The masker of this launcher: gradient hooks before DeepSpeed or FSDP2 wrap the model at train(), and the
+        # parameters the mask does not cover frozen before the optimizer exists
+        if masks is not None:
+            launcher = "deepspeed" if self.is_deepspeed_enabled else "fsdp" if self.is_fsdp_enabled else "local"
+            self.masker = build_masker(model, masks, launcher, freeze_uncovered=args.freeze_unmasked_parameters)
+
         # Prepare the reference model for inference the way the policy is distributed
         if self.ref_model is not None:
             self.ref_model = self._prepare_for_inference(self.ref_model)
-        if self.is_fsdp_enabled:  # FSDP2: reduce-scatter alignment and the sharded mask, once the policy is sharded
+        if self.is_fsdp_enabled:  # FSDP2: reduce-scatter alignment, once the policy is sharded
             from ..integrations.fsdp import FSDPTrainingCallback
 
             self.add_callback(FSDPTrainingCallback(self))
@@ -201,8 +206,6 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
 
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._last_forget_nll: float | None = None
-        self._step_fully_masked = True
-        self._loss_part: str | None = None  # "forget" / "retain" while a two-pass step runs
         self.stopped_early_at: tuple[int, float] | None = None
 
     # ------------------------------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if "forget" not in inputs:  # evaluation (or plain rows): the ordinary LM loss
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        parts = (self._loss_part,) if self._loss_part else self.loss_parts()
+        parts = self.step_plan.computed_parts or self.loss_parts()  # direct calls (tests) have no plan
         total = 0.0
         logs: dict[str, float] = {}
         if "forget" in parts:
@@ -381,37 +384,35 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             return self._unlearning_step(model, inputs, num_items_in_batch)
 
     def _unlearning_step(self, model, inputs, num_items_in_batch=None):
-        if self.masker is None:
-            return super().training_step(model, inputs, num_items_in_batch)
-        parts = self.loss_parts()
-        if self.args.mask_scope == "all" or parts == ("forget",) or "retain" not in inputs:
-            # One backward whose whole gradient is masked: restore masked entries after the step.
-            self.masker.active = True
-            return self._backward_part(model, inputs, num_items_in_batch, part=None, last=True)
+        plan = self.step_plan
+        plan.parts = self.loss_parts()
+        if self.masker is None or self.args.mask_scope == "all" or plan.parts == ("forget",) or "retain" not in inputs:
+            # One backward pass: with a mask, its whole gradient is masked (masked entries restored after the step).
+            return self._backward_pass(model, inputs, num_items_in_batch, part=None, masked=True, last=True)
         # The mask restricts the forget gradient only: two backward passes, masked then unmasked.
-        self._step_fully_masked = False
-        self.masker.unmasked_step()  # masked entries move on this step: saved values go stale
         loss = 0.0
-        for i, part in enumerate(parts):
-            self.masker.active = part == "forget"
-            loss = loss + self._backward_part(model, inputs, num_items_in_batch, part, last=i == len(parts) - 1)
-        self.masker.active = True
+        for i, part in enumerate(plan.parts):
+            loss = loss + self._backward_pass(model, inputs, num_items_in_batch, part, masked=part == "forget",
+                                              last=i == len(plan.parts) - 1)
         return loss
 
-    def _backward_part(self, model, inputs, num_items_in_batch, part: str | None, last: bool):
-        self._loss_part = part
-        try:
-            if self.is_deepspeed_enabled:
-                from ..integrations.deepspeed import defer_step_unless
-
-                with defer_step_unless(self.accelerator, last):
-                    return super().training_step(model, inputs, num_items_in_batch)
-            if self.is_fsdp_enabled:  # gradients are sharded inside backward: masked there (integrations/fsdp.py)
+    def _backward_pass(self, model, inputs, num_items_in_batch, part: str | None, masked: bool, last: bool):
+        with self.step_plan.run_pass(part, masked):
+            if self.masker is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            if not masked:
+                self.masker.unmasked_step()  # masked entries move on this step: saved values go stale
+            self.masker.active = masked
+            try:
                 with self.masker.pass_context():
+                    if self.is_deepspeed_enabled:  # a non-last pass accumulates: the engine steps after the last
+                        from ..integrations.deepspeed import defer_step_unless
+
+                        with defer_step_unless(self.accelerator, last):
+                            return super().training_step(model, inputs, num_items_in_batch)
                     return super().training_step(model, inputs, num_items_in_batch)
-            return super().training_step(model, inputs, num_items_in_batch)
-        finally:
-            self._loss_part = None
+            finally:
+                self.masker.active = True
 
     # ------------------------------------------------------------------------------------------------------------
     # Checkpoints: unlearning state saved with each checkpoint (written atomically: SafeCheckpointMixin), weights
