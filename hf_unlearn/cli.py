@@ -4,6 +4,10 @@ Each sub-command lives in ``hf_unlearn/commands/<name>.py`` and exposes ``add_pa
 its parser with ``func=<callable(args) -> int>``. Imports happen per command so ``--help`` stays fast. A command that
 sets ``accepts_extra_args=True`` (``run``: training-argument flags) gets the arguments argparse did not know as
 ``args.extra_args``; any other command refuses them.
+
+A failure is one line (``commands/failures.py``): ``hf-unlearn <cmd>: error: ...`` and exit status 2 for a problem the
+user can fix, ``hf-unlearn <cmd>: unexpected error (...)`` and exit status 1 otherwise. ``hf-unlearn --debug <cmd> ...``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="hf-unlearn", description="Machine unlearning for Hugging Face models.")
+    parser.add_argument("--debug", action="store_true",
+                        help="On a failure, show the full traceback instead of one line (give it before the command: "
+                             "hf-unlearn --debug run ...).")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for name in COMMANDS:
         importlib.import_module(f"hf_unlearn.commands.{name}").add_parser(subparsers)
@@ -36,7 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # noqa: BLE001 - every failure ends as one line; --debug shows the traceback
+        if args.debug:
+            raise
+        from .commands.failures import report_failure
+
+        return report_failure(args.command, err)
 
 
 if __name__ == "__main__":

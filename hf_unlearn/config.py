@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .config_checks import check_training_numbers, require_finite, require_non_negative, require_positive
+
 RETAIN_LOSS_TYPES = ("none", "nll", "kl")
 MASK_SCOPES = ("forget", "all")
 MMUNLEARNER_FORGET_LOSS_TYPES = ("ga", "npo", "unlikelihood")
@@ -159,12 +161,15 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(f"pairing_anchor={self.pairing_anchor!r}; use 'forget' or 'retain'.")
         if self.mask_scope not in MASK_SCOPES:
             raise ValueError(f"mask_scope={self.mask_scope!r} is not one of {MASK_SCOPES}.")
-        for name in ("forget_weight", "retain_weight", "stop_nll_margin", "stop_auc_delta", "probe_rows",
-                     "noop_check_steps", "noop_min_nll_change"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        # Numbers fail here, where they are set, not steps into training (config_checks.py says why each).
+        check_training_numbers(self)
+        require_non_negative(self, "forget_weight", "retain_weight", "stop_nll_margin", "stop_auc_delta", "probe_rows",
+                             "noop_check_steps", "noop_min_nll_change")
+        require_finite(self, "stop_forget_loss_above")
         if self.max_weight_norm_change is not None and not self.max_weight_norm_change > 0:
             raise ValueError(f"max_weight_norm_change must be > 0 or None, got {self.max_weight_norm_change}.")
+        if self.max_length is not None and not (isinstance(self.max_length, int) and self.max_length >= 1):
+            raise ValueError(f"max_length must be an integer >= 1 or None, got {self.max_length!r}.")
         if self.stop_criterion not in ("nll", "auc"):
             raise ValueError(f"stop_criterion={self.stop_criterion!r}; use 'nll' or 'auc'.")
         if self.probe_steps is not None and self.probe_steps < 1:
@@ -195,8 +200,7 @@ class NPOConfig(UnlearnConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        require_positive(self, "beta")
 
 
 @dataclass
@@ -276,8 +280,8 @@ class MMUnlearnerConfig(UnlearnConfig):
             raise ValueError(f"forget_loss_type={self.forget_loss_type!r}; use one of {MMUNLEARNER_FORGET_LOSS_TYPES}.")
         if self.retain_guard_action not in ("shrink", "rollback"):
             raise ValueError(f"retain_guard_action={self.retain_guard_action!r}; use 'shrink' or 'rollback'.")
-        if self.masked_lr_scale <= 0:
-            raise ValueError(f"masked_lr_scale must be > 0, got {self.masked_lr_scale}.")
+        require_positive(self, "masked_lr_scale", "beta")
+        require_finite(self, "retain_guard_max_loss")
         if not 0 < self.retain_guard_shrink < 1:
             raise ValueError(f"retain_guard_shrink must be in (0, 1), got {self.retain_guard_shrink}.")
         if self.schedule == "alternate" and self.retain_loss_type == "none":
@@ -429,13 +433,10 @@ class VKDConfig(UnlearnConfig):
                               ("forget_feature_loss", (None, *VKD_FORGET_FEATURE_LOSSES))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}.")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
-        for name in ("push_away_weight", "margin", "feature_match_weight", "retain_nll_weight", "target_scale"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        if self.vision_lr_scale <= 0:
-            raise ValueError(f"vision_lr_scale must be > 0, got {self.vision_lr_scale}.")
+        require_positive(self, "beta")
+        require_non_negative(self, "push_away_weight", "margin", "feature_match_weight", "retain_nll_weight",
+                             "target_scale")
+        require_positive(self, "vision_lr_scale")
         if self.trainable_vision_blocks is not None and self.trainable_vision_blocks < 0:
             raise ValueError(f"trainable_vision_blocks must be None or >= 0, got {self.trainable_vision_blocks}.")
         if self.retain_loss_type == "kl":
@@ -476,10 +477,8 @@ class SimNPOConfig(UnlearnConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
-        if self.gamma < 0:
-            raise ValueError(f"gamma must be >= 0 (a margin), got {self.gamma}.")
+        require_positive(self, "beta")
+        require_non_negative(self, "gamma")  # a margin
 
 
 @dataclass
@@ -544,8 +543,7 @@ class RMUConfig(UnlearnConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.steering_coeff <= 0:
-            raise ValueError(f"steering_coeff must be > 0, got {self.steering_coeff}.")
+        require_positive(self, "steering_coeff")
         if self.retain_loss_type == "kl":
             raise ValueError("RMUConfig does not support retain_loss_type='kl': RMU's retain term matches the frozen "
                              "model's activations at steer_layer. Use 'nll' (enables it) or 'none'.")
@@ -583,8 +581,7 @@ class IdkPOConfig(UnlearnConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        require_positive(self, "beta")
         if self.refusals is not None and (not self.refusals or not all(isinstance(r, str) and r.strip()
                                                                         for r in self.refusals)):
             raise ValueError("refusals must be a non-empty list of non-empty strings, or None for the built-in list.")
@@ -610,5 +607,4 @@ class UNDIALConfig(UnlearnConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
+        require_non_negative(self, "gamma")

@@ -16,11 +16,13 @@ def test_bf16_training_at_lr_zero_leaves_fp32_losses_identical(memorised_llava, 
     before = {"forget": mean_nll(model, processor, toy_data["forget"]),
               "retain": mean_nll(model, processor, toy_data["retain"])}
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = GAConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2, learning_rate=0.0,
-                    bf16=True, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
-                    retain_loss_type="nll")
+    args = GAConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, max_steps=2, bf16=True,
+                    use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, retain_loss_type="nll")
+    # The config refuses learning_rate=0 (a run that cannot move is no unlearning run); an optimizer of our own at
+    # lr 0 still trains the steps without moving a weight.
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
     trainer = GATrainer(model=model, args=args, train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"],
-                        processing_class=processor)
+                        processing_class=processor, optimizers=(frozen, None))
     trainer.train()
     assert all(torch.equal(p.detach(), weights[n]) for n, p in model.named_parameters())  # nothing could move
     after = {"forget": mean_nll(model, processor, toy_data["forget"]),

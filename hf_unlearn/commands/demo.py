@@ -12,6 +12,7 @@ unlearn and evaluate. One seed proves nothing: publish numbers from several. ``-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"hf-unlearn demo: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
         return 2
+    problem = _unwritable(args)
+    if problem:
+        print(f"hf-unlearn demo: error: {problem}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads or (torch.get_num_threads() if args.real else 1))
     if args.real:
         from ..demo.real import RealDemoConfig, run_real_demo
@@ -100,6 +105,21 @@ def run(args: argparse.Namespace) -> int:
     run_demo(config, output_dir=args.output, methods=methods, cache_dir=args.cache_dir,
              show_progress=not args.no_progress, seeds=seeds)
     return 0
+
+
+def _unwritable(args: argparse.Namespace) -> str | None:
+    """Why --output or the model cache cannot be written (checked before minutes of training), or None."""
+    from ..demo import default_cache_dir
+    from ..disk import DiskWriteError, check_output_folder
+
+    for folder, option in ((args.output, "--output"), (args.cache_dir or default_cache_dir(), "--cache-dir")):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            return f"{option} {folder!r} is a file; pass a folder."
+        try:
+            check_output_folder(folder, option=option)
+        except DiskWriteError as err:
+            return f"{option}: {err}"
+    return None
 
 
 def _parse_seeds(seed: int | None, seeds: str | None) -> list[int]:

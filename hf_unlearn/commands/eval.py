@@ -60,10 +60,32 @@ def load_model_and_processor(name: str, what: str = "model"):
     source = locate(name, what)
     try:
         return _load_model_and_processor(source.location)
-    except OSError as err:
-        if source.local:
+    except Exception as err:
+        damaged = _unreadable_weights(err, source.location, what)
+        if damaged is not None:
+            raise damaged from err
+        if not isinstance(err, OSError) or source.local:
             raise
         raise hub_load_error(what, source.location, err) from err
+
+
+def _unreadable_weights(err: Exception, location: str, what: str) -> ValueError | None:
+    """The error for weight files that do not load (damaged, truncated, or a pickle holding code), else None."""
+    import pickle
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, pickle.UnpicklingError):
+        return ValueError(
+            f"{what}: the pickled weights in {location!r} hold objects other than tensors, so they are refused "
+            "(unpickling them could run code; torch.load(weights_only=True)). Use a safetensors copy of the model; "
+            "only if you trust the file, load its state dict with torch.load(path, weights_only=False) and save the "
+            "model again with save_pretrained (safetensors).")
+    damaged = type(err).__name__ == "SafetensorError" or isinstance(err, EOFError) or (
+        isinstance(err, RuntimeError) and "PytorchStreamReader" in first)
+    if damaged:
+        return ValueError(f"{what}: the weight files in {location!r} are damaged or truncated ({type(err).__name__}: "
+                          f"{first}). Save or download the model again.")
+    return None
 
 
 def _load_model_and_processor(path: str):
@@ -140,14 +162,35 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_output(output: str) -> str | None:
+    """Why ``--output`` cannot be written (checked before the model is loaded and evaluated), or None."""
+    from ..disk import DiskWriteError, check_output_folder
+
+    folder = os.path.dirname(os.path.abspath(output))
+    if os.path.isdir(output):
+        return f"--output {output!r} is a folder; pass a file path such as {os.path.join(output, 'eval.json')!r}."
+    if not os.path.isdir(folder):
+        return f"--output: the folder {folder!r} does not exist; create it or choose another path."
+    try:
+        check_output_folder(folder, option="--output")
+    except DiskWriteError as err:
+        return f"--output: {err}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from transformers import set_seed
 
+    from ..disk import explain_disk_errors
     from ..evaluation import Evaluator, RelearnConfig, relearn_attack
     from ..evaluation.report import write_text
 
     if args.batch_size < 1:
         return _fail(f"--batch-size must be >= 1, got {args.batch_size}.")
+    output = args.output or "eval_results.json"
+    problem = _check_output(output)
+    if problem:
+        return _fail(problem)
     try:
         model, processor = load_model_and_processor(args.model, "--model")
         benchmark = load_benchmark(args.benchmark, args.model, args.seed, args.forget_split)
@@ -165,8 +208,8 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in evaluator.skipped.items():
         print(f"note: skipped {name}: {reason}", file=sys.stderr)
     print(format_metrics(metrics))
-    output = args.output or "eval_results.json"
     payload = {"model": args.model, "benchmark": args.benchmark, "metrics": metrics, "skipped": evaluator.skipped}
-    write_text(output, json.dumps(payload, indent=2) + "\n")
+    with explain_disk_errors(os.path.dirname(os.path.abspath(output)), "--output"):
+        write_text(output, json.dumps(payload, indent=2) + "\n")
     print(f"wrote {output}")
     return 0

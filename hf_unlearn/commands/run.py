@@ -21,8 +21,10 @@ Like ``trl sft``: training arguments are flat keys of the file (any field of the
 
     hf-unlearn run --config run.yaml --learning_rate 1e-5 --max_steps 3
 
-Every key is checked, with a close-match suggestion for a typo; any problem is one ``hf-unlearn run: error:`` line
-and exit status 2, before anything is written. ``hf-unlearn run --method npo --help`` lists every flag of a method.
+Every key is checked, with a close-match suggestion for a typo; the data files are read and every row checked
+before the model is loaded; any problem is one ``hf-unlearn run: error:`` line and exit status 2, before anything is
+written (``hf-unlearn --debug run ...`` shows the traceback). ``hf-unlearn run --method npo --help`` lists every flag
+of a method.
 Logs (``report_to``, ``trainer_state.json``) and checkpoints (``save_strategy``) stay in ``output_dir``; the final
 model is written to a hidden folder there and moved into place, and ``hf_unlearn_run.json`` (the values actually
 used) is written last: a run directory that has it is complete.
@@ -35,7 +37,6 @@ import glob
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -69,13 +70,61 @@ def _load_local(spec: str, split: str | None, what: str):
     import datasets
 
     if os.path.isdir(spec):
-        return datasets.load_from_disk(spec)
+        try:
+            return datasets.load_from_disk(spec)
+        except Exception as err:  # noqa: BLE001 - a folder the user named; say what the reader said, in one line
+            raise ConfigError(f"data.{what}: {spec!r} is a folder that datasets.load_from_disk cannot read "
+                              f"({type(err).__name__}: {_first_line(err)}); pass a datasets.save_to_disk folder "
+                              "holding rows, or data file(s).") from None
     files = sorted(glob.glob(os.path.expanduser(spec)))
     exts = {os.path.splitext(f)[1].lower() for f in files}
     if len(exts) != 1 or next(iter(exts)) not in DATA_FILE_BUILDERS:
         raise ConfigError(f"data.{what}: files must share one of the extensions {sorted(DATA_FILE_BUILDERS)}, "
                           f"got {sorted(exts)}.")
-    return datasets.load_dataset(DATA_FILE_BUILDERS[exts.pop()], data_files=files, split="train")
+    builder = DATA_FILE_BUILDERS[exts.pop()]
+    if all(os.path.getsize(f) == 0 for f in files):  # `datasets` fails on them with StopIteration or worse
+        raise ConfigError(f"data.{what}: {spec!r} is empty (0 bytes): it holds no rows. Pass the file with the "
+                          "rows.")
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as err:  # noqa: BLE001 - any reader failure is a file the user can fix; named, not a traceback
+        if "corresponds to no data" in str(err):  # datasets' words for a file with a schema and no rows
+            raise ConfigError(f"data.{what}: {spec!r} holds no rows.") from None
+        layout = " (JSON Lines: one row object per line)" if builder == "json" else ""
+        raise ConfigError(f"data.{what}: {spec!r} could not be read as {builder} ({type(err).__name__}: "
+                          f"{_first_line(err.__cause__ or err)}). Check that it is valid {builder}{layout}.") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+TRL_COLUMNS = ("prompt", "completion", "messages")
+
+
+def _check_rows(loaded, spec: str, what: str) -> None:
+    """The columns `run` reads (question/answer), at least one row, and every row trainable (data/rows.py)."""
+    from ..data.rows import validate_rows
+
+    columns = list(loaded.column_names)
+    missing = [c for c in ("question", "answer") if c not in columns]
+    trl = [c for c in TRL_COLUMNS if c in columns]
+    if missing and trl:
+        raise ConfigError(
+            f"data.{what}: {spec!r} holds TRL-format rows (columns found: {columns}), which `hf-unlearn run` does not "
+            "read yet. Convert them to `question` / `answer` columns (+ optional `image`) with dataset.map, or train "
+            "from Python, where every trainer accepts them (docs/data_formats.md).")
+    if missing:
+        raise ConfigError(
+            f"data.{what}: {spec!r} lacks column(s) {missing}; columns found: {columns}. Rename a column with "
+            "dataset.rename_column(old, new) or add it, so the rows have `question` and `answer` (+ optional `image`).")
+    if len(loaded) == 0:
+        raise ConfigError(f"data.{what}: {spec!r} holds no rows.")
+    try:
+        validate_rows(loaded, f"data.{what}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _load_hub(repo_id: str, split: str | None, what: str):
@@ -129,9 +178,7 @@ def load_data(spec: str | dict | None, what: str, benchmark):
         if split not in loaded:
             raise ConfigError(f"data.{what}: split {split!r} not in {list(loaded)}.")
         loaded = loaded[split]
-    from ..data.schema import check_columns
-
-    check_columns(loaded, ("question", "answer"), f"data.{what}")
+    _check_rows(loaded, spec, what)
     return loaded
 
 
@@ -190,15 +237,26 @@ def _help(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors propagate to ``hf_unlearn.cli`` (one line each, ``commands/failures.py``)."""
+    from ..disk import DiskWriteError, explain_disk_errors
+    from .eval import RUN_INFO
+
     if args.help:
         return _help(args)
+    if not args.config:
+        raise ConfigError("the following arguments are required: --config")
+    plan = read_run_config(args.config, args.extra_args)
+    created = not os.path.exists(plan.output_dir)
     try:
-        if not args.config:
-            raise ConfigError("the following arguments are required: --config")
-        return run_plan(read_run_config(args.config, args.extra_args))
-    except ConfigError as err:
-        print(f"hf-unlearn run: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        with explain_disk_errors(plan.output_dir):
+            return run_plan(plan)
+    except BaseException as err:
+        if created and os.path.isdir(plan.output_dir) and not os.listdir(plan.output_dir):
+            os.rmdir(plan.output_dir)  # a failed run leaves no empty output_dir behind (what it wrote, it keeps)
+        elif isinstance(err, DiskWriteError) and os.path.isdir(plan.output_dir):
+            raise DiskWriteError(f"{err} The run in {plan.output_dir!r} did not finish (it has no {RUN_INFO}); "
+                                 "delete that folder before running again.", err.errno) from err
+        raise
 
 
 def _move_into(src: str, dst: str) -> None:
@@ -245,8 +303,11 @@ def run_plan(plan: RunPlan) -> int:
 
     eval_bench = None
     if evaluate:
-        eval_bench = benchmark if evaluate["benchmark"] == "builtin" else load_benchmark(
-            evaluate["benchmark"], forget_split=evaluate["forget_split"])
+        try:
+            eval_bench = benchmark if evaluate["benchmark"] == "builtin" else load_benchmark(
+                evaluate["benchmark"], forget_split=evaluate["forget_split"])
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(f"eval.benchmark: {_first_line(err)}") from err
 
     def measure(current_model) -> dict[str, float]:
         set_seed(seed)

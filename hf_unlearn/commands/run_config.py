@@ -110,6 +110,8 @@ def _load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             config = yaml.safe_load(f)
+    except yaml.reader.ReaderError:
+        raise ConfigError(f"{path} is not a text file (it holds binary data); pass a YAML file.") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -245,6 +247,13 @@ def _eval_section(value: Any, path: str) -> dict | None:
     if not isinstance(bench, str) or not (bench == "builtin" or bench.partition(":")[0] in ("mllmu", "clear")
                                           and bench.partition(":")[2]):
         raise ConfigError(f"eval.benchmark: {bench!r} is not one of builtin, mllmu:PATH, clear:PATH.")
+    if bench != "builtin":  # a mistyped local path fails now, not after the model is loaded
+        from ..hub.resolve import locate
+
+        try:
+            locate(bench.partition(":")[2], "eval.benchmark")
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
     return out
 
 
@@ -279,11 +288,14 @@ def _pre_parse_method(argv: list[str]) -> str | None:
     return known.method
 
 
-def _check_method(name: Any) -> str:
+def _check_method(name: Any, config: dict, path: str) -> str:
     from ..demo.methods import METHODS
 
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"method: missing; set `method:` in the file or --method, one of {', '.join(METHODS)}.")
+        typo = difflib.get_close_matches("method", [str(k) for k in config if k != "method"], n=1, cutoff=0.6)
+        hint = f" {path} has {typo[0]!r}: did you mean 'method'?" if typo else ""
+        raise ConfigError(f"method: missing.{hint} Set `method:` in the file or --method, one of "
+                          f"{', '.join(METHODS)}.")
     if name not in METHODS:
         raise ConfigError(f"method: unknown {name!r}.{_suggest(name, METHODS)} Registered methods: "
                           f"{', '.join(METHODS)}.")
@@ -313,7 +325,7 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
     """Parse and validate ``path`` with command-line overrides ``argv`` (``["--learning_rate", "1e-5", ...]``)."""
     argv = list(argv or [])
     config = _load_yaml(path)
-    method = _check_method(_pre_parse_method(argv) or config.get("method"))
+    method = _check_method(_pre_parse_method(argv) or config.get("method"), config, path)
     parser = method_parser(method)
     from ..demo.methods import METHODS
 
@@ -359,11 +371,17 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
         raise ConfigError(f"{path}: missing `output_dir:` (where the model, logs and checkpoints go), or pass "
                           "--output_dir.")
     if os.path.isdir(output_dir) and os.listdir(output_dir):
+        from ..trainers.checkpointing import LOCK_NAME
+
+        if os.path.exists(os.path.join(output_dir, LOCK_NAME)):  # never advise deleting a folder a run is using
+            raise ConfigError(f"output_dir {output_dir!r} is in use by another run (it holds {LOCK_NAME}); choose a "
+                              "new folder, or wait for that run to end.")
         raise ConfigError(f"output_dir {output_dir!r} exists and is not empty; choose a new folder or delete it.")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ConfigError(f"output_dir {output_dir!r} is a file; choose a folder.")
     seed = overrides.pop("seed", DEFAULT_SEED)
     _check_values(method, overrides, output_dir, seed)
+    _check_disk(output_dir, run.model)
     if run.base_model is not None:
         from ..hub.safety import is_hub_model_id
 
@@ -382,6 +400,27 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
     return RunPlan(method=method, model=str(run.model), output_dir=str(output_dir), seed=int(seed),
                    overrides=overrides, run=run, data=data, mask=_mask_section(_mapping(config, "mask", path), path),
                    eval=_eval_section(config.get("eval"), path), benchmark=benchmark)
+
+
+def _weights_bytes(model: str) -> int:
+    """Bytes of a local model folder's weight files (0 for a Hub id): what the final save writes at least."""
+    from ..hub.resolve import locate
+
+    source = locate(model, "model")
+    if not source.local or not os.path.isdir(source.location):
+        return 0
+    return sum(entry.stat().st_size for entry in os.scandir(source.location)
+               if entry.is_file() and entry.name.endswith((".safetensors", ".bin")))
+
+
+def _check_disk(output_dir: str, model: str) -> None:
+    """output_dir's disk is writable and has room for the final model (checkpoints need more), before loading."""
+    from ..disk import DiskWriteError, check_output_folder
+
+    try:
+        check_output_folder(output_dir, _weights_bytes(model), "the unlearned model alone")
+    except DiskWriteError as err:
+        raise ConfigError(f"output_dir: {err}") from None
 
 
 def _check_values(method: str, overrides: dict, output_dir: str, seed: int) -> None:

@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         print(f"hf-unlearn tune: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
         return 2
+    problem = _unwritable(args.output)
+    if problem:
+        print(f"hf-unlearn tune: error: {problem}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     config = DemoConfig.quick() if args.quick else DemoConfig()
     kwargs = {"output": args.output} if args.output else {}
@@ -63,3 +67,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     tune(methods, seeds=seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
     return 0
+
+
+def _unwritable(output: str | None) -> str | None:
+    """Why the record cannot be written (checked before hours of tuning), or None."""
+    import os
+
+    from ..demo.methods import TUNED_FILE
+    from ..disk import DiskWriteError, check_output_folder
+
+    folder = os.path.dirname(os.path.abspath(output or TUNED_FILE))
+    if not os.path.isdir(folder):
+        return f"--output: the folder {folder!r} does not exist; create it or choose another path."
+    try:
+        check_output_folder(folder, option="--output")
+    except DiskWriteError as err:
+        return f"--output: {err}"
+    return None

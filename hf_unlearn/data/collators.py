@@ -23,6 +23,12 @@ from trl.trainer.utils import flush_left, pad
 from .rows import RowError, parse_row
 
 IGNORE_INDEX = -100
+
+
+class CollationError(ValueError):
+    """Rows or settings that cannot be batched (a bad row, a prompt longer than ``max_length``, a chat template that
+    does not render the prompt as a prefix): the user's to fix, found while batching."""
+
 # Per-example values the trainers attach to forget rows (e.g. precomputed reference log-probs); collated as tensors.
 RESERVED_FLOAT_KEYS = ("ref_logp",)
 
@@ -36,7 +42,7 @@ def _user_and_answer(row: dict, position: int = 0) -> tuple[list[dict] | str, st
     try:
         return parse_row(row)
     except RowError as err:
-        raise ValueError(f"Row {position} of this batch: {err}") from None
+        raise CollationError(f"Row {position} of this batch: {err}") from None
 
 
 def _plain_text(messages: list[dict]) -> list[dict]:
@@ -66,6 +72,7 @@ class UnlearnDataCollator:
     max_length: int | None = None
     _image_token_id: int | None = field(default=None, init=False, repr=False)
     _warned_string_template: bool = field(default=False, init=False, repr=False)
+    _warned_no_template: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self):
         tok = _tokenizer_of(self.processing_class)
@@ -93,11 +100,20 @@ class UnlearnDataCollator:
             prompt = template_owner.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
             full = template_owner.apply_chat_template(full_msgs, tokenize=False)
             if not full.startswith(prompt):
-                raise ValueError("The chat template does not render the prompt as a prefix of the full conversation; "
-                                 "pass rows whose template is prefix-consistent or set a simple chat template.")
+                raise CollationError("The chat template does not render the prompt as a prefix of the full "
+                                     "conversation; pass rows whose template is prefix-consistent or set a simple "
+                                     "chat template.")
             return prompt, self._end_at_end_of_turn(full[len(prompt):])
-        # No chat template: a plain "USER/ASSISTANT" layout with the processor's image placeholder.
+        # No chat template: a plain "USER/ASSISTANT" layout with the processor's image placeholder, said once.
         image_token = getattr(pc, "image_token", "<image>")
+        if not self._warned_no_template:
+            self._warned_no_template = True
+            warnings.warn(
+                f"Neither the {type(pc).__name__} nor its tokenizer has a chat template, so rows are rendered in "
+                f"hf_unlearn's generic layout 'USER: {image_token}\\n<question> ASSISTANT: <answer><eos>', which may "
+                "not be the format the model was trained on. Set `chat_template` on the processor or tokenizer (the "
+                "model's own) to use its format.", UserWarning, stacklevel=4,
+            )
         parts = []
         for m in messages:
             text = m["content"] if isinstance(m["content"], str) else "".join(
@@ -109,7 +125,7 @@ class UnlearnDataCollator:
     def _raw(self, prompt: str, completion: str, num_images: int, position: int) -> tuple[str, str]:
         image_token = getattr(self.processing_class, "image_token", None)
         if num_images and (image_token is None or prompt.count(image_token) != num_images):
-            raise ValueError(
+            raise CollationError(
                 f"Row {position} of this batch: a string `prompt` with {num_images} image(s) must contain the "
                 f"processor's image token {image_token!r} once per image (found "
                 f"{prompt.count(image_token) if image_token else 0}); or use the conversational format "
@@ -196,7 +212,7 @@ class UnlearnDataCollator:
         if self.max_length is not None and input_ids.shape[1] > self.max_length:
             prompt_len = (attention_mask.bool() & ~completion_mask.bool()).sum(1).max().item()
             if prompt_len >= self.max_length:
-                raise ValueError(
+                raise CollationError(
                     f"A prompt has {prompt_len} tokens (image tokens included) but max_length={self.max_length}: "
                     "truncating it would cut image tokens. Raise `max_length` or shorten the questions."
                 )

@@ -13,10 +13,16 @@ Images come from ``images`` (a list) or ``image`` (one). In conversational rows 
 where they go; rows with string contents get one placeholder per image before the first user text
 (``trl.data_utils.prepare_multimodal_messages``, TRL's convention).
 
-A row is refused when its answer is not a non-empty string (None, a list, a dict, "" or blanks), when it marks an
-image it does not have (``kind="vqa"`` with ``image=None``, or more ``{"type": "image"}`` parts than images), or when
-it has images it does not place. A VQA row meant as text is opt-in: give it ``kind="qa"``. Messages name the row and
-the column, never the row's text (it may be forget-set content).
+A row is refused when its answer is not a non-empty string (None, a list, a dict, "" or blanks), when an image is
+not an image (a number or a boolean), when it marks an image it does not have (``kind="vqa"`` with ``image=None``, or
+more ``{"type": "image"}`` parts than images), or when it has images it does not place. A VQA row meant as text is
+opt-in: give it ``kind="qa"``. Messages name the row and the column, never the row's text (it may be forget-set
+content).
+
+Which datasets are checked: a dataset in one of these formats, told by an answer-bearing column (``answer``,
+``completion`` or ``messages``: ``KNOWN_FORMAT_COLUMNS``), is checked row by row before training whatever collator
+batches it. A dataset with none of them is a format of the user's own, for their own collator: it is left to it
+(with ``UnlearnDataCollator`` it is refused, since that collator cannot read it).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 ROW_COLUMNS = ("question", "answer", "image", "images", "kind", "messages", "prompt", "completion")
+KNOWN_FORMAT_COLUMNS = ("answer", "completion", "messages")  # a dataset with one of them is in a format we read
 _IMAGE_COLUMNS = ("image", "images")
 _PRESENT = object()  # stands for an image while rows are validated without decoding pixels
 
@@ -58,15 +65,23 @@ def _turns(value: Any, column: str) -> list[dict]:
     return [dict(turn) for turn in value]
 
 
+def _check_image(value: Any, column: str) -> Any:
+    # A number reaches the image processor as "only a single or a list of entries is supported", naming nothing.
+    if isinstance(value, (bool, int, float, complex)):
+        raise RowError(f"`{column}` must be an image (a PIL image, an array, a file path or {{'bytes': ..., "
+                       f"'path': ...}}), got {type(value).__name__}.")
+    return value
+
+
 def _row_images(row: Mapping) -> list:
     images = row.get("images")
     if images is None:
-        return [row["image"]] if row.get("image") is not None else []
+        return [_check_image(row["image"], "image")] if row.get("image") is not None else []
     if not isinstance(images, (list, tuple)):
         raise RowError(f"`images` must be a list of images, got {type(images).__name__}.")
     if any(image is None for image in images):
         raise RowError("`images` holds None: every listed image must be an image.")
-    return list(images)
+    return [_check_image(image, "images") for image in images]
 
 
 def _place_images(messages: list[dict], images: list, column: str) -> list[dict]:
@@ -132,7 +147,7 @@ def parse_row(row: Any) -> tuple[list[dict] | str, str, list]:
     answer = _answer(row["answer"], "answer")
     if not isinstance(row["question"], str):
         raise RowError(f"`question` must be a string, got {type(row['question']).__name__}.")
-    image = row.get("image")
+    image = _check_image(row["image"], "image") if row.get("image") is not None else None
     if image is None and row.get("kind") == "vqa":
         raise RowError("is an image question (kind='vqa') without an image: it would be trained as a text "
                        "question. Give it its image, or set kind='qa' to train it as text on purpose.")
@@ -144,8 +159,21 @@ def parse_row(row: Any) -> tuple[list[dict] | str, str, list]:
 # ----------------------------------------------------------------------------------------------------------------
 # Checking a whole dataset before training
 # ----------------------------------------------------------------------------------------------------------------
+def _holds_numbers(column_type) -> bool:
+    """Whether an image column's Arrow type is numbers or booleans (per row, or per listed image): not images."""
+    import pyarrow as pa
+
+    def scalar(t) -> bool:
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+    is_list = pa.types.is_list(column_type) or pa.types.is_large_list(column_type)
+    return scalar(column_type) or (is_list and scalar(column_type.value_type))
+
+
 def _arrow_rows(dataset, chunk: int = 1024):
-    """Rows of a ``datasets.Dataset`` restricted to ``ROW_COLUMNS``, images replaced by a marker (no decoding)."""
+    """Rows of a ``datasets.Dataset`` restricted to ``ROW_COLUMNS``, images replaced by a marker (no decoding).
+
+    Image columns of numbers keep their values, so the row check names the wrong type."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -158,6 +186,8 @@ def _arrow_rows(dataset, chunk: int = 1024):
             if name not in table.column_names:
                 continue
             column = table.column(name)
+            if _holds_numbers(column.type):
+                continue
             if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
                 lengths = pc.list_value_length(column).to_pylist()
                 markers[name] = [None if n is None else [_PRESENT] * n for n in lengths]
@@ -168,10 +198,16 @@ def _arrow_rows(dataset, chunk: int = 1024):
             yield start + offset, {**row, **{name: values[offset] for name, values in markers.items()}}
 
 
+def _unwrap(dataset):
+    """The rows under a same-length wrapper (VKD's and RMU's ``IndexedRows``), else ``dataset`` itself."""
+    inner = getattr(dataset, "dataset", None)
+    if inner is not None and hasattr(inner, "__len__") and len(inner) == len(dataset):
+        return inner
+    return dataset
+
+
 def _iter_rows(dataset):
-    inner = getattr(dataset, "dataset", None)  # e.g. VKD's IndexedRows wrapper
-    if inner is not None and hasattr(inner, "column_names") and len(inner) == len(dataset):
-        dataset = inner
+    dataset = _unwrap(dataset)
     if hasattr(dataset, "column_names") and hasattr(dataset, "with_format"):
         return _arrow_rows(dataset)
     if isinstance(dataset, (list, tuple)):
@@ -179,12 +215,33 @@ def _iter_rows(dataset):
     return None  # another kind of dataset: rows are checked by the collator when they are used
 
 
-def validate_rows(dataset, split: str) -> None:
+def _columns(dataset) -> list[str]:
+    dataset = _unwrap(dataset)
+    if hasattr(dataset, "column_names"):
+        return list(dataset.column_names)
+    if isinstance(dataset, (list, tuple)) and dataset and isinstance(dataset[0], Mapping):
+        return list(dataset[0])
+    return []
+
+
+def is_known_row_format(dataset) -> bool:
+    """Whether ``dataset`` is in one of the formats of this module (it has a column of ``KNOWN_FORMAT_COLUMNS``)."""
+    return any(column in KNOWN_FORMAT_COLUMNS for column in _columns(dataset))
+
+
+def validate_rows(dataset, split: str, *, require_known_format: bool = True) -> None:
     """Check every row of ``dataset`` (without decoding images) and raise on the first one that cannot be trained.
+
+    Args:
+        require_known_format: ``True`` (the dataset goes to ``UnlearnDataCollator``): every row must be in a format
+            of this module. ``False`` (a user's own collator): only a dataset in a known format is checked; one with
+            columns of the user's own is left to their collator.
 
     Raises:
         ValueError: naming ``split``, the row index and the problem (never the row's text).
     """
+    if dataset is not None and not require_known_format and not is_known_row_format(dataset):
+        return
     rows = _iter_rows(dataset) if dataset is not None else None
     for index, row in rows or ():
         try:

@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import torch
 
+from ..config_checks import require_positive
 from ..data.collators import UnlearnDataCollator
 from .evaluator import Evaluator, to_model_device
 
@@ -42,8 +43,7 @@ class RelearnConfig:
             raise ValueError(f"fraction must be in (0, 1) so both attack and test rows exist, got {self.fraction}.")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1.")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}.")
+        require_positive(self, "learning_rate")  # NaN and inf too
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

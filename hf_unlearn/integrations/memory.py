@@ -77,11 +77,20 @@ def load_config(model_id_or_path: str):
 
     path = os.path.expanduser(model_id_or_path)
     if os.path.isfile(path):
-        config_dict, _ = PretrainedConfig.get_config_dict(path)
-        model_type = config_dict.get("model_type")
+        try:
+            config_dict, _ = PretrainedConfig.get_config_dict(path)
+        except OSError as error:  # not JSON: often the run's YAML, whose `model:` is what to pass
+            raise ValueError(_not_a_model_config(path)) from error
+        model_type = config_dict.get("model_type") if isinstance(config_dict, dict) else None
         if model_type is None:
             raise ValueError(f"{path} has no `model_type`: it is not a transformers config.json.")
-        return AutoConfig.for_model(**config_dict)
+        try:
+            return AutoConfig.for_model(**config_dict)
+        except ValueError as error:
+            import transformers
+
+            raise ValueError(f"{path}: model_type {model_type!r} is not known to transformers "
+                             f"{transformers.__version__}; check the config, or upgrade transformers.") from error
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as error:
@@ -91,6 +100,22 @@ def load_config(model_id_or_path: str):
             f"Could not load a model config from {model_id_or_path!r}: {where}. Pass a local config.json (e.g. "
             f"examples/deepspeed/llava-1.5-13b-config.json) or a folder containing one. ({type(error).__name__})"
         ) from error
+
+
+def _not_a_model_config(path: str) -> str:
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            run = yaml.safe_load(f)
+    except Exception:  # noqa: BLE001 - neither JSON nor YAML: say so below
+        run = None
+    if isinstance(run, dict) and ("method" in run or "model" in run):
+        model = run.get("model")
+        example = f" (here: hf-unlearn estimate-memory {model})" if isinstance(model, str) and model else ""
+        return (f"{path} is an hf-unlearn run config, not a model config: pass the run's `model:` (a config.json, a "
+                f"model folder or a Hub id){example}.")
+    return f"{path} is not a JSON model config (config.json); pass a config.json, a model folder or a Hub model id."
 
 
 def count_parameters_from_config(config) -> ParameterCounts:

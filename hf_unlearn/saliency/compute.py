@@ -380,10 +380,13 @@ def _check_arguments(model, config, forget_dataset, preserve_datasets, data_coll
                         f"{type(data_collator).__name__}; the arguments are {_SIGNATURE}.")
     from ..data.collators import UnlearnDataCollator
 
-    if isinstance(data_collator, UnlearnDataCollator):  # rows in hf_unlearn's / TRL's formats: check them all now
-        validate_rows(forget_dataset, "forget set")
-        for name, dataset in (preserve_datasets or {}).items():
-            validate_rows(dataset, f"preserve set {name!r}")
+    if data_collator is None:  # no rows are batched (the `random` score)
+        return
+    # Rows in hf_unlearn's / TRL's formats are checked now, whatever the collator (data/rows.py).
+    ours = isinstance(data_collator, UnlearnDataCollator)
+    validate_rows(forget_dataset, "forget set", require_known_format=ours)
+    for name, dataset in (preserve_datasets or {}).items():
+        validate_rows(dataset, f"preserve set {name!r}", require_known_format=ours)
 
 
 def _fisher_ratio_masks(

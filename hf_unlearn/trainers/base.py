@@ -23,10 +23,12 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from .. import losses
 from ..config import UnlearnConfig
+from ..config_checks import check_training_numbers
 from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCollator
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
 from ..data.row_index import ROW_INDEX_KEY
 from ..data.rows import validate_rows
+from ..disk import explain_disk_errors
 from ..integrations.launchers import unlearning_step
 from ..integrations.zero3_kernels import restore_kernelized_layers
 from ..masking import TrainingStart, build_masker
@@ -36,6 +38,7 @@ from .card import ModelCardMixin
 from .checkpointing import SafeCheckpointMixin
 from .divergence import DivergenceGuard, UnlearningDivergedError
 from .forward_guard import forward_restored
+from .step_budget import check_trains_some_steps
 from .step_plan import StepPlan
 
 
@@ -109,8 +112,9 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         holdout_dataset=None,
         **kwargs,
     ):
-        # Args
+        # Args (checked again here: TrainingArguments can be changed after __post_init__ validated them)
         args = self._coerce_args(args, model)
+        check_training_numbers(args)
         if args.retain_loss_type is None:
             args.retain_loss_type = "nll" if retain_dataset is not None else "none"
 
@@ -138,16 +142,19 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             data_collator = UnlearnDataCollator(
                 processing_class, answer_only=args.answer_only_loss, max_length=args.max_length
             )
-        if isinstance(data_collator, UnlearnDataCollator):  # our row formats: bad rows fail here, before training
-            validate_rows(train_dataset, "forget set")
-            validate_rows(retain_dataset if self.uses_retain(args) else None, "retain set")
-            validate_rows(holdout_dataset, "holdout set")
+        # Rows are checked before batching, whatever the collator: a user's collator would train `answer=None` as
+        # " None". Datasets in a format of their own (no answer/completion/messages column) are left to it.
+        ours = isinstance(data_collator, UnlearnDataCollator)
+        validate_rows(train_dataset, "forget set", require_known_format=ours)
+        validate_rows(retain_dataset if self.uses_retain(args) else None, "retain set", require_known_format=ours)
+        validate_rows(holdout_dataset, "holdout set", require_known_format=ours)
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
         self.holdout_dataset = holdout_dataset  # never trained on: the probe's target (trainers/callbacks.py)
         self.pairing = ForgetRetainDataset(
             train_dataset, retain_dataset if self.uses_retain(args) else None, anchor=args.pairing_anchor,
             seed=args.seed,
         )
+        check_trains_some_steps(args, len(self.pairing), anchor=args.pairing_anchor)  # zero steps: an error, not a copy
 
         # Reference model (frozen starting point) for KL retain terms and NPO. Under ZeRO-3, models built after an
         # earlier zero.Init may miss kernels' attention wrappers (transformers >= 5.25): put them back first.
@@ -270,6 +277,12 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             return saliency_mask.masks_for(model)
         if not isinstance(saliency_mask, dict):
             raise TypeError("`saliency_mask` must be a SaliencyMask or a dict {parameter name: bool tensor}.")
+        not_bool = [f"{n}: {m.dtype if torch.is_tensor(m) else type(m).__name__}" for n, m in saliency_mask.items()
+                    if not (torch.is_tensor(m) and m.dtype == torch.bool)]
+        if not_bool:  # a float mask would be cast to bool: every non-zero score would count as selected
+            raise TypeError(f"`saliency_mask` values must be bool tensors (True: the entry may move); got "
+                            f"{', '.join(not_bool[:3])}{' ...' if len(not_bool) > 3 else ''}. Threshold scores first "
+                            "(`scores > t`) or pass a SaliencyMask (compute_saliency_mask).")
         from ..integrations.deepspeed import param_shape  # ZeRO-3 partitioned parameters have shape [0]
 
         shapes = {n: param_shape(p) for n, p in model.named_parameters()}
@@ -432,8 +445,13 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             if os.path.isfile(state_file):  # e.g. NPO's precomputed reference log-probs of the *starting* model
                 with open(state_file, encoding="utf-8") as f:
                     self.pairing.forget_extras.update(json.load(f)["forget_extras"])
-        with forward_restored(self.model):  # no autocast wrapper left behind after bf16/fp16 training
+        # A full or read-only disk is named as such, with the folder (torch.save's own error names neither).
+        with forward_restored(self.model), explain_disk_errors(self.args.output_dir):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        with explain_disk_errors(output_dir or self.args.output_dir):
+            return super().save_model(output_dir, _internal_call)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         # transformers 5.23 saves some architectures (LLaVA) under legacy key names and Trainer's resume loads them
