@@ -42,8 +42,8 @@ LABELS = {
 
 def vkd_available() -> bool:
     try:
-        from hf_unlearn.config import VKDConfig  # noqa: F401
-        from hf_unlearn.trainers.vkd import VKDTrainer  # noqa: F401
+        from hf_unlearn import VKDConfig  # noqa: F401
+        from hf_unlearn.methods.vkd import VKDTrainer  # noqa: F401
     except ImportError:
         return False
     return True
@@ -76,8 +76,8 @@ def _train(variant: str, settings: Settings, model_dir: str, steps: int, forget,
         trainer = MMUnlearnerTrainer(model=model, args=MMUnlearnerConfig(**args), train_dataset=forget,
                                      retain_dataset=retain, processing_class=processor, saliency_mask=mask)
     elif variant in ("vkd", "vkd_pre"):
-        from hf_unlearn.config import VKDConfig
-        from hf_unlearn.trainers.vkd import VKDTrainer
+        from hf_unlearn import VKDConfig
+        from hf_unlearn.methods.vkd import VKDTrainer
 
         config = VKDConfig(**args, precompute_teacher_features=variant == "vkd_pre")
         trainer = VKDTrainer(model, config, train_dataset=forget, retain_dataset=retain, processing_class=processor)

@@ -253,7 +253,7 @@ def run(settings: Settings, selected, log, reruns: int = 1) -> tuple[list[Row], 
             import bench_memory
 
             if not bench_memory.vkd_available():
-                notes.append("**6. VKD: pending** — `hf_unlearn.trainers.vkd` (`VKDTrainer`, `VKDConfig`) is not "
+                notes.append("**6. VKD: pending** — `hf_unlearn.methods.vkd` (`VKDTrainer`, `VKDConfig`) is not "
                              "available yet; rerun `python benchmarks/run_all.py` once it is.")
             with common.isolated_pool(settings) as pool:
                 for size in settings.sizes:

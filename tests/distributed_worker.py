@@ -33,15 +33,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from hf_unlearn.config import GAConfig, MMUnlearnerConfig, NPOConfig, VKDConfig  # noqa: E402
+from hf_unlearn import GAConfig, MMUnlearnerConfig, NPOConfig, VKDConfig  # noqa: E402
 from hf_unlearn.data.synthetic import (  # noqa: E402
     SyntheticBenchmarkConfig,
     benchmark_corpus,
     build_synthetic_benchmark,
 )
 from hf_unlearn.trainers import GATrainer, NPOTrainer  # noqa: E402
-from hf_unlearn.trainers.mmunlearner import MMUnlearnerTrainer  # noqa: E402
-from hf_unlearn.trainers.vkd import VKDTrainer  # noqa: E402
+from hf_unlearn.methods.mmunlearner import MMUnlearnerTrainer  # noqa: E402
+from hf_unlearn.methods.vkd import VKDTrainer  # noqa: E402
 
 LR = 1e-3
 MAX_STEPS = 3

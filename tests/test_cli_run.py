@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_unlearn.cli import main
-from hf_unlearn.demo.methods import METHODS
+from hf_unlearn.trainers.registry import METHODS
 from hf_unlearn.saliency import SaliencyMask, SaliencyMaskConfig
 
 from conftest import CLI_BENCH as BENCH
@@ -49,12 +49,9 @@ save_steps: 2
     info = json.loads((out / "hf_unlearn_run.json").read_text())
     assert info["overrides"] == {"learning_rate": 1e-5, "logging_steps": 1, "max_steps": 3, "save_steps": 2,
                                  "save_strategy": "steps"}
-    # The record holds the values used: the flags, and the registry's own values for the rest.
+    # The record holds the values used: the flags, and the method's library defaults for the rest.
     assert info["args"]["learning_rate"] == 1e-5 and info["args"]["max_steps"] == 3 and info["global_step"] == 3
-    # (RMU records the layer index it resolved a negative steer_layer to.)
-    kept = {k: v for k, v in METHODS[method].hyperparameters.items()
-            if k in info["args"] and k not in ("learning_rate", "max_steps", "steer_layer")}
-    assert all(info["args"][k] == v for k, v in kept.items()), kept
+    assert all(info["args"][k] == v for k, v in METHODS[method].defaults.items())
     # Logs and checkpoints are in output_dir, not in a folder that was deleted.
     state = json.loads((out / "trainer_state.json").read_text())
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]

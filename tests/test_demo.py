@@ -6,6 +6,7 @@ import os
 import pytest
 
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
+from hf_unlearn import GATrainer
 from hf_unlearn.demo import METHODS, DemoConfig, MethodSpec, MethodUnavailableError, run_demo
 from hf_unlearn.demo import references
 from hf_unlearn.demo.pipeline import RESULT_KEYS, DemoTrainingConfig
@@ -24,8 +25,12 @@ def micro_config(seed: int = 0, epochs: int = 3) -> DemoConfig:
     )
 
 
-def _unavailable(*args, **kwargs):
-    raise MethodUnavailableError("FancyTrainer is not importable")
+class _Unavailable(GATrainer):
+    """A method whose trainer cannot be used in this installation (e.g. a missing optional dependency)."""
+
+    @classmethod
+    def from_method_data(cls, *args, **kwargs):
+        raise MethodUnavailableError("FancyTrainer is not importable")
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def two_runs(tmp_path_factory):
     """Run the micro demo twice with the same cache; the second run must load vanilla and oracle from it."""
     root = tmp_path_factory.mktemp("demo")
     cache = root / "cache"
-    METHODS["not_yet"] = MethodSpec("not_yet", _unavailable, "a method whose trainer does not exist yet")
+    METHODS["not_yet"] = MethodSpec("not_yet", _Unavailable, "a method whose trainer does not exist yet")
     try:
         logs = [[], []]
         payloads = [

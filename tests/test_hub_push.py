@@ -361,9 +361,9 @@ def _trainer_classes():
     cases = [(GATrainer, GAConfig, {"forget_weight": 0.5}, "forget_weight", "0.5"),
              (NPOTrainer, NPOConfig, {"beta": 0.3}, "beta", "0.3"),
              (MMUnlearnerTrainer, MMUnlearnerConfig, {"forget_every": 3}, "forget_every", "3")]
-    if importlib.util.find_spec("hf_unlearn.trainers.vkd") is not None:
-        from hf_unlearn.config import VKDConfig
-        from hf_unlearn.trainers.vkd import VKDTrainer
+    if importlib.util.find_spec("hf_unlearn.methods.vkd") is not None:
+        from hf_unlearn import VKDConfig
+        from hf_unlearn.methods.vkd import VKDTrainer
 
         cases.append((VKDTrainer, VKDConfig, {"feature_site": "vision_layer"}, "feature_site", "vision_layer"))
     return cases

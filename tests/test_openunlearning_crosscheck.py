@@ -32,7 +32,7 @@ from hf_unlearn import (
 )
 from hf_unlearn.testing import tiny_llama
 from hf_unlearn.testing.toy import JOBS, NAMES
-from hf_unlearn.trainers.idkpo import CHOSEN_BATCH_KEY
+from hf_unlearn.methods.idkpo import CHOSEN_BATCH_KEY
 
 from conftest import reduction_tolerance
 

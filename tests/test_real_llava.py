@@ -21,7 +21,7 @@ import torch
 from hf_unlearn import Evaluator, UnlearnDataCollator
 from hf_unlearn.data.real_photos import RealPhotoBenchmarkConfig, build_real_photo_benchmark
 from hf_unlearn.data.schema import rows_to_dataset
-from hf_unlearn.demo.methods import METHODS, MethodData
+from hf_unlearn.trainers.registry import METHODS, MethodData
 from hf_unlearn.demo.real import memorise, run_real_method
 from hf_unlearn.models import LANGUAGE, PROJECTOR, VISION, parameter_group
 from hf_unlearn.testing.real_llava import SMOLLM2_CHAT_TEMPLATE, build_info, real_llava, real_llava_path

@@ -19,8 +19,8 @@ from hf_unlearn import (
 )
 from hf_unlearn.testing import tiny_llama
 from hf_unlearn.testing.toy import JOBS, NAMES
-from hf_unlearn.trainers.idkpo import CHOSEN_BATCH_KEY, with_answer
-from hf_unlearn.trainers.rmu import answer_positions
+from hf_unlearn.methods.idkpo import CHOSEN_BATCH_KEY, with_answer
+from hf_unlearn.methods.rmu import answer_positions
 
 from conftest import load_llava, mean_nll, memorise_and_save, reduction_tolerance
 
@@ -268,14 +268,14 @@ def test_rmu_on_llava_steers_a_language_model_layer_on_forget_vqa(memorised_llav
 @pytest.mark.parametrize("name, trainer_cls", [("simnpo", SimNPOTrainer), ("rmu", RMUTrainer),
                                                ("idkpo", IdkPOTrainer), ("undial", UNDIALTrainer)])
 def test_registry_entries_build_and_train_with_overrides(name, trainer_cls, memorised_llama, text_data, tmp_path):
-    from hf_unlearn.demo import MethodData, get_method
+    from hf_unlearn.demo.recipe import build_demo_trainer, demo_hyperparameters
+    from hf_unlearn.trainers.registry import MethodData
 
     model, tok = load_llama(memorised_llama)
-    spec = get_method(name)
-    trainer = spec.build_trainer(model, tok, MethodData(forget=text_data["forget"], retain=text_data["retain"]),
+    trainer = build_demo_trainer(name, model, tok, MethodData(forget=text_data["forget"], retain=text_data["retain"]),
                                  str(tmp_path / name), 0, max_steps=2, use_cpu=True)
     assert type(trainer) is trainer_cls and trainer.args.max_steps == 2
-    assert all(getattr(trainer.args, k) == v for k, v in spec.hyperparameters.items() if k != "max_steps"
+    assert all(getattr(trainer.args, k) == v for k, v in demo_hyperparameters(name).items() if k != "max_steps"
                and not (name == "rmu" and k == "steer_layer"))  # RMU writes the resolved layer back (-1 -> 1)
     trainer.train()
     assert trainer.state.global_step == 2

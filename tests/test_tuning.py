@@ -6,7 +6,7 @@ import pytest
 
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
 from hf_unlearn.demo import DemoConfig
-from hf_unlearn.demo.methods import demo_defaults, tuned_hyperparameters
+from hf_unlearn.demo.recipe import UNTUNED, demo_hyperparameters, tuned_hyperparameters
 from hf_unlearn.demo.pipeline import DISTANCE_METRICS, DemoTrainingConfig
 from hf_unlearn.demo.tuning import GRID_SIZE, TUNING_GRIDS, check_grids, grid_points, grid_rounds, select, tune
 
@@ -70,16 +70,16 @@ def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
         assert entry["picked"] == entry["points"][distances.index(min(distances))]["hyperparameters"]
         for p in entry["points"]:
             assert set(p["per_seed"]) == {"7", "8"} and set(p["per_seed"]["7"]) == set(DISTANCE_METRICS)
-    # The registry reads the picks as the demo's defaults.
+    # The demo's recipe reads the picks over the untuned starting point.
     assert tuned_hyperparameters("ga", str(out)) == record["methods"]["ga"]["picked"]
     assert tuned_hyperparameters("not_tuned", str(out)) == {}
-    assert demo_defaults("ga", {"max_steps": 99, "beta": 1})["beta"] == 1
+    assert demo_hyperparameters("ga") == {**UNTUNED["ga"], **tuned_hyperparameters("ga")}
 
 
 def test_tuning_starts_every_point_from_the_untuned_entry_not_from_an_earlier_pick(tmp_path):
     """Re-running the protocol reproduces the record: a picked key that a grid point does not set is put back to the
     entry's untuned value (or the config's default), so an earlier pick never leaks into the scores."""
-    import hf_unlearn.demo.methods as methods
+    import hf_unlearn.demo.recipe as methods
 
     tuned = tmp_path / "tuned.json"
     tuned.write_text(json.dumps({"methods": {"npo": {"picked": {"beta": 2.0, "retain_weight": 7.0}}}}))

@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from .run_config import ConfigError, RunPlan, method_parser, read_run_config
+from .run_config import ConfigError, RunPlan, method_parser, read_run_config, run_args
 
 DATA_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 
@@ -275,9 +275,9 @@ def run_plan(plan: RunPlan) -> int:
     from transformers import set_seed
 
     from ..data.synthetic import SyntheticBenchmarkConfig, build_synthetic_benchmark
-    from ..demo.methods import METHODS, MethodData, MethodUnavailableError
     from ..evaluation import Evaluator, RelearnConfig, relearn_attack
     from ..evaluation.report import write_text
+    from ..trainers.registry import MethodData, MethodUnavailableError, get_method
     from .eval import RUN_INFO, format_metrics, load_benchmark, load_model_and_processor
 
     name, output_dir, seed = plan.method, plan.output_dir, plan.seed
@@ -322,8 +322,8 @@ def run_plan(plan: RunPlan) -> int:
     set_seed(seed)
     start = time.perf_counter()
     try:
-        trainer = METHODS[name].build_trainer(model, processor, data, output_dir, seed, mask=mask,
-                                              ref_model=plan.run.ref_model, **plan.overrides)
+        args = run_args(name, plan.overrides, output_dir, seed)
+        trainer = get_method(name).build_trainer(model, processor, data, args, mask=mask, ref_model=plan.run.ref_model)
     except MethodUnavailableError as err:
         raise ConfigError(f"method {name!r} is not available: {err}") from err
     except (TypeError, ValueError) as err:

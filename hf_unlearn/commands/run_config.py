@@ -276,9 +276,9 @@ class _Parser:
 
 def method_parser(method: str):
     """The parser of ``method``'s flags (also used for ``hf-unlearn run --method X --help``)."""
-    from ..demo.methods import METHODS
+    from ..trainers.registry import get_method
 
-    return _Parser.build(METHODS[method].config_class)
+    return _Parser.build(get_method(method).config_class)
 
 
 def _pre_parse_method(argv: list[str]) -> str | None:
@@ -289,7 +289,7 @@ def _pre_parse_method(argv: list[str]) -> str | None:
 
 
 def _check_method(name: Any, config: dict, path: str) -> str:
-    from ..demo.methods import METHODS
+    from ..trainers.registry import METHODS
 
     if not isinstance(name, str) or not name:
         typo = difflib.get_close_matches("method", [str(k) for k in config if k != "method"], n=1, cutoff=0.6)
@@ -327,9 +327,9 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
     config = _load_yaml(path)
     method = _check_method(_pre_parse_method(argv) or config.get("method"), config, path)
     parser = method_parser(method)
-    from ..demo.methods import METHODS
+    from ..trainers.registry import get_method
 
-    config_class = METHODS[method].config_class
+    config_class = get_method(method).config_class
     dests = {a.dest for a in parser._actions if a.dest != "help"}
     flat = {k: v for k, v in config.items() if k not in SECTIONS}
     _check_keys(path, flat, dests, listing=(
@@ -424,17 +424,20 @@ def _check_disk(output_dir: str, model: str) -> None:
 
 
 def _check_values(method: str, overrides: dict, output_dir: str, seed: int) -> None:
-    """Build the method's config once as its registry entry would, so a bad value fails before any model loads.
+    """Build the method's config once as the run will (``run_args``), so a bad value fails before any model loads.
 
-    The registry's ``build_trainer`` stays the authority (its own errors become ``ConfigError`` too); this check
-    catches values that are wrong on their own (``beta: -1``, ``lr_scheduler_type: cosin``) early.
+    The trainer stays the authority (its own errors become ``ConfigError`` too); this check catches values that are
+    wrong on their own (``beta: -1``, ``lr_scheduler_type: cosin``) early.
     """
-    from ..demo.methods import METHODS, common_args
-
-    spec = METHODS[method]
-    known = {f.name for f in dataclasses.fields(spec.config_class)}
-    registry = {k: v for k, v in spec.hyperparameters.items() if k in known}
     try:
-        spec.config_class(**common_args(output_dir, seed, **{**registry, **overrides}))
+        run_args(method, overrides, output_dir, seed)
     except (TypeError, ValueError) as err:
         raise ConfigError(_one_line(err)) from None
+
+
+def run_args(method: str, overrides: dict, output_dir: str, seed: int):
+    """The training arguments of a run: the method's library defaults (what ``--help`` shows), then the file's and
+    the command line's values. Progress bars stay on, as in any ``transformers`` run."""
+    from ..trainers.registry import get_method
+
+    return get_method(method).config(**{"output_dir": output_dir, "seed": seed, **overrides})

@@ -73,7 +73,7 @@ def _unwritable(output: str | None) -> str | None:
     """Why the record cannot be written (checked before hours of tuning), or None."""
     import os
 
-    from ..demo.methods import TUNED_FILE
+    from ..demo.recipe import TUNED_FILE
     from ..disk import DiskWriteError, check_output_folder
 
     folder = os.path.dirname(os.path.abspath(output or TUNED_FILE))

@@ -40,7 +40,8 @@ from ..evaluation.stats import RowValues, summarise
 from ..provenance import environment
 from .config import DemoConfig, DemoModelConfig, DemoTrainingConfig, default_cache_dir, library_version
 from .evaluation import METRIC_KEYS, evaluate_rows, reference_nll
-from .methods import METHODS, TUNED_FILE, MethodData, MethodUnavailableError, get_method
+from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
+from .recipe import TUNED_FILE, build_demo_trainer, demo_hyperparameters
 from .references import CACHE_MARKER, REFERENCE_MODELS, load_or_train_reference_models, train_reference_model
 
 logger = logging.getLogger(__name__)
@@ -88,14 +89,13 @@ def run_method(
     """
     from ..trainers.base import UnlearningDivergedError
 
-    spec = get_method(name)
     model = copy.deepcopy(vanilla)
     set_seed(config.seed)
     note = None
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"hf_unlearn_{name}_") as tmp:
         # Quiet: the demo prints one table, not every method's loss log.
-        trainer = spec.build_trainer(model, processor, data, tmp, config.seed, logging_strategy="no", **overrides)
+        trainer = build_demo_trainer(name, model, processor, data, tmp, config.seed, logging_strategy="no", **overrides)
         try:
             trainer.train()
         except UnlearningDivergedError:
@@ -247,7 +247,7 @@ def run_demo(
     notes = list(dict.fromkeys(n for r in seed_results for n in r.notes))
     total = time.perf_counter() - total_start
     settings = {**config.settings(), "seeds": seeds, "hf_unlearn_version": library_version(), "methods": methods,
-                "hyperparameters": {m: dict(METHODS[m].hyperparameters) for m in methods},
+                "hyperparameters": {m: demo_hyperparameters(m) for m in methods},
                 "tuning": tuning_provenance(),
                 "cache_keys": {str(s): replace(config, seed=s).cache_key() for s in seeds}}
     settings.pop("seed")

@@ -41,7 +41,8 @@ from ..evaluation.stats import RowValues
 from ..models import PROJECTOR, VISION, parameter_group
 from .config import default_cache_dir, library_version
 from .evaluation import evaluate_rows, reference_nll
-from .methods import METHODS, MethodData, MethodUnavailableError, get_method
+from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
+from .recipe import build_demo_trainer, demo_hyperparameters
 from .pipeline import RESULT_KEYS, SeedResult, deterministic, machine_info, summarise_seeds, write_outputs
 from .references import CACHE_MARKER, REFERENCE_MODELS
 
@@ -139,12 +140,11 @@ def method_data(benchmark: datasets.DatasetDict) -> MethodData:
 def run_real_method(name: str, vanilla, processor, data: MethodData, output_dir: str, seed: int,
                     train_layers: int = 2, **overrides: Any):
     """A copy of ``vanilla`` unlearned by the registered method ``name``; returns (model, trainer, seconds)."""
-    spec = get_method(name)
     model = copy.deepcopy(vanilla)
     set_trainable(model, TRAINABLE_PART.get(name, "last_layers"), train_layers)
     set_seed(seed)
     start = time.perf_counter()
-    trainer = spec.build_trainer(model, processor, data, output_dir, seed, logging_strategy="no", use_cpu=True,
+    trainer = build_demo_trainer(name, model, processor, data, output_dir, seed, logging_strategy="no", use_cpu=True,
                                  **overrides)
     trainer.train()
     model = trainer.model.eval()
@@ -218,7 +218,7 @@ def run_real_seed(config: RealDemoConfig, methods: Sequence[str], cache_dir: str
     for name in methods:
         overrides: dict[str, Any] = {"per_device_train_batch_size": config.method_batch_size}
         if config.method_steps is not None:
-            overrides["max_steps"] = min(config.method_steps, get_method(name).hyperparameters.get("max_steps", 10**9))
+            overrides["max_steps"] = min(config.method_steps, demo_hyperparameters(name).get("max_steps", 10**9))
         log(f"[demo --real] {name} ...")
         try:
             with tempfile.TemporaryDirectory(prefix=f"hf_unlearn_real_{name}_") as tmp, warnings.catch_warnings():
@@ -254,7 +254,7 @@ def run_real_demo(config: RealDemoConfig | None = None, output_dir: str = "hf_un
     total = time.perf_counter() - start
     settings = {**config.settings(), "seeds": seeds, "hf_unlearn_version": library_version(), "methods": methods,
                 "model": "real_llava (SmolLM2-135M-Instruct + DINOv2-S/14, 157M)",
-                "hyperparameters": {m: dict(get_method(m).hyperparameters) for m in methods}}
+                "hyperparameters": {m: demo_hyperparameters(m) for m in methods}}
     settings.pop("seed")
     payload = {
         "benchmark": settings,

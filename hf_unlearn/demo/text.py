@@ -48,7 +48,7 @@ from ..evaluation.stats import RowValues, summarise
 from ..evaluation.text_evaluator import TextEvaluator
 from ..testing.models import tiny_llama
 from .config import default_cache_dir, library_version
-from .methods import METHODS, MethodData, MethodUnavailableError
+from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
 from .pipeline import machine_info, run_method
 from .memorisation import MemorisationBar
 from .references import REFERENCE_MODELS, cached_reference_models, train_to_criterion

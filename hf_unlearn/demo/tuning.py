@@ -9,7 +9,7 @@
    retain-VQA and general accuracy (``DISTANCE_METRICS``); the pick is the point with the lowest mean distance over
    the validation seeds (ties: the first point of the grid, which lists cheaper budgets first).
 4. **Output.** ``hf_unlearn/demo/tuned.json`` records the grid, the seeds, every point's distances and the picks;
-   the registry (``demo/methods.py``) reads the picks as the demo's defaults.
+   the demo's recipe (``demo/recipe.py``) reads the picks as the demo's hyperparameters.
 
 ``hf-unlearn tune`` runs it. Only the four criterion metrics are evaluated, on every row of their splits.
 """
@@ -32,7 +32,8 @@ from ..evaluation.evaluator import Evaluator
 from ..evaluation.stats import distance
 from ..utils import write_json_atomic
 from .config import DemoConfig
-from .methods import METHODS, TUNED_FILE, MethodUnavailableError, untuned_overrides
+from ..trainers.registry import METHODS, MethodUnavailableError
+from .recipe import TUNED_FILE, untuned_overrides
 from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
 from .references import load_or_train_reference_models
 

@@ -1,14 +1,9 @@
+"""What every unlearning trainer is built from: the base class, the step plan, the unlearning probe, checkpoints, the
+model card, the divergence guard, and the registry the methods (``hf_unlearn/methods/``) add themselves to."""
+
 from .base import UnlearnTrainer, UnlearningDivergedError
 from .callbacks import NoForgettingWarning, UnlearningEvalCallback
-from .ga import GATrainer
-from .idkpo import IdkPOTrainer
-from .mmunlearner import MMUnlearnerTrainer
-from .npo import NPOTrainer
-from .rmu import RMUTrainer
-from .simnpo import SimNPOTrainer
-from .undial import UNDIALTrainer
-from .vkd import VKDTrainer, freeze_for_vkd
+from .registry import METHODS, MethodData, MethodSpec, MethodUnavailableError, get_method, register_method
 
-__all__ = ["UnlearnTrainer", "UnlearningDivergedError", "GATrainer", "NPOTrainer", "MMUnlearnerTrainer", "VKDTrainer",
-           "freeze_for_vkd", "SimNPOTrainer", "RMUTrainer", "IdkPOTrainer", "UNDIALTrainer",
-           "UnlearningEvalCallback", "NoForgettingWarning"]
+__all__ = ["UnlearnTrainer", "UnlearningDivergedError", "UnlearningEvalCallback", "NoForgettingWarning", "METHODS",
+           "MethodData", "MethodSpec", "MethodUnavailableError", "get_method", "register_method"]

@@ -36,6 +36,7 @@ from ..utils import write_json_atomic
 from .callbacks import UnlearningEvalCallback
 from .card import ModelCardMixin
 from .checkpointing import SafeCheckpointMixin
+from .registry import saliency_mask_for
 from .divergence import DivergenceGuard, UnlearningDivergedError
 from .forward_guard import forward_restored
 from .step_budget import check_trains_some_steps
@@ -91,10 +92,10 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     _name = "Unlearning"
     _method_tag = "unlearning"
     _paper: dict | None = None
-    # compute_loss returns a per-batch mean; the Trainer divides it by the accumulation steps.
-    loss_is_scaled_for_ga = False
     # Subclasses that need pi_ref on forget batches (NPO) set this.
     needs_reference_on_forget = False
+    # SaliencyMaskConfig keyword arguments of the mask ``from_method_data`` computes when none is given (None: none).
+    default_mask: dict | None = None
 
     def __init__(
         self,
@@ -270,6 +271,17 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
 
             return prepare_for_inference(model, self.accelerator)
         return self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    @classmethod
+    def from_method_data(cls, model, processing_class, data, args: UnlearnConfig, *, mask=None, ref_model=None):
+        """A trainer on a registry ``MethodData`` (``MethodSpec.build_trainer``): forget and holdout rows as given,
+        the retain rows unless ``retain_loss_type="none"``, a saliency mask from ``mask`` (a ``SaliencyMask``, or
+        ``SaliencyMaskConfig`` keyword arguments over ``cls.default_mask``) computed on the data's preserve sets.
+        Subclasses that take other rows (VKD: retain rows with images) override it."""
+        retain = data.retain if args.retain_loss_type != "none" else None
+        return cls(model, args=args, train_dataset=data.forget, retain_dataset=retain,
+                   processing_class=processing_class, ref_model=ref_model, holdout_dataset=data.holdout,
+                   saliency_mask=saliency_mask_for(model, processing_class, data, mask, cls.default_mask))
 
     @staticmethod
     def _resolve_mask(model, saliency_mask) -> dict[str, torch.Tensor]:

@@ -46,15 +46,16 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from .. import losses
-from ..config import VKDConfig
-from ..features import extract_features, feature_module, features_per_row, vision_blocks
-from ..integrations.fsdp import is_fsdp2_module
-from ..models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
-from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
-from ..data.rows import rows_with_images
-from .base import UnlearnTrainer
-from .lr_scale import ScaledLearningRateMixin
+from ... import losses
+from .config import VKDConfig
+from ...features import extract_features, feature_module, features_per_row, vision_blocks
+from ...integrations.fsdp import is_fsdp2_module
+from ...models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
+from ...data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
+from ...data.rows import rows_with_images
+from ...trainers.base import UnlearnTrainer
+from ...trainers.lr_scale import ScaledLearningRateMixin
+from ...trainers.registry import MethodSpec, register_method, saliency_mask_for
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,13 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         self.add_callback(_TeacherSetupCallback(self))
         self.check_lr_scale_supported()
 
+    @classmethod
+    def from_method_data(cls, model, processing_class, data, args, *, mask=None, ref_model=None):
+        # VKD trains the vision side only; text-only retain rows never reach it, so it gets the image rows.
+        return cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain_images,
+                   processing_class=processing_class, teacher_model=ref_model, holdout_dataset=data.holdout,
+                   saliency_mask=saliency_mask_for(model, processing_class, data, mask))
+
     # The vision side is all VKD trains: it moves at learning_rate * vision_lr_scale (lr_scale.py).
     def lr_scale(self) -> float:
         return self.args.vision_lr_scale
@@ -266,7 +274,7 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
                 + (f" (last {args.trainable_vision_blocks} blocks)" if args.trainable_vision_blocks is not None
                    else "")
                 + ". Compute the mask on the trainable visual parameters: call "
-                "hf_unlearn.trainers.vkd.freeze_for_vkd(model, trainable_vision_blocks) before compute_saliency_mask "
+                "hf_unlearn.freeze_for_vkd(model, trainable_vision_blocks) before compute_saliency_mask "
                 "(with target_modules='vision'), or drop those entries."
             )
 
@@ -572,3 +580,6 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             loss = loss + args.feature_match_weight * match
             logs["feature_match"] = match.item()
         return loss, logs
+
+
+register_method(MethodSpec("vkd", VKDTrainer, "VKD: vision-side feature distillation with NPO, language model frozen."))

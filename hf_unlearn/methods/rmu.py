@@ -19,6 +19,7 @@ forget rows are VQA rows (image tokens pass through it; the answer positions are
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import re
 
 import torch
@@ -27,12 +28,87 @@ from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from .. import losses
-from ..config import RMUConfig
+from ..config import UnlearnConfig
+from ..config_checks import require_positive
+from ..trainers.registry import MethodSpec, register_method
 from ..data.collators import PairedCollator
 from ..features import language_blocks
 from ..models import unwrap_model
-from .base import UnlearnTrainer
+from ..trainers.base import UnlearnTrainer
 from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
+
+
+@dataclass
+class RMUConfig(UnlearnConfig):
+    r"""RMU: representation misdirection (Li et al., 2024, WMDP, arXiv 2403.03218).
+
+    On forget rows the output of decoder layer ``steer_layer`` is pulled toward c * u (u a fixed random unit vector,
+    c = ``steering_coeff``); on retain rows it is kept equal to the frozen starting model's (weight ``retain_weight``,
+    the paper's alpha). Only ``trainable_params`` of ``trainable_layers`` train. Both terms are the mean squared error
+    over the hidden dimension, averaged over the positions that predict answer tokens (every text token with
+    ``answer_only_loss=False``), then over rows. Defaults follow the paper's Zephyr-7B recipe.
+
+    Args:
+        steer_layer (`int` or `None`, defaults to `None`): decoder layer whose output is steered (negative counts from
+            the end). ``None``: the paper's relative depth, layer 7 of 32, i.e. ``int(num_layers * 7 / 32)``.
+        trainable_layers (`list[int]` or `None`, defaults to `None`): layers whose parameters train; ``None``: the
+            paper's ``steer_layer - 2 .. steer_layer`` (clipped at 0). Layers after ``steer_layer`` cannot change
+            its output, so they are rejected.
+        trainable_params (`str` or `None`, defaults to ``"^mlp\.down_proj\."``): regex searched in each parameter's
+            name relative to its layer (e.g. ``mlp.down_proj.weight``); the reference code trains only this matrix.
+            ``None`` trains every parameter of the trainable layers.
+        steering_coeff (`float`, defaults to `6.5`): c, the norm of the steering target (paper, Zephyr-7B: 6.5; its
+            code default and OpenUnlearning's class default: 20; OpenUnlearning's yaml: 2). Scale it with the model's
+            activation norm at ``steer_layer``.
+        retain_weight (`float`, defaults to `1200.0`): alpha, weight of the retain activation match (paper, Zephyr).
+        retain_loss_type (`str` or `None`): ``None`` or ``"nll"`` enable RMU's retain term (the activation match;
+            with a retain set, the default), ``"none"`` disables it; ``"kl"`` is not supported.
+        control_vector_seed (`int` or `None`, defaults to `None`): seed of u; ``None`` uses ``seed``.
+        precompute_retain_activations (`bool`, defaults to `False`): compute the frozen model's activations on every
+            retain row once at the start (kept on CPU) and hold no frozen copy afterwards.
+        learning_rate (`float`, defaults to `5e-5`): the reference code's learning rate.
+    """
+
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate (RMU reference code: 5e-5)."})
+    retain_weight: float = field(
+        default=1200.0, metadata={"help": "alpha: weight of the retain activation match (paper, Zephyr-7B: 1200)."}
+    )
+    steer_layer: int | None = field(
+        default=None,
+        metadata={"help": "Decoder layer whose output is steered (negative counts from the end). None: "
+                          "int(num_layers * 7 / 32), the paper's layer 7 of 32."},
+    )
+    trainable_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Decoder layers that train; None: steer_layer-2 .. steer_layer (the paper)."},
+    )
+    trainable_params: str | None = field(
+        default=r"^mlp\.down_proj\.",
+        metadata={"help": "Regex searched in parameter names relative to their layer; None: every parameter of the "
+                          "trainable layers. Default: the MLP down projection (the reference code)."},
+    )
+    steering_coeff: float = field(
+        default=6.5, metadata={"help": "c: norm of the random steering target c*u (paper, Zephyr-7B: 6.5)."}
+    )
+    control_vector_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the random unit vector u; None uses `seed`."}
+    )
+    precompute_retain_activations: bool = field(
+        default=False,
+        metadata={"help": "Compute the frozen model's retain activations once at the start (CPU); hold no copy."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(self, "steering_coeff")
+        if self.retain_loss_type == "kl":
+            raise ValueError("RMUConfig does not support retain_loss_type='kl': RMU's retain term matches the frozen "
+                             "model's activations at steer_layer. Use 'nll' (enables it) or 'none'.")
+        if self.trainable_layers is not None and len(self.trainable_layers) == 0:
+            raise ValueError("trainable_layers is empty: nothing would train. Pass layer indices or None.")
+        if self.stop_forget_loss_above is not None:
+            raise ValueError("RMU computes no forget NLL during training (it stops the forward at steer_layer), so "
+                             "stop_forget_loss_above cannot apply; unset it.")
 
 _DISTRIBUTED_WRAPPERS = frozenset({"DistributedDataParallel", "DeepSpeedEngine", "FullyShardedDataParallel"})
 PAPER_LAYER, PAPER_DEPTH = 7, 32  # Zephyr-7B: layer 7 of 32
@@ -280,3 +356,7 @@ class RMUTrainer(UnlearnTrainer):
         mask = answer_positions(inputs["labels"])
         loss = losses.masked_activation_mse(h, self._retain_target(model, retain, inputs, h, mask), mask)
         return loss, {"retain_activation_mse": loss.item()}
+
+
+register_method(MethodSpec("rmu", RMUTrainer, "RMU: steer a decoder layer's forget activations to a random vector, "
+                                              "keep retain activations."))

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from .. import losses
-from ..config import UNDIALConfig
-from .base import UnlearnTrainer
+from ..config import UnlearnConfig
+from ..config_checks import require_non_negative
+from ..trainers.registry import MethodSpec, register_method
+from ..trainers.base import UnlearnTrainer
+
+
+@dataclass
+class UNDIALConfig(UnlearnConfig):
+    r"""UNDIAL: self-distillation toward adjusted logits (Dong et al., 2024, arXiv 2402.10052).
+
+    On forget answers the student is trained by cross-entropy toward softmax(z_ref - gamma * onehot(y_t)): the frozen
+    starting model's next-token distribution with the logit of the token to forget lowered by ``gamma``. The loss is
+    averaged over answer tokens only (OpenUnlearning averages over every position and mislabels padding).
+
+    Args:
+        gamma (`float`, defaults to `10.0`): how far the target token's logit is lowered (OpenUnlearning's ``beta``).
+    """
+
+    gamma: float = field(
+        default=10.0, metadata={"help": "Amount subtracted from the target token's reference logit (>= 0)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_non_negative(self, "gamma")
 
 
 class UNDIALTrainer(UnlearnTrainer):
@@ -35,3 +59,7 @@ class UNDIALTrainer(UnlearnTrainer):
         ref_logits = self.reference_logits(model, inputs)
         loss = losses.undial_loss(outputs.logits, ref_logits, inputs["labels"], self.args.gamma)
         return loss, {"forget_nll": outputs.loss.item()}
+
+
+register_method(MethodSpec("undial", UNDIALTrainer, "UNDIAL: self-distillation toward the starting model's logits, "
+                                                    "forget token lowered + retain NLL."))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from .. import losses
-from ..config import GAConfig
-from .base import UnlearnTrainer
+from ..config import UnlearnConfig
+from ..trainers.registry import MethodSpec, register_method
+from ..trainers.base import UnlearnTrainer
+
+
+@dataclass
+class GAConfig(UnlearnConfig):
+    r"""Gradient ascent on the forget set. ``retain_loss_type="nll"`` gives GA_Diff, ``"kl"`` gives KL_Min."""
 
 
 class GATrainer(UnlearnTrainer):
@@ -29,3 +36,12 @@ class GATrainer(UnlearnTrainer):
     def forget_loss(self, model, forget):
         nll = model(**self.model_inputs(forget)).loss
         return losses.gradient_ascent_loss(nll), {"forget_nll": nll.item()}
+
+
+register_method(MethodSpec("ga", GATrainer, "Gradient ascent on the forget answers (unbounded; collapses).",
+                           {"retain_loss_type": "none"}))
+register_method(MethodSpec("ga_diff", GATrainer, "GA_Diff: gradient ascent on forget + descent on retain answers.",
+                           {"retain_loss_type": "nll"}))
+register_method(MethodSpec("kl_min", GATrainer,
+                           "KL_Min: gradient ascent on forget + KL to the starting model on retain rows.",
+                           {"retain_loss_type": "kl"}))

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from .. import losses
-from ..config import NPOConfig
-from .base import UnlearnTrainer
+from ..config import UnlearnConfig
+from ..config_checks import require_positive
+from ..trainers.registry import MethodSpec, register_method
+from ..trainers.base import UnlearnTrainer
+
+
+@dataclass
+class NPOConfig(UnlearnConfig):
+    r"""Negative Preference Optimization.
+
+    Args:
+        beta (`float`, defaults to `0.1`): inverse temperature of the NPO loss (OpenUnlearning default; MLLMU-Bench
+            and MMUnlearner use 0.4).
+        precompute_ref_log_probs (`bool`, defaults to `False`): compute the reference log-probabilities of every
+            forget example once at the start of training, then drop the reference model (no second model in memory).
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature beta (> 0)."})
+    precompute_ref_log_probs: bool = field(
+        default=False,
+        metadata={"help": "Compute reference log-probs of the forget set once; hold no reference model afterwards."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(self, "beta")
 
 
 class _PrecomputeReferenceCallback(TrainerCallback):
@@ -88,3 +113,6 @@ class NPOTrainer(UnlearnTrainer):
             ref_logps, _ = losses.sequence_log_probs(self.reference_logits(model, inputs), inputs["labels"])
         loss = losses.npo_loss(logps, ref_logps, self.args.beta)
         return loss, {"forget_nll": outputs.loss.item(), "log_ratio": (logps - ref_logps).mean().item()}
+
+
+register_method(MethodSpec("npo", NPOTrainer, "NPO (bounded forget loss) + retain NLL."))

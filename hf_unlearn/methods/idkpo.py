@@ -8,15 +8,53 @@ collator wrapper collates the row twice, once with each answer, and puts the cho
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from .. import losses
-from ..config import IdkPOConfig
+from ..config import UnlearnConfig
+from ..config_checks import require_positive
+from ..trainers.registry import MethodSpec, register_method
 from ..data.collators import PairedCollator
 from ..data.refusals import REFUSALS, refusal_for
-from .base import UnlearnTrainer
+from ..trainers.base import UnlearnTrainer
+
+
+@dataclass
+class IdkPOConfig(UnlearnConfig):
+    r"""IdkPO: DPO toward refusals (TOFU's "IDK" preference optimisation, Maini et al. 2024; Zhang et al. 2024).
+
+    Each forget row is a preference pair: chosen = a refusal ("I don't know"-style answer), rejected = the forget
+    answer. L = -mean log sigmoid(beta * [(log pi - log pi_ref)(chosen) - (log pi - log pi_ref)(rejected)]), the
+    standard DPO loss (OpenUnlearning multiplies it by 2/beta: set ``forget_weight=2/beta`` to reproduce its scale).
+
+    Args:
+        beta (`float`, defaults to `0.1`): DPO inverse temperature.
+        refusal_column (`str` or `None`, defaults to `None`): a forget-set column holding each row's refusal; ``None``
+            draws one per row from ``refusals``.
+        refusals (`list[str]` or `None`, defaults to `None`): the refusals to draw from; ``None`` uses the built-in
+            list ``hf_unlearn.data.refusals.REFUSALS``. The draw is seeded by ``seed`` and the row index.
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature beta (> 0)."})
+    refusal_column: str | None = field(
+        default=None, metadata={"help": "Forget-set column with each row's refusal answer; None: draw from refusals."}
+    )
+    refusals: list[str] | None = field(
+        default=None,
+        metadata={"help": "Refusal answers to draw from (seeded per row); None: the built-in list."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_positive(self, "beta")
+        if self.refusals is not None and (not self.refusals or not all(isinstance(r, str) and r.strip()
+                                                                        for r in self.refusals)):
+            raise ValueError("refusals must be a non-empty list of non-empty strings, or None for the built-in list.")
+        if self.refusal_column is not None and self.refusals is not None:
+            raise ValueError("Pass refusal_column (one refusal per row) or refusals (a list to draw from), not both.")
 
 REFUSAL_KEY = "idkpo_refusal"
 CHOSEN_BATCH_KEY = "idkpo_chosen"
@@ -129,3 +167,6 @@ class IdkPOTrainer(UnlearnTrainer):
         margin = ((chosen - chosen_ref) - (rejected - rej_ref)).mean()
         return loss, {"forget_nll": forget_nll.item(), "refusal_nll": refusal_nll.item(),
                       "reward_margin": margin.item()}
+
+
+register_method(MethodSpec("idkpo", IdkPOTrainer, "IdkPO: DPO toward refusal answers on the forget set + retain NLL."))
