@@ -19,6 +19,7 @@ setup(
         "accelerate>=1.5",
         "safetensors>=0.4",
         "huggingface_hub>=1.0",
+        "filelock>=3.30",  # lock_descriptor: the run lock (an OS file lock on a descriptor we own)
         "pillow",
         "numpy",
         "pyyaml",

@@ -315,8 +315,12 @@ def read_card_inputs(folder: str | os.PathLike) -> dict:
             f"No {CARD_INPUTS_NAME} in {os.fspath(folder)!r}: it was not saved by an hf_unlearn trainer, so there "
             "is no model card to publish. Save the run with `trainer.save_model()` (hf_unlearn >= 0.1) first."
         )
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except ValueError as err:  # JSON or UTF-8: say which file, not only where in it
+        raise ValueError(f"{CARD_INPUTS_NAME} in {os.fspath(folder)!r} is damaged (not JSON: {err}). Save the run "
+                         "again with `trainer.save_model()` to rewrite it.") from None
     if not isinstance(data, dict) or not data.get("method_name") or not data.get("method_tag"):
         raise ValueError(f"{path} is not an hf_unlearn card-inputs file (no method_name / method_tag).")
     return {k: data.get(k) for k in CARD_INPUT_KEYS}

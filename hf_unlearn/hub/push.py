@@ -9,7 +9,9 @@ whole output directory, ``training_args.bin`` included; hf_unlearn's trainers an
 instead.
 
 A push is one commit: it lands whole or not at all. If it fails, the local files are complete and untouched and a
-``HubPushError`` says what to run again.
+``HubPushError`` says what to run again. Before it, the folder must be one whole save: its manifest present and
+matching every file that would go up (``hf_unlearn.model_folder.check_publishable``); else ``ModelFolderError``
+names the file and the fix.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from ..model_folder import check_publishable
 from ..saliency.config import CONFIG_NAME as MASK_CONFIG_NAME
 from ..saliency.config import SaliencyMaskConfig
 from ..saliency.mask import MASK_NAME, SaliencyMask
@@ -265,6 +268,7 @@ def push_run_dir(
         inputs["base_model"] = base_model
     if os.path.isdir(os.path.join(run_dir, MASK_SUBFOLDER)):
         SaliencyMask.from_pretrained(os.path.join(run_dir, MASK_SUBFOLDER))  # a broken mask fails here, not on load
+    check_publishable(run_dir, files)  # one whole save: the manifest matches every file that would go up
     files = [f for f in files if f != CARD_NAME]  # the card is rendered for this repo id, below
     hint = f"{COMMAND_HINT} again (hf-unlearn push {run_dir} {repo_id})"
     try:

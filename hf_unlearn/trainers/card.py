@@ -38,9 +38,9 @@ from ..hub.push import (
     warn_if_failed,
 )
 from ..hub.safety import check_dataset_ids, hub_id, is_hub_model_id, safe_settings
+from ..model_folder import check_publishable, publish_copies, read_manifest, write_into_model_folder
 from ..models import is_vision_language_model, unwrap_model
 from ..saliency.mask import MASK_NAME, SaliencyMask
-from ..utils import atomic_copy, atomic_write_bytes
 from .checkpointing import staged_save
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ class ModelCardMixin:
     _base_license: tuple[str | None] | None = None  # the base model card's license, looked up once
     _processor_files: tuple[str, ...] | None = None
     _warned_checkpoint_push = False
+    _local_origins: frozenset[str] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # A local folder's relative path can look like a Hub id ("org/name"); after a chdir or a move it no longer
+        # exists, so whether it is local is decided now, next to the from_pretrained that loaded it.
+        self._local_origins = frozenset(name for name in self._model_origins() if name and os.path.exists(name))
 
     # -------------------------------------------------------------------------------------------- card contents
     def record_evaluation(self, before: dict | None, after: dict | None) -> None:
@@ -120,16 +127,22 @@ class ModelCardMixin:
         values = [os.path.basename(os.path.normpath(args.output_dir or "")), args.run_name or ""]
         return [v for v in values if len(v) >= 4]
 
+    def _model_origins(self) -> list[str | None]:
+        """Where the model came from: a PEFT adapter's base model(s), then ``config._name_or_path``."""
+        peft_config = getattr(self._unwrapped_model(keep_peft=True), "peft_config", None)
+        origins = [getattr(c, "base_model_name_or_path", None)
+                   for c in (peft_config.values() if isinstance(peft_config, dict) else [])]
+        origins.append(getattr(getattr(self._unwrapped_model(), "config", None), "_name_or_path", None))
+        return origins
+
     def _base_model_id(self) -> str | None:
-        """The Hub id the model was loaded from (or ``set_card_metadata``'s); ``None`` for a local path."""
+        """The Hub id the model was loaded from (or ``set_card_metadata``'s); ``None`` for a local path (one that
+        existed when the trainer was created counts, wherever the process is now)."""
         if self._card_base_model is not None:
             return self._card_base_model
-        peft_config = getattr(self._unwrapped_model(keep_peft=True), "peft_config", None)
-        candidates = [getattr(c, "base_model_name_or_path", None)
-                      for c in (peft_config.values() if isinstance(peft_config, dict) else [])]
-        candidates.append(getattr(getattr(self._unwrapped_model(), "config", None), "_name_or_path", None))
         private = self._private_strings()
-        return next((name for name in candidates if is_hub_model_id(name, private)), None)
+        return next((name for name in self._model_origins()
+                     if name not in self._local_origins and is_hub_model_id(name, private)), None)
 
     def _license(self) -> str | None:
         """``set_card_metadata``'s license, else the base model card's (a local folder's README.md or the Hub)."""
@@ -232,9 +245,11 @@ class ModelCardMixin:
                            tags=[tags] if isinstance(tags, str) else list(tags or []))
         if language is not None:
             card.data.language = language
-        atomic_write_bytes(os.path.join(output_dir, CARD_NAME), str(card).encode("utf-8"))
-        atomic_write_bytes(os.path.join(output_dir, CARD_INPUTS_NAME),
-                      (json.dumps(inputs, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        # Into a saved model folder this is a small publish that keeps the folder one whole save (its manifest).
+        write_into_model_folder(output_dir, {
+            CARD_NAME: str(card).encode("utf-8"),
+            CARD_INPUTS_NAME: (json.dumps(inputs, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+        })
         return card
 
     # -------------------------------------------------------------------------------------------- saving
@@ -243,14 +258,18 @@ class ModelCardMixin:
 
         Called by ``_save_checkpoint`` for each checkpoint folder, so every checkpoint carries its card and mask.
         """
+        self._save_model_and_card(output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _save_model_and_card(self, output_dir: str | None, **card_kwargs: Any) -> None:
+        """One staged save (``staged_save``): model, processor, mask and the card (``card_kwargs``: for a push)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         with staged_save(self, output_dir) as folder:  # whole or not at all; stale files of earlier saves removed
             super().save_model(folder, _internal_call=True)
             if self.args.should_save:
                 self._save_mask(os.path.join(folder, MASK_SUBFOLDER))
-                self.create_model_card(output_dir=folder)
-        if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+                self.create_model_card(output_dir=folder, **card_kwargs)
 
     def _save_mask(self, folder: str) -> None:
         """Save the mask unless ``folder`` already holds an equal one.
@@ -311,19 +330,21 @@ class ModelCardMixin:
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)
-        self.save_model(_internal_call=True)
-        if not self.is_world_process_zero():
-            return None
         tags = kwargs.pop("tags", None)
         tags = [tags] if isinstance(tags, str) else list(tags or [])
         tags += [t for t in (getattr(self.model, "model_tags", None) or []) if t not in tags]
         model_name = kwargs.pop("model_name", None) or self.hub_model_id
-        self.create_model_card(model_name=model_name, tags=tags, **kwargs)
+        # The card for this repo is rendered inside the save: the pushed folder is exactly one save.
+        self._save_model_and_card(None, model_name=model_name, tags=tags, **kwargs)
+        if not self.is_world_process_zero():
+            return None
         self._finish_current_push()
         folder = self.args.output_dir
         base = self._card_base_model
+        files = publishable_files(folder, self._processor_file_names(), base_model=base)
+        check_publishable(folder, files)
         return commit_files(
-            folder, publishable_files(folder, self._processor_file_names(), base_model=base), self.hub_model_id,
+            folder, files, self.hub_model_id,
             commit_message=commit_message or "End of training", retry_hint=self._retry_hint(self.hub_model_id),
             token=token, revision=revision if revision is not None else self.args.hub_revision,
             run_as_future=not blocking, base_model=base,
@@ -337,9 +358,15 @@ class ModelCardMixin:
             return
         self.callback_handler.on_push_begin(self.args, self.state, self.control)
         files = publishable_files(checkpoint_folder, self._processor_file_names(), base_model=self._card_base_model)
+        check_publishable(checkpoint_folder, files)
         output_dir = self.args.output_dir
-        for rel in files:  # the output directory mirrors the last pushed checkpoint, as with Trainer
-            atomic_copy(os.path.join(checkpoint_folder, *rel.split("/")), os.path.join(output_dir, *rel.split("/")))
+        # The output directory mirrors the last pushed checkpoint, as with Trainer: published whole, as a save (with
+        # the card's inputs and the arguments, so it can be pushed again with `hf-unlearn push`).
+        local_only = [rel for rel in (CARD_INPUTS_NAME, "training_args.bin")
+                      if os.path.isfile(os.path.join(checkpoint_folder, rel))]
+        publish_copies(checkpoint_folder, files + local_only, output_dir, step=self.state.global_step,
+                       verified=(read_manifest(checkpoint_folder) or {}).get("verified"))
+        check_publishable(output_dir, files)
         if self.args.save_strategy == "steps":
             message = f"Training in progress, step {self.state.global_step}"
         else:

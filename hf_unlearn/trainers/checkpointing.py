@@ -1,10 +1,10 @@
 """Saves that land whole or not at all, resumes that pick a complete checkpoint of the same run, one run per folder.
 
-* **Atomic saves.** ``save_model(dir)`` writes into ``dir/.tmp-hf_unlearn-save/``, then renames every file into
-  place and writes ``hf_unlearn_manifest.json`` (the files and their sizes) last. A run killed while writing leaves
-  the earlier model in ``dir`` untouched; files an earlier save wrote and this one did not (an old
-  ``saliency_mask/``, old shards) are removed, so a folder never mixes two runs. A checkpoint is written into
-  ``checkpoint-N.tmp/`` and renamed to ``checkpoint-N`` only when complete, its manifest written last. Files are
+* **Atomic saves.** ``save_model(dir)`` is a staged publish (``hf_unlearn.model_folder``): every file is written into
+  ``dir/.tmp-hf_unlearn-save/``, then moved into ``dir`` under a journal whose last step, one rename, commits the
+  save's manifest. The manifest lists only what the save wrote, so a later save removes the earlier save's leftovers
+  (an old ``saliency_mask/``, old shards) and never checkpoints, logs or the user's files. A checkpoint is written
+  into ``checkpoint-N.tmp/`` and renamed to ``checkpoint-N`` only when complete, its manifest written last. Files are
   fsynced before the renames, directories after.
 * **Resume.** ``resume_from_checkpoint=True`` (or a path) uses the last *complete* checkpoint: one with a manifest
   whose files are all there at their recorded sizes (checkpoints of earlier versions, without a manifest, are checked
@@ -13,22 +13,21 @@
   another one is refused with what differs (``train(..., allow_resume_mismatch=True)`` resumes anyway, unless the
   trainable parameters differ: the optimizer state cannot fit then).
 * **Rotation** (``save_total_limit``) counts and deletes complete checkpoints only and never the last complete one.
-* **One run per output_dir.** ``train()`` holds ``output_dir/hf_unlearn.lock`` (host and pid); a second run on the
-  same folder is refused, naming it. A lock left by a run that died (same host, no such process) is taken over with
-  a warning.
+* **One run per output_dir.** ``train()`` holds ``output_dir/hf_unlearn.lock`` (``run_lock``: an OS file lock, so a
+  dead run's lock is free and exactly one of several starters gets it); a second run is refused, naming it. Once it
+  holds the folder, a run finishes or removes what a killed run left there (a half-published save, temporary files,
+  ``checkpoint-N.tmp``/``.old`` folders), with a log line.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
-import socket
 import struct
-import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import fields
@@ -37,22 +36,26 @@ from typing import Any, Iterator
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..model_folder import (  # noqa: F401 - MANIFEST_NAME, SAVE_STAGING: imported from here by tests and users
+    MANIFEST_NAME,
+    SAVE_STAGING,
+    fsync_tree,
+    publish_staged,
+    read_manifest,
+    recover_interrupted_save,
+    remove_stale_temporaries,
+    write_manifest,
+)
 from ..models import canonical_parameter_name
-from ..utils import fsync_directory, write_json_atomic
+from ..utils import fsync_directory
+from .run_lock import LOCK_NAME, OutputDirInUseError, RunLock  # noqa: F401 - part of this module's API
 
-MANIFEST_NAME = "hf_unlearn_manifest.json"
-MANIFEST_FORMAT = "hf_unlearn.manifest"
-LOCK_NAME = "hf_unlearn.lock"
+logger = logging.getLogger(__name__)
+
 STAGING_SUFFIX = ".tmp"
-SAVE_STAGING = ".tmp-hf_unlearn-save"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _STAGING_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+){re.escape(STAGING_SUFFIX)}$")
-# What a save of an earlier version (no manifest) may have left that a new save must not mix with its own files.
-_LEGACY_SAVE_FILES = (
-    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
-    "model-*-of-*.safetensors", "adapter_config.json", "adapter_model.safetensors", "training_args.bin",
-    "hf_unlearn_card.json", "saliency_mask/saliency_mask.safetensors", "saliency_mask/saliency_mask_config.json",
-)
+_REPLACED_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)\.old$")
 # Config fields that change how a run is carried out, not what it optimises: a resume may change them.
 _OPERATIONAL_FIELDS = {
     "stop_forget_loss_above", "precompute_ref_log_probs", "precompute_teacher_features",
@@ -66,55 +69,9 @@ class ResumeMismatchError(ValueError):
     """``resume_from_checkpoint`` names a checkpoint of a different run (method, objective, mask or parameters)."""
 
 
-class OutputDirInUseError(RuntimeError):
-    """Another run holds ``output_dir``'s lock file."""
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Manifests and completeness
 # ----------------------------------------------------------------------------------------------------------------
-def _walk_files(folder: str) -> dict[str, int]:
-    """``{relative path with '/': size}`` of every file under ``folder`` (the manifest itself excluded)."""
-    out = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
-            if rel != MANIFEST_NAME:
-                out[rel] = os.path.getsize(os.path.join(root, name))
-    return out
-
-
-def _fsync_tree(folder: str) -> None:
-    """Flush every file under ``folder`` to disk before it is renamed into place (a rename is only as durable as
-    the data it points to)."""
-    for root, _, names in os.walk(folder):
-        for name in names:
-            try:
-                with open(os.path.join(root, name), "rb") as f:
-                    os.fsync(f.fileno())
-            except OSError:  # e.g. a platform that cannot fsync a read-only handle
-                pass
-        fsync_directory(root)
-
-
-def write_manifest(folder: str, **fields_: Any) -> dict:
-    """Write ``hf_unlearn_manifest.json`` listing every file of ``folder`` with its size (written last)."""
-    manifest = {"format": MANIFEST_FORMAT, "version": 1, "files": _walk_files(folder), **fields_}
-    write_json_atomic(os.path.join(folder, MANIFEST_NAME), manifest)
-    fsync_directory(folder)
-    return manifest
-
-
-def read_manifest(folder: str) -> dict | None:
-    """The manifest of ``folder``, or None when there is none or it is not one of ours."""
-    try:
-        with open(os.path.join(folder, MANIFEST_NAME), encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
-
-
 def _safetensors_problem(path: str) -> str | None:
     """Why a safetensors file is not whole (its header must parse and its data end exactly at the end of the file)."""
     try:
@@ -263,114 +220,23 @@ def rotate_checkpoints(run_dir: str, limit: int | None, best: str | None = None)
     return deleted
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Publishing a staged folder into a final one
-# ----------------------------------------------------------------------------------------------------------------
-def _previous_save_files(final_dir: str) -> set[str]:
-    """Files the last save into ``final_dir`` wrote (its manifest), or the known save artifacts of old versions."""
-    manifest = read_manifest(final_dir)
-    if manifest is not None:
-        return set(manifest.get("files", {}))
-    present = set()
-    for pattern in _LEGACY_SAVE_FILES:
-        folder, _, name = pattern.rpartition("/")
-        base = os.path.join(final_dir, folder) if folder else final_dir
-        if os.path.isdir(base):
-            present |= {f"{folder}/{n}" if folder else n for n in os.listdir(base)
-                        if fnmatch.fnmatch(n, name) and os.path.isfile(os.path.join(base, n))}
-    return present
-
-
-def publish_staged(staging: str, final_dir: str, **manifest_fields: Any) -> dict:
-    """Move every file of ``staging`` into ``final_dir``, remove what an earlier save left, write the manifest last.
-
-    Each file is renamed over its old version (so every file is always whole); the slow part, writing, happened in
-    ``staging``. Returns the manifest.
-    """
-    new_files = _walk_files(staging)
-    stale = _previous_save_files(final_dir) - set(new_files)
-    _fsync_tree(staging)
-    for rel in sorted(new_files):
-        target = os.path.join(final_dir, *rel.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(os.path.join(staging, *rel.split("/")), target)
-    for rel in sorted(stale):
-        path = os.path.join(final_dir, *rel.split("/"))
-        if os.path.isfile(path):
-            os.remove(path)
-        parent = os.path.dirname(path)
-        if parent != os.path.normpath(final_dir) and os.path.isdir(parent) and not os.listdir(parent):
-            os.rmdir(parent)
-    for folder in {os.path.dirname(os.path.join(final_dir, *rel.split("/"))) for rel in new_files}:
-        fsync_directory(folder)
-    shutil.rmtree(staging, ignore_errors=True)
-    return write_manifest(final_dir, **manifest_fields)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The run lock
-# ----------------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return True
-    return True
-
-
-class RunLock:
-    """``output_dir/hf_unlearn.lock``: created exclusively, holds host and pid, removed on release."""
-
-    def __init__(self, output_dir: str):
-        self.output_dir = output_dir
-        self.path = os.path.join(output_dir, LOCK_NAME)
-        self.held = False
-
-    def acquire(self) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner.get("host") == me["host"] and isinstance(owner.get("pid"), int) \
-                        and owner["pid"] != me["pid"] and not _pid_alive(owner["pid"]):
-                    warnings.warn(f"output_dir's {LOCK_NAME} was left by a run that is no longer running (pid "
-                                  f"{owner['pid']}); taking it over.", stacklevel=3)
-                    os.remove(self.path)
-                    continue
-                who = (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"
-                       if owner else "an unknown process")
-                raise OutputDirInUseError(
-                    f"output_dir {self.output_dir!r} is in use by another run ({who}): two runs in one folder would "
-                    f"interleave and rotate away each other's checkpoints. Use another output_dir, or wait for that "
-                    f"run to end. If no run is using it, delete {self.path}."
-                ) from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(me, f)
-            self.held = True
-            return
-
-    def _owner(self) -> dict | None:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-            return data if isinstance(data, dict) else None
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        if self.held:
-            try:
-                os.remove(self.path)
-            except FileNotFoundError:
-                pass
-            self.held = False
+def clean_after_killed_run(output_dir: str) -> None:
+    """What a killed run left in ``output_dir``, dealt with by the next run once it holds the folder's lock: a model
+    save half moved into place is finished (every file had been written) or its staging removed; temporary files of
+    atomic writes and unfinished ``checkpoint-N.tmp`` / replaced ``checkpoint-N.old`` folders are removed. One log
+    line each; no folder path (a run directory's name can name the forget set)."""
+    if not os.path.isdir(output_dir):
+        return
+    recover_interrupted_save(output_dir)
+    removed = remove_stale_temporaries(output_dir)
+    for name in sorted(os.listdir(output_dir)):
+        if (_STAGING_RE.match(name) or _REPLACED_RE.match(name)) and os.path.isdir(os.path.join(output_dir, name)):
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            removed.append(name + "/")
+    if removed:
+        shown = ", ".join(removed[:6]) + (f" and {len(removed) - 6} more" if len(removed) > 6 else "")
+        logger.warning("Removed %d temporary file(s) or folder(s) that a killed run left in output_dir: %s.",
+                       len(removed), shown)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -499,6 +365,8 @@ class SafeCheckpointMixin:
                 self._run_lock.acquire()
             except OutputDirInUseError as err:
                 error = str(err)
+            else:
+                clean_after_killed_run(self.args.output_dir)
         if self.args.world_size > 1:  # every process stops, not only the one that holds the folder
             from accelerate.utils import broadcast_object_list
 
@@ -552,9 +420,9 @@ class SafeCheckpointMixin:
             if self.state.best_model_checkpoint == staged:  # Trainer saw the staged name
                 self.state.best_model_checkpoint = final
                 self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-            write_manifest(staged, step=self.state.global_step, fingerprint=self.run_fingerprint(),
-                           verified=verified)
-            _fsync_tree(staged)
+            write_manifest(staged, kind="checkpoint", step=self.state.global_step,
+                           fingerprint=self.run_fingerprint(), verified=verified)
+            fsync_tree(staged)
             if os.path.exists(final):  # a checkpoint of an earlier run with the same step: replace it whole
                 old = final + ".old"
                 shutil.rmtree(old, ignore_errors=True)
@@ -604,7 +472,8 @@ def staged_save(trainer, output_dir: str) -> Iterator[str]:
     verified = guard.verify_before_save(f"save_model({output_dir!r})") if guard is not None else None
     staging = os.path.join(output_dir, SAVE_STAGING)
     if trainer.args.should_save:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(output_dir, exist_ok=True)
+        recover_interrupted_save(output_dir)  # a save a killed run left: finished, or removed
         os.makedirs(staging)
     if trainer.args.world_size > 1:
         trainer.accelerator.wait_for_everyone()

@@ -85,8 +85,7 @@ class DivergenceGuard(TrainerCallback):
         before, after = _sum_over_shards(norms ** 2, self.params).sqrt().tolist()  # the one sync
         step = state.global_step + 1
         if not math.isfinite(after):
-            grads = [_local(p.grad) for p in self.params if p.grad is not None]
-            norm = _norm_tensor(grads).item() if grads else float("nan")
+            norm = self._gradient_norm()
             self._restore()
             cause = (f"the gradient norm was {norm}" if not math.isfinite(norm)
                      else "the gradients were finite: the update overflowed")
@@ -100,6 +99,17 @@ class DivergenceGuard(TrainerCallback):
             self._fail(f"step {step} changed the weight norm from {before:.4g} to {after:.4g} ({change:.3g} times "
                        f"itself), above max_weight_norm_change={bound}",
                        "The model in memory holds the weights from before that step")
+
+    @torch.no_grad()
+    def _gradient_norm(self) -> float:
+        """The norm of the whole gradient (NaN when no parameter has one). Under FSDP2 each rank holds a shard of it:
+        summed over the ranks, so every rank names the same cause (a NaN in one shard is every rank's NaN)."""
+        grads = [_local(p.grad) for p in self.params if p.grad is not None]
+        device = _local(self.params[0]).device
+        squared = _norm_tensor(grads) ** 2 if grads else torch.zeros((), device=device)
+        count = torch.tensor(float(len(grads)), device=squared.device)
+        squared, count = _sum_over_shards(torch.stack([squared, count]), self.params).tolist()
+        return math.sqrt(squared) if count else float("nan")
 
     # -------------------------------------------------------------------------------------------- loss / saves
     def on_nonfinite_loss(self, what: str) -> None:
