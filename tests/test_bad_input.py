@@ -312,7 +312,7 @@ CLI_CASES: dict[str, CliCase] = {
                                   "hold objects other than tensors", setup=_earlier_eval),
     "eval-model-without-config": CliCase(("eval", "--model", "@FILES@/no_config", "--output", "@TMP@/e.json"),
                                          "config.json"),
-    "eval-batch-size-zero": CliCase(("eval", "--model", "@MODEL@", "--batch-size", "0"),
+    "eval-cmd-batch-size-zero": CliCase(("eval", "--model", "@MODEL@", "--batch-size", "0"),
                                     "--batch-size must be >= 1, got 0"),
     "eval-unknown-benchmark": CliCase(("eval", "--model", "@MODEL@", "--benchmark", "tofu:x", "--output",
                                        "@TMP@/e.json"), "Unknown benchmark 'tofu:x'"),
@@ -624,24 +624,28 @@ def test_a_second_run_on_a_folder_another_run_holds_is_one_line(files, tiny_llav
                                                                   monkeypatch):
     """Two runs start on the same empty folder; the other one takes the lock first (between the check and train)."""
     import hf_unlearn.commands.run as run_command
+    from hf_unlearn.trainers.run_lock import RunLock
 
     out = tmp_path / "out"
-    lock = {"host": socket.gethostname(), "pid": os.getppid(), "started": "earlier"}  # a live process
+    other = RunLock(str(out))  # the other run: it holds the OS lock for as long as it runs
 
     def other_run_starts(*args, **kwargs):
         plan = read(*args, **kwargs)
-        out.mkdir()
-        (out / "hf_unlearn.lock").write_text(json.dumps(lock))
+        other.acquire()
         return plan
 
     read = run_command.read_run_config
     monkeypatch.setattr(run_command, "read_run_config", other_run_starts)
-    assert main(["run", "--config", _write_run(tmp_path, files, tiny_llava_dir)]) == 2
+    try:
+        assert main(["run", "--config", _write_run(tmp_path, files, tiny_llava_dir)]) == 2
+        record = json.loads((out / "hf_unlearn.lock").read_text())
+        assert [p.name for p in out.iterdir()] == ["hf_unlearn.lock"]  # the other run's folder, untouched
+    finally:
+        other.release()
     line = _expect_one_line(capsys.readouterr().err, "hf-unlearn run: error: ", f"output_dir {str(out)!r} is in use "
-                            f"by another run (pid {os.getppid()}")
+                            f"by another run (pid {os.getpid()}")
     assert "Use another output_dir, or wait for that run to end" in line
-    assert [p.name for p in out.iterdir()] == ["hf_unlearn.lock"]  # the other run's folder, untouched
-    assert json.loads((out / "hf_unlearn.lock").read_text()) == lock
+    assert record["pid"] == os.getpid()
 
 
 def test_an_unexpected_error_is_one_line_exit_1_and_debug_shows_the_traceback(files, tiny_llava_dir, tmp_path,

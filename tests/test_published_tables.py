@@ -2,7 +2,6 @@
 committed run is the multi-seed run the docs say it is (seeds never used for tuning, calibrated attack)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -26,8 +26,8 @@ before the model is loaded; any problem is one ``hf-unlearn run: error:`` line a
 written (``hf-unlearn --debug run ...`` shows the traceback). ``hf-unlearn run --method npo --help`` lists every flag
 of a method.
 Logs (``report_to``, ``trainer_state.json``) and checkpoints (``save_strategy``) stay in ``output_dir``; the final
-model is written to a hidden folder there and moved into place, and ``hf_unlearn_run.json`` (the values actually
-used) is written last: a run directory that has it is complete.
+model is one staged save published into it, and ``hf_unlearn_run.json`` (the values actually used) is written last: a
+run directory that has it is complete.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ import argparse
 import glob
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict
 from typing import Any
@@ -259,17 +257,6 @@ def run(args: argparse.Namespace) -> int:
         raise
 
 
-def _move_into(src: str, dst: str) -> None:
-    """Move every entry of ``src`` into ``dst`` (each file renamed atomically; folders merged)."""
-    os.makedirs(dst, exist_ok=True)
-    for name in os.listdir(src):
-        source, target = os.path.join(src, name), os.path.join(dst, name)
-        if os.path.isdir(source) and os.path.isdir(target):
-            _move_into(source, target)
-        else:
-            os.replace(source, target)
-
-
 def run_plan(plan: RunPlan) -> int:
     """Execute a validated configuration (see the module docstring)."""
     from transformers import set_seed
@@ -337,16 +324,10 @@ def run_plan(plan: RunPlan) -> int:
     if after is not None and hasattr(trainer, "record_evaluation"):
         trainer.record_evaluation(before, after)
 
-    # The final model goes to a hidden folder of output_dir (never pushed) and is moved into place when complete;
-    # the run record is written last, so a run directory without it is an interrupted run.
-    staging = tempfile.mkdtemp(prefix=".tmp-final-model-", dir=output_dir)
-    try:
-        trainer.save_model(staging)
-        if processor is not None and not os.path.isfile(os.path.join(staging, "tokenizer_config.json")):
-            processor.save_pretrained(staging)
-        _move_into(staging, output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # The final model (with its processor) is one staged save published into output_dir (model_folder.py): an
+    # earlier run's files there are replaced, never mixed in; the run record is written last, so a run directory
+    # without it is an interrupted run.
+    trainer.save_model(output_dir)
     mask_used = getattr(trainer, "saliency_mask", None)
     info = {
         "method": name, "model": plan.model, "seed": seed,
