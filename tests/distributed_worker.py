@@ -39,7 +39,7 @@ from hf_unlearn.data.synthetic import (  # noqa: E402
     benchmark_corpus,
     build_synthetic_benchmark,
 )
-from hf_unlearn.trainers import GATrainer, NPOTrainer  # noqa: E402
+from hf_unlearn import GATrainer, NPOTrainer  # noqa: E402
 from hf_unlearn.methods.mmunlearner import MMUnlearnerTrainer  # noqa: E402
 from hf_unlearn.methods.vkd import VKDTrainer  # noqa: E402
 

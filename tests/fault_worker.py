@@ -38,7 +38,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from distributed_worker import GLOBAL_BATCH, data, fsdp_kwargs  # noqa: E402
 from hf_unlearn.config import GAConfig  # noqa: E402
-from hf_unlearn.trainers import GATrainer  # noqa: E402
+from hf_unlearn import GATrainer  # noqa: E402
 from hf_unlearn.trainers.checkpointing import scan_checkpoints  # noqa: E402
 from hf_unlearn.trainers.divergence import UnlearningDivergedError, _local  # noqa: E402
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hf_unlearn import PairedCollator, UnlearnDataCollator
+from hf_unlearn.data.row_index import ROW_INDEX_KEY, RowIndexCollator
 from hf_unlearn.testing import tiny_llama, tiny_vlm
-
 from hf_unlearn.testing.toy import toy_portrait as portrait
 
 ROWS = [
@@ -77,12 +77,12 @@ def test_max_length_truncates_answer_but_never_the_prompt():
         UnlearnDataCollator(processor, max_length=10)([ROWS[2]])
 
 
-def test_paired_collator_lifts_reserved_values():
+def test_paired_collator_carries_row_indices_and_passes_plain_rows_through():
     _, processor = tiny_vlm("llava")
-    paired = PairedCollator(UnlearnDataCollator(processor))
-    batch = paired([{"forget": {**ROWS[0], "ref_logp": -1.5}, "retain": ROWS[1]},
-                    {"forget": {**ROWS[2], "ref_logp": -2.5}, "retain": ROWS[1]}])
-    assert batch["forget"]["ref_logp"].tolist() == [-1.5, -2.5]
+    paired = PairedCollator(RowIndexCollator(UnlearnDataCollator(processor)))
+    batch = paired([{"forget": {**ROWS[0], ROW_INDEX_KEY: 3}, "retain": {**ROWS[1], ROW_INDEX_KEY: 0}},
+                    {"forget": {**ROWS[2], ROW_INDEX_KEY: 5}, "retain": {**ROWS[1], ROW_INDEX_KEY: 0}}])
+    assert batch["forget"][ROW_INDEX_KEY].tolist() == [3, 5] and batch["retain"][ROW_INDEX_KEY].tolist() == [0, 0]
     assert batch["forget"]["pixel_values"].shape[0] == 2 and "pixel_values" not in batch["retain"]
     # Plain rows (evaluation) go straight through the inner collator.
     assert set(paired([ROWS[1]])) >= {"input_ids", "labels"}

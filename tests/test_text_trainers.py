@@ -72,7 +72,7 @@ def test_simnpo_forgets_without_a_reference_model(memorised_llama, text_data, tm
                             train_dataset=text_data["forget"], retain_dataset=text_data["retain"],
                             processing_class=tok)
     assert isinstance(trainer.args, SimNPOConfig) and (trainer.args.beta, trainer.args.forget_weight) == (4.5, 0.125)
-    assert trainer.ref_model is None and not trainer._use_adapter_free_reference  # reference-free
+    assert trainer.ref_model is None and not trainer.reference.adapter_free  # reference-free
     trainer.train()
     forget, retain = mean_nll(model, tok, text_data["forget"]), mean_nll(model, tok, text_data["retain"])
     assert before[0] < 0.05 and before[1] < 0.05           # memorised
@@ -202,7 +202,7 @@ def test_rmu_precomputed_retain_activations_equal_the_frozen_copy(memorised_llam
     # What was stored is the frozen model's h_l at each retain row's answer positions, row by row (computed here one
     # row at a time, unpadded). Only the summation order differs (batch layout): the longest reduction feeding h_l is
     # one MLP dot product per layer (intermediate size) on top of the residual stream's scale.
-    stored = pre[1].retain_activations
+    stored = pre[1].precomputed.rows("retain.activation")
     assert len(stored) == len(text_data["retain"])
     frozen, tok = load_llama(memorised_llama)
     collate = UnlearnDataCollator(tok)

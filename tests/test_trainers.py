@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration, TrainerCallback, TrainingArguments
 
-from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearningDivergedError
+from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearnDataCollator, UnlearningDivergedError, \
+    losses
 
-from conftest import load_llava, mean_nll
+from conftest import load_llava, mean_nll, reduction_tolerance
 
 
 def ga_args(tmp_path, **kw):
@@ -90,16 +91,28 @@ def test_npo_precomputed_reference_equals_live_and_holds_no_model(memorised_llav
         runs[precompute] = ([h["forget_loss"] for h in trainer.state.log_history if "forget_loss" in h],
                             {k: v.clone() for k, v in model.state_dict().items()}, trainer)
     live, pre = runs[False], runs[True]
-    assert live[0] == pytest.approx(pre[0], rel=1e-5)
-    assert all(torch.allclose(v, pre[1][k], atol=1e-6) for k, v in live[1].items())
+    # The runs differ only in the batch layout of the reference's forward (rounding), which Adam may amplify on
+    # entries with near-zero gradients: compare the losses, and the stored values directly.
+    assert live[0] == pytest.approx(pre[0], rel=1e-4)
     assert live[2].ref_model is not None and pre[2].ref_model is None
     # The live trainer holds a second model; the precomputing one holds none besides the policy.
     def extra_models(trainer):
-        return [v for v in vars(trainer).values() if isinstance(v, torch.nn.Module) and v is not trainer.model
+        held = list(vars(trainer).values()) + list(vars(trainer.reference).values())
+        return [v for v in held if isinstance(v, torch.nn.Module) and v is not trainer.model
                 and v is not getattr(trainer, "model_wrapped", None)]
 
     assert len(extra_models(live[2])) == 1 and extra_models(pre[2]) == []
-    assert len(pre[2].pairing.forget_extras["ref_logp"]) == len(toy_data["forget"])
+    stored = pre[2].precomputed.rows("forget.ref_logp")
+    assert len(stored) == len(toy_data["forget"])
+    reference, processor = load_llava(memorised_llava)  # the starting model, one row at a time, unpadded
+    collate = UnlearnDataCollator(processor)
+    for i, row in enumerate(toy_data["forget"]):
+        batch = collate([row])
+        with torch.no_grad():
+            logp, count = losses.sequence_log_probs(reference(**batch).logits, batch["labels"])
+        # A sum of `count` token log-probs, each a log-softmax over the vocabulary: the reductions that may reorder.
+        tolerance = reduction_tolerance(abs(logp.item()) + count.item(), reference.config.text_config.vocab_size)
+        assert stored[i].item() == pytest.approx(logp.item(), abs=tolerance)
 
 
 def test_gradient_accumulation_scaling_matches_one_big_batch(memorised_llava, toy_data, tmp_path):

@@ -15,6 +15,7 @@ from hf_unlearn.losses import feature_distance, sequence_log_probs
 from hf_unlearn.models import get_language_model, language_parameter_names, vision_parameter_names
 from hf_unlearn.testing import tiny_vlm
 from hf_unlearn.data.row_index import ROW_INDEX_KEY
+from hf_unlearn.trainers.reference import PRECOMPUTED_NAME
 from hf_unlearn.methods.vkd import VKDTrainer, freeze_for_vkd
 
 Q = "What is the name of the person in the image?"
@@ -101,12 +102,12 @@ def test_precomputed_teacher_features_equal_live(arch, site, tmp_path):
     assert pre.ref_model is None  # no teacher copy at all: the starting model is read once at train begin
     pre.prepare_teacher()
     live.prepare_teacher()
-    assert pre.ref_model is None and pre.teacher_features is not None
+    assert pre.ref_model is None and pre.precomputed.names() == ["forget.ref_logp", "forget.teacher", "retain.teacher"]
     assert pre.feature_scale == pytest.approx(live.feature_scale, rel=1e-5)
 
     collate = UnlearnDataCollator(processor)
     for side, dataset in (("forget", forget), ("retain", retain)):
-        stored = pre.teacher_features[side]
+        stored = pre.precomputed.rows(f"{side}.teacher")
         assert len(stored) == len(dataset)
         for i, row in enumerate(dataset):
             feats, out = live.teacher_pass(live.model, collate([row]), need_outputs=side == "forget")
@@ -117,7 +118,7 @@ def test_precomputed_teacher_features_equal_live(arch, site, tmp_path):
             torch.testing.assert_close(stored[i], feats, atol=1e-5, rtol=1e-4)
             if side == "forget":  # NPO reference log-probs precomputed from the same pass
                 ref, _ = sequence_log_probs(out.logits, collate([row])["labels"])
-                assert pre.pairing.forget_extras["ref_logp"][i] == pytest.approx(ref.item(), abs=1e-4)
+                assert pre.precomputed.rows("forget.ref_logp")[i].item() == pytest.approx(ref.item(), abs=1e-4)
 
     live.train()
     pre.train()
@@ -262,7 +263,7 @@ def test_peft_adapters_on_the_vision_side_with_adapter_free_teacher(tmp_path):
     trainer = VKDTrainer(peft, config(tmp_path, max_steps=3), train_dataset=forget, retain_dataset=retain,
                          processing_class=processor)
     # LoRA factors on the LLM are frozen too; the teacher is the base with adapters off (no copy).
-    assert trainer.ref_model is None and trainer._use_adapter_free_reference
+    assert trainer.ref_model is None and trainer.reference.adapter_free
     assert trainer.trainable_names and all("vision_tower" in n and "lora_" in n for n in trainer.trainable_names)
     trainer.train()
     changed = {n for n, p in peft.named_parameters() if not torch.equal(p, before[n])}
@@ -289,23 +290,23 @@ def test_resume_with_precomputed_features_equals_uninterrupted(with_holdout, tmp
     _, first = make("resumed")
     first.train()
     ckpt = tmp_path / "resumed" / "checkpoint-2"
-    assert (ckpt / VKDTrainer.TEACHER_FEATURES_NAME).is_file()
+    assert (ckpt / PRECOMPUTED_NAME).is_file()
     resumed_model, resumed = make("resumed")
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert resumed.state.global_step == 4 and resumed.ref_model is None
     assert resumed.feature_scale == straight.feature_scale
-    sides = ("forget", "retain", "stranger") if with_holdout else ("forget", "retain")
-    assert set(resumed.teacher_features) == set(sides)
+    names = {"forget.teacher", "retain.teacher", "forget.ref_logp"} | ({"holdout.teacher"} if with_holdout else set())
+    assert set(resumed.precomputed.names()) == names
     assert resumed.args.forget_feature_loss == ("stranger" if with_holdout else "random_target")
-    for side in sides:
-        for a, b in zip(straight.teacher_features[side], resumed.teacher_features[side], strict=True):
+    for name in names:
+        for a, b in zip(straight.precomputed.rows(name), resumed.precomputed.rows(name), strict=True):
             assert torch.equal(a, b)
     for (name, a), b in zip(straight_model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
 
     # Without the features file and without a teacher, resuming is an error (the starting model is gone). A checkpoint
     # of an earlier version (no manifest) is the way to get one: with the manifest it would be incomplete.
-    (ckpt / VKDTrainer.TEACHER_FEATURES_NAME).unlink()
+    (ckpt / PRECOMPUTED_NAME).unlink()
     (ckpt / "hf_unlearn_manifest.json").unlink()
     _, again = make("resumed")
     with pytest.raises(ValueError, match="no teacher_model was given"):
@@ -354,13 +355,14 @@ def test_stranger_target_is_the_default_with_a_holdout_set_and_pulls_forget_feat
     collate = UnlearnDataCollator(processor)
     strangers_seen = [extract_features(start, collate([row]), args.feature_site, args.feature_layer)[0]
                       for row in holdout]
-    assert len(trainer.stranger_features) == 3
-    for got, want in zip(trainer.stranger_features, strangers_seen, strict=True):
+    stored = trainer.precomputed.rows("holdout.teacher")
+    assert len(stored) == 3
+    for got, want in zip(stored, strangers_seen, strict=True):
         torch.testing.assert_close(got, want)
-    batch = trainer._prepare_inputs(trainer.data_collator.collator([{**forget[i], ROW_INDEX_KEY: i} for i in (0, 1)]))
+    batch = trainer._prepare_inputs(trainer.row_collator([{**forget[i], ROW_INDEX_KEY: i} for i in (0, 1)]))
     target = trainer.stranger_target(batch, torch.empty(2 * 16, strangers_seen[0].shape[-1]))
     # Row i gets stranger (i * 7919) mod 3: rows 0 and 1 get strangers 0 and 2, fixed for the whole run.
-    assert torch.equal(target, torch.cat([trainer.stranger_features[0], trainer.stranger_features[2]]))
+    assert torch.equal(target, torch.cat([stored[0], stored[2]]))
 
     @torch.no_grad()
     def distance_to_strangers(m):

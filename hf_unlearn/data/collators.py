@@ -30,9 +30,6 @@ class CollationError(ValueError):
     does not render the prompt as a prefix): the user's to fix, found while batching."""
 
 # Per-example values the trainers attach to forget rows (e.g. precomputed reference log-probs); collated as tensors.
-RESERVED_FLOAT_KEYS = ("ref_logp",)
-
-
 def _tokenizer_of(processing_class):
     return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
 
@@ -239,25 +236,16 @@ class PairedCollator:
     """Collate ``{"forget": row, "retain": row}`` pairs into ``{"forget": batch, "retain": batch}``.
 
     Plain rows (evaluation) go through the inner collator unchanged, so one collator serves training and evaluation.
-    Reserved per-row values (``ref_logp``) are lifted out before the inner collator and added back as tensors.
     """
 
     def __init__(self, collator: Callable[[list[dict]], dict]):
         self.collator = collator
 
-    def _collate_side(self, rows: list[dict]) -> dict:
-        reserved = {k: [r[k] for r in rows] for k in RESERVED_FLOAT_KEYS if k in rows[0]}
-        rows = [{k: v for k, v in r.items() if k not in reserved} for r in rows]
-        batch = dict(self.collator(rows))
-        for key, values in reserved.items():
-            batch[key] = torch.tensor(values, dtype=torch.float32)
-        return batch
-
     def __call__(self, features: list[dict]) -> dict:
         if isinstance(features[0], dict) and "forget" in features[0]:
-            batch = {"forget": self._collate_side([f["forget"] for f in features])}
+            batch = {"forget": dict(self.collator([f["forget"] for f in features]))}
             if features[0].get("retain") is not None:
-                batch["retain"] = self._collate_side([f["retain"] for f in features])
+                batch["retain"] = dict(self.collator([f["retain"] for f in features]))
             return batch
         return self.collator(features)
 

@@ -24,17 +24,14 @@ class ForgetRetainDataset(Dataset):
         anchor: ``"forget"`` (an epoch is one pass over the forget set) or ``"retain"`` (one pass over the retain
             set, forget rows cycled: the MMUnlearner reference schedule).
         seed: pairing seed.
-        forget_extras: optional per-forget-row values (e.g. ``{"ref_logp": [...]}``) attached to the forget rows.
     """
 
-    def __init__(self, forget, retain=None, anchor: str = "forget", seed: int = 0,
-                 forget_extras: dict[str, list] | None = None):
+    def __init__(self, forget, retain=None, anchor: str = "forget", seed: int = 0):
         if anchor not in ("forget", "retain"):
             raise ValueError(f"anchor must be 'forget' or 'retain', got {anchor!r}.")
         if anchor == "retain" and retain is None:
             raise ValueError("anchor='retain' needs a retain dataset.")
         self.forget, self.retain, self.anchor, self.seed = forget, retain, anchor, seed
-        self.forget_extras = forget_extras or {}
         self.epoch = 0
         self._perm_cache: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -51,20 +48,14 @@ class ForgetRetainDataset(Dataset):
             self._perm_cache = {key: torch.randperm(n, generator=g)}
         return self._perm_cache[key]
 
-    def _forget_row(self, j: int) -> dict[str, Any]:
-        row = dict(self.forget[j])
-        for key, values in self.forget_extras.items():
-            row[key] = values[j]
-        return row
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self.anchor == "forget":
             retain = None
             if self.retain is not None:
                 retain = self.retain[int(self._permutation(len(self.retain))[i % len(self.retain)])]
-            return {"forget": self._forget_row(i), "retain": retain}
+            return {"forget": self.forget[i], "retain": retain}
         j = int(self._permutation(len(self.forget))[i % len(self.forget)])
-        return {"forget": self._forget_row(j), "retain": self.retain[i]}
+        return {"forget": self.forget[j], "retain": self.retain[i]}
 
 
 class PairingEpochCallback(TrainerCallback):

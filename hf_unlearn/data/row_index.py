@@ -1,6 +1,6 @@
-"""Row indices carried through a batch: which stored per-row values (VKD's teacher features, RMU's retain
-activations) belong to the rows of a batch. The index is never a model input (``UnlearnTrainer.model_inputs``
-drops it)."""
+"""Row indices carried through a batch: which stored per-row values (``trainers/reference.py``: NPO's reference
+log-probs, VKD's teacher features, RMU's retain activations) belong to the rows of a batch. Every unlearning trainer
+indexes its forget and retain rows; the index is never a model input (``UnlearnTrainer.model_inputs`` drops it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-ROW_INDEX_KEY = "vkd_row_index"
+ROW_INDEX_KEY = "hf_unlearn_row_index"
 
 
 class IndexedRows(Dataset):

@@ -17,7 +17,6 @@ from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_positive
 from ..trainers.registry import MethodSpec, register_method
-from ..data.collators import PairedCollator
 from ..data.refusals import REFUSALS, refusal_for
 from ..trainers.base import UnlearnTrainer
 
@@ -139,13 +138,11 @@ class IdkPOTrainer(UnlearnTrainer):
     }
     needs_reference_on_forget = True
 
-    def __init__(self, model, args=None, data_collator=None, train_dataset=None, *pos, **kwargs):
-        args = self._coerce_args(args, model)
-        if train_dataset is not None and len(train_dataset) > 0:
-            train_dataset = RefusalRows(train_dataset, args.refusal_column, args.refusals, args.seed)
-        super().__init__(model, args, data_collator, train_dataset, *pos, **kwargs)
-        # The base class built (or was given) the row collator; pair each forget row with its refusal around it.
-        self.data_collator = PairedCollator(RefusalPairCollator(self.data_collator.collator))
+    def wrap_forget_rows(self, dataset, args):
+        return RefusalRows(dataset, args.refusal_column, args.refusals, args.seed)
+
+    def wrap_collator(self, collator):
+        return RefusalPairCollator(collator)  # each forget row collated with its refusal as the chosen answer
 
     @staticmethod
     def model_inputs(batch: dict) -> dict:

@@ -262,7 +262,7 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         if self._probe_batch is None:
             n = min(self.args.per_device_train_batch_size, len(self.retain_dataset))
             rows = [self.retain_dataset[i] for i in range(n)]
-            self._probe_batch = self._prepare_inputs(self.data_collator.collator(rows))
+            self._probe_batch = self.model_inputs(self._prepare_inputs(self.row_collator(rows)))
         was_training = self.model.training
         self.model.eval()
         loss = self.model(**self._probe_batch).loss.item()

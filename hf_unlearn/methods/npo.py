@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import torch
-from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_positive
 from ..trainers.registry import MethodSpec, register_method
+from ..data.row_index import ROW_INDEX_KEY
 from ..trainers.base import UnlearnTrainer
+from ..trainers.reference import REFERENCE_LOG_PROBS
 
 
 @dataclass
@@ -43,7 +44,7 @@ class _PrecomputeReferenceCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer.precompute_reference_log_probs()
+        self.trainer.precompute_reference_log_probs(resumed=state.global_step > 0)
 
 
 class NPOTrainer(UnlearnTrainer):
@@ -66,49 +67,43 @@ class NPOTrainer(UnlearnTrainer):
     }
     needs_reference_on_forget = True
 
-    def __init__(self, *args, ref_model=None, **kwargs):
-        self._given_ref_model = ref_model
-        super().__init__(*args, ref_model=ref_model, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         if self.args.precompute_ref_log_probs:
             self.add_callback(_PrecomputeReferenceCallback(self))
 
     def needs_reference(self, args) -> bool:
         # Precomputing from the starting model needs no second model; a given ref_model is used once then dropped.
         if args.precompute_ref_log_probs and args.retain_loss_type != "kl":
-            return self._given_ref_model is not None
+            return self.given_reference is not None
         return super().needs_reference(args)
 
     @torch.no_grad()
-    def precompute_reference_log_probs(self) -> None:
-        """Fill ``ref_logp`` for every forget row, then drop the reference model (unless a KL term needs it)."""
-        if "ref_logp" in self.pairing.forget_extras:
-            return  # already there (resumed from a checkpoint)
+    def precompute_reference_log_probs(self, resumed: bool = False) -> None:
+        """Store the reference log-prob of every forget row (``forget.ref_logp``), then drop the reference model
+        (unless a KL retain term needs it)."""
+        if REFERENCE_LOG_PROBS in self.precomputed:
+            return  # resumed from a checkpoint that holds them
+        self.check_starting_model(resumed, "reference log-probs", "precompute_ref_log_probs=True")
         model = self.model
         was_training = model.training
         model.eval()
-        collate = self.data_collator.collator
-        bs = self.args.per_device_eval_batch_size
-        values: list[float] = []
-        # On a 7B model this takes minutes before step 0: show it (the Trainer's own bar has not started yet).
-        starts = tqdm(range(0, len(self.forget_dataset), bs), desc="NPO reference log-probs", unit="batch",
-                      disable=self.args.disable_tqdm or not self.is_world_process_zero())
-        for start in starts:
-            rows = [self.forget_dataset[i] for i in range(start, min(start + bs, len(self.forget_dataset)))]
-            batch = self._prepare_inputs(collate(rows))
-            logits = (self.ref_model(**batch) if self.ref_model is not None else model(**batch)).logits
-            logps, _ = losses.sequence_log_probs(logits, batch["labels"])
-            values.extend(logps.float().cpu().tolist())
-        self.pairing.forget_extras["ref_logp"] = values
+        values: list[torch.Tensor] = []
+        with self.starting_model(model) as reference:
+            for batch in self.eval_batches(self.forget_dataset, "NPO reference log-probs"):
+                logps, _ = losses.sequence_log_probs(reference(**self.model_inputs(batch)).logits, batch["labels"])
+                values.extend(logps.float())
+        self.precomputed.put(REFERENCE_LOG_PROBS, values)
         if self.args.retain_loss_type != "kl":
-            self.ref_model = None
+            self.reference.drop()
         model.train(was_training)
 
     def forget_loss(self, model, forget):
         inputs = self.model_inputs(forget)
         outputs = model(**inputs)
         logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])  # (B,)
-        if "ref_logp" in forget:
-            ref_logps = forget["ref_logp"].to(logps)
+        if REFERENCE_LOG_PROBS in self.precomputed:
+            ref_logps = self.precomputed.gather(REFERENCE_LOG_PROBS, forget[ROW_INDEX_KEY], like=logps)
         else:
             ref_logps, _ = losses.sequence_log_probs(self.reference_logits(model, inputs), inputs["labels"])
         loss = losses.npo_loss(logps, ref_logps, self.args.beta)

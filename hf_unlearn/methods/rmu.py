@@ -12,8 +12,8 @@ projection), frozen in place before the optimizer exists.
 
 The forward stops at layer l: nothing after it affects the loss (single process only; under DDP / DeepSpeed the full
 forward runs so the wrapper sees it). The frozen copy shares every frozen weight with the policy, so it costs only
-the trainable matrices; ``precompute_retain_activations=True`` instead stores h_l^ref of every retain row on CPU at
-the start and holds no copy. On a vision-language model the steered layer is a language-model decoder layer and the
+the trainable matrices; ``precompute_retain_activations=True`` instead stores h_l^ref of every retain row at the start
+(``PrecomputedStore``: on CPU, in every checkpoint, so a resume needs no copy either) and holds no copy. On a vision-language model the steered layer is a language-model decoder layer and the
 forget rows are VQA rows (image tokens pass through it; the answer positions are steered).
 """
 
@@ -25,17 +25,15 @@ import re
 import torch
 from torch import nn
 from transformers import TrainerCallback
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_positive
 from ..trainers.registry import MethodSpec, register_method
-from ..data.collators import PairedCollator
 from ..features import language_blocks
 from ..models import unwrap_model
 from ..trainers.base import UnlearnTrainer
-from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
+from ..data.row_index import ROW_INDEX_KEY
 
 
 @dataclass
@@ -173,6 +171,9 @@ def rmu_trainable_parameter_names(model: nn.Module, layers: list[int], pattern: 
     return names
 
 
+RETAIN_ACTIVATION = "retain.activation"  # the stored frozen-model activations (PrecomputedStore)
+
+
 class _PrecomputeRetainCallback(TrainerCallback):
     def __init__(self, trainer: "RMUTrainer"):
         self.trainer = trainer
@@ -193,6 +194,7 @@ class RMUTrainer(UnlearnTrainer):
     """
 
     config_class = RMUConfig
+    reference_shares_frozen = True  # frozen weights are the same in policy and reference: only the trained ones copy
     _name = "RMU"
     _method_tag = "rmu"
     _paper = {
@@ -218,16 +220,9 @@ class RMUTrainer(UnlearnTrainer):
                 p.requires_grad_(False)
             elif not peft:
                 p.requires_grad_(True)
-
-        self._given_ref_model = ref_model
-        self.retain_activations: list[torch.Tensor] | None = None
-        precompute = args.precompute_retain_activations and retain_dataset is not None
-        if precompute:  # each retain row carries its index, to look its stored activations up
-            retain_dataset = IndexedRows(retain_dataset)
         super().__init__(model, args, data_collator, train_dataset, retain_dataset, *pos, ref_model=ref_model,
                          **kwargs)
-        if precompute:
-            self.data_collator = PairedCollator(RowIndexCollator(self.data_collator.collator))
+        if args.precompute_retain_activations and self.retain_dataset is not None:
             self.add_callback(_PrecomputeRetainCallback(self))
         self._control: torch.Tensor | None = None
         self._layer_cache: dict[int, nn.Module] = {}
@@ -238,16 +233,7 @@ class RMUTrainer(UnlearnTrainer):
     def needs_reference(self, args) -> bool:
         if not self.uses_retain(args):
             return False
-        return not args.precompute_retain_activations or self._given_ref_model is not None
-
-    def _build_reference_model(self, model, ref_model, args):
-        if ref_model is None and not hasattr(model, "disable_adapter") and is_deepspeed_zero3_enabled():
-            raise ValueError("Under DeepSpeed ZeRO-3 a deep copy of a partitioned model is not a model. Set "
-                             "precompute_retain_activations=True (no frozen copy is held), or pass ref_model= a path.")
-        if ref_model is None and not hasattr(model, "disable_adapter") and not getattr(args, "deepspeed", None):
-            # Frozen weights are the same in policy and reference: share them, copy only the trainable matrices.
-            return self.copy_sharing_frozen(model)
-        return super()._build_reference_model(model, ref_model, args)
+        return not args.precompute_retain_activations or self.given_reference is not None
 
     # ------------------------------------------------------------------------------------------------------------
     # Activations
@@ -283,10 +269,7 @@ class RMUTrainer(UnlearnTrainer):
 
     @torch.no_grad()
     def reference_layer_output(self, model, inputs: dict) -> torch.Tensor:
-        with self._reference_context(model):
-            ref = model if self._use_adapter_free_reference else self.ref_model
-            if ref is None:
-                raise RuntimeError("No frozen model is available (it was dropped after precomputing activations).")
+        with self.reference.active(model, self.accelerator.unwrap_model) as ref:
             return self.layer_output(ref, inputs)
 
     def control_vector(self, dim: int) -> torch.Tensor:
@@ -298,34 +281,29 @@ class RMUTrainer(UnlearnTrainer):
 
     @torch.no_grad()
     def precompute_retain_activations(self, resumed: bool = False) -> None:
-        """Store the frozen model's h_l at the answer positions of every retain row (CPU), then drop the copy."""
-        if self.retain_activations is not None or not self.uses_retain():
+        """Store the frozen model's h_l at the answer positions of every retain row (``retain.activation``), then
+        drop the frozen copy."""
+        if RETAIN_ACTIVATION in self.precomputed or not self.uses_retain():
             return
-        if resumed and self._given_ref_model is None:
-            raise ValueError("Resuming with precompute_retain_activations=True: the starting model is gone and the "
-                             "checkpoint's weights are not the frozen model. Pass ref_model=<the original model path> "
-                             "(used once, then dropped).")
+        self.check_starting_model(resumed, "retain activations", "precompute_retain_activations=True")
         model = self.model
         was_training = model.training
         model.eval()
-        collate = self.data_collator.collator.collator  # PairedCollator(RowIndexCollator(row collator))
-        dataset, bs = self.retain_dataset, self.args.per_device_eval_batch_size
         rows: list[torch.Tensor] = []
-        for start in range(0, len(dataset), bs):
-            batch = [dict(dataset.dataset[i]) for i in range(start, min(start + bs, len(dataset)))]
-            inputs = self._prepare_inputs(collate(batch))
-            with self._reference_context(model):  # the given frozen model, the PEFT base, or the starting model
-                h = self.layer_output(self.ref_model if self.ref_model is not None else model, inputs)
-            mask = answer_positions(inputs["labels"])
-            rows.extend(h[b][mask[b]].detach().cpu() for b in range(h.shape[0]))
-        self.retain_activations = rows
-        self.ref_model = None
+        with self.starting_model(model) as frozen:  # the given frozen model, the PEFT base, or the starting model
+            for batch in self.eval_batches(self.retain_dataset):
+                inputs = self.model_inputs(batch)
+                h = self.layer_output(frozen, inputs)
+                mask = answer_positions(inputs["labels"])
+                rows.extend(h[b][mask[b]] for b in range(h.shape[0]))
+        self.precomputed.put(RETAIN_ACTIVATION, rows)
+        self.reference.drop()
         model.train(was_training)
 
     def _retain_target(self, model, retain: dict, inputs: dict, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.retain_activations is None:
+        if RETAIN_ACTIVATION not in self.precomputed:
             return self.reference_layer_output(model, inputs)
-        stored = torch.cat([self.retain_activations[i] for i in retain[ROW_INDEX_KEY].tolist()]).to(h)
+        stored = self.precomputed.gather(RETAIN_ACTIVATION, retain[ROW_INDEX_KEY], like=h)
         if stored.shape[0] != int(mask.sum()):
             raise RuntimeError(f"{stored.shape[0]} stored retain activations for {int(mask.sum())} answer positions: "
                                "the collator changed since they were precomputed.")

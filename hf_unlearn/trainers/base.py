@@ -8,34 +8,33 @@ A subclass implements ``forget_loss``; the retain term, reference model, masks, 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import defaultdict
 from contextlib import contextmanager
-from copy import deepcopy
 from dataclasses import fields
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import check_training_numbers
-from ..data.collators import RESERVED_FLOAT_KEYS, PairedCollator, UnlearnDataCollator
+from ..data.collators import PairedCollator, UnlearnDataCollator
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
-from ..data.row_index import ROW_INDEX_KEY
+from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
 from ..data.rows import validate_rows
 from ..disk import explain_disk_errors
 from ..integrations.launchers import unlearning_step
 from ..integrations.zero3_kernels import restore_kernelized_layers
 from ..masking import TrainingStart, build_masker
-from ..utils import write_json_atomic
 from .callbacks import UnlearningEvalCallback
 from .card import ModelCardMixin
 from .checkpointing import SafeCheckpointMixin
+from .reference import FrozenReference, PrecomputedStore
 from .registry import saliency_mask_for
 from .divergence import DivergenceGuard, UnlearningDivergedError
 from .forward_guard import forward_restored
@@ -94,6 +93,9 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     _paper: dict | None = None
     # Subclasses that need pi_ref on forget batches (NPO) set this.
     needs_reference_on_forget = False
+    # Methods that train part of the model copy only that part for their reference (the rest is shared, frozen).
+    reference_shares_frozen = False
+    reference_argument = "ref_model"  # the keyword users pass it as (VKD: teacher_model)
     # SaliencyMaskConfig keyword arguments of the mask ``from_method_data`` computes when none is given (None: none).
     default_mask: dict | None = None
 
@@ -149,6 +151,11 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         validate_rows(train_dataset, "forget set", require_known_format=ours)
         validate_rows(retain_dataset if self.uses_retain(args) else None, "retain set", require_known_format=ours)
         validate_rows(holdout_dataset, "holdout set", require_known_format=ours)
+        # Every row carries its index through the batch (values stored per row are looked up with it); the method's
+        # own row and collator wrappers go in first, before the Trainer sees either.
+        train_dataset = IndexedRows(self.wrap_forget_rows(train_dataset, args))
+        retain_dataset = IndexedRows(retain_dataset) if retain_dataset is not None else None
+        self.row_collator = RowIndexCollator(self.wrap_collator(data_collator))
         self.forget_dataset, self.retain_dataset = train_dataset, retain_dataset
         self.holdout_dataset = holdout_dataset  # never trained on: the probe's target (trainers/callbacks.py)
         self.pairing = ForgetRetainDataset(
@@ -162,12 +169,15 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         zero3 = is_deepspeed_zero3_enabled()
         if zero3:
             restore_kernelized_layers(model, ref_model if isinstance(ref_model, nn.Module) else None)
-        self.ref_model = None
-        self._use_adapter_free_reference = False
+        self.given_reference = ref_model  # None: the starting model is the reference
+        self.reference = FrozenReference()
         if self.needs_reference(args):
-            self.ref_model = self._build_reference_model(model, ref_model, args)
+            self.reference = FrozenReference.build(
+                model, ref_model, share_frozen=self.reference_shares_frozen and not args.deepspeed, zero3=zero3,
+                what=self.reference_argument)
             if zero3:
-                restore_kernelized_layers(self.ref_model)
+                restore_kernelized_layers(self.reference.model)
+        self.precomputed = PrecomputedStore()  # values computed once from the starting model, kept in checkpoints
 
         # Saliency mask: checked against the model now; its masker is built once the launcher is known (below)
         self.saliency_mask = saliency_mask
@@ -191,7 +201,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         self.unlearning_report: dict | None = None  # filled at the end of train(); shown in the model card
 
         super().__init__(
-            model=model, args=args, data_collator=PairedCollator(data_collator), train_dataset=self.pairing,
+            model=model, args=args, data_collator=PairedCollator(self.row_collator), train_dataset=self.pairing,
             eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
             optimizers=optimizers, **kwargs,
         )
@@ -242,24 +252,23 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     def needs_reference(self, args: UnlearnConfig) -> bool:
         return args.retain_loss_type == "kl" or self.needs_reference_on_forget
 
-    def _build_reference_model(self, model, ref_model, args) -> nn.Module | None:
-        if ref_model is model:
-            raise ValueError("`ref_model` is the model being trained; pass a separate model, a path, or None.")
-        if isinstance(ref_model, str):  # a local folder first, then a Hub id; a mistyped path is named as one
-            from ..hub.resolve import locate
+    @property
+    def ref_model(self) -> nn.Module | None:
+        """The frozen reference / teacher model (``None``: the PEFT base serves, or it was dropped)."""
+        return self.reference.model
 
-            ref_model = type(model).from_pretrained(locate(ref_model, "ref_model").location)
-        if ref_model is not None:
-            return ref_model.eval().requires_grad_(False)
-        if hasattr(model, "disable_adapter"):  # PEFT: the base model with adapters off *is* the reference
-            self._use_adapter_free_reference = True
-            return None
-        if is_deepspeed_zero3_enabled():
-            raise ValueError(
-                "Under DeepSpeed ZeRO-3 a deep copy of a partitioned model is not a model. Pass `ref_model=` a path or "
-                "model id loaded with from_pretrained, or (NPO) set precompute_ref_log_probs=True."
-            )
-        return deepcopy(model).eval().requires_grad_(False)
+    @ref_model.setter
+    def ref_model(self, value: nn.Module | None) -> None:
+        self.reference.model = value
+
+    def wrap_forget_rows(self, dataset, args: UnlearnConfig):
+        """The forget rows as the method trains on them (IdkPO adds each row's refusal). Called before the Trainer
+        exists."""
+        return dataset
+
+    def wrap_collator(self, collator):
+        """The row collator as the method needs it (IdkPO collates refusals too). Called before the Trainer exists."""
+        return collator
 
     def _prepare_for_inference(self, model: nn.Module) -> nn.Module:
         if self.is_deepspeed_enabled:
@@ -308,22 +317,41 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Reference forward passes
     # ------------------------------------------------------------------------------------------------------------
-    @contextmanager
-    def _reference_context(self, model):
-        if self._use_adapter_free_reference:
-            with self.accelerator.unwrap_model(model).disable_adapter():
-                yield
-        else:
-            yield
-
     @torch.no_grad()
     def reference_logits(self, model, inputs: dict) -> torch.Tensor:
         """Logits of the frozen reference (a separate model, or the PEFT base with adapters disabled)."""
-        with self._reference_context(model):
-            ref = model if self._use_adapter_free_reference else self.ref_model
-            if ref is None:
-                raise RuntimeError("No reference model is available (it was dropped after precomputing).")
+        with self.reference.active(model, self.accelerator.unwrap_model) as ref:
             return ref(**inputs).logits
+
+    @contextmanager
+    def starting_model(self, model):
+        """The model whose values count as "the starting model's" (precomputed before the first step): the frozen
+        reference when one is held, else ``model`` itself (not moved yet)."""
+        if self.reference.available:
+            with self.reference.active(model, self.accelerator.unwrap_model) as ref:
+                yield ref
+        else:
+            yield model
+
+    def check_starting_model(self, resumed: bool, what: str, option: str) -> None:
+        """Before precomputing ``what`` at train begin: a resumed run without them stored has no starting model."""
+        if resumed and not self.reference.available:
+            raise ValueError(
+                f"Resuming with {option}, but the checkpoint holds no {what} and no {self.reference_argument} was "
+                "given: the starting model is gone and the checkpoint's weights are not it. Pass "
+                f"{self.reference_argument}=<the original model path> (used once, then dropped)."
+            )
+
+    def eval_batches(self, rows, desc: str | None = None):
+        """``rows`` (a dataset or list of rows) in evaluation batches, collated and on the device. ``desc`` shows a
+        bar: passes before step 0 take minutes on a 7B model and would look like a hang."""
+        bs = self.args.per_device_eval_batch_size
+        starts = range(0, len(rows), bs)
+        if desc is not None:
+            starts = tqdm(starts, desc=desc, unit="batch",
+                          disable=self.args.disable_tqdm or not self.is_world_process_zero())
+        for start in starts:
+            yield self._prepare_inputs(self.row_collator([rows[i] for i in range(start, min(start + bs, len(rows)))]))
 
     # ------------------------------------------------------------------------------------------------------------
     # Loss
@@ -331,14 +359,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     @staticmethod
     def model_inputs(batch: dict) -> dict:
         """The batch without the per-row values our trainers attach (they are not model arguments)."""
-        return {k: v for k, v in batch.items() if k not in RESERVED_FLOAT_KEYS and k != ROW_INDEX_KEY}
-
-    @staticmethod
-    def copy_sharing_frozen(model: nn.Module) -> nn.Module:
-        """A frozen copy of ``model`` that shares every frozen parameter with it (only trainable ones are copied):
-        the reference / teacher of methods that train part of the model."""
-        shared = {id(p): p for p in model.parameters() if not p.requires_grad}
-        return deepcopy(model, memo=shared).eval().requires_grad_(False)
+        return {k: v for k, v in batch.items() if k != ROW_INDEX_KEY}
 
     def forget_loss(self, model, forget: dict) -> tuple[torch.Tensor, dict[str, float]]:
         """The forget objective for one batch (before ``forget_weight``) and values to log. Subclasses implement."""
@@ -440,23 +461,17 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
                 self.masker.active = True
 
     # ------------------------------------------------------------------------------------------------------------
-    # Checkpoints: unlearning state saved with each checkpoint (written atomically: SafeCheckpointMixin), weights
-    # reloaded with key conversion
+    # Checkpoints: the precomputed values travel with each checkpoint (written atomically: SafeCheckpointMixin);
+    # weights reloaded with key conversion
     # ------------------------------------------------------------------------------------------------------------
-    STATE_NAME = "hf_unlearn_state.json"
-
     def _save_checkpoint_extras(self, folder: str) -> None:
         super()._save_checkpoint_extras(folder)
-        if self.pairing.forget_extras:
-            write_json_atomic(os.path.join(folder, self.STATE_NAME), {"forget_extras": self.pairing.forget_extras})
+        self.precomputed.save(folder)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         resume_from_checkpoint = self.resolve_resume_checkpoint(resume_from_checkpoint)  # a complete one, or None
-        if resume_from_checkpoint:
-            state_file = os.path.join(resume_from_checkpoint, self.STATE_NAME)
-            if os.path.isfile(state_file):  # e.g. NPO's precomputed reference log-probs of the *starting* model
-                with open(state_file, encoding="utf-8") as f:
-                    self.pairing.forget_extras.update(json.load(f)["forget_extras"])
+        if resume_from_checkpoint:  # e.g. NPO's reference log-probs of the *starting* model: not recomputable now
+            self.precomputed.load(resume_from_checkpoint)
         # A full or read-only disk is named as such, with the folder (torch.save's own error names neither).
         with forward_restored(self.model), explain_disk_errors(self.args.output_dir):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)

@@ -139,7 +139,7 @@ class DivergenceGuard(TrainerCallback):
             return None
         if self._probe is None:
             n = min(trainer.args.per_device_train_batch_size, len(dataset))
-            self._probe = trainer.data_collator.collator([dataset[i] for i in range(n)])
+            self._probe = trainer.row_collator([dataset[i] for i in range(n)])
         model = trainer.model
         was_training = model.training
         model.eval()

@@ -25,35 +25,32 @@ teacher's feature scale (``normalize_distance``), and forget_feature is (``forge
 Unless an output term needs it, the language model does not run: the vision sites need only the vision tower and
 projector. The vision side trains at ``learning_rate * vision_lr_scale`` (``lr_scale.py`` says why).
 
-The stranger targets are the teacher's features of the holdout images, computed once at the start of training (and
-kept with the precomputed features in checkpoints). Precomputing (``precompute_teacher_features=True``) stores the
-teacher's features of every forget and retain row on CPU at the start of training, indexed by row: both datasets are
-wrapped so each row carries its index (``vkd_row_index``), which the collator turns into a tensor and the losses use
-to look the features up. Each checkpoint carries them (``vkd_teacher_features.safetensors``), so resuming needs no
-teacher. They are derived from forget images: keep checkpoints private (the Hub push allowlist never includes them).
+The stranger targets are the teacher's features of the holdout images, computed once at the start of training from
+the starting model. Precomputing (``precompute_teacher_features=True``) stores the teacher's features of every forget
+and retain row at the start of training and holds no teacher afterwards. Both are per-row values of the trainer's
+``PrecomputedStore`` (``trainers/reference.py``), looked up with each batch's row index and kept in every checkpoint,
+so resuming needs no teacher. They are derived from forget images: keep checkpoints private (the Hub push allowlist
+never includes them).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import TrainerCallback
-from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ... import losses
 from .config import VKDConfig
 from ...features import extract_features, feature_module, features_per_row, vision_blocks
 from ...integrations.fsdp import is_fsdp2_module
 from ...models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
-from ...data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
+from ...data.row_index import ROW_INDEX_KEY
 from ...data.rows import rows_with_images
 from ...trainers.base import UnlearnTrainer
+from ...trainers.reference import REFERENCE_LOG_PROBS
 from ...trainers.lr_scale import ScaledLearningRateMixin
 from ...trainers.registry import MethodSpec, register_method, saliency_mask_for
 
@@ -139,6 +136,10 @@ class _TeacherSetupCallback(TrainerCallback):
         self.trainer.prepare_teacher(resumed=state.global_step > 0)
 
 
+# Names of the values VKD stores once from the starting teacher (PrecomputedStore; kept in every checkpoint).
+FORGET_TEACHER, STRANGER = "forget.teacher", "holdout.teacher"
+
+
 def _rms(features: torch.Tensor | None) -> float:
     """Root-mean-square entry of a feature tensor (1.0 when there are no features)."""
     return features.float().pow(2).mean().sqrt().item() if features is not None and features.numel() else 1.0
@@ -158,6 +159,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
     """
 
     config_class = VKDConfig
+    reference_shares_frozen = True  # the frozen language model is identical in student and teacher: shared
+    reference_argument = "teacher_model"
     _name = "VKD"
     _method_tag = "vkd"
     _paper = {
@@ -174,7 +177,6 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         if teacher_model is not None and ref_model is not None:
             raise ValueError("Pass the teacher as `teacher_model=` or `ref_model=`, not both.")
         teacher_model = teacher_model if teacher_model is not None else ref_model
-        self._given_teacher = teacher_model
         args = self._coerce_args(args, model)
         holdout = kwargs.get("holdout_dataset")
         if args.forget_feature_loss is None:
@@ -206,23 +208,19 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             self._check_mask(model, saliency_mask, args)
         self.trainable_names = freeze_for_vkd(model, args.trainable_vision_blocks)
 
-        self.teacher_features: dict[str, list[torch.Tensor]] | None = None
         self.feature_scale: float | None = 1.0 if (args.distance == "cosine" or not args.normalize_distance) else None
         self.feature_rms: float | None = None  # RMS entry of the teacher's forget features: the random target's norm
         self._forget_target: torch.Tensor | None = None
-        self.stranger_features: list[torch.Tensor] | None = None  # teacher features of the holdout images, per image
         self._modules: dict[int, nn.Module] = {}
         super().__init__(
             model, args, data_collator=data_collator,
-            train_dataset=IndexedRows(train_dataset) if train_dataset is not None else None,
-            retain_dataset=IndexedRows(retain_dataset) if retain_dataset is not None else None,
+            train_dataset=train_dataset, retain_dataset=retain_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, ref_model=teacher_model,
             saliency_mask=saliency_mask, **kwargs,
         )
         if self.uses_retain() and self.args.feature_match_weight == 0 and self.args.retain_nll_weight == 0:
             raise ValueError("The retain term is empty: feature_match_weight=0 and retain_nll_weight=0. Set one, or "
                              "retain_loss_type='none'.")
-        self.data_collator.collator = RowIndexCollator(self.data_collator.collator)
         self.add_callback(_TeacherSetupCallback(self))
         self.check_lr_scale_supported()
 
@@ -288,19 +286,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
     def needs_reference(self, args) -> bool:
         # Precomputing from the starting model needs no second model; a given teacher is used once, then dropped.
         if args.precompute_teacher_features:
-            return self._given_teacher is not None
+            return self.given_reference is not None
         return True
-
-    def _build_reference_model(self, model, ref_model, args) -> nn.Module | None:
-        if ref_model is None and not hasattr(model, "disable_adapter") and is_deepspeed_zero3_enabled():
-            raise ValueError(
-                "Under DeepSpeed ZeRO-3 a deep copy of a partitioned model is not a model. Set "
-                "precompute_teacher_features=True (no teacher is held), or pass teacher_model= a path."
-            )
-        if ref_model is None and not hasattr(model, "disable_adapter") and not getattr(args, "deepspeed", None):
-            # The frozen language model is identical in student and teacher: share its weights instead of copying.
-            return self.copy_sharing_frozen(model)
-        return super()._build_reference_model(model, ref_model, args)
 
     # ------------------------------------------------------------------------------------------------------------
     # Teacher
@@ -320,40 +307,32 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         return feats, (outputs if need_outputs else None)
 
     @torch.no_grad()
-    def teacher_pass(self, model, inputs: dict, need_outputs: bool = False, teacher: nn.Module | None = None):
-        """Teacher ``(features, outputs)`` for a model batch (the PEFT base with adapters off, or the teacher)."""
-        with self._reference_context(model):
-            if teacher is None:
-                teacher = model if self._use_adapter_free_reference else self.ref_model
-            if teacher is None:
-                raise RuntimeError("No teacher model is available (it was dropped after precomputing features).")
+    def teacher_pass(self, model, inputs: dict, need_outputs: bool = False, starting: bool = False):
+        """Teacher ``(features, outputs)`` for a model batch: the teacher (or the PEFT base with adapters off); with
+        ``starting`` (before the first step) the starting model itself when no teacher is held."""
+        if starting:
+            context = self.starting_model(model)
+        else:
+            context = self.reference.active(model, self.accelerator.unwrap_model)
+        with context as teacher:
             return self._features(teacher, inputs, need_outputs)
-
-    def _batches(self, dataset, desc: str | None = None):
-        collate = self.data_collator.collator  # RowIndexCollator(inner)
-        bs = self.args.per_device_eval_batch_size
-        starts = range(0, len(dataset), bs)
-        if desc is not None:  # a bar for the long passes before step 0 (on a 7B model they look like a hang)
-            starts = tqdm(starts, desc=desc, unit="batch",
-                          disable=self.args.disable_tqdm or not self.is_world_process_zero())
-        for start in starts:
-            yield self._prepare_inputs(collate([dataset[i] for i in range(start, min(start + bs, len(dataset)))]))
 
     @torch.no_grad()
     def prepare_teacher(self, resumed: bool = False) -> None:
-        """At train begin: precompute teacher features (if asked) and measure the feature scale."""
+        """At train begin: the stranger targets and (if asked) the teacher's features of every row, stored once from
+        the starting model; the feature scale."""
         args = self.args
-        if self.stranger_features is None and self.uses_stranger_target():
-            # A resumed run with precomputed features has them from its checkpoint (and holds no teacher).
-            self.stranger_features = (self.teacher_features or {}).get("stranger") or self._compute_stranger_features()
-        if args.precompute_teacher_features and self.teacher_features is None:
-            if resumed and self._given_teacher is None:
-                raise ValueError(
-                    f"Resuming with precompute_teacher_features=True, but the checkpoint has no "
-                    f"{self.TEACHER_FEATURES_NAME} and no teacher_model was given: the starting model is gone and the "
-                    "checkpoint's weights are not the teacher. Pass teacher_model=<the original model path>."
-                )
+        missing = [what for what, needed in ((STRANGER, self.uses_stranger_target()),
+                                             (FORGET_TEACHER, args.precompute_teacher_features))
+                   if needed and what not in self.precomputed]
+        if missing:
+            self.check_starting_model(resumed, "teacher features", "VKD (its stored teacher features)")
+        if STRANGER in missing:
+            self.precomputed.put(STRANGER, self._compute_stranger_features())
+        if FORGET_TEACHER in missing:
             self.precompute_teacher_features()
+        if args.precompute_teacher_features:
+            self.reference.drop()  # everything needed from the teacher is stored
         need_rms = self.feature_rms is None and args.forget_feature_loss == "random_target"
         if self.feature_scale is None or need_rms:
             feats = self._teacher_reference_features()  # one teacher pass for both statistics
@@ -363,42 +342,29 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             if need_rms:
                 self.feature_rms = _rms(feats)
 
-    def _starting_teacher(self) -> nn.Module | None:
-        """The teacher before training moves the student: the given teacher, the PEFT base (adapters off: None), or,
-        when precomputing without a teacher, the starting model itself."""
-        if self.ref_model is not None or self._use_adapter_free_reference:
-            return self.ref_model
-        return self.model
-
     @torch.no_grad()
     def precompute_teacher_features(self) -> None:
-        """Store the teacher's features of every forget / retain row on CPU (and NPO ref log-probs); drop it."""
+        """Store the teacher's features of every forget / retain row (and the NPO reference log-probs)."""
         args, model = self.args, self.model
-        teacher = self._starting_teacher()
         was_training = model.training
         model.eval()
-        store: dict[str, list[torch.Tensor]] = {}
         npo = args.forget_loss_type == "npo" and args.forget_weight > 0
-        ref_logps: list[float] = []
+        ref_logps: list[torch.Tensor] = []
         sides = [("forget", self.forget_dataset, npo)]
         if self.uses_retain() and args.feature_match_weight > 0:
             sides.append(("retain", self.retain_dataset, False))
         for side, dataset, need_outputs in sides:
             rows: list[torch.Tensor] = []
-            for batch in self._batches(dataset, desc=f"VKD teacher features ({side})"):
+            for batch in self.eval_batches(dataset, desc=f"VKD teacher features ({side})"):
                 inputs = self.model_inputs(batch)
-                feats, outputs = self.teacher_pass(model, inputs, need_outputs, teacher=teacher)
-                rows.extend(f.detach().cpu() for f in features_per_row(feats, inputs, model))
+                feats, outputs = self.teacher_pass(model, inputs, need_outputs, starting=True)
+                rows.extend(features_per_row(feats, inputs, model))
                 if need_outputs:
                     logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])
-                    ref_logps.extend(logps.float().cpu().tolist())
-            store[side] = rows
+                    ref_logps.extend(logps.float())
+            self.precomputed.put(f"{side}.teacher", rows)
         if npo:
-            self.pairing.forget_extras["ref_logp"] = ref_logps
-        if self.stranger_features is not None:  # saved with the checkpoints: resuming holds no teacher
-            store["stranger"] = self.stranger_features
-        self.teacher_features = store
-        self.ref_model = None
+            self.precomputed.put(REFERENCE_LOG_PROBS, ref_logps)
         model.train(was_training)
 
     @torch.no_grad()
@@ -417,14 +383,14 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
     def _teacher_reference_features(self) -> torch.Tensor | None:
         """The teacher's features of the forget images (retain images if the forget set has none), (N, D) fp32."""
         for side in ("forget", "retain"):
-            if self.teacher_features is not None and side in self.teacher_features:
-                feats = [f for f in self.teacher_features[side] if f.numel()]
+            if f"{side}.teacher" in self.precomputed:
+                feats = [f for f in self.precomputed.rows(f"{side}.teacher") if f.numel()]
             else:
                 dataset = self.forget_dataset if side == "forget" else self.retain_dataset
-                if dataset is None or (self.ref_model is None and not self._use_adapter_free_reference):
+                if dataset is None or not self.reference.available:
                     continue  # no retain set, or the teacher was dropped after precomputing
                 feats = []
-                for batch in self._batches(dataset, desc="VKD teacher feature scale"):
+                for batch in self.eval_batches(dataset, desc="VKD teacher feature scale"):
                     f, _ = self.teacher_pass(self.model, self.model_inputs(batch))
                     if f is not None:
                         feats.append(f)
@@ -437,15 +403,15 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
 
     @torch.no_grad()
     def _compute_stranger_features(self) -> list[torch.Tensor]:
-        """The teacher's features of every holdout image, one (tokens, D) tensor per image row, on CPU."""
+        """The starting teacher's features of every holdout image, one (tokens, D) tensor per image row."""
         was_training = self.model.training
         self.model.eval()
         rows: list[torch.Tensor] = []
         holdout = [self.holdout_dataset[i] for i in rows_with_images(self.holdout_dataset)]
-        for batch in self._batches(holdout, desc="VKD stranger targets"):
+        for batch in self.eval_batches(holdout, desc="VKD stranger targets"):
             inputs = self.model_inputs(batch)
-            feats, _ = self.teacher_pass(self.model, inputs, teacher=self._starting_teacher())
-            rows.extend(f.detach().cpu() for f in features_per_row(feats, inputs, self.model))
+            feats, _ = self.teacher_pass(self.model, inputs, starting=True)
+            rows.extend(features_per_row(feats, inputs, self.model))
         self.model.train(was_training)
         return rows
 
@@ -453,7 +419,7 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         """The stranger features of a forget batch: forget row i gets holdout image (i * 7919) mod H. A fixed
         assignment (the same target at every step), spread so that one person's rows, adjacent in most datasets,
         get different strangers."""
-        rows = self.stranger_features
+        rows = self.precomputed.rows(STRANGER)
         target = torch.cat([rows[(i * 7919) % len(rows)] for i in forget[ROW_INDEX_KEY].tolist()])
         if target.shape != like.shape:
             raise ValueError(
@@ -471,9 +437,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         return self._forget_target.to(like)
 
     def _teacher_features_for(self, side: str, model, batch: dict, inputs: dict, like: torch.Tensor) -> torch.Tensor:
-        if self.teacher_features is not None and side in self.teacher_features:
-            rows = self.teacher_features[side]
-            return torch.cat([rows[i] for i in batch[ROW_INDEX_KEY].tolist()]).to(like.device)
+        if f"{side}.teacher" in self.precomputed:
+            return self.precomputed.gather(f"{side}.teacher", batch[ROW_INDEX_KEY]).to(like.device)
         feats, _ = self.teacher_pass(model, inputs)
         return feats
 
@@ -487,40 +452,6 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         if self.feature_scale is None:
             self.feature_scale = self._measure_feature_scale()
         return losses.feature_distance(student, teacher, self.args.distance) / self.feature_scale
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Checkpoints: precomputed teacher features travel with each checkpoint (the starting model is gone on resume)
-    # ------------------------------------------------------------------------------------------------------------
-    TEACHER_FEATURES_NAME = "vkd_teacher_features.safetensors"
-
-    def _save_checkpoint_extras(self, folder: str) -> None:
-        super()._save_checkpoint_extras(folder)
-        if self.teacher_features is None:
-            return
-        tensors = {f"{side}.{i}": f.contiguous() for side, rows in self.teacher_features.items()
-                   for i, f in enumerate(rows)}
-        tensors["feature_scale"] = torch.tensor(self.feature_scale if self.feature_scale is not None else 0.0,
-                                                dtype=torch.float64)
-        path = os.path.join(folder, self.TEACHER_FEATURES_NAME)
-        save_file(tensors, path + ".tmp")
-        os.replace(path + ".tmp", path)  # never a half-written file
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
-        resume_from_checkpoint = self.resolve_resume_checkpoint(resume_from_checkpoint)  # a complete one, or None
-        path = os.path.join(resume_from_checkpoint, self.TEACHER_FEATURES_NAME) if resume_from_checkpoint else None
-        if path and os.path.isfile(path) and self.args.precompute_teacher_features:
-            self.teacher_features = self._load_teacher_features(path)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def _load_teacher_features(self, path: str) -> dict[str, list[torch.Tensor]]:
-        tensors = load_file(path)
-        scale = tensors.pop("feature_scale").item()
-        if scale > 0:
-            self.feature_scale = scale
-        store: dict[str, list[torch.Tensor]] = {}
-        for key in sorted(tensors, key=lambda k: (k.split(".")[0], int(k.split(".")[1]))):
-            store.setdefault(key.split(".")[0], []).append(tensors[key])
-        return store
 
     # ------------------------------------------------------------------------------------------------------------
     # Losses
@@ -544,8 +475,8 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
                 term = losses.gradient_ascent_loss(nll)
             else:
                 logps, _ = losses.sequence_log_probs(outputs.logits, inputs["labels"])
-                if "ref_logp" in forget:
-                    ref_logps = forget["ref_logp"].to(logps)
+                if REFERENCE_LOG_PROBS in self.precomputed:
+                    ref_logps = self.precomputed.gather(REFERENCE_LOG_PROBS, forget[ROW_INDEX_KEY], like=logps)
                 else:
                     _, ref_out = self.teacher_pass(model, inputs, need_outputs=True)
                     ref_logps, _ = losses.sequence_log_probs(ref_out.logits, inputs["labels"])
