@@ -52,8 +52,15 @@ def vkd_available() -> bool:
 def _train(variant: str, settings: Settings, model_dir: str, steps: int, forget, retain, text) -> dict:
     """Load the model and run one variant start to end; returns its times (s)."""
     from hf_unlearn import (
-        GAConfig, GATrainer, MMUnlearnerConfig, MMUnlearnerTrainer, NPOConfig, NPOTrainer, SaliencyMaskConfig,
-        UnlearnDataCollator, compute_saliency_mask,
+        GAConfig,
+        GATrainer,
+        MMUnlearnerConfig,
+        MMUnlearnerTrainer,
+        NPOConfig,
+        NPOTrainer,
+        SaliencyMaskConfig,
+        UnlearnDataCollator,
+        compute_saliency_mask,
     )
 
     model, processor = common.load_model(model_dir)

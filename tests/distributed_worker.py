@@ -33,13 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from hf_unlearn import GAConfig, MMUnlearnerConfig, NPOConfig, VKDConfig  # noqa: E402
+from hf_unlearn import GAConfig, GATrainer, MMUnlearnerConfig, NPOConfig, NPOTrainer, VKDConfig  # noqa: E402  # noqa: E402
 from hf_unlearn.data.synthetic import (  # noqa: E402
     SyntheticBenchmarkConfig,
     benchmark_corpus,
     build_synthetic_benchmark,
 )
-from hf_unlearn import GATrainer, NPOTrainer  # noqa: E402
 from hf_unlearn.methods.mmunlearner import MMUnlearnerTrainer  # noqa: E402
 from hf_unlearn.methods.vkd import VKDTrainer  # noqa: E402
 
@@ -69,7 +68,7 @@ def fsdp_kwargs(wrap: list[str] = FSDP_WRAP) -> dict:
                                                   "state_dict_type": "FULL_STATE_DICT"}}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def data(images_only: bool = False):
     """(benchmark, 8 forget image rows, 12 retain rows: 6 text-only then 6 with images; or 12 with images).
 
@@ -89,7 +88,7 @@ def data(images_only: bool = False):
 
 
 def write_init(workdir: str) -> None:
-    from hf_unlearn.testing.models import tiny_llava
+    from hf_unlearn.testing import tiny_llava
 
     dsd, _, _ = data()
     model, processor = tiny_llava(seed=0, corpus=benchmark_corpus(dsd))

@@ -36,11 +36,11 @@ torch.set_num_threads(1)
 from safetensors.torch import save_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from distributed_worker import GLOBAL_BATCH, data, fsdp_kwargs  # noqa: E402
-from hf_unlearn.config import GAConfig  # noqa: E402
-from hf_unlearn import GATrainer  # noqa: E402
+from hf_unlearn import GAConfig, GATrainer  # noqa: E402
 from hf_unlearn.trainers.checkpointing import scan_checkpoints  # noqa: E402
 from hf_unlearn.trainers.divergence import UnlearningDivergedError, _local  # noqa: E402
+
+from distributed_worker import GLOBAL_BATCH, data, fsdp_kwargs  # noqa: E402
 
 STEPS = 4
 NAN_STEP = 2

@@ -23,7 +23,7 @@ BENCH = dict(num_people=6, num_holdout_people=3, forget_ratio=0.34, num_general=
 SEED = 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def benchmark(seed: int = SEED) -> datasets.DatasetDict:
     from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig, build_synthetic_benchmark
 

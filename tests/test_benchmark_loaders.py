@@ -48,7 +48,7 @@ MLLMU_TEST = {  # Test_Set: a list of transformed images per profile instead of 
 MLLMU_CELEB = {**MLLMU_PROFILE, "Directory": Value("string")}
 
 
-def _mcq(question, options, letter):
+def mcq_options(question, options, letter):
     return {"Question": question, "Options": dict(zip("ABCD", options)), "Correct_Answer": letter}
 
 
@@ -56,12 +56,12 @@ def _profile(pid, image_key="image", image=None):
     """A profile with 2 image questions (answers C and A) and 2 text questions (answers B and D)."""
     cls = {
         "Image_Textual_Questions": [
-            _mcq("What is the job of the person in the image?", [f"j{pid}a", f"j{pid}b", f"job{pid}", f"j{pid}d"], "C"),
-            _mcq("Where does the person in the image live?", [f"city{pid}", "x1", "x2", "x3"], "A"),
+            mcq_options("What is the job of the person in the image?", [f"j{pid}a", f"j{pid}b", f"job{pid}", f"j{pid}d"], "C"),
+            mcq_options("Where does the person in the image live?", [f"city{pid}", "x1", "x2", "x3"], "A"),
         ],
         "Pure_Text_Questions": [
-            _mcq(f"What is the job of Person {pid}?", ["y1", f"job{pid}", "y2", "y3"], "B"),
-            _mcq(f"Where does Person {pid} live?", ["z1", "z2", "z3", f"city{pid}"], "D"),
+            mcq_options(f"What is the job of Person {pid}?", ["y1", f"job{pid}", "y2", "y3"], "B"),
+            mcq_options(f"Where does Person {pid} live?", ["z1", "z2", "z3", f"city{pid}"], "D"),
         ],
     }
     gen = [{"Type": "Image_Textual", "Question": "q", "Ground_Truth": "a"}]

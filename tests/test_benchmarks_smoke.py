@@ -42,9 +42,9 @@ def run_all():
 
 def expected_payload_bytes(size: str, preset: str) -> tuple[int, int]:
     """(packed bytes, covered parameters) computed independently: one bit per entry, a byte boundary per tensor."""
-    import common
-
     from hf_unlearn import SaliencyMaskConfig
+
+    import common
 
     model, _ = common.build_model(size, device="meta")
     names = SaliencyMaskConfig(target_modules=preset, score="random", threshold=0.5).resolve_targets(model)

@@ -9,8 +9,8 @@ import warnings
 import pytest
 
 from hf_unlearn import UnlearnDataCollator
+from hf_unlearn.real_llava import SMOLLM2_CHAT_TEMPLATE
 from hf_unlearn.testing import tiny_vlm
-from hf_unlearn.testing.real_llava import SMOLLM2_CHAT_TEMPLATE
 from hf_unlearn.testing.toy import toy_portrait
 
 ROWS = [

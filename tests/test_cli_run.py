@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from hf_unlearn.cli import main
-from hf_unlearn.trainers.registry import METHODS
 from hf_unlearn.saliency import SaliencyMask, SaliencyMaskConfig
+from hf_unlearn.trainers.registry import METHODS
 
 from conftest import CLI_BENCH as BENCH
 

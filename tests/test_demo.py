@@ -5,10 +5,9 @@ import os
 
 import pytest
 
-from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
 from hf_unlearn import GATrainer
-from hf_unlearn.demo import METHODS, DemoConfig, MethodSpec, MethodUnavailableError, run_demo
-from hf_unlearn.demo import references
+from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
+from hf_unlearn.demo import METHODS, DemoConfig, MethodSpec, MethodUnavailableError, references, run_demo
 from hf_unlearn.demo.pipeline import RESULT_KEYS, DemoTrainingConfig
 from hf_unlearn.evaluation import RelearnConfig
 

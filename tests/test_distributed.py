@@ -22,7 +22,7 @@ import json
 import os
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -105,7 +105,7 @@ def workdir(tmp_path_factory) -> Path:
     return work
 
 
-@lru_cache(maxsize=None)
+@cache
 def _results(work: Path, tag: str) -> dict:
     return json.loads((work / tag / "results.json").read_text())
 

@@ -95,7 +95,7 @@ def test_without_offload_two_setups(capsys, monkeypatch):
 
 
 def test_tiny_model_counts(tmp_path):
-    from hf_unlearn.testing.models import tiny_llava
+    from hf_unlearn.testing import tiny_llava
 
     model, _ = tiny_llava()
     counts = count_parameters(model)

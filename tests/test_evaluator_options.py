@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from hf_unlearn.data.schema import has_options, rows_to_dataset
-from hf_unlearn.evaluation import Evaluator
-from hf_unlearn.evaluation import metrics
+from hf_unlearn.evaluation import Evaluator, metrics
 from hf_unlearn.testing import tiny_llama
 
 NAMES = ["Alba Vemb", "Bo Tarn", "Cyra Lund", "Dax Morrow", "Eli Quist", "Fay Orin"]

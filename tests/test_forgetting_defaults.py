@@ -11,8 +11,14 @@ import warnings
 import pytest
 from transformers import TrainingArguments
 
-from hf_unlearn import (GATrainer, MMUnlearnerTrainer, SaliencyMaskConfig, UnlearnDataCollator, VKDTrainer,
-                        compute_saliency_mask)
+from hf_unlearn import (
+    GATrainer,
+    MMUnlearnerTrainer,
+    SaliencyMaskConfig,
+    UnlearnDataCollator,
+    VKDTrainer,
+    compute_saliency_mask,
+)
 from hf_unlearn.trainers.callbacks import NoForgettingWarning
 
 from memorised_people import benchmark, load, mean_nll, memorised_people, splits  # noqa: F401 (fixture)

@@ -17,14 +17,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText
 
 from hf_unlearn import GAConfig, GATrainer, UnlearnDataCollator, cli
-from hf_unlearn.hub import _fmt
+from hf_unlearn.hub import format_value
 from hf_unlearn.saliency import SaliencyMask, SaliencyMaskConfig, compute_saliency_mask
 from hf_unlearn.testing import tiny_llama, tiny_llava
 from hf_unlearn.testing.hub_server import local_hub
-from hf_unlearn.trainers.card import CARD_INPUTS_NAME, NEVER_PUSHED, HubPushError, ModelCardMixin
+from hf_unlearn.testing.toy import toy_portrait as portrait
+from hf_unlearn.trainers.model_card import CARD_INPUTS_NAME, NEVER_PUSHED, HubPushError, ModelCardMixin
 
 from conftest import JOBS, NAMES, load_llava, mean_nll
-from hf_unlearn.testing.toy import toy_portrait as portrait
 
 # Until UnlearnTrainer lists ModelCardMixin among its bases, test through a subclass that adds it.
 _T = GATrainer if issubclass(GATrainer, ModelCardMixin) else type("_T", (ModelCardMixin, GATrainer), {})
@@ -121,9 +121,9 @@ def test_push_then_reload_model_processor_and_mask_in_a_fresh_process(memorised_
         assert {"hf_unlearn", "unlearning", "gradient-ascent"} <= set(card.data.tags)
         assert card.data.base_model is None  # loaded from a local path: never published
         assert os.path.basename(os.path.dirname(memorised_llava)) not in card.text  # e.g. "memorised0"
-        assert f"Selected fraction (allowed to move, whole mask): **{_fmt(mask.selected_fraction)}**; sparsity (held " \
-               f"fixed): {_fmt(1.0 - mask.selected_fraction)}" in card.text
-        assert f"| `forget_nll` | {_fmt(forget_before)} | {_fmt(forget_after)} |" in card.text
+        assert f"Selected fraction (allowed to move, whole mask): **{format_value(mask.selected_fraction)}**; sparsity (held " \
+               f"fixed): {format_value(1.0 - mask.selected_fraction)}" in card.text
+        assert f"| `forget_nll` | {format_value(forget_before)} | {format_value(forget_after)} |" in card.text
         assert "| `learning_rate` | 0.001 |" in card.text and "| `score` | random |" in card.text
         assert 'from_pretrained("local-user/llava-ga")' in card.text
 

@@ -10,8 +10,7 @@ import torch
 
 from hf_unlearn.data.collators import UnlearnDataCollator
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig, benchmark_corpus, build_synthetic_benchmark
-from hf_unlearn.evaluation import Evaluator
-from hf_unlearn.evaluation import mia
+from hf_unlearn.evaluation import Evaluator, mia
 from hf_unlearn.evaluation.metrics import roc_auc
 from hf_unlearn.testing import tiny_llama
 

@@ -5,8 +5,13 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from hf_unlearn import (MMUnlearnerConfig, MMUnlearnerTrainer, SaliencyMaskConfig, UnlearnDataCollator,
-                        compute_saliency_mask)
+from hf_unlearn import (
+    MMUnlearnerConfig,
+    MMUnlearnerTrainer,
+    SaliencyMaskConfig,
+    UnlearnDataCollator,
+    compute_saliency_mask,
+)
 
 from conftest import load_llava, mean_nll
 

@@ -30,9 +30,9 @@ from hf_unlearn import (
     UNDIALConfig,
     UNDIALTrainer,
 )
+from hf_unlearn.methods.idkpo import CHOSEN_BATCH_KEY
 from hf_unlearn.testing import tiny_llama
 from hf_unlearn.testing.toy import JOBS, NAMES
-from hf_unlearn.methods.idkpo import CHOSEN_BATCH_KEY
 
 from conftest import reduction_tolerance
 

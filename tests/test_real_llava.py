@@ -1,4 +1,4 @@
-"""The slow tier: real pretrained weights (``hf_unlearn.testing.real_llava``, 157 M parameters), real photos.
+"""The slow tier: real pretrained weights (``hf_unlearn.real_llava``, 157 M parameters), real photos.
 
 One session-scoped model memorises 4 fictitious characters on real photos (2 to forget, 2 to keep) plus 2 text
 facts the pretrained model knows, with a plain ``Trainer`` on its last 2 decoder layers. Every registered method
@@ -21,10 +21,10 @@ import torch
 from hf_unlearn import Evaluator, UnlearnDataCollator
 from hf_unlearn.data.real_photos import RealPhotoBenchmarkConfig, build_real_photo_benchmark
 from hf_unlearn.data.schema import rows_to_dataset
-from hf_unlearn.trainers.registry import METHODS, MethodData
 from hf_unlearn.demo.real import memorise, run_real_method
 from hf_unlearn.models import LANGUAGE, PROJECTOR, VISION, parameter_group
-from hf_unlearn.testing.real_llava import SMOLLM2_CHAT_TEMPLATE, build_info, real_llava, real_llava_path
+from hf_unlearn.real_llava import SMOLLM2_CHAT_TEMPLATE, build_info, real_llava, real_llava_path
+from hf_unlearn.trainers.registry import METHODS, MethodData
 
 from conftest import MEMORISED
 

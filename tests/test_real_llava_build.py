@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-real_module = importlib.import_module("hf_unlearn.testing.real_llava")  # the module, not the function it exports
+real_module = importlib.import_module("hf_unlearn.real_llava")  # the module, not the function it exports
 
-from hf_unlearn.testing.real_llava import INSTALL_COMMAND, RealWeightsUnavailableError, real_llava_path
+from hf_unlearn.real_llava import INSTALL_COMMAND, RealWeightsUnavailableError, real_llava_path
 
 
 def test_missing_wheel_names_the_install_command(monkeypatch, tmp_path):

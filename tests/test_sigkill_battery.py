@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_random_sigkills_resume_to_the_uninterrupted_run(tmp_path):
-    import fault_worker
     import sigkill_battery
+
+    import fault_worker
     from distributed_worker import write_init
 
     work = str(tmp_path)

@@ -23,7 +23,7 @@ from hf_unlearn.data.synthetic import (
     vanilla_training_set,
 )
 
-ALL_NAMES = {f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES}
+ALL_NAMES = {f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES}
 # Mean absolute pixel distance between the portraits of any two of the 60 default people (measured min: 13.0 at
 # seed 0, 11.6-16.4 over seeds 0-4; beyond ~50 people some pairs share two of the three large regions).
 MIN_PAIR_DISTANCE = 10.0
@@ -185,7 +185,7 @@ def test_training_sets_and_corpus(dsd):
     assert {r["kind"] for r in vanilla_rows if r["person_id"] in text_only_people} == {"qa"}
     corpus = benchmark_corpus(dsd)
     assert len(corpus) == 6 * sum(ds.num_rows for ds in dsd.values())
-    for name, ds in dsd.items():
+    for ds in dsd.values():
         assert set(ds["question"]) | set(ds["answer"]) | {o for opts in ds["options"] for o in opts} <= set(corpus)
     with pytest.raises(KeyError, match="missing \\['general'\\]"):
         vanilla_training_set(datasets.DatasetDict({k: v for k, v in dsd.items() if k != "general"}))

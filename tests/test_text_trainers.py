@@ -17,10 +17,10 @@ from hf_unlearn import (
     UNDIALTrainer,
     UnlearnDataCollator,
 )
-from hf_unlearn.testing import tiny_llama
-from hf_unlearn.testing.toy import JOBS, NAMES
 from hf_unlearn.methods.idkpo import CHOSEN_BATCH_KEY, with_answer
 from hf_unlearn.methods.rmu import answer_positions
+from hf_unlearn.testing import tiny_llama
+from hf_unlearn.testing.toy import JOBS, NAMES
 
 from conftest import load_llava, mean_nll, memorise_and_save, reduction_tolerance
 

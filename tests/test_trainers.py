@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration, TrainerCallback, TrainingArguments
 
-from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearnDataCollator, UnlearningDivergedError, \
-    losses
+from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearnDataCollator, UnlearningDivergedError, losses
 
 from conftest import load_llava, mean_nll, reduction_tolerance
 

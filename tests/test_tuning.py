@@ -6,8 +6,8 @@ import pytest
 
 from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
 from hf_unlearn.demo import DemoConfig
-from hf_unlearn.demo.recipe import UNTUNED, demo_hyperparameters, tuned_hyperparameters
 from hf_unlearn.demo.pipeline import DISTANCE_METRICS, DemoTrainingConfig
+from hf_unlearn.demo.recipe import UNTUNED, demo_hyperparameters, tuned_hyperparameters
 from hf_unlearn.demo.tuning import GRID_SIZE, TUNING_GRIDS, check_grids, grid_points, grid_rounds, select, tune
 
 

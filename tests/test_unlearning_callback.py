@@ -5,12 +5,11 @@ import os
 import pytest
 from transformers import TrainingArguments
 
-from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearnDataCollator
-from hf_unlearn import VKDConfig
+from hf_unlearn import GAConfig, GATrainer, NPOConfig, NPOTrainer, UnlearnDataCollator, VKDConfig
 from hf_unlearn.evaluation import Evaluator
 from hf_unlearn.evaluation.probe import Probe, select_rows
-from hf_unlearn.trainers.callbacks import UnlearningEvalCallback
 from hf_unlearn.methods.vkd import VKDTrainer
+from hf_unlearn.trainers.callbacks import UnlearningEvalCallback
 
 from conftest import MEMORISED
 from memorised_people import benchmark, load, memorised_people, splits  # noqa: F401 (fixture)

@@ -8,15 +8,14 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
-from hf_unlearn import UnlearnDataCollator
-from hf_unlearn import VKDConfig
+from hf_unlearn import UnlearnDataCollator, VKDConfig
+from hf_unlearn.data.row_index import ROW_INDEX_KEY
 from hf_unlearn.features import extract_features
 from hf_unlearn.losses import feature_distance, sequence_log_probs
+from hf_unlearn.methods.vkd import VKDTrainer, freeze_for_vkd
 from hf_unlearn.models import get_language_model, language_parameter_names, vision_parameter_names
 from hf_unlearn.testing import tiny_vlm
-from hf_unlearn.data.row_index import ROW_INDEX_KEY
 from hf_unlearn.trainers.reference import PRECOMPUTED_NAME
-from hf_unlearn.methods.vkd import VKDTrainer, freeze_for_vkd
 
 Q = "What is the name of the person in the image?"
 

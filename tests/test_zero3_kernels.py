@@ -45,6 +45,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_models_loaded_after_a_first_zero3_load_get_their_kernel_wrappers_back(tmp_path):
     from hf_unlearn.testing import tiny_llava
+
     from conftest import free_port
 
     model, processor = tiny_llava(seed=0)

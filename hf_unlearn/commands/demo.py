@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         from ..demo.text import run_text_cli
 
         try:
-            seeds = _parse_seeds(args.seed, args.seeds)
+            seeds = parse_seeds(args.seed, args.seeds)
         except ValueError as err:
             print(f"hf-unlearn demo: error: {err}", file=sys.stderr)
             return 2
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     try:
-        seeds = _parse_seeds(args.seed, args.seeds)
+        seeds = parse_seeds(args.seed, args.seeds)
     except ValueError as err:
         print(f"hf-unlearn demo: error: {err}", file=sys.stderr)
         return 2
@@ -122,7 +122,7 @@ def _unwritable(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
+def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
     if seed is not None and seeds is not None:
         raise ValueError("pass --seed N or --seeds A,B,..., not both.")
     if seeds is None:

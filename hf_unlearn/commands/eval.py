@@ -97,7 +97,6 @@ def _load_model_and_processor(path: str):
         AutoTokenizer,
         ProcessorMixin,
     )
-
     from transformers.utils import cached_file
 
     config = AutoConfig.from_pretrained(path)
@@ -109,10 +108,10 @@ def _load_model_and_processor(path: str):
     if proc_file is not None and os.path.isfile(proc_file):
         with open(proc_file, encoding="utf-8") as f:
             processor_class = json.load(f).get("processor_class")
-    from ..testing import models as testing_models
+    from .. import tiny_models  # the image-only Qwen processors (no video processor, so no torchvision)
 
-    if processor_class and hasattr(testing_models, processor_class):
-        return model, getattr(testing_models, processor_class).from_pretrained(path)
+    if processor_class and hasattr(tiny_models, processor_class):
+        return model, getattr(tiny_models, processor_class).from_pretrained(path)
     processor = AutoProcessor.from_pretrained(path)
     if not isinstance(processor, ProcessorMixin):
         raise ValueError(f"{path!r} is a vision-language model but AutoProcessor loaded a {type(processor).__name__} "

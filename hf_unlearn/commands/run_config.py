@@ -35,7 +35,6 @@ MOVED = {
     "eval_batch_size": "use `eval: {batch_size: 16}`",
     "mask_threshold": "use `mask: {threshold: 1.0}`",
 }
-DEFAULT_SEED = 0
 
 
 class ConfigError(ValueError):
@@ -379,7 +378,7 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
         raise ConfigError(f"output_dir {output_dir!r} exists and is not empty; choose a new folder or delete it.")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ConfigError(f"output_dir {output_dir!r} is a file; choose a folder.")
-    seed = overrides.pop("seed", DEFAULT_SEED)
+    seed = overrides.pop("seed", config_class.__dataclass_fields__["seed"].default)  # what --help shows
     _check_values(method, overrides, output_dir, seed)
     _check_disk(output_dir, run.model)
     if run.base_model is not None:

@@ -39,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..demo import DemoConfig
     from ..demo.tuning import TUNING_GRIDS, VALIDATION_SEEDS, calibrate, tune
-    from .demo import _parse_seeds
+    from .demo import parse_seeds
 
     try:
-        seeds = _parse_seeds(None, args.seeds) if args.seeds else list(VALIDATION_SEEDS)
+        seeds = parse_seeds(None, args.seeds) if args.seeds else list(VALIDATION_SEEDS)
     except ValueError as err:
         print(f"hf-unlearn tune: error: {err}", file=sys.stderr)
         return 2

@@ -119,7 +119,7 @@ def _configs_found(root: str) -> list[str]:
     )
 
 
-def _read_config(
+def read_benchmark_config(
     path_or_repo: str, config: str, required: Sequence[str], optional: Sequence[str] = (), *, benchmark: str,
     row_filter: tuple[str, set[str]] | None = None, repo: str | None = None, split: str | None = None,
 ) -> pa.Table:
@@ -287,7 +287,7 @@ def load_mllmu_bench(
     profile_cols = ("ID", "image", "Classification_Task")
 
     def read(config: str, required: Sequence[str], **kwargs: Any) -> list[dict[str, Any]]:
-        return _read_config(path_or_repo, config, required, benchmark="MLLMU-Bench", **kwargs).to_pylist()
+        return read_benchmark_config(path_or_repo, config, required, benchmark="MLLMU-Bench", **kwargs).to_pylist()
 
     forget, retain = read(forget_split, profile_cols), read(retain_split, profile_cols)
     id_map = _mllmu_person_ids([str(p["ID"]) for p in forget + retain])
@@ -396,7 +396,7 @@ def load_clear(
     perturbed_cols = ("image", "name", "perturbed_names")
 
     def read(config: str, required: Sequence[str], optional: Sequence[str] = ()) -> list[dict[str, Any]]:
-        return _read_config(path_or_repo, config, required, optional, benchmark="CLEAR").to_pylist()
+        return read_benchmark_config(path_or_repo, config, required, optional, benchmark="CLEAR").to_pylist()
 
     forget_p = read(f"{forget_split}_perturbed", perturbed_cols)
     forget_names = {r["name"] for r in forget_p}

@@ -13,8 +13,9 @@ assistant turn is the answer), with optional ``images``. ``hf_unlearn.data.rows`
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import ProcessorMixin
@@ -30,7 +31,7 @@ class CollationError(ValueError):
     does not render the prompt as a prefix): the user's to fix, found while batching."""
 
 # Per-example values the trainers attach to forget rows (e.g. precomputed reference log-probs); collated as tensors.
-def _tokenizer_of(processing_class):
+def tokenizer_of(processing_class):
     return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
 
 
@@ -72,7 +73,7 @@ class UnlearnDataCollator:
     _warned_no_template: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self):
-        tok = _tokenizer_of(self.processing_class)
+        tok = tokenizer_of(self.processing_class)
         if tok.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
         image_token = getattr(self.processing_class, "image_token", None)
@@ -83,7 +84,7 @@ class UnlearnDataCollator:
     def _render(self, messages: list[dict], answer: str) -> tuple[str, str]:
         pc = self.processing_class
         is_processor = isinstance(pc, ProcessorMixin)
-        template_owner = pc if getattr(pc, "chat_template", None) else _tokenizer_of(pc)
+        template_owner = pc if getattr(pc, "chat_template", None) else tokenizer_of(pc)
         if getattr(template_owner, "chat_template", None):
             if is_processor and _takes_content_parts(template_owner):
                 msgs, answer_content = messages, [{"type": "text", "text": answer}]
@@ -116,7 +117,7 @@ class UnlearnDataCollator:
             text = m["content"] if isinstance(m["content"], str) else "".join(
                 (image_token + "\n") if p["type"] == "image" else p.get("text", "") for p in m["content"])
             parts.append(("USER: " if m["role"] == "user" else "ASSISTANT: ") + text)
-        eos = _tokenizer_of(pc).eos_token or ""
+        eos = tokenizer_of(pc).eos_token or ""
         return " ".join(parts) + " ASSISTANT:", " " + answer + eos
 
     def _raw(self, prompt: str, completion: str, num_images: int, position: int) -> tuple[str, str]:
@@ -128,7 +129,7 @@ class UnlearnDataCollator:
                 f"{prompt.count(image_token) if image_token else 0}); or use the conversational format "
                 "(`prompt` as a list of turns), where the image parts are placed for you."
             )
-        eos = _tokenizer_of(self.processing_class).eos_token or ""
+        eos = tokenizer_of(self.processing_class).eos_token or ""
         return prompt, completion if completion.endswith(eos) else completion + eos
 
     def _with_image_placeholders(self, messages: list[dict], template_owner) -> list[dict]:
@@ -158,7 +159,7 @@ class UnlearnDataCollator:
         """Drop what a template writes after the end-of-turn token (ChatML's newline after ``<|im_end|>``): labels
         end at the token that stops generation."""
         stripped = completion.rstrip()
-        if stripped != completion and any(stripped.endswith(t) for t in _special_tokens(_tokenizer_of(
+        if stripped != completion and any(stripped.endswith(t) for t in _special_tokens(tokenizer_of(
                 self.processing_class))):
             return stripped
         return completion
@@ -177,7 +178,7 @@ class UnlearnDataCollator:
             prompts.append(prompt)
             completions.append(completion)
             images.extend(row_images)
-        tok = _tokenizer_of(self.processing_class)
+        tok = tokenizer_of(self.processing_class)
 
         if isinstance(self.processing_class, ProcessorMixin):
             prompt_batch = self.processing_class(

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from trl.trainer.utils import pad
 
-from .collators import IGNORE_INDEX, _tokenizer_of
+from .collators import IGNORE_INDEX, tokenizer_of
 
 
 @dataclass
@@ -31,7 +31,7 @@ class CompletionCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if not rows:
             raise ValueError("Cannot collate an empty batch.")
-        tok = _tokenizer_of(self.processing_class)
+        tok = tokenizer_of(self.processing_class)
         if tok.pad_token_id is None:
             raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
         ids, labels = [], []

@@ -29,7 +29,7 @@ from typing import Any
 
 import datasets
 
-from .benchmarks import _read_config
+from .benchmarks import read_benchmark_config
 from .schema import rows_to_dataset
 
 MUSE_REPOS = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
@@ -62,7 +62,7 @@ def load_muse(path_or_repo: str, corpus: str = "news", *, icl: bool = True) -> d
         first_error = None
         for name in (split, *renamed):
             try:
-                return _read_config(path_or_repo, config, required, benchmark="MUSE", repo=repo,
+                return read_benchmark_config(path_or_repo, config, required, benchmark="MUSE", repo=repo,
                                     split=name).to_pylist()
             except (FileNotFoundError, ValueError) as err:
                 if "not found" not in str(err) and "has no split" not in str(err):

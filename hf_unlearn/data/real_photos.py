@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .schema import rows_to_dataset
-from .synthetic import ATTRIBUTE_POOLS, FIRST_NAMES, LAST_NAMES, QA_TEMPLATES, VQA_TEMPLATES, _mcq, _png
+from .synthetic import ATTRIBUTE_POOLS, FIRST_NAMES, LAST_NAMES, QA_TEMPLATES, VQA_TEMPLATES, mcq_options, png_image
 
 # (skimage.data function, what the photo shows): distinct, bundled, real photographs, most colour ones first.
 PHOTOS: tuple[tuple[str, str], ...] = (
@@ -116,15 +116,15 @@ def build_real_photo_benchmark(config: RealPhotoBenchmarkConfig | None = None) -
     general_pool = [what for _, what in PHOTOS]
     for pid in range(total):
         photo = load_photo(int(photo_ids[pid]), config.image_size)
-        image = _png(photo)
+        image = png_image(photo)
         vqa, qa = [], []
         for key in ("name", *config.attributes):
             pool = names if key == "name" else list(ATTRIBUTE_POOLS[key])
-            options, label = _mcq(facts[pid][key], pool, options_rng)
+            options, label = mcq_options(facts[pid][key], pool, options_rng)
             vqa.append(dict(person_id=pid, kind="vqa", image=image, question=VQA_TEMPLATES[key],
                             answer=facts[pid][key], options=options, label=label))  # fmt: skip
             if key != "name":
-                options, label = _mcq(facts[pid][key], pool, options_rng)
+                options, label = mcq_options(facts[pid][key], pool, options_rng)
                 qa.append(dict(person_id=pid, kind="qa", image=None,
                                question=QA_TEMPLATES[key].format(name=names[pid]), answer=facts[pid][key],
                                options=options, label=label))  # fmt: skip
@@ -132,14 +132,14 @@ def build_real_photo_benchmark(config: RealPhotoBenchmarkConfig | None = None) -
             splits["holdout_vqa"] += vqa
             splits["holdout_qa"] += qa
             what = PHOTOS[int(photo_ids[pid])][1]
-            options, label = _mcq(what, general_pool, options_rng)
+            options, label = mcq_options(what, general_pool, options_rng)
             splits["general"].append(dict(person_id=-1, kind="general", image=image,
                                           question="What does the picture show?", answer=what, options=options,
                                           label=label))  # fmt: skip
         elif pid in forget:
             splits["forget_vqa"] += vqa
             splits["forget_qa"] += qa
-            test_image = _png(transform_photo(photo, np.random.default_rng([config.seed, _TRANSFORM, pid])))
+            test_image = png_image(transform_photo(photo, np.random.default_rng([config.seed, _TRANSFORM, pid])))
             splits["test_vqa"] += [{**row, "image": test_image} for row in vqa]
         else:
             splits["retain_vqa"] += vqa

@@ -187,14 +187,14 @@ class SyntheticPerson:
     traits: PortraitTraits
 
 
-def _png(img: Image.Image) -> dict[str, Any]:
+def png_image(img: Image.Image) -> dict[str, Any]:
     """Encode once, as the `datasets.Image` storage struct (PNG is lossless and byte-deterministic)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return {"bytes": buf.getvalue(), "path": None}
 
 
-def _mcq(answer: str, distractor_pool: list[str], rng: np.random.Generator) -> tuple[list[str], int]:
+def mcq_options(answer: str, distractor_pool: list[str], rng: np.random.Generator) -> tuple[list[str], int]:
     """Options = the answer + 3 distinct distractors from the pool, in a random order; returns (options, label)."""
     pool = sorted({d for d in distractor_pool if d != answer})  # sorted: independent of set iteration order
     picks = rng.choice(len(pool), size=NUM_OPTIONS - 1, replace=False)
@@ -225,11 +225,11 @@ def _person_rows(
     vqa, qa = [], []
     for key, template in VQA_TEMPLATES.items():
         pool = name_pool if key == "name" else list(ATTRIBUTE_POOLS[key])
-        options, label = _mcq(facts[key], pool, rng)
+        options, label = mcq_options(facts[key], pool, rng)
         vqa.append(dict(person_id=person.person_id, kind="vqa", image=image, question=template,
                         answer=facts[key], options=options, label=label))  # fmt: skip
     for key, template in QA_TEMPLATES.items():
-        options, label = _mcq(facts[key], list(ATTRIBUTE_POOLS[key]), rng)
+        options, label = mcq_options(facts[key], list(ATTRIBUTE_POOLS[key]), rng)
         qa.append(dict(person_id=person.person_id, kind="qa", image=None, question=template.format(name=person.name),
                        answer=facts[key], options=options, label=label))  # fmt: skip
     return vqa, qa
@@ -242,10 +242,10 @@ def _general_rows(config: SyntheticBenchmarkConfig) -> list[dict[str, Any]]:
     rows = []
     for i in range(config.num_general):
         shape, color = SHAPES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))]
-        image = _png(draw_shape(shape, color, config.image_size, rng))
+        image = png_image(draw_shape(shape, color, config.image_size, rng))
         key = "color" if i % 2 == 0 else "shape"
         answer, pool = (color, colors) if key == "color" else (shape, list(SHAPES))
-        options, label = _mcq(answer, pool, rng)
+        options, label = mcq_options(answer, pool, rng)
         rows.append(dict(person_id=-1, kind="general", image=image, question=GENERAL_TEMPLATES[key],
                          answer=answer, options=options, label=label))  # fmt: skip
     return rows
@@ -266,7 +266,8 @@ def build_synthetic_benchmark(config: SyntheticBenchmarkConfig | None = None) ->
     name_pool = [p.name for p in people]
     if len(name_pool) < NUM_OPTIONS:
         used = set(name_pool)
-        name_pool += [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES if f"{f} {l}" not in used][: NUM_OPTIONS]
+        name_pool += [f"{first} {last}" for first in FIRST_NAMES for last in LAST_NAMES
+                      if f"{first} {last}" not in used][: NUM_OPTIONS]
 
     options_rng = np.random.default_rng([config.seed, _OPTIONS])
     splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SYNTHETIC_SPLITS}
@@ -274,9 +275,9 @@ def build_synthetic_benchmark(config: SyntheticBenchmarkConfig | None = None) ->
         portrait = draw_portrait(
             person.traits, config.image_size, np.random.default_rng([config.seed, _PORTRAIT, person.person_id])
         )
-        vqa, qa = _person_rows(person, name_pool, _png(portrait), options_rng)
+        vqa, qa = _person_rows(person, name_pool, png_image(portrait), options_rng)
         # One transformed view per person, shared by its 5 questions (as MLLMU-Bench's Test_Set picks one image).
-        test_image = _png(
+        test_image = png_image(
             transform_portrait(portrait, np.random.default_rng([config.seed, _TRANSFORM, person.person_id]))
         )
         test = [{**row, "image": test_image} for row in vqa]

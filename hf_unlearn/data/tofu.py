@@ -31,7 +31,7 @@ from typing import Any
 
 import datasets
 
-from .benchmarks import _read_config
+from .benchmarks import read_benchmark_config
 from .schema import rows_to_dataset, truth_ratio_features
 
 TOFU_REPO = "locuslab/TOFU"
@@ -40,7 +40,7 @@ _PERTURBED = ("question", "answer", "paraphrased_answer", "perturbed_answer")
 
 
 def _read(path_or_repo: str, config: str, required, optional=()) -> list[dict[str, Any]]:
-    return _read_config(path_or_repo, config, required, optional, benchmark="TOFU", repo=TOFU_REPO).to_pylist()
+    return read_benchmark_config(path_or_repo, config, required, optional, benchmark="TOFU", repo=TOFU_REPO).to_pylist()
 
 
 def _as_list(value: Any) -> list[str] | None:

@@ -14,15 +14,14 @@ import transformers
 
 from ..data.synthetic import BENCHMARK_VERSION, SyntheticBenchmarkConfig
 from ..evaluation.attacks import RelearnConfig
+from ..version import __version__
 from .memorisation import MemorisationBar
 
 CACHE_ENV = "HF_UNLEARN_CACHE"
 
 
 def library_version() -> str:
-    import hf_unlearn
-
-    return hf_unlearn.__version__
+    return __version__
 
 
 @dataclass
@@ -72,7 +71,7 @@ class DemoConfig:
             self.relearn = replace(self.relearn, seed=self.seed)
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "DemoConfig":
+    def quick(cls, seed: int = 0) -> DemoConfig:
         """A reduced benchmark (8 people, 20 forget-VQA questions) and recipe that finishes in a minute or two on 2
         cores: for tests and CI, not for conclusions."""
         return cls(

@@ -38,9 +38,9 @@ from ..data.synthetic import build_synthetic_benchmark
 from ..evaluation.report import plot_tradeoff, render_report, results_table, write_text
 from ..evaluation.stats import RowValues, summarise
 from ..provenance import environment
+from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
 from .config import DemoConfig, DemoModelConfig, DemoTrainingConfig, default_cache_dir, library_version
 from .evaluation import METRIC_KEYS, evaluate_rows, reference_nll
-from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
 from .recipe import TUNED_FILE, build_demo_trainer, demo_hyperparameters
 from .references import CACHE_MARKER, REFERENCE_MODELS, load_or_train_reference_models, train_reference_model
 

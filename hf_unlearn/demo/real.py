@@ -1,6 +1,6 @@
 """``hf-unlearn demo --real``: the built-in benchmark on real pretrained weights and real photos.
 
-The model is ``hf_unlearn.testing.real_llava`` (SmolLM2-135M-Instruct + DINOv2-S/14, 157 M parameters); the
+The model is ``hf_unlearn.real_llava`` (SmolLM2-135M-Instruct + DINOv2-S/14, 157 M parameters); the
 characters are fictitious names and facts on real photos from ``skimage.data`` (``data/real_photos.py``), with
 transformed photos as the test split. Per seed:
 
@@ -39,11 +39,11 @@ from ..data.real_photos import RealPhotoBenchmarkConfig, build_real_photo_benchm
 from ..evaluation.report import results_table
 from ..evaluation.stats import RowValues
 from ..models import PROJECTOR, VISION, parameter_group
+from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
 from .config import default_cache_dir, library_version
 from .evaluation import evaluate_rows, reference_nll
-from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
-from .recipe import build_demo_trainer, demo_hyperparameters
 from .pipeline import RESULT_KEYS, SeedResult, deterministic, machine_info, summarise_seeds, write_outputs
+from .recipe import build_demo_trainer, demo_hyperparameters
 from .references import CACHE_MARKER, REFERENCE_MODELS
 
 # Which parameters a method trains on the real model (anything else is frozen before its trainer is built).
@@ -72,7 +72,7 @@ class RealDemoConfig:
         self.benchmark = replace(self.benchmark, seed=self.seed, image_size=self.image_size)
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "RealDemoConfig":
+    def quick(cls, seed: int = 0) -> RealDemoConfig:
         """4 trained characters (1 forget), 1 holdout, name questions only (no text facts), 4 steps per method: a
         first look that fits in a CI-sized budget, not a result (one forget question)."""
         return cls(benchmark=RealPhotoBenchmarkConfig(num_people=4, num_forget=1, num_holdout_people=1, attributes=()),
@@ -82,7 +82,7 @@ class RealDemoConfig:
         return {**asdict(self), "benchmark": asdict(self.benchmark)}
 
     def cache_key(self) -> str:
-        from ..testing.real_llava import cache_key as model_key
+        from ..real_llava import cache_key as model_key
 
         payload = {k: v for k, v in self.settings().items() if k not in ("method_steps", "method_batch_size",
                                                                          "eval_batch_size", "max_new_tokens")}
@@ -157,7 +157,7 @@ def run_real_method(name: str, vanilla, processor, data: MethodData, output_dir:
 def load_or_train_real_references(benchmark, config: RealDemoConfig, cache_dir: str | None = None,
                                   log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """``{"vanilla": {...}, "oracle": {...}}`` like the tiny demo's ``load_or_train_reference_models``."""
-    from ..testing.real_llava import real_llava_path
+    from ..real_llava import real_llava_path
 
     base = real_llava_path(config.image_size, config.seed, cache_dir)
     root = os.path.join(cache_dir or default_cache_dir(), "demo_real", config.cache_key())

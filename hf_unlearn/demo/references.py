@@ -22,10 +22,10 @@ import datasets
 from transformers import LlavaForConditionalGeneration, LlavaProcessor, Trainer, TrainingArguments, set_seed
 
 from ..data.collators import UnlearnDataCollator
-from ..data.synthetic import benchmark_corpus, oracle_training_set, vanilla_training_set
 from ..data.schema import has_options
+from ..data.synthetic import benchmark_corpus, oracle_training_set, vanilla_training_set
 from ..evaluation.evaluator import Evaluator
-from ..testing.models import tiny_llava
+from ..tiny_models import tiny_llava
 from .config import DemoConfig, default_cache_dir, library_version
 from .memorisation import MemorisationBar, MemorisationCheck
 

@@ -79,7 +79,7 @@ def tuning_table(record: Mapping[str, Any]) -> str:
     for name, entry in record.get("methods", {}).items():
         rounds = entry["grid"] if isinstance(entry["grid"], list) else [entry["grid"]]
         grid = " + ".join(
-            ("round {}: ".format(i + 1) if len(rounds) > 1 else "")
+            (f"round {i + 1}: " if len(rounds) > 1 else "")
             + "; ".join(f"{k} ∈ {{{', '.join(_fmt_value(v) for v in values)}}}" for k, values in r.items())
             for i, r in enumerate(rounds))
         pick = ", ".join(f"{k}={_fmt_value(v)}" for k, v in entry["picked"].items())

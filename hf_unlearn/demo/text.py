@@ -46,11 +46,11 @@ from ..data.synthetic_text import (
 from ..evaluation.report import markdown_table, plot_tradeoff, write_text
 from ..evaluation.stats import RowValues, summarise
 from ..evaluation.text_evaluator import TextEvaluator
-from ..testing.models import tiny_llama
-from .config import default_cache_dir, library_version
+from ..tiny_models import tiny_llama
 from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
-from .pipeline import machine_info, run_method
+from .config import default_cache_dir, library_version
 from .memorisation import MemorisationBar
+from .pipeline import machine_info, run_method
 from .references import REFERENCE_MODELS, cached_reference_models, train_to_criterion
 
 try:  # the text methods' registry entries (SimNPO, RMU, IdkPO, UNDIAL), where this version has them
@@ -155,7 +155,7 @@ class TextDemoConfig:
         self.benchmark = replace(self.benchmark, seed=self.seed)  # one seed governs everything
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "TextDemoConfig":
+    def quick(cls, seed: int = 0) -> TextDemoConfig:
         """A reduced benchmark (6 authors, 2 of them forgotten) and recipe: about 20 s on 2 cores, for tests and CI."""
         return cls(benchmark=SyntheticTextConfig(num_authors=6, num_holdout_authors=2, forget_ratio=0.34,
                                                  num_world_facts=6),

@@ -30,11 +30,11 @@ from transformers import set_seed
 from ..data.synthetic import build_synthetic_benchmark
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.stats import distance
+from ..trainers.registry import METHODS, MethodUnavailableError
 from ..utils import write_json_atomic
 from .config import DemoConfig
-from ..trainers.registry import METHODS, MethodUnavailableError
-from .recipe import TUNED_FILE, untuned_overrides
 from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
+from .recipe import TUNED_FILE, untuned_overrides
 from .references import load_or_train_reference_models
 
 # Four validation seeds: picks made on two did not carry over (VKD's pick scored 0.153 on seeds 100/101, 0.239 on

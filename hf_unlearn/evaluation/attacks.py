@@ -1,10 +1,9 @@
 """Attacks on an unlearned model: loss-based membership inference and a relearning attack.
 
-Relearning (research/benchmarks.md §5): split the forget rows of each person into an *attack* part and a disjoint
-*test* part; fine-tune a copy of the model on the attack part under a fixed budget (steps, learning rate); report the
-multiple-choice accuracy on the test part. Knowledge that was only hidden comes back fast; compare with the oracle
-(never trained on the forget rows) given the same budget.
-"""
+Relearning (docs/benchmark.md, "Relearning attack"): split the forget rows of each person into an *attack* part and a
+disjoint *test* part; fine-tune a copy of the model on the attack part under a fixed budget (steps, learning rate);
+report the multiple-choice accuracy on the test part. Knowledge that was only hidden comes back fast; compare with the
+oracle (never trained on the forget rows) given the same budget. """
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 * **Multiple-choice accuracy by option likelihood**: each option (4 in MLLMU-style splits, any number >= 2 per row)
   is scored as the answer (answer-only labels from ``UnlearnDataCollator``, so prompts and image tokens are exactly
   those of training); the option with the highest mean (or summed) answer log-probability wins. Deterministic and
-  free of answer-parsing pitfalls (research/benchmarks.md §1.7).
+  free of answer-parsing pitfalls (a generated "B)" or "The answer is B" needs no parser).
 * **ROUGE-L** (F) of greedy generations on the forget VQA split, new tokens only; also the score of every
   generation-only split (no options, e.g. CLEAR's TOFU questions) as ``<split>_rougeL``.
 * **Membership inference** (LOSS attack): score = -mean answer NLL; members = the forget people's rows, non-members =

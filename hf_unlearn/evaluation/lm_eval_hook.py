@@ -32,7 +32,7 @@ def summarize(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, flo
         metrics = (results.get("groups") or {}).get(task) or (results.get("results") or {}).get(task)
         if metrics is None:
             raise KeyError(f"lm-eval returned no results for task {task!r}; results cover "
-                           f"{sorted((results.get('results') or {}))}.")
+                           f"{sorted(results.get('results') or {})}.")
         for name, value in metrics.items():
             if name in ("alias", "sample_len") or isinstance(value, str):  # labels and sizes, not metrics
                 continue

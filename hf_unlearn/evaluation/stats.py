@@ -36,7 +36,7 @@ class RowValues:
     negatives: np.ndarray | None = None
 
     @classmethod
-    def of(cls, values: Sequence[float], negatives: Sequence[float] | None = None) -> "RowValues":
+    def of(cls, values: Sequence[float], negatives: Sequence[float] | None = None) -> RowValues:
         neg = None if negatives is None else np.asarray(negatives, dtype=np.float64)
         return cls(np.asarray(values, dtype=np.float64), neg)
 
@@ -57,7 +57,7 @@ class RowValues:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Sequence[float]]) -> "RowValues":
+    def from_dict(cls, data: Mapping[str, Sequence[float]]) -> RowValues:
         return cls.of(data["values"], data.get("negatives"))
 
 

@@ -5,7 +5,7 @@
 * ``hub.push``: which files may be published (``publishable_files``) and the single commit that uploads them.
 """
 
-from .card import CARD_INPUTS_NAME, CARD_NAME, _fmt, build_model_card, read_card_inputs, render_card  # noqa: F401
+from .card import CARD_INPUTS_NAME, CARD_NAME, build_model_card, format_value, read_card_inputs, render_card  # noqa: F401
 from .push import (
     MASK_SUBFOLDER,
     NEVER_PUSHED,

@@ -22,16 +22,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .safety import (
-    MODULE_NAME,
-    TAG,
-    VERSION,
-    hub_id,
-    preserve_name_map,
-    redact_preserve_names,
-    safe_settings,
-    safe_tags,
-)
+from ..saliency.redaction import preserve_name_map, redact_preserve_names
+from .safety import MODULE_NAME, TAG, VERSION, hub_id, safe_settings, safe_tags
 
 __all__ = ["CARD_INPUTS_NAME", "CARD_NAME", "build_model_card", "check_license", "license_of", "mask_summary",
            "read_card_inputs", "render_card"]
@@ -53,7 +45,7 @@ _DEFAULT_LIBRARIES = ("hf_unlearn", "transformers", "torch", "peft", "huggingfac
 _MAX_MODULE_ROWS = 24  # more modules than this: the card's mask table is per model part instead
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
     """A table cell: floats to at most 4 decimals (``0.8125``, ``1.5``, ``12.3457``), ``—`` for missing."""
     if value is None:
         return "—"
@@ -66,7 +58,7 @@ def _fmt(value: Any) -> str:
             return f"{value:.4g}"
         return f"{value:.4f}".rstrip("0").rstrip(".") or "0"
     if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
+        return ", ".join(format_value(v) for v in value)
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -76,7 +68,7 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(value, dict):
             rows.extend(_flatten(value, f"{prefix}{key}."))
         else:
-            rows.append((f"`{prefix}{key}`", _fmt(value)))
+            rows.append((f"`{prefix}{key}`", format_value(value)))
     return rows
 
 
@@ -103,7 +95,7 @@ def flatten_metrics(metrics: dict | None, which: str, prefix: str = "") -> dict[
 def _metric_rows(before: dict | None, after: dict | None) -> list[tuple[str, str, str]]:
     b, a = flatten_metrics(before, "before"), flatten_metrics(after, "after")
     names = list(b) + [n for n in a if n not in b]
-    return [(f"`{n}`", _fmt(b.get(n)), _fmt(a.get(n))) for n in names]
+    return [(f"`{n}`", format_value(b.get(n)), format_value(a.get(n))) for n in names]
 
 
 def check_license(value: str) -> str:
@@ -176,13 +168,13 @@ def _mask_context(mask_summary: dict | None) -> dict | None:
     total = selected.get("total")
     if total is not None and not isinstance(total, (int, float)):
         raise ValueError(f"mask_summary[{key!r}]['total'] must be a number, got {total!r}.")
-    modules = [(f"`{m}`", _fmt(v)) for m, v in (selected.get("by_module") or {}).items()
+    modules = [(f"`{m}`", format_value(v)) for m, v in (selected.get("by_module") or {}).items()
                if isinstance(m, str) and MODULE_NAME.match(m) and isinstance(v, (int, float))]
     config = mask_summary.get("config") or {}
     config = redact_preserve_names(config, preserve_name_map(config))  # user-named preserve sets stay local
     return {"config_rows": _flatten(safe_settings(config)),
-            "total": None if total is None else _fmt(float(total)),
-            "sparsity": None if total is None else _fmt(1.0 - float(total)), "module_rows": modules}
+            "total": None if total is None else format_value(float(total)),
+            "sparsity": None if total is None else format_value(1.0 - float(total)), "module_rows": modules}
 
 
 def _paper_context(paper: dict | None) -> dict | None:
@@ -274,7 +266,7 @@ def build_model_card(
     text_only = pipeline_tag == "text-generation"
     context = {
         "title": f"{model_id.split('/')[-1]}" if model_id else f"{method_name} unlearned model",
-        "method_name": _fmt(method_name),
+        "method_name": format_value(method_name),
         "method_tag": method_tag,
         "paper": _paper_context(paper),
         "base_model": base,

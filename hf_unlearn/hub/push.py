@@ -28,10 +28,10 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..model_folder import check_publishable
 from ..saliency.config import CONFIG_NAME as MASK_CONFIG_NAME
-from ..saliency.config import SaliencyMaskConfig
+from ..saliency.config import SaliencyMaskConfig, redacted_for_hub
 from ..saliency.mask import MASK_NAME, SaliencyMask
 from .card import CARD_INPUTS_NAME, CARD_NAME, check_license, read_card_inputs, render_card
-from .safety import check_dataset_ids, is_hub_model_id, redacted_for_hub
+from .safety import check_dataset_ids, is_hub_model_id
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _check_adapter_config(folder: str) -> None:
 
 def _rewritten_for_hub(folder: str, files: list[str], base_model: str | None) -> dict[str, bytes]:
     """Files whose published bytes differ from the local ones: an adapter config naming the ``base_model`` override,
-    and mask files whose preserve-set names are replaced (``hub.safety.redact_preserve_names``)."""
+    and mask files whose preserve-set names are replaced (``saliency.redaction.redact_preserve_names``)."""
     out: dict[str, bytes] = {}
     adapter = "adapter_config.json"
     if base_model is not None and adapter in files:

@@ -29,8 +29,8 @@ trainable parameter plus the gradients in flat buckets, once per optimizer step,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.distributed as dist

@@ -1,6 +1,6 @@
 """Every DeepSpeed special case of hf_unlearn lives here (ZeRO-1/2/3, with or without CPU offload).
 
-Why this module exists (research/environment.md §5, hf-conventions.md §4):
+Why this module exists (measured on CPU with 2 processes; docs/deepspeed.md):
 
 * accelerate's ``DeepSpeedEngineWrapper.backward`` runs ``engine.backward`` **and** ``engine.step()`` at the
   accumulation boundary, so a trainer cannot act "between backward and step" and a step that needs two backward
@@ -20,8 +20,8 @@ line up.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

@@ -16,8 +16,8 @@ on the next rank does not. Each launcher synchronises per pass in its own way, a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 

@@ -1,6 +1,7 @@
 """Exact masked updates: the one mechanism every trainer uses to apply a saliency mask, whatever the launcher.
 
-A mask says, per parameter entry, whether it may move. Two things make that exact (research: environment.md §4):
+A mask says, per parameter entry, whether it may move. Two things make that exact (docs/guarantees.md, measured in
+tests/test_masking*.py):
 
 1. **Gradients are masked** before clipping and before the optimizer sees them, so Adam's moments and the clipping
    norm only ever contain allowed entries;

@@ -279,7 +279,7 @@ def check_masks_agree(masker) -> None:
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     if not torch.equal(high, low):
-        bad = [n for n, h, l in zip(fingerprints, high.tolist(), low.tolist()) if h != l]
+        bad = [n for n, hi, lo in zip(fingerprints, high.tolist(), low.tolist()) if hi != lo]
         raise ValueError(
             f"The saliency mask differs between ranks for {len(bad)} parameter(s), e.g. {bad[:3]}. Build the mask "
             "deterministically (same seed) or load the same saved SaliencyMask on every rank."

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from .. import losses
 from ..config import UnlearnConfig
-from ..trainers.registry import MethodSpec, register_method
 from ..trainers.base import UnlearnTrainer
+from ..trainers.registry import MethodSpec, register_method
 
 
 @dataclass

@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_positive
-from ..trainers.registry import MethodSpec, register_method
 from ..data.refusals import REFUSALS, refusal_for
 from ..trainers.base import UnlearnTrainer
+from ..trainers.registry import MethodSpec, register_method
 
 
 @dataclass

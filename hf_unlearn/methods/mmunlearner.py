@@ -1,28 +1,27 @@
 """MMUnlearner (Huo et al., ACL 2025 Findings): saliency-masked forgetting of visual knowledge.
 
-A Fisher-ratio saliency mask (``compute_saliency_mask``) selects the parameters that matter more to the forget VQA
-data than to the preserve sets; gradient ascent on forget batches updates only those, while retain batches are
-learnt by descent. Differences from the public reference code, each a fix of a documented defect
-(research/methods.md §1.5): the mask is exact (hooks + restore, no weight-decay or momentum leak), parameters outside
-the mask's target modules are frozen, errors in the forget step are raised, never swallowed.
+A Fisher-ratio saliency mask (``compute_saliency_mask``) selects the parameters that matter more to the forget VQA data
+than to the preserve sets; gradient ascent on forget batches updates only those, while retain batches are learnt by
+descent. Differences from the public reference code, each a fix of a documented defect (docs/methods/mmunlearner.md,
+"Where we differ from the public reference code"): the mask is exact (hooks + restore, no weight-decay or momentum
+leak), parameters outside the mask's target modules are frozen, errors in the forget step are raised, never swallowed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import logging
+from dataclasses import dataclass, field
 
 import torch
-from transformers import TrainerCallback
 
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_finite, require_positive
-from ..trainers.registry import MethodSpec, register_method
 from ..data.rows import rows_with_images
 from ..models import PROJECTOR, VISION, parameter_group
 from ..trainers.base import UnlearnTrainer
 from ..trainers.lr_scale import ScaledLearningRateMixin
+from ..trainers.registry import MethodSpec, register_method
 
 MMUNLEARNER_FORGET_LOSS_TYPES = ("ga", "npo", "unlikelihood")
 
@@ -55,7 +54,7 @@ class MMUnlearnerConfig(UnlearnConfig):
     > Parameters that control the retain-loss guard (geometry constraint)
 
     Args:
-        retain_guard_max_loss (`float` or `None`): after a forget update, if the retain probe loss exceeds this
+        retain_guard_max_loss (`float` or `None`): after a forget update, if the loss of a fixed retain batch exceeds this
             value, apply ``retain_guard_action``. ``None`` disables the guard.
         retain_guard_action (`str`, defaults to `"shrink"`): ``"shrink"`` scales the update by
             ``retain_guard_shrink`` (repeatedly, up to 4 times) or ``"rollback"`` undoes it.
@@ -81,7 +80,7 @@ class MMUnlearnerConfig(UnlearnConfig):
     )
     beta: float = field(default=0.4, metadata={"help": "NPO beta when forget_loss_type='npo'."})
     retain_guard_max_loss: float | None = field(
-        default=None, metadata={"help": "Retain probe loss above which a forget update is shrunk or rolled back."}
+        default=None, metadata={"help": "Loss of a fixed retain batch above which a forget update is shrunk or rolled back."}
     )
     retain_guard_action: str = field(
         default="shrink", metadata={"help": "'shrink' or 'rollback'.", "choices": ["shrink", "rollback"]}
@@ -115,28 +114,30 @@ class MMUnlearnerConfig(UnlearnConfig):
 logger = logging.getLogger(__name__)
 
 
-class _RetainGuardCallback(TrainerCallback):
-    """After a forget update, check a fixed retain probe batch; shrink or roll back the update if it got too bad."""
+class RetainGuard:
+    """After a forget update, check the loss of a fixed retain batch; shrink or roll back the update if it got too bad. A
+    weight editor of the trainer (``UnlearnTrainer.weight_editors``: after the mask restore, before the divergence
+    guard)."""
 
     MAX_SHRINKS = 4
 
-    def __init__(self, trainer: "MMUnlearnerTrainer"):
+    def __init__(self, trainer: MMUnlearnerTrainer):
         self.trainer = trainer
         self._before: dict[str, torch.Tensor] = {}
         self.triggered = 0
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def before_step(self) -> None:
         if "forget" in self.trainer.loss_parts():
             self._before = {n: p.detach().clone() for n, p in self.trainer.model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
-    def on_optimizer_step(self, args, state, control, **kwargs):
+    def after_step(self) -> None:
         if not self._before:
             return
-        trainer, before = self.trainer, self._before
+        trainer, before, args = self.trainer, self._before, self.trainer.args
         self._before = {}
-        probe = trainer.retain_probe_loss()
-        if probe <= args.retain_guard_max_loss:
+        loss = trainer.retain_check_loss()
+        if loss <= args.retain_guard_max_loss:
             return
         self.triggered += 1
         params = dict(trainer.model.named_parameters())
@@ -148,11 +149,11 @@ class _RetainGuardCallback(TrainerCallback):
                 for name, saved in before.items():
                     p = params[name]
                     p.data.copy_(saved + args.retain_guard_shrink * (p.data - saved))
-                probe = trainer.retain_probe_loss()
-                if probe <= args.retain_guard_max_loss:
+                loss = trainer.retain_check_loss()
+                if loss <= args.retain_guard_max_loss:
                     break
-        trainer._metrics["guard_triggered"].append(1.0)
-        trainer._metrics["guard_probe_loss"].append(probe)
+        trainer.record_metric("guard_triggered", 1.0)
+        trainer.record_metric("guard_retain_loss", loss)
 
 
 class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
@@ -195,9 +196,9 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             if self.is_deepspeed_enabled:
                 raise ValueError("The retain-loss guard edits weights after the step, which DeepSpeed partitions; "
                                  "unset retain_guard_max_loss under DeepSpeed.")
-            self._probe_batch = None
-            self.retain_guard = _RetainGuardCallback(self)
-            self.add_callback(self.retain_guard)
+            self._check_batch = None
+            self.retain_guard = RetainGuard(self)
+            self.method_weight_editors.append(self.retain_guard)
         self.check_lr_scale_supported()
 
     # The parameters the mask covers move at learning_rate * masked_lr_scale (lr_scale.py says why).
@@ -257,15 +258,15 @@ class MMUnlearnerTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         return losses.npo_loss(logps, ref_logps, self.args.beta), logs
 
     @torch.no_grad()
-    def retain_probe_loss(self) -> float:
+    def retain_check_loss(self) -> float:
         """NLL of a fixed retain batch (the first ``per_device_train_batch_size`` retain rows)."""
-        if self._probe_batch is None:
+        if self._check_batch is None:
             n = min(self.args.per_device_train_batch_size, len(self.retain_dataset))
             rows = [self.retain_dataset[i] for i in range(n)]
-            self._probe_batch = self.model_inputs(self._prepare_inputs(self.row_collator(rows)))
+            self._check_batch = self.model_inputs(self._prepare_inputs(self.row_collator(rows)))
         was_training = self.model.training
         self.model.eval()
-        loss = self.model(**self._probe_batch).loss.item()
+        loss = self.model(**self._check_batch).loss.item()
         self.model.train(was_training)
         return loss
 

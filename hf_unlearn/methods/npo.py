@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import torch
 from transformers import TrainerCallback
 
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_positive
-from ..trainers.registry import MethodSpec, register_method
 from ..data.row_index import ROW_INDEX_KEY
 from ..trainers.base import UnlearnTrainer
 from ..trainers.reference import REFERENCE_LOG_PROBS
+from ..trainers.registry import MethodSpec, register_method
 
 
 @dataclass
@@ -40,7 +41,7 @@ class NPOConfig(UnlearnConfig):
 class _PrecomputeReferenceCallback(TrainerCallback):
     """Compute reference log-probs once the model is prepared (DeepSpeed included), before the first batch."""
 
-    def __init__(self, trainer: "NPOTrainer"):
+    def __init__(self, trainer: NPOTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):

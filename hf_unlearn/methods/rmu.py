@@ -19,8 +19,8 @@ forget rows are VQA rows (image tokens pass through it; the answer positions are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import re
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -29,11 +29,11 @@ from transformers import TrainerCallback
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_positive
-from ..trainers.registry import MethodSpec, register_method
+from ..data.row_index import ROW_INDEX_KEY
 from ..features import language_blocks
 from ..models import unwrap_model
 from ..trainers.base import UnlearnTrainer
-from ..data.row_index import ROW_INDEX_KEY
+from ..trainers.registry import MethodSpec, register_method
 
 
 @dataclass
@@ -175,7 +175,7 @@ RETAIN_ACTIVATION = "retain.activation"  # the stored frozen-model activations (
 
 
 class _PrecomputeRetainCallback(TrainerCallback):
-    def __init__(self, trainer: "RMUTrainer"):
+    def __init__(self, trainer: RMUTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from .. import losses
 from ..config import UnlearnConfig
 from ..config_checks import require_non_negative, require_positive
-from ..trainers.registry import MethodSpec, register_method
 from ..trainers.base import UnlearnTrainer
+from ..trainers.registry import MethodSpec, register_method
 
 
 @dataclass

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.rows import validate_rows
 from ..models import LANGUAGE, PROJECTOR, VISION, unwrap_model
 from .config import SaliencyMaskConfig
-from ..data.rows import validate_rows
 from .mask import SaliencyMask, describe_architecture
 
 logger = logging.getLogger(__name__)

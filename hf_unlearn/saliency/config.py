@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import sys
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -16,8 +15,6 @@ from typing import Any
 from torch import nn
 from transformers.utils import PushToHubMixin
 
-from ..utils import atomic_write_text
-from .errors import MaskFileError
 from ..models import (
     GROUPS,
     LANGUAGE,
@@ -27,6 +24,10 @@ from ..models import (
     parameter_groups,
     unknown_architecture_error,
 )
+from ..utils import atomic_write_text
+from ..version import __version__
+from .errors import MaskFileError
+from .redaction import preserve_name_map, redact_preserve_names
 
 CONFIG_NAME = "saliency_mask_config.json"
 PRESETS = {"vision": (VISION, PROJECTOR), "language": (LANGUAGE,), "both": (VISION, PROJECTOR, LANGUAGE)}
@@ -34,12 +35,6 @@ SCORES = ("fisher_ratio", "grad_magnitude", "random")
 PRESERVE_COMBINES = ("pooled", "every")
 DEFAULT_THRESHOLDS = {"fisher_ratio": 1.0, "grad_magnitude": 0.5, "random": 0.5}
 MASK_TYPE = "saliency"
-_FALLBACK_VERSION = "0.1.0.dev0"
-
-
-def _library_version() -> str:
-    # Looked up at call time: this module is imported while `hf_unlearn/__init__.py` is still running.
-    return getattr(sys.modules.get("hf_unlearn"), "__version__", None) or _FALLBACK_VERSION
 
 
 def _default_preserve_sets() -> dict[str, list[str]]:
@@ -141,7 +136,7 @@ class SaliencyMaskConfig(PushToHubMixin):
 
     def __post_init__(self) -> None:
         if self.hf_unlearn_version is None:
-            self.hf_unlearn_version = _library_version()
+            self.hf_unlearn_version = __version__
         if self.mask_type != MASK_TYPE:
             raise ValueError(f"mask_type={self.mask_type!r} is not supported; the only allowed value is {MASK_TYPE!r}.")
         self.target_modules = self._check_selector("target_modules", self.target_modules, allow_preset=True)
@@ -313,7 +308,7 @@ class SaliencyMaskConfig(PushToHubMixin):
         atomic_write_text(os.path.join(save_directory, CONFIG_NAME), self.to_json_string())
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SaliencyMaskConfig":
+    def from_dict(cls, data: dict[str, Any]) -> SaliencyMaskConfig:
         """Build a config from a dict, dropping (with a warning) keys this version does not know."""
         mask_type = data.get("mask_type", MASK_TYPE)
         if mask_type != MASK_TYPE:
@@ -331,7 +326,7 @@ class SaliencyMaskConfig(PushToHubMixin):
     @classmethod
     def from_pretrained(
         cls, path_or_repo_id: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any
-    ) -> "SaliencyMaskConfig":
+    ) -> SaliencyMaskConfig:
         """Load from a local directory (or the JSON file itself) or a Hub repo (``hf_hub_download`` kwargs allowed)."""
         path = resolve_file(path_or_repo_id, CONFIG_NAME, subfolder, **hub_kwargs)
         try:
@@ -362,7 +357,7 @@ def _check_written_by_compatible_version(path: str, written_by: Any) -> None:
     if written_by is None:
         return
     try:
-        theirs, ours = Version(str(written_by)), Version(_library_version())
+        theirs, ours = Version(str(written_by)), Version(__version__)
     except InvalidVersion:
         raise MaskFileError(path, f"names hf_unlearn_version={written_by!r}, which is not a version number: the file "
                                   "is damaged or was not written by hf_unlearn.") from None
@@ -411,7 +406,6 @@ def resolve_file(
 
 def push_folder(obj: PushToHubMixin, repo_id: str, *, subfolder: str | None = None, **kwargs: Any):
     """`PushToHubMixin.push_to_hub`, or, with ``subfolder``, ``save_pretrained`` + ``upload_folder`` into it."""
-    from ..hub.safety import redacted_for_hub
 
     obj = redacted_for_hub(obj)  # user-named preserve sets are published as preserve_set_<i>
     if subfolder is None:
@@ -436,3 +430,23 @@ def push_folder(obj: PushToHubMixin, repo_id: str, *, subfolder: str | None = No
             revision=kwargs.get("revision"),
             create_pr=kwargs.get("create_pr", False),
         )
+
+
+def redacted_for_hub(obj):
+    """``obj`` (a ``SaliencyMask`` or ``SaliencyMaskConfig``) as it may be published: a shallow copy whose
+    preserve-set names are replaced (``obj`` itself when nothing needs replacing)."""
+    import copy
+
+    config = obj if isinstance(obj, SaliencyMaskConfig) else getattr(obj, "config", None)
+    summary = getattr(obj, "scores_summary", None)
+    config_dict = config.to_dict() if config is not None else None
+    mapping = preserve_name_map(config_dict, summary)
+    if not mapping:
+        return obj
+    new_config = None if config is None else SaliencyMaskConfig.from_dict(redact_preserve_names(config_dict, mapping))
+    if isinstance(obj, SaliencyMaskConfig):
+        return new_config
+    out = copy.copy(obj)
+    out.config = new_config
+    out.scores_summary = redact_preserve_names(summary, mapping)
+    return out

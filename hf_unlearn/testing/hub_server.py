@@ -5,7 +5,7 @@ The real ``huggingface_hub`` client and ``transformers`` talk to it unchanged: `
 ``hf_hub_download``, ``snapshot_download`` and ``from_pretrained(repo_id)``. It is built on the standard library only
 (``http.server`` + ``threading``) and binds to 127.0.0.1, so nothing leaves the machine.
 
-What it implements (see ``shared/research/environment.md`` §6): whoami, repo create/delete, YAML validation, repo
+What it implements (the endpoints huggingface_hub's client calls for these operations): whoami, repo create/delete, YAML validation, repo
 info, preupload (every file is answered ``"regular"``, so contents arrive inline as base64 in the commit: no LFS or
 Xet), commit (NDJSON), tree, paths-info, refs, commits and ``resolve`` (GET/HEAD, with ``Range``). Revisions are
 ``main`` and any full commit sha made here; branches, tags and pull requests are not supported.
@@ -33,10 +33,11 @@ import re
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["LocalHubServer", "local_hub"]
@@ -117,7 +118,7 @@ class LocalHubServer:
         self.endpoint = ""
 
     # ----------------------------------------------------------------- lifecycle
-    def start(self) -> "LocalHubServer":
+    def start(self) -> LocalHubServer:
         """Bind a free loopback port and serve in a daemon thread."""
         if self._httpd is not None:
             return self
@@ -145,7 +146,7 @@ class LocalHubServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "LocalHubServer":
+    def __enter__(self) -> LocalHubServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

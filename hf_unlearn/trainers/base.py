@@ -32,21 +32,37 @@ from ..integrations.launchers import unlearning_step
 from ..integrations.zero3_kernels import restore_kernelized_layers
 from ..masking import TrainingStart, build_masker
 from .callbacks import UnlearningEvalCallback
-from .card import ModelCardMixin
 from .checkpointing import SafeCheckpointMixin
+from .divergence import DivergenceGuard, UnlearningDivergedError
+from .forward_restore import forward_restored
+from .model_card import ModelCardMixin
 from .reference import FrozenReference, PrecomputedStore
 from .registry import saliency_mask_for
-from .divergence import DivergenceGuard, UnlearningDivergedError
-from .forward_guard import forward_restored
 from .step_budget import check_trains_some_steps
 from .step_plan import StepPlan
 
 
-class _StepCallback(TrainerCallback):
-    """Starts the step plan at each optimizer step and drives the masker: bound to the launcher when training starts,
-    masked entries saved before and put back after each fully masked optimizer step (masking/__init__.py)."""
+class _MaskRestore:
+    """The saliency mask's weight editor: masked entries saved before and put back after every optimizer step whose
+    passes were all masked (masking/__init__.py)."""
 
-    def __init__(self, trainer: "UnlearnTrainer"):
+    def __init__(self, trainer: UnlearnTrainer):
+        self.trainer = trainer
+
+    def before_step(self) -> None:
+        if self.trainer.step_plan.fully_masked:
+            self.trainer.masker.snapshot()
+
+    def after_step(self) -> None:
+        if self.trainer.step_plan.fully_masked:
+            self.trainer.masker.restore()
+
+
+class _StepCallback(TrainerCallback):
+    """Drives the step: the plan starts at each optimizer step, the masker binds to the launcher when training starts,
+    and the weight editors run around every optimizer step in the trainer's written order (``weight_editors``)."""
+
+    def __init__(self, trainer: UnlearnTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -55,27 +71,33 @@ class _StepCallback(TrainerCallback):
             trainer.masker.begin_training(TrainingStart(
                 optimizer=kwargs.get("optimizer"), resumed=state.global_step > 0, accelerator=trainer.accelerator,
                 model=trainer.model_wrapped, fully_masked=lambda: trainer.step_plan.fully_masked))
+        for editor in trainer.weight_editors():
+            getattr(editor, "begin_training", lambda: None)()
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.step_plan.start_step()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self.trainer.masker is not None and self.trainer.step_plan.fully_masked:
-            self.trainer.masker.snapshot()
+        for editor in self.trainer.weight_editors():
+            editor.before_step()
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        if self.trainer.masker is not None and self.trainer.step_plan.fully_masked:
-            self.trainer.masker.restore()
+        for editor in self.trainer.weight_editors():
+            editor.after_step()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for editor in self.trainer.weight_editors():
+            getattr(editor, "end_training", lambda: None)()
 
 
 class _StopOnForgetLossCallback(TrainerCallback):
     """Stop once a step's mean forget NLL passes ``args.stop_forget_loss_above`` (GA diverges if left alone)."""
 
-    def __init__(self, trainer: "UnlearnTrainer"):
+    def __init__(self, trainer: UnlearnTrainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        value = self.trainer._last_forget_nll
+        value = self.trainer.last_forget_nll
         if value is not None and value > args.stop_forget_loss_above:
             self.trainer.stopped_early_at = (state.global_step, value)
             control.should_training_stop = True
@@ -185,11 +207,9 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         self.masker = None
         self.step_plan = StepPlan()
 
-        callbacks = list(callbacks or []) + [PairingEpochCallback(self.pairing)]
+        callbacks = list(callbacks or []) + [PairingEpochCallback(self.pairing), _StepCallback(self)]
         self.divergence_guard = DivergenceGuard(self) if args.divergence_guard else None
-        if self.divergence_guard is not None:
-            callbacks.append(self.divergence_guard)
-        callbacks.append(_StepCallback(self))
+        self.method_weight_editors: list = []  # a method's own edits after each step (MMUnlearner's retain guard)
         if args.stop_forget_loss_above is not None:
             callbacks.append(_StopOnForgetLossCallback(self))
         # One probe for metrics logging, the holdout stop rule, the no-op warning and the before/after log.
@@ -223,7 +243,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             self.model.add_model_tags(self._tag_names + [self._method_tag])
 
         self._metrics: dict[str, list[float]] = defaultdict(list)
-        self._last_forget_nll: float | None = None
+        self.last_forget_nll: float | None = None
         self.stopped_early_at: tuple[int, float] | None = None
 
     # ------------------------------------------------------------------------------------------------------------
@@ -314,6 +334,16 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             raise ValueError("The saliency mask does not match the model:\n  " + "\n  ".join(problems))
         return saliency_mask
 
+    def weight_editors(self) -> list:
+        """What edits the weights around each optimizer step, in this order after the step: the mask restore (masked
+        entries back: the step as the mask defines it), the method's own (MMUnlearner's retain-loss guard may shrink
+        or undo that update), then the divergence guard (checks the weights that stay, and puts the whole step back
+        if they are broken). Each has ``before_step()`` / ``after_step()`` (and optionally ``begin_training()`` /
+        ``end_training()``)."""
+        editors = [_MaskRestore(self)] if self.masker is not None else []
+        editors += self.method_weight_editors
+        return editors + ([self.divergence_guard] if self.divergence_guard is not None else [])
+
     # ------------------------------------------------------------------------------------------------------------
     # Reference forward passes
     # ------------------------------------------------------------------------------------------------------------
@@ -389,7 +419,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             forget, forget_logs = self.forget_loss(model, inputs["forget"])
             total = total + self.args.forget_weight * forget
             logs.update(forget_logs, forget_loss=forget.item())
-            self._last_forget_nll = forget_logs.get("forget_nll", self._last_forget_nll)
+            self.last_forget_nll = forget_logs.get("forget_nll", self.last_forget_nll)
         if "retain" in parts and "retain" in inputs:
             retain, retain_logs = self.retain_loss(model, inputs["retain"])
             total = total + self.args.retain_weight * retain
@@ -497,6 +527,10 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Logging
     # ------------------------------------------------------------------------------------------------------------
+    def record_metric(self, key: str, value: float) -> None:
+        """Log ``value`` under ``key`` with the next training log (averaged with the other values since the last)."""
+        self._metrics[key].append(value)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training and self._metrics:  # training logs: add each loss term under its own name
             logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items() if v}}

@@ -83,7 +83,7 @@ class UnlearningEvalCallback(TrainerCallback):
         self._logged_steps: set[int] = set()
 
     # ---------------------------------------------------------------------------------------------------- set-up
-    def bind(self, trainer: "UnlearnTrainer", args) -> None:
+    def bind(self, trainer: UnlearnTrainer, args) -> None:
         """Attach to ``trainer`` (whose config is ``args``) and check the configuration against what it was given."""
         if args.stop_at_holdout and trainer.holdout_dataset is None:
             raise ValueError("stop_at_holdout=True needs `holdout_dataset=`: rows of the same kind as the forget set "

@@ -29,9 +29,10 @@ import re
 import shutil
 import struct
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
-from typing import Any, Iterator
+from typing import Any
 
 from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import TrainerCallback
 
 
 class UnlearningDivergedError(RuntimeError):
@@ -38,19 +37,20 @@ class UnlearningDivergedError(RuntimeError):
     """
 
 
-class DivergenceGuard(TrainerCallback):
-    """See the module docstring. Created by ``UnlearnTrainer`` when ``args.divergence_guard`` is True."""
+class DivergenceGuard:
+    """See the module docstring. Created by ``UnlearnTrainer`` when ``args.divergence_guard`` is True; a weight editor
+    it runs last after every optimizer step (``UnlearnTrainer.weight_editors``)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
         self.params: list[torch.nn.Parameter] = []
         self._snapshot: list[torch.Tensor] = []
         self._has_snapshot = False
-        self._probe = None
+        self._check_batch = None
         self.enabled_steps = False  # per-step checks (off under DeepSpeed)
 
     # -------------------------------------------------------------------------------------------- set-up
-    def on_train_begin(self, args, state, control, **kwargs):
+    def begin_training(self) -> None:
         self.enabled_steps = not self.trainer.is_deepspeed_enabled
         self._snapshot, self._has_snapshot, self._norm_before = [], False, None
 
@@ -60,12 +60,12 @@ class DivergenceGuard(TrainerCallback):
         self.params = [p for p in self.trainer.model.parameters() if p.requires_grad]
         return [_local(p) for p in self.params]
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def end_training(self) -> None:
         self._snapshot, self._has_snapshot = [], False  # free the copy
 
     # -------------------------------------------------------------------------------------------- per step
     @torch.no_grad()
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def before_step(self) -> None:
         if not self.enabled_steps:
             return
         local = self._trainable_locals()
@@ -78,12 +78,12 @@ class DivergenceGuard(TrainerCallback):
         self._has_snapshot = True
 
     @torch.no_grad()
-    def on_optimizer_step(self, args, state, control, **kwargs):
+    def after_step(self) -> None:
         if not self.enabled_steps or not self._has_snapshot:
             return
         norms = torch.stack([self._norm_before, _norm_tensor([_local(p) for p in self.params])])
         before, after = _sum_over_shards(norms ** 2, self.params).sqrt().tolist()  # the one sync
-        step = state.global_step + 1
+        step = self.trainer.state.global_step + 1
         if not math.isfinite(after):
             norm = self._gradient_norm()
             self._restore()
@@ -92,8 +92,8 @@ class DivergenceGuard(TrainerCallback):
             self._fail(f"step {step} made the weights non-finite ({cause})",
                        "The model in memory holds the weights from before that step")
         change = abs(after - before) / before if before > 0 else 0.0
-        self.trainer._metrics["weight_norm_change"].append(change)
-        bound = args.max_weight_norm_change
+        self.trainer.record_metric("weight_norm_change", change)
+        bound = self.trainer.args.max_weight_norm_change
         if bound is not None and change > bound:
             self._restore()
             self._fail(f"step {step} changed the weight norm from {before:.4g} to {after:.4g} ({change:.3g} times "
@@ -126,25 +126,25 @@ class DivergenceGuard(TrainerCallback):
             worst = _sum_over_shards(_norm_tensor(tensors, ord=math.inf), params, op="max").item()
             if not math.isfinite(worst):
                 self._fail(f"the weights about to be saved ({what}) are not finite", self._restore_message())
-        loss = self._probe_loss()
+        loss = self._check_batch_loss()
         if loss is not None and not math.isfinite(loss):
             self._fail(f"the weights about to be saved ({what}) give a {loss} loss on a forget batch",
                        self._restore_message())
         return {"finite": True, "probe_loss": loss}
 
-    def _probe_loss(self) -> float | None:
+    def _check_batch_loss(self) -> float | None:
         trainer = self.trainer
         dataset = getattr(trainer, "forget_dataset", None)
         if dataset is None or len(dataset) == 0:
             return None
-        if self._probe is None:
+        if self._check_batch is None:
             n = min(trainer.args.per_device_train_batch_size, len(dataset))
-            self._probe = trainer.row_collator([dataset[i] for i in range(n)])
+            self._check_batch = trainer.row_collator([dataset[i] for i in range(n)])
         model = trainer.model
         was_training = model.training
         model.eval()
         try:
-            outputs = model(**trainer.model_inputs(trainer._prepare_inputs(self._probe)))
+            outputs = model(**trainer.model_inputs(trainer._prepare_inputs(self._check_batch)))
         finally:
             model.train(was_training)
         return None if getattr(outputs, "loss", None) is None else outputs.loss.item()

