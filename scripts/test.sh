@@ -14,4 +14,6 @@ else
   bash scripts/setup.sh
 fi
 export HF_HUB_OFFLINE=1 DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false
-exec "$VENV/bin/python" -m pytest -q "$@"
+# One test worker per core (pytest-xdist), each file on one worker: the expensive session fixtures are built once and
+# shared (tests/conftest.py: built_once). HF_UNLEARN_TEST_WORKERS=0 runs in this process.
+exec "$VENV/bin/python" -m pytest -q -n "${HF_UNLEARN_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -28,6 +28,24 @@ def reduction_tolerance(scale: float, terms: int) -> float:
     return 2 * (terms - 1) * FLOAT32_UNIT_ROUNDOFF * scale
 
 
+def built_once(tmp_path_factory, name: str, build) -> str:
+    """``build(folder) -> path`` run once per test session, whichever pytest-xdist worker asks first (the others wait
+    for it, then reuse its result): the expensive fixtures (memorised models, the quick demo's references)."""
+    import json
+
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    folder, done = root / name, root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            done.write_text(json.dumps({"path": str(build(folder))}))
+        return json.loads(done.read_text())["path"]
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface now (for a torchrun master or a local server)."""
     import socket
@@ -110,11 +128,13 @@ def quick_demo_cache(tmp_path_factory):
     from hf_unlearn.demo import DemoConfig
     from hf_unlearn.demo.references import load_or_train_reference_models
 
-    cache = tmp_path_factory.mktemp("quick_demo_cache")
-    config = DemoConfig.quick(seed=0)
-    load_or_train_reference_models(build_synthetic_benchmark(config.benchmark), config, str(cache), False,
-                                   lambda line: None)
-    return str(cache)
+    def build(cache):
+        config = DemoConfig.quick(seed=0)
+        load_or_train_reference_models(build_synthetic_benchmark(config.benchmark), config, str(cache), False,
+                                       lambda line: None)
+        return cache
+
+    return built_once(tmp_path_factory, "quick_demo_cache", build)
 
 
 # The small built-in benchmark of the command-line tests, and a tiny LLaVA folder whose tokenizer knows its text.

@@ -17,7 +17,7 @@ import datasets
 import pytest
 import torch
 
-from conftest import load_llava, memorise_and_save
+from conftest import built_once, load_llava, memorise_and_save
 
 BENCH = dict(num_people=6, num_holdout_people=3, forget_ratio=0.34, num_general=0)
 SEED = 0
@@ -50,15 +50,10 @@ def train_memorised(path: str, seed: int = SEED) -> str:
                              warmup_steps=5, splits={name: bench[name] for name in TRAINED})
 
 
-_BUILT: dict[int, str] = {}
-
-
 @pytest.fixture(scope="session")
 def memorised_people(tmp_path_factory) -> str:
-    """Path of the memorised model (built once, whichever test module asks first)."""
-    if SEED not in _BUILT:
-        _BUILT[SEED] = train_memorised(str(tmp_path_factory.mktemp("memorised_people")))
-    return _BUILT[SEED]
+    """Path of the memorised model (built once per session, whichever test module or test worker asks first)."""
+    return built_once(tmp_path_factory, "memorised_people", train_memorised)
 
 
 load = load_llava
