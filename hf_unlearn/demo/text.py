@@ -159,7 +159,8 @@ class TextDemoConfig:
         """A reduced benchmark (6 authors, 2 of them forgotten) and recipe: about 20 s on 2 cores, for tests and CI."""
         return cls(benchmark=SyntheticTextConfig(num_authors=6, num_holdout_authors=2, forget_ratio=0.34,
                                                  num_world_facts=6),
-                   training=TextTrainingConfig(num_train_epochs=30, batch_size=8, warmup_steps=0), seed=seed)
+                   training=TextTrainingConfig(num_train_epochs=40, learning_rate=5e-3, batch_size=8,
+                                                    warmup_steps=0), seed=seed)
 
     def settings(self) -> dict[str, Any]:
         return {"benchmark": asdict(self.benchmark), "model": asdict(self.model), "training": asdict(self.training),
