@@ -279,3 +279,21 @@ def test_registry_entries_build_and_train_with_overrides(name, trainer_cls, memo
                and not (name == "rmu" and k == "steer_layer"))  # RMU writes the resolved layer back (-1 -> 1)
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_rmu_resume_needs_no_frozen_model_its_activations_are_in_the_checkpoint(memorised_llama, text_data, tmp_path):
+    def run(resume=None):
+        model, tok = load_llama(memorised_llama)
+        args = RMUConfig(**run_args(tmp_path, max_steps=4, per_device_train_batch_size=2, steer_layer=1,
+                                    precompute_retain_activations=True, save_strategy="steps", save_steps=2))
+        trainer = RMUTrainer(model=model, args=args, train_dataset=text_data["forget"],
+                             retain_dataset=text_data["retain"], processing_class=tok)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, snapshot(model)
+
+    straight, weights = run()
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / "hf_unlearn_precomputed.safetensors").is_file()
+    resumed, resumed_weights = run(resume=str(checkpoint))  # no ref_model: the starting model is not needed
+    assert resumed.ref_model is None and resumed.state.global_step == 4
+    assert all(torch.equal(v, resumed_weights[k]) for k, v in weights.items())
