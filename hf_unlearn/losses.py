@@ -178,3 +178,38 @@ def random_feature_target(dim: int, rms: float, seed: int = 0) -> torch.Tensor:
     """
     u = torch.rand(dim, generator=torch.Generator().manual_seed(seed))
     return u / u.norm() * (rms * dim ** 0.5)
+
+
+def weighted_gradient_ascent_loss(logits: torch.Tensor, labels: torch.Tensor, beta1: float,
+                                  beta2: float = 0.0) -> torch.Tensor:
+    """-mean over answer tokens of w_t * NLL_t, with w_t = p_t^beta1 * (1 - p_t)^beta2 and p_t = p(y_t) detached.
+
+    ``beta2=0`` is WGA (Wang et al. 2025, arXiv 2502.19301: tokens the model is sure of weigh most, so ascent stops
+    pushing once a token is forgotten); ``beta2 > 0`` is SatImp (Yang et al. 2025, arXiv 2505.11953: the weight also
+    vanishes at p = 1, where a token carries no information to unlearn).
+    """
+    logps, mask = token_log_probs(logits, labels)  # (B, T-1)
+    p = logps.detach().exp()
+    weights = p.pow(beta1) * (1 - p).pow(beta2) if beta2 else p.pow(beta1)
+    return (weights * logps)[mask].mean()  # -mean(w * NLL) = mean(w * log p)
+
+
+def cross_entropy_unlearning_loss(logits: torch.Tensor, labels: torch.Tensor, skip_first: int = 1) -> torch.Tensor:
+    """CE-U (Yang et al. 2025, arXiv 2503.01224): cross-entropy of the model's next-token distribution against its own
+    detached distribution with the answer token's logit set to -inf, averaged over answer positions; the first
+    ``skip_first`` answer tokens of each row are skipped (the paper's footnote: they carry the question's topic)."""
+    logits, labels = shift_for_next_token(logits, labels)
+    mask = labels != IGNORE_INDEX
+    if skip_first:
+        mask = mask & (mask.cumsum(dim=-1) > skip_first)
+    scored_logits = logits[mask].float()  # (N, V)
+    target = scored_logits.detach().scatter(-1, labels[mask].unsqueeze(-1), float("-inf")).softmax(-1)
+    return F.cross_entropy(scored_logits, target)
+
+
+def logit_flatness_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PDU's forget term (Entesari et al. 2025, arXiv 2502.17823): mean over the positions that predict answer tokens
+    of (max_v z - mean_v z)^2: zero when the next-token logits are flat (no token preferred)."""
+    logits, labels = shift_for_next_token(logits, labels)
+    scored = logits[labels != IGNORE_INDEX].float()  # (N, V)
+    return (scored.max(-1).values - scored.mean(-1)).pow(2).mean()

@@ -46,6 +46,34 @@ def built_once(tmp_path_factory, name: str, build) -> str:
         return json.loads(done.read_text())["path"]
 
 
+def perturbed_trainer(trainer_cls, config_cls, tmp_path, **config):
+    """A trainer on a fresh seeded tiny Llama, its (forget, retain) batch, and the policy's trainable parameters moved
+    away from the reference by seeded N(0, 0.02) noise (the reference stays at the starting weights)."""
+    from datasets import Dataset
+
+    from hf_unlearn.testing import tiny_llama
+
+    rows = [{"question": f"What is the job of {n}?", "answer": f"{n} works as a {j}."} for n, j in zip(NAMES, JOBS)]
+    rows += [{"question": f"Who works as a {j}?", "answer": n} for n, j in zip(NAMES, JOBS)]
+    model, tok = tiny_llama(seed=0, corpus=NAMES + JOBS)
+    args = config_cls(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to="none",
+                      seed=0, **config)
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows[:4]),
+                          retain_dataset=Dataset.from_list(rows[4:8]),
+                          processing_class=tok)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # RMU freezes (and shares with its reference) all but a few matrices
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
+    batch = trainer.data_collator([trainer.pairing[i] for i in range(4)])
+    reference, _ = tiny_llama(seed=0, corpus=NAMES + JOBS)
+    reference.load_state_dict(start)
+    model.train()  # tiny Llama has no dropout: train and eval forwards agree
+    return trainer, model, reference.eval(), batch
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface now (for a torchrun master or a local server)."""
     import socket

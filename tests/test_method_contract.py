@@ -20,7 +20,7 @@ from huggingface_hub import ModelCard
 from transformers import LlavaForConditionalGeneration
 
 from hf_unlearn import METHODS, UnlearnConfig, cli
-from hf_unlearn.commands.run_config import method_parser
+from hf_unlearn.commands.run_config import method_parser, run_args
 from hf_unlearn.testing import tiny_llava
 from hf_unlearn.testing.hub_server import local_hub
 from hf_unlearn.trainers.registry import MethodData
@@ -33,7 +33,11 @@ def contract_data(toy_data):
     retain = toy_data["retain"]
     images = [i for i, row in enumerate(retain) if row["image"] is not None]
     texts = [i for i, row in enumerate(retain) if row["image"] is None]
-    return MethodData(forget=toy_data["forget"], retain=retain,
+    # Multiple-choice options on the forget rows, as benchmarks have them (AltPO draws its alternatives from them).
+    names = list(toy_data["all"]["answer"])
+    forget = toy_data["forget"].map(lambda row: {"options": [row["answer"]] + [n for n in names if n != row["answer"]][:3],
+                                                 "label": 0})
+    return MethodData(forget=forget, retain=retain,
                       preserve={"retain": retain.select(images), "text": retain.select(texts)})
 
 
@@ -84,28 +88,38 @@ def test_every_numeric_knob_of_a_method_refuses_nan_by_name(name, tmp_path):
             spec.config(output_dir=str(tmp_path), **{field: math.nan})
 
 
+# TrainingArguments derives a few values in __post_init__ (logging_dir, the resolved report_to, ...), and a trainer
+# resolves a few None knobs from the data it gets (documented per knob): not what --help shows, by design.
+DERIVED = {"output_dir", "logging_dir", "report_to", "run_name", "hub_model_id", "fsdp_config", "deepspeed",
+           "accelerator_config", "lr_scheduler_kwargs", "optim_args", "data_seed", "torch_compile_mode", "fsdp",
+           "parallelism_config", "hub_token", "debug", "activation_checkpointing", "disable_tqdm",
+           "gradient_checkpointing", "include_num_input_tokens_seen",
+           "retain_loss_type", "steer_layer", "trainable_layers", "forget_feature_loss"}
+
+
+def _differences(name: str, used: dict) -> dict:
+    defaults, _ = method_parser(name).parse_known_args([])  # what --help shows, as argparse resolves it
+    shown = {k: v for k, v in vars(defaults).items() if k in used and k not in DERIVED}
+    return {k: (v, used[k]) for k, v in shown.items() if v != used[k]
+            and not (isinstance(v, float) and isinstance(used[k], float) and math.isclose(v, used[k]))}
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_hf_unlearn_run_trains_with_exactly_the_defaults_help_shows(name, tiny_llava_dir, tmp_path, capsys):
+def test_hf_unlearn_run_builds_every_method_with_exactly_the_defaults_help_shows(name, tmp_path):
+    seed = METHODS[name].config_class.__dataclass_fields__["seed"].default
+    used = run_args(name, {}, str(tmp_path / "out"), seed).to_dict()
+    assert _differences(name, used) == {}
+    # The library's defaults, not the demo's recipe (which trains at 1e-3 with a constant schedule).
+    assert used["learning_rate"] == METHODS[name].config_class.__dataclass_fields__["learning_rate"].default
+    assert not used["disable_tqdm"]  # progress bars on, as in any transformers run
+
+
+def test_hf_unlearn_run_trains_with_the_arguments_it_builds(tiny_llava_dir, tmp_path):
+    """End to end, for one method: a file naming only method, model and data trains with those values."""
     out = tmp_path / "out"
     config = tmp_path / "run.yaml"
-    config.write_text(f"method: {name}\nmodel: {tiny_llava_dir}\noutput_dir: {out}\ndata:\n"
+    config.write_text(f"method: npo\nmodel: {tiny_llava_dir}\noutput_dir: {out}\ndata:\n"
                       "  benchmark: {num_people: 4, num_holdout_people: 2, forget_ratio: 0.25, num_general: 4}\n")
     assert cli.main(["run", "--config", str(config)]) == 0
     used = json.loads((out / "hf_unlearn_run.json").read_text())["args"]
-    defaults, _ = method_parser(name).parse_known_args([])  # what --help shows, as argparse resolves it
-    shown = {k: v for k, v in vars(defaults).items() if k in used}
-    # Every knob of the method and every training argument as --help shows it (output_dir is the file's, and
-    # TrainingArguments derives a few values in __post_init__: logging_dir, the resolved report_to, ...).
-    derived = {"output_dir", "logging_dir", "report_to", "run_name", "hub_model_id", "fsdp_config", "deepspeed",
-               "accelerator_config", "lr_scheduler_kwargs", "optim_args", "data_seed", "torch_compile_mode",
-               "fsdp", "parallelism_config", "hub_token", "debug", "activation_checkpointing", "disable_tqdm",
-               "gradient_checkpointing", "include_num_input_tokens_seen",
-               # resolved by the trainer from the data it got: None means "decide" (documented per knob)
-               "retain_loss_type", "steer_layer", "trainable_layers", "forget_feature_loss"}
-    different = {k: (shown[k], used[k]) for k in shown if k not in derived and shown[k] != used[k]
-                 and not (isinstance(shown[k], float) and isinstance(used[k], float)
-                          and math.isclose(shown[k], used[k]))}
-    assert different == {}
-    # The library's defaults, not the demo's recipe (which trains at 1e-3 with a constant schedule).
-    assert used["learning_rate"] == METHODS[name].config_class.__dataclass_fields__["learning_rate"].default
-    assert used["disable_tqdm"] is False  # progress bars on, as in any transformers run
+    assert _differences("npo", used) == {} and used["disable_tqdm"] is False

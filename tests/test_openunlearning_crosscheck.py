@@ -31,35 +31,13 @@ from hf_unlearn import (
     UNDIALTrainer,
 )
 from hf_unlearn.methods.idkpo import CHOSEN_BATCH_KEY
-from hf_unlearn.testing import tiny_llama
 from hf_unlearn.testing.toy import JOBS, NAMES
 
-from conftest import reduction_tolerance
+from conftest import perturbed_trainer, reduction_tolerance
 
 ROWS = [{"question": f"What is the job of {n}?", "answer": f"{n} works as a {j}."} for n, j in zip(NAMES, JOBS)]
 ROWS += [{"question": f"Who works as a {j}?", "answer": n} for n, j in zip(NAMES, JOBS)]
 FORGET, RETAIN = Dataset.from_list(ROWS[:4]), Dataset.from_list(ROWS[4:8])
-
-
-def build(trainer_cls, config_cls, tmp_path, **config):
-    """A trainer on a fresh seeded tiny Llama, its (forget, retain) batch, and the policy's trainable parameters moved
-    away from the reference by seeded N(0, 0.02) noise (the reference stays at the starting weights)."""
-    model, tok = tiny_llama(seed=0, corpus=NAMES + JOBS)
-    args = config_cls(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True, report_to="none",
-                      seed=0, **config)
-    trainer = trainer_cls(model=model, args=args, train_dataset=FORGET, retain_dataset=RETAIN,
-                          processing_class=tok)
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:  # RMU freezes (and shares with its reference) all but a few matrices
-                p.add_(0.02 * torch.randn(p.shape, generator=g))
-    batch = trainer.data_collator([trainer.pairing[i] for i in range(4)])
-    reference, _ = tiny_llama(seed=0, corpus=NAMES + JOBS)
-    reference.load_state_dict(start)
-    model.train()  # tiny Llama has no dropout: train and eval forwards agree
-    return trainer, model, reference.eval(), batch
 
 
 def ours(trainer, model, batch) -> float:
@@ -87,13 +65,13 @@ def ou_token_mean_ce(model, inputs) -> float:
 
 
 def test_ga_equals_openunlearning(tmp_path):
-    trainer, model, _, batch = build(GATrainer, GAConfig, tmp_path, retain_loss_type="none")
+    trainer, model, _, batch = perturbed_trainer(GATrainer, GAConfig, tmp_path, retain_loss_type="none")
     assert ours(trainer, model, batch) == pytest.approx(-ou_token_mean_ce(model, batch["forget"]), rel=1e-6)
 
 
 @pytest.mark.parametrize("gamma, alpha", [(1.0, 1.0), (0.5, 2.0)])
 def test_grad_diff_equals_openunlearning(tmp_path, gamma, alpha):
-    trainer, model, _, batch = build(GATrainer, GAConfig, tmp_path, retain_loss_type="nll", forget_weight=gamma,
+    trainer, model, _, batch = perturbed_trainer(GATrainer, GAConfig, tmp_path, retain_loss_type="nll", forget_weight=gamma,
                                      retain_weight=alpha)
     forget_ce, retain_ce = ou_token_mean_ce(model, batch["forget"]), ou_token_mean_ce(model, batch["retain"])
     ou = gamma * -forget_ce + alpha * retain_ce
@@ -109,7 +87,7 @@ def test_grad_diff_equals_openunlearning(tmp_path, gamma, alpha):
 
 @pytest.mark.parametrize("beta, gamma, alpha", [(0.1, 1.0, 1.0), (0.5, 0.5, 2.0)])
 def test_npo_equals_openunlearning(tmp_path, beta, gamma, alpha):
-    trainer, model, reference, batch = build(NPOTrainer, NPOConfig, tmp_path, beta=beta, retain_loss_type="nll",
+    trainer, model, reference, batch = perturbed_trainer(NPOTrainer, NPOConfig, tmp_path, beta=beta, retain_loss_type="nll",
                                              forget_weight=gamma, retain_weight=alpha)
     neg_log_ratios = ou_batch_nll(model, batch["forget"]) - ou_batch_nll(reference, batch["forget"])
     assert neg_log_ratios.abs().min() > 1e-3  # the policy really differs from the reference
@@ -120,7 +98,7 @@ def test_npo_equals_openunlearning(tmp_path, beta, gamma, alpha):
 
 @torch.no_grad()
 def test_kl_min_differs_from_openunlearning_only_in_the_positions_averaged(tmp_path):
-    trainer, model, reference, batch = build(GATrainer, GAConfig, tmp_path, retain_loss_type="kl")
+    trainer, model, reference, batch = perturbed_trainer(GATrainer, GAConfig, tmp_path, retain_loss_type="kl")
     r = batch["retain"]
     logp = F.log_softmax(model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits, -1)
     ref_logp = F.log_softmax(reference(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits, -1)
@@ -149,7 +127,7 @@ def answer_log_probs(model, inputs) -> list[list[float]]:
 
 def test_simnpo_equals_the_paper(tmp_path):
     beta, gamma, weight = 0.2, 0.5, 1.0  # beta * NLL ~ 1.2 on this untrained model: the sigmoid is not saturated
-    trainer, model, _, batch = build(SimNPOTrainer, SimNPOConfig, tmp_path, beta=beta, gamma=gamma,
+    trainer, model, _, batch = perturbed_trainer(SimNPOTrainer, SimNPOConfig, tmp_path, beta=beta, gamma=gamma,
                                      forget_weight=weight)
     assert trainer.ref_model is None
     rows = answer_log_probs(model, batch["forget"])
@@ -172,7 +150,7 @@ def test_simnpo_equals_the_paper(tmp_path):
 @torch.no_grad()
 def test_rmu_equals_the_paper(tmp_path):
     c, alpha, seed = 6.5, 100.0, 3
-    trainer, model, reference, batch = build(RMUTrainer, RMUConfig, tmp_path, steer_layer=0, steering_coeff=c,
+    trainer, model, reference, batch = perturbed_trainer(RMUTrainer, RMUConfig, tmp_path, steer_layer=0, steering_coeff=c,
                                              retain_weight=alpha, control_vector_seed=seed)
     d = model.config.hidden_size
     u = torch.rand(d, generator=torch.Generator().manual_seed(seed))  # the paper: u ~ U(0, 1)^d, normalised
@@ -214,7 +192,7 @@ def test_rmu_equals_the_paper(tmp_path):
 @torch.no_grad()
 def test_undial_equals_the_paper(tmp_path):
     gamma = 10.0
-    trainer, model, reference, batch = build(UNDIALTrainer, UNDIALConfig, tmp_path, gamma=gamma)
+    trainer, model, reference, batch = perturbed_trainer(UNDIALTrainer, UNDIALConfig, tmp_path, gamma=gamma)
     f = batch["forget"]
     student = model(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
     teacher = reference(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).logits
@@ -250,7 +228,7 @@ def test_undial_equals_the_paper(tmp_path):
 @torch.no_grad()
 def test_idkpo_equals_standard_dpo(tmp_path):
     beta = 0.1
-    trainer, model, reference, batch = build(IdkPOTrainer, IdkPOConfig, tmp_path, beta=beta, retain_loss_type="none")
+    trainer, model, reference, batch = perturbed_trainer(IdkPOTrainer, IdkPOConfig, tmp_path, beta=beta, retain_loss_type="none")
     rejected, chosen = batch["forget"], batch["forget"][CHOSEN_BATCH_KEY]
 
     def seq(m, inputs):

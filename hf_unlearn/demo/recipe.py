@@ -48,6 +48,14 @@ UNTUNED: dict[str, dict[str, Any]] = {
                 steering_coeff=12.0, retain_weight=100.0),
     "idkpo": dict(retain_loss_type="nll", max_steps=30, learning_rate=1e-3, beta=0.1),
     "undial": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4, gamma=10.0),
+    # OpenUnlearning's methods added in issue 29, from GA_Diff's / IdkPO's starting points (the token-weighted ascents
+    # saturate, so they get GA_Diff's budget twice; SatImp's forget weight 0.1 a 10x rate; PDU's flatness term is of
+    # order (logit range)^2, so a small forget weight). Unmeasured before the tuning protocol's pick.
+    "wga": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4),
+    "satimp": dict(retain_loss_type="nll", max_steps=20, learning_rate=2e-3),
+    "ceu": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4),
+    "pdu": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4, forget_weight=0.1),
+    "altpo": dict(retain_loss_type="nll", max_steps=30, learning_rate=1e-3, beta=0.1),
 }
 # Keys of UNTUNED / tuned.json that are not training arguments: how the demo computes a masked method's mask.
 MASK_KEYS = {"mask_threshold": "threshold"}

@@ -77,6 +77,18 @@ TUNING_GRIDS: dict[str, list[dict[str, list[Any]]]] = {
               {"learning_rate": [1e-3, 3e-3], "max_steps": [15, 40], "beta": [0.03, 0.1, 0.3]}],
     "undial": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "gamma": [3.0, 10.0]},
                {"learning_rate": [1e-3, 3e-3], "max_steps": [30, 60], "gamma": [10.0, 20.0, 40.0]}],
+    # Issue 29's methods: round 2 written before any record, past round 1's largest rate and budget and over the
+    # weight that trades forgetting for retain (the knob the other methods' round 2 found decisive).
+    "wga": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "beta": [0.5, 1.0]},
+            {"learning_rate": [1e-3, 3e-3], "max_steps": [30, 60], "retain_weight": [1.0, 5.0, 10.0]}],
+    "satimp": [{"learning_rate": [5e-4, 2e-3, 5e-3], "max_steps": [10, 30], "beta1": [1.0, 5.0]},
+               {"learning_rate": [5e-3, 1e-2], "max_steps": [30, 60], "forget_weight": [0.1, 0.3, 1.0]}],
+    "ceu": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "retain_weight": [1.0, 5.0]},
+            {"learning_rate": [1e-3, 3e-3], "max_steps": [30, 60], "retain_weight": [5.0, 10.0, 20.0]}],
+    "pdu": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [10, 30], "dual_step_size": [0.1, 1.0]},
+            {"learning_rate": [1e-3, 3e-3], "max_steps": [30, 60], "forget_weight": [0.01, 0.1, 1.0]}],
+    "altpo": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.5]},
+              {"learning_rate": [1e-3, 3e-3], "max_steps": [15, 40], "beta": [0.03, 0.1, 0.3]}],
 }
 
 

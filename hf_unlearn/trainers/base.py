@@ -404,6 +404,10 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             return kl, {"retain_kl": kl.item(), "retain_nll": outputs.loss.item()}
         return outputs.loss, {"retain_nll": outputs.loss.item()}
 
+    def retain_weight(self) -> float:
+        """The retain term's weight at this step (``args.retain_weight``; PDU adapts it as a dual variable)."""
+        return self.args.retain_weight
+
     def loss_parts(self) -> tuple[str, ...]:
         """Which terms this optimizer step uses (MMUnlearner alternates forget and retain steps)."""
         parts = ("forget",) if self.args.forget_weight > 0 else ()
@@ -422,7 +426,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
             self.last_forget_nll = forget_logs.get("forget_nll", self.last_forget_nll)
         if "retain" in parts and "retain" in inputs:
             retain, retain_logs = self.retain_loss(model, inputs["retain"])
-            total = total + self.args.retain_weight * retain
+            total = total + self.retain_weight() * retain
             logs.update(retain_logs, retain_loss=retain.item())
         if not torch.is_tensor(total):
             raise ValueError("This step has no loss term: both forget_weight and retain_weight are 0.")

@@ -6,9 +6,11 @@
   train only part of it), or, for a PEFT model, the base model with adapters disabled (no second model at all).
   ``drop()`` releases it once every value it was needed for is stored.
 * ``PrecomputedStore``: per-row tensors by name (``"forget.ref_logp"``, ``"retain.teacher"``, ...), looked up with the
-  row index every training batch carries (``data/row_index.py``). The trainer writes it into every checkpoint and
-  reads it back on resume (``PRECOMPUTED_NAME``), so a resumed run needs neither the reference nor the starting
-  model. Its values are derived from the training rows: checkpoints stay private (a push never includes the file).
+  row index every training batch carries (``data/row_index.py``), and a method's few running scalars (PDU's
+  threshold and dual variable). The trainer writes it into every checkpoint and reads it back on resume
+  (``PRECOMPUTED_NAME``), so a resumed run needs neither the reference nor the starting model and continues from
+  the same state. Its values are derived from the training rows: checkpoints stay private (a push never includes
+  the file).
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ class PrecomputedStore:
 
     def rows(self, name: str) -> list[torch.Tensor]:
         return self._rows[name]
+
+    def put_scalar(self, name: str, value: float) -> None:
+        """Store one number under ``name`` (float64, so it survives a checkpoint exactly)."""
+        self._rows[name] = [torch.tensor(float(value), dtype=torch.float64)]
+
+    def scalar(self, name: str) -> float:
+        return float(self._rows[name][0])
 
     def gather(self, name: str, index: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
         """The stored values of the rows ``index`` (a batch's row index): scalars stacked to (B,), others
