@@ -33,7 +33,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from hf_unlearn import GAConfig, GATrainer, MMUnlearnerConfig, NPOConfig, NPOTrainer, VKDConfig  # noqa: E402  # noqa: E402
+from hf_unlearn import (  # noqa: E402
+    AltPOConfig,
+    AltPOTrainer,
+    GAConfig,
+    GATrainer,
+    MMUnlearnerConfig,
+    NPOConfig,
+    NPOTrainer,
+    PDUConfig,
+    PDUTrainer,
+    VKDConfig,
+)
 from hf_unlearn.data.synthetic import (  # noqa: E402
     SyntheticBenchmarkConfig,
     benchmark_corpus,
@@ -151,6 +162,9 @@ def methods() -> dict:
         "vkd_stranger": (VKDTrainer, VKDConfig, {"retain_nll_weight": 1.0, "forget_feature_loss": "stranger",
                                                  "stop_at_holdout": False, "probe_rows": 0},
                          {"reference": True, "holdout": True, "launchers": ("reference", "ddp", "zero3", "fsdp2")}),
+        # PDU's dual step averages the retain gap over the ranks; AltPO holds a live reference (ZeRO-3: from the path).
+        "pdu": (PDUTrainer, PDUConfig, {"dual_step_size": 0.5}, {"launchers": ("reference", "ddp")}),
+        "altpo": (AltPOTrainer, AltPOConfig, {}, {"reference": True, "launchers": ("reference", "ddp", "zero3")}),
         # DDP with ddp_find_unused_parameters set either way (transformers' default is True without checkpointing).
         "ga_diff_find_unused_false": (GATrainer, GAConfig, {"retain_loss_type": "nll",
                                                             "ddp_find_unused_parameters": False},
