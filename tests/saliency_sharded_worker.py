@@ -10,7 +10,8 @@
    gradients); the peak bytes of fp32 sums each rank held; and the plain single-process masks (Fisher, random).
 3. The distributed top fraction on crafted scores with many ties (integers, -0.0), against ``top_fraction``.
 4. FSDP2 (``fully_shard`` of the decoder layers and the root): the Fisher-ratio mask, sharded and not.
-5. Ranks given different rows: the error.
+5. The 13B recipe's language-mask phase (``examples/deepspeed/unlearn_llava.py``) in tiny mode under ZeRO-3.
+6. Ranks given different rows: the error.
 
 Rank 0 writes ``WORKDIR/results.json`` and the masks' files (``to_files``) under ``WORKDIR/<name>/``.
 """
@@ -23,6 +24,7 @@ import os
 import sys
 import time
 import weakref
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -88,6 +90,8 @@ def main(workdir: str) -> int:
     from hf_unlearn.testing import tiny_llava
 
     dsd, forget, preserve = data()
+    example = _example()
+    recipe_tiny = example.tiny_model()  # built before any ZeRO-3 load, as the recipe's main() does
     model, processor = tiny_llava(seed=0, corpus=benchmark_corpus(dsd))
     collator = UnlearnDataCollator(processor)
     plain, fsdp_model = model, copy.deepcopy(model)
@@ -160,6 +164,28 @@ def main(workdir: str) -> int:
     run("fsdp2_fisher", fsdp_model, both)
     run("fsdp2_fisher_unsharded", fsdp_model, both, sharded=False)
 
+    # The 13B recipe's language-mask phase (examples/deepspeed/unlearn_llava.py --compute_mask --mask_target language
+    # --deepspeed examples/deepspeed/zero3.json) in tiny mode: loaded partitioned, computed across the ranks.
+    from hf_unlearn import MMUnlearnerConfig
+
+    script = example.ScriptArguments(tiny=True, mask_target="language", mask_path=os.path.join(workdir, "recipe_mask"),
+                                     mask_max_batches=2)
+    recipe_args = MMUnlearnerConfig(output_dir=os.path.join(workdir, "recipe"), use_cpu=True, report_to="none",
+                                    deepspeed=str(EXAMPLES / "zero3.json"))
+    seen = []
+    original = saliency_compute.compute_saliency_mask
+
+    def recording(model, *args, **kwargs):
+        seen.append(all(hasattr(p, "ds_id") for p in model.parameters()))
+        return original(model, *args, **kwargs)
+
+    saliency_compute.compute_saliency_mask = recording  # the example imports it when it runs
+    try:
+        example.compute_mask(script, recipe_args, recipe_tiny)
+    finally:
+        saliency_compute.compute_saliency_mask = original
+    results["recipe_partitioned"] = seen
+
     # Different rows on different ranks: refused.
     try:
         compute_saliency_mask(zero3, SaliencyMaskConfig(batch_size=2, max_batches=1),
@@ -180,6 +206,20 @@ def main(workdir: str) -> int:
             json.dump(results, f, indent=1)
     dist.barrier()
     return 0
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "deepspeed"
+
+
+def _example():
+    """examples/deepspeed/unlearn_llava.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unlearn_llava", EXAMPLES / "unlearn_llava.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["unlearn_llava"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def _masks(files: dict[str, bytes]) -> list[torch.Tensor]:

@@ -110,3 +110,14 @@ def test_sharded_needs_a_partitioned_model():
     model, _ = tiny_llava()
     with pytest.raises(ValueError, match="partitioned by DeepSpeed ZeRO-3 or FSDP2"):
         compute_saliency_mask(model, SaliencyMaskConfig(score="random"), None, None, None, sharded=True)
+
+
+def test_recipe_language_mask_phase_runs_partitioned(launched, results):
+    """examples/deepspeed/unlearn_llava.py --compute_mask --mask_target language --deepspeed zero3.json, tiny mode."""
+    from hf_unlearn.saliency import SaliencyMask
+
+    assert results["recipe_partitioned"] == [True]  # loaded under zero.Init, computed sharded
+    mask = SaliencyMask.from_pretrained(str(launched / "recipe_mask"))
+    assert mask.names() and all(n.startswith(("model.language_model.", "lm_head.")) for n in mask.names())
+    assert 0 < mask.num_selected < mask.num_covered
+    assert mask.scores_summary["num_batches"] == {"forget": 2, "preserve": {"retain": 2, "text": 2}}
