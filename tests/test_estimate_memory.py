@@ -17,6 +17,7 @@ from hf_unlearn.integrations.memory import (
     count_parameters_from_config,
     deepspeed_estimate,
     load_config,
+    mask_breakdown,
     model_states,
 )
 
@@ -74,6 +75,28 @@ def test_whole_model_mask_under_zero3_costs_little_over_deepspeeds_unmasked_esti
     _, unmasked = deepspeed_estimate(llava13b, 8, "zero3")
     assert model_states(rows) + rows["mask"] <= 1.01 * unmasked
     assert rows["mask"] == llava13b.total / 64 and rows["snapshot"] == 4 * llava13b.total / 8  # upper bound
+
+
+def test_language_mask_under_zero3_fits_where_training_fits(llava13b, capsys, monkeypatch):
+    """Issue 27: the 13B language mask computed under ZeRO-3 over the 8 training GPUs (each rank its partition of the
+    sums) needs at most 1.15x DeepSpeed's training estimate per GPU; on one GPU it needs 146 GiB."""
+    _, training = deepspeed_estimate(llava13b, 8, "zero3")
+    sharded = mask_breakdown(llava13b, "language", 8, sharded=True)
+    assert sharded == {"weights": 2 * llava13b.total / 8, "gradients": 4 * llava13b.largest_layer,
+                       "sums": 8 * llava13b.language / 8}
+    assert sum(sharded.values()) <= 1.15 * training
+    one_gpu = mask_breakdown(llava13b, "language", 8, sharded=False)
+    assert sum(one_gpu.values()) == 2 * llava13b.total + 2 * llava13b.language + 8 * llava13b.language
+    assert sum(one_gpu.values()) > 80e9  # the reason for sharding: no 80 GB card holds it
+    monkeypatch.chdir(ROOT)
+    assert _cli(["estimate-memory", CONFIG, "--num-gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    header = "| GiB per GPU | vision mask, one GPU | vision mask, ZeRO-3 | language mask, one GPU | language mask, ZeRO-3 |"
+    assert header in out
+    total = next(line for line in out.splitlines() if line.startswith("| **total** |"))
+    assert total.split("|")[-2].strip() == f"**{sum(sharded.values()) / 2**30:.2f}**"
+    ratio = next(line for line in out.splitlines() if line.startswith("| / DeepSpeed"))
+    assert float(ratio.split("|")[-2].strip().rstrip("x")) <= 1.15
 
 
 @pytest.mark.parametrize("extra", DOC_COMMANDS, ids=lambda a: a[-1])

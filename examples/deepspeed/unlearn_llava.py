@@ -3,9 +3,12 @@
 Driven by ``launch_llava13b.sh`` (ZeRO-3 on 8 GPUs) and ``examples/accelerate/{ddp,fsdp2,zero2,zero3}.sh``.
 Two phases:
 
-1. ``--compute_mask``: one process, one GPU. Fisher-ratio saliency mask over the vision tower and projector
-   (MMUnlearner): gradients of forget VQA vs retain VQA (+ retain text QA for language parameters). Only the covered
-   parameters need gradients, so a bf16 13B model fits on one 80 GB GPU. Saved with ``SaliencyMask.save_pretrained``.
+1. ``--compute_mask``: the Fisher-ratio saliency mask (MMUnlearner): gradients of forget VQA vs retain VQA (+ retain
+   text QA for language parameters). ``--mask_target vision`` (tower + projector) on one GPU: only the covered
+   parameters need gradients, so a bf16 13B model fits on one 80 GB GPU. ``--mask_target language`` (the official
+   MMUnlearner's language mask) under ``torchrun ... --deepspeed zero3.json``: the model is loaded partitioned and
+   every rank keeps the fp32 sums of its own partition (1/N), so the 13B language mask fits where training fits
+   (``hf-unlearn estimate-memory``). Saved with ``SaliencyMask.save_pretrained`` (rank 0).
 2. Unlearning, e.g. ``torchrun --nproc_per_node 8 ... --deepspeed examples/deepspeed/zero3.json``. The
    ``TrainingArguments`` are parsed *before* the model is loaded, so under ZeRO-3 ``from_pretrained`` partitions the
    weights while loading (``zero.Init``) and no rank ever holds the full 13B model.
@@ -88,7 +91,7 @@ def tiny_model():
     return tiny_llava(seed=0, corpus=benchmark_corpus(dsd))
 
 
-def saliency_mask(script: ScriptArguments, model, processor, forget, retain, retain_text):
+def saliency_mask(script: ScriptArguments, model, processor, forget, retain, retain_text, fisher_device="cpu"):
     from hf_unlearn.saliency.compute import compute_saliency_mask
     from hf_unlearn.saliency.config import SaliencyMaskConfig
 
@@ -96,21 +99,36 @@ def saliency_mask(script: ScriptArguments, model, processor, forget, retain, ret
                                 threshold=script.mask_threshold, max_batches=script.mask_max_batches)
     preserve = {"retain": retain, **({"text": retain_text} if retain_text is not None else {})}
     return compute_saliency_mask(model, config, forget, preserve, UnlearnDataCollator(processor),
-                                 fisher_device="cpu", show_progress=False)
+                                 fisher_device=fisher_device, show_progress=False)
 
 
-def compute_mask(script: ScriptArguments) -> None:
+def compute_mask(script: ScriptArguments, args: MMUnlearnerConfig | None = None, tiny=None) -> None:
+    """Phase 1. With ``args.deepspeed`` (ZeRO-3, under torchrun): the model loads partitioned and the mask is computed
+    across the ranks, every rank running every batch; otherwise on one GPU (or the CPU with ``--tiny``)."""
     forget, retain, retain_text = load_splits(script)
+    distributed = args is not None and bool(args.deepspeed)
+    if distributed and script.tiny:
+        _cpu_launcher_setup(args)
     if script.tiny:
-        model, processor = tiny_model()
+        model, processor = tiny if tiny is not None else tiny_model()
+        if distributed:  # as a real run loads it: from a folder, partitioned while loading (zero.Init)
+            folder = os.path.join(args.output_dir, "tiny-start")
+            if args.process_index == 0:
+                model.save_pretrained(folder)
+            torch.distributed.barrier()
+            model = LlavaForConditionalGeneration.from_pretrained(folder)
     else:
+        # One GPU: the whole model on GPU 0. ZeRO-3: the arguments exist, so this load is partitioned (zero.Init).
         model = LlavaForConditionalGeneration.from_pretrained(
-            script.model_name_or_path, dtype=torch.bfloat16, device_map={"": 0})
+            script.model_name_or_path, dtype=torch.bfloat16, **({} if distributed else {"device_map": {"": 0}}))
         model.gradient_checkpointing_enable()
         processor = AutoProcessor.from_pretrained(script.model_name_or_path)
-    mask = saliency_mask(script, model, processor, forget, retain, retain_text)
-    mask.save_pretrained(script.mask_path)
-    print(mask)
+    # One GPU: the fp32 sums in CPU RAM (a 13B vision mask fits the GPU that way). ZeRO-3: 1/N of them per GPU.
+    mask = saliency_mask(script, model, processor, forget, retain, retain_text,
+                         fisher_device=None if distributed else "cpu")
+    if args is None or args.process_index == 0:
+        mask.save_pretrained(script.mask_path)
+        print(mask)
 
 
 def _cpu_launcher_setup(args: MMUnlearnerConfig) -> None:
@@ -167,7 +185,7 @@ def main() -> None:
     tiny = tiny_model() if "--tiny" in sys.argv else None
     script, args = HfArgumentParser((ScriptArguments, MMUnlearnerConfig)).parse_args_into_dataclasses()
     if script.compute_mask:
-        compute_mask(script)
+        compute_mask(script, args, tiny)
     else:
         unlearn(script, args, tiny)
 

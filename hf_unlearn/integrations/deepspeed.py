@@ -14,8 +14,11 @@ Why this module exists (measured on CPU with 2 processes; docs/deepspeed.md):
 
 Exact saliency masks under ZeRO live in ``hf_unlearn/masking/zero.py``; they use the step control's guard.
 
+Outside training, ``zero3_gathering`` runs forward / backward passes through a ZeRO-3 partitioned model (saliency
+scores: ``hf_unlearn/saliency/sharded.py``), and ``zero3_partition`` says which flat slice of a parameter a rank holds.
+
 Collectives: ``gather_full_fp32_params`` and ``check_images_agree``; every rank runs the same training steps, so they
-line up.
+line up. ``zero3_gathering``'s passes all-gather weights module by module, so every rank must run the same passes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ __all__ = [
     "param_shape",
     "prepare_for_inference",
     "touch_every_parameter",
+    "zero3_gathering",
+    "zero3_partition",
 ]
 
 
@@ -66,6 +71,54 @@ def full_grad(param: nn.Parameter) -> torch.Tensor | None:
     from deepspeed.utils import safe_get_full_grad
 
     return safe_get_full_grad(param)
+
+
+def zero3_partition(param: torch.Tensor) -> tuple[int, int, int, object]:
+    """``(rank, world size, partition size s, process group)`` of a ZeRO-3 parameter: rank r holds the entries
+    ``[r * s, (r + 1) * s)`` of the flattened full parameter (the last partition is zero-padded past its end), the
+    layout of ``param.ds_tensor`` and of the optimizer's gradient partitions (``masking/zero.py``)."""
+    import deepspeed.comm as dist
+
+    group = getattr(param, "ds_process_group", None)
+    return dist.get_rank(group=group), dist.get_world_size(group=group), int(param.ds_tensor.ds_numel), group
+
+
+@contextmanager
+def zero3_gathering(model: nn.Module) -> Iterator[nn.Module]:
+    """Forward and backward passes through a ZeRO-3 partitioned model outside a training engine; yields the module.
+
+    ``zero.Init`` only partitions the weights; the hooks that gather each module's weights for its forward and
+    backward belong to an engine. This builds DeepSpeed's inference engine (``deepspeed.initialize`` without an
+    optimizer, as TRL does for reference models): gathering hooks, and no optimizer, fp32 master weights or gradient
+    partitions. Autograd then leaves each parameter's full gradient in ``param.grad`` (a post-accumulate-grad hook
+    sees it before the next module runs); nothing reduces it. The hooks are removed on exit. Pass the partitioned
+    model, not a training engine (whose hooks are already there).
+
+    The engine's ZeRO settings are the ZeRO-3 ones of the live Hugging Face DeepSpeed config (the one
+    ``TrainingArguments(deepspeed=...)`` made) that are not ``"auto"``, else DeepSpeed's defaults.
+    """
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, config=_gathering_config())
+    try:
+        yield model
+    finally:
+        engine.destroy()  # removes the module hooks
+
+
+_GATHERING_KEYS = ("stage3_prefetch_bucket_size", "stage3_param_persistence_threshold",
+                   "stage3_model_persistence_threshold", "stage3_max_live_parameters", "stage3_max_reuse_distance",
+                   "offload_param")
+
+
+def _gathering_config() -> dict:
+    from transformers.integrations.deepspeed import deepspeed_config
+
+    live = (deepspeed_config() or {}).get("zero_optimization", {})
+    zero = {key: live[key] for key in _GATHERING_KEYS if key in live and live[key] != "auto"}
+    # No precision block: weights loaded by zero.Init keep their dtype (DeepSpeed casts only unpartitioned models).
+    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "steps_per_print": 2**31 - 1,
+            "zero_optimization": {**zero, "stage": 3}}
 
 
 # ----------------------------------------------------------------------------------------------------------------

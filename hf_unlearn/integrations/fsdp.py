@@ -33,6 +33,7 @@ from transformers import TrainerCallback
 __all__ = [
     "FSDPTrainingCallback",
     "allow_fsdp_on_cpu",
+    "flat_shards",
     "check_gradient_agreement",
     "check_units_run_on_every_rank",
     "gather_full_params",
@@ -59,6 +60,24 @@ def is_dtensor(tensor) -> bool:
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of an FSDP2 (DTensor) parameter or gradient; the tensor itself otherwise."""
     return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def flat_shards(param) -> tuple[int, list[tuple[int, int]], object]:
+    """``(this rank, [(start, stop) of every rank], process group)``: rank r's shard of an FSDP2 parameter is the flat
+    slice ``[start_r, stop_r)`` of the full parameter (``fully_shard`` splits dim 0 into ``ceil(dim0 / N)``-row
+    chunks, as ``torch.chunk`` does, the last ones short or empty). Only ``fully_shard``'s 1-D ``Shard(0)`` layout."""
+    from torch.distributed.tensor import Shard
+
+    mesh, placements = param.device_mesh, tuple(param.placements)
+    if mesh.ndim != 1 or placements != (Shard(0),):
+        raise NotImplementedError(
+            f"Sharded saliency scores support FSDP2's 1-D Shard(0) layout (fully_shard over one mesh dimension), got "
+            f"placements {placements} on a {mesh.ndim}-D mesh (HSDP?). Pass sharded=False to compute_saliency_mask.")
+    rows = param.shape[0]
+    per_row = param.numel() // rows if rows else 0
+    chunk = -(-rows // mesh.size())
+    ranges = [(min(r * chunk, rows) * per_row, min((r + 1) * chunk, rows) * per_row) for r in range(mesh.size())]
+    return mesh.get_local_rank(), ranges, mesh.get_group()
 
 
 # ----------------------------------------------------------------------------------------------------------------

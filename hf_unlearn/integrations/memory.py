@@ -20,8 +20,20 @@ frozen parameters (no gradient, no Adam state) and the unlearning extras can be 
 * reference / teacher model: a copy (ZeRO-2: a bf16 stage-0 replica per GPU; ZeRO-3: sharded 1/N; offload: on the CPU)
   or precomputed (one float per forget row, on the CPU).
 
-Activations are not included: they depend on batch size, sequence length (576 image tokens per LLaVA-1.5 image) and
-gradient checkpointing.
+Computing the saliency mask first (``compute_saliency_mask``, the Fisher ratio) holds, per GPU (``mask_breakdown``):
+
+* the bf16 weights: all of them on one GPU, 1/N under ZeRO-3 (the mask is computed across the same GPUs);
+* gradients: on one GPU with gradient checkpointing every covered gradient until the backward ends (2 B each; without
+  checkpointing each one is folded in as soon as it exists); under ZeRO-3 DeepSpeed's working set (the gathered
+  largest layer and its gradient, 4 B x its parameters): each full gradient is cut to this rank's slice at once;
+* the fp32 sums: the forget Fisher and one preserve sum per covered parameter (8 B), 1/N under ZeRO-3 (every rank
+  keeps the sums of its own partition: ``saliency/sharded.py``); with ``fisher_device="cpu"`` in CPU RAM instead;
+* the mask itself (bool, 1 B per covered parameter, 1/N under ZeRO-3) replaces the sums as they are freed, parameter
+  by parameter; at the end every rank holds the whole mask in CPU RAM (1 B per covered parameter).
+
+No optimizer, master weights or gradient partitions exist while the mask is computed (an inference engine gathers the
+weights). Activations are not included: they depend on batch size, sequence length (576 image tokens per LLaVA-1.5
+image) and gradient checkpointing.
 """
 
 from __future__ import annotations
@@ -202,6 +214,59 @@ def model_states(rows: dict[str, float]) -> float:
     return sum(rows[k] for k in ("weights", "gradients", "master", "adam", "working"))
 
 
+MASK_TARGETS = ("vision", "language")
+MASK_ROWS = (
+    ("weights", "weights (bf16; ZeRO-3: 1/N)"),
+    ("gradients", "gradients (one GPU, gradient checkpointing: every covered one, bf16; ZeRO-3: gathered largest "
+                  "layer + grad)"),
+    ("sums", "Fisher sums (fp32, forget + preserve; ZeRO-3: own partition)"),
+)
+
+
+def mask_breakdown(counts: ParameterCounts, target: str, num_gpus: int, sharded: bool,
+                   weight_bytes: int = 2) -> dict[str, float]:
+    """Bytes per GPU (``MASK_ROWS`` keys) of computing the Fisher-ratio mask over ``target`` (``"vision"``: tower +
+    projector; ``"language"``: language model + lm_head), on one GPU or sharded under ZeRO-3 over ``num_gpus``."""
+    if target not in MASK_TARGETS:
+        raise ValueError(f"target={target!r}; use one of {MASK_TARGETS}.")
+    covered, n = counts.trainable(target), (num_gpus if sharded else 1)
+    return {
+        "weights": weight_bytes * counts.total / n,
+        "gradients": 4 * counts.largest_layer if sharded else weight_bytes * covered,
+        "sums": 8 * covered / n,
+    }
+
+
+def format_mask_report(counts: ParameterCounts, num_gpus: int) -> list[str]:
+    """The mask-computation table of ``format_report``: vision and language masks, one GPU and ZeRO-3 side by side,
+    against DeepSpeed's training estimate for ZeRO-3 on the same GPUs."""
+    targets = [t for t in MASK_TARGETS if counts.trainable(t)]
+    columns = [(t, sharded) for t in targets for sharded in (False, True)]
+    tables = {c: mask_breakdown(counts, c[0], num_gpus, c[1]) for c in columns}
+    _, training = deepspeed_estimate(counts, num_gpus, "zero3")
+    b = 1e9
+    lines = [
+        "",
+        "Saliency mask computation (Fisher ratio, compute_saliency_mask), before training: covered "
+        + ", ".join(f"{t} {counts.trainable(t) / b:.2f}B" for t in targets) + f"; ZeRO-3 over the same {num_gpus} "
+        "GPUs, each rank keeping the sums of its own partition",
+        "",
+        "| GiB per GPU | " + " | ".join(f"{t} mask, {'ZeRO-3' if sharded else 'one GPU'}" for t, sharded in columns)
+        + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for key, label in MASK_ROWS:
+        lines.append(f"| {label} | " + " | ".join(_gib(tables[c][key]) for c in columns) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{_gib(sum(tables[c].values()))}**" for c in columns) + " |")
+    lines.append('| total, sums in CPU RAM (`fisher_device="cpu"`) | '
+                 + " | ".join(_gib(sum(tables[c].values()) - tables[c]["sums"]) for c in columns) + " |")
+    lines.append("| / DeepSpeed's ZeRO-3 training estimate | "
+                 + " | ".join(f"{sum(tables[c].values()) / training:.2f}x" for c in columns) + " |")
+    lines += ["", "The mask (bool) replaces the sums as they are freed; every rank ends with the whole mask in CPU RAM ("
+              + ", ".join(f"{t} {_gib(counts.trainable(t))} GiB" for t in targets) + ")."]
+    return lines
+
+
 def _gib(x: float) -> str:
     return f"{x / GIB:.2f}"
 
@@ -236,6 +301,7 @@ def format_report(name: str, counts: ParameterCounts, plan: MemoryPlan, setups=S
     row("DeepSpeed estimator, all parameters trainable",
         [_gib(deepspeed_estimate(counts, plan.num_gpus, s)[1]) for s in setups])
     row("CPU RAM per node, DeepSpeed estimator (all trainable)", [_gib(t["cpu"]) for t in tables.values()])
+    lines += format_mask_report(counts, plan.num_gpus)
     lines.append("")
     lines.append("Activations are not included (batch, sequence length, gradient checkpointing).")
     return "\n".join(lines)

@@ -25,9 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.rows import validate_rows
+from ..integrations.deepspeed import param_shape
 from ..models import LANGUAGE, PROJECTOR, VISION, unwrap_model
 from .config import SaliencyMaskConfig
 from .mask import SaliencyMask, describe_architecture
+from .sharded import Layout, sharded_top_fraction
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +123,15 @@ def _accumulate(
     max_batches: int | None,
     *,
     square: bool,
+    layout: Layout,
     device: str | torch.device | None = None,
     fisher_device: str | torch.device | None = None,
     show_progress: bool = False,
     desc: str = "gradients",
+    into: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], int, set[str]]:
-    """Per-parameter fp32 sums over batches of ``grad ** 2`` (``square``) or ``grad``.
+    """Per-parameter fp32 sums over batches of ``grad ** 2`` (``square``) or ``grad``, of this rank's part of each
+    parameter (``layout``: the whole parameter unless the model is sharded). ``into``: sums to keep adding to.
 
     Returns ``(sums, number of batches, names that received a gradient in at least one batch)``.
     """
@@ -139,16 +144,17 @@ def _accumulate(
         )
     device = torch.device(device) if device is not None else _model_device(model)
     with _gradient_mode(model, param_names) as params, torch.enable_grad():
-        accumulator = _Accumulator(params, square, fisher_device)
+        accumulator = _Accumulator(layout, square, fisher_device, into)
         # Fold each gradient in as soon as autograd has accumulated it (still in cache, and freed at once, so the
-        # batch's gradients never all exist together). Reentrant gradient checkpointing runs nested backward passes
-        # that can accumulate a parameter's gradient more than once per batch: there, fold in after the backward.
-        hooks = [] if _checkpointing(model) else [
-            p.register_post_accumulate_grad_hook(accumulator.hook(name)) for name, p in params.items()]
+        # batch's gradients never all exist together; under ZeRO-3 it must be so). Reentrant gradient checkpointing
+        # runs nested backward passes that can accumulate a parameter's gradient more than once per batch: there,
+        # fold in after the backward, or (ZeRO-3) refuse a second gradient in one batch.
+        hooks = [p.register_post_accumulate_grad_hook(accumulator.hook(name)) for name, p in params.items()] if (
+            layout.fold_in_hooks or not _checkpointing(model)) else []
         num = 0
         progress = tqdm(
             _batches(dataset, batch_size, max_batches), total=_num_batches(dataset, batch_size, max_batches),
-            desc=desc, disable=not show_progress, unit="batch",
+            desc=desc, disable=not (show_progress and layout.is_main), unit="batch",
         )
         try:
             for rows in progress:
@@ -168,6 +174,8 @@ def _accumulate(
                         f"Non-finite loss ({loss.item()}) in batch {num} of the {desc} dataset; check the labels "
                         "(all -100?) and the model's dtype."
                     )
+                layout.check_batch(loss, desc, num)
+                accumulator.batch_seen.clear()
                 loss.backward()
                 for name, p in params.items():  # every gradient, without hooks; none is left with them
                     if p.grad is not None:
@@ -178,11 +186,11 @@ def _accumulate(
                 handle.remove()
         if num == 0:
             raise ValueError(f"The {desc} dataset is empty; the Fisher needs at least one batch.")
-        sums = {name: accumulator.sums.get(name) for name in params}
         for name, p in params.items():  # never touched: zero, as if every batch gave a zero gradient
-            if sums[name] is None:
-                sums[name] = torch.zeros(p.shape, dtype=torch.float32, device=fisher_device or p.device)
-    return sums, num, accumulator.touched
+            if name not in accumulator.sums:
+                accumulator.sums[name] = torch.zeros(layout.local_shape(name), dtype=torch.float32,
+                                                     device=fisher_device or p.device)
+    return {name: accumulator.sums[name] for name in params}, num, accumulator.touched
 
 
 def _checkpointing(model: nn.Module) -> bool:
@@ -192,37 +200,49 @@ def _checkpointing(model: nn.Module) -> bool:
 
 
 class _Accumulator:
-    """Per-parameter fp32 sums of ``grad ** 2`` (``square``) or ``grad``, one gradient at a time.
+    """Per-parameter fp32 sums of ``grad ** 2`` (``square``) or ``grad``, one gradient at a time, of this rank's part
+    of each parameter (``layout.take_grad``).
 
     The first gradient of a parameter becomes its sum (squared in place when it is already fp32 on the sums'
     device: no zero-filled buffer, one pass); later ones are added with ``addcmul_`` / ``add_``. Same values as
     adding every batch to zeros, bit for bit.
     """
 
-    def __init__(self, params: dict[str, nn.Parameter], square: bool, fisher_device):
-        self.params, self.square = params, square
+    def __init__(self, layout: Layout, square: bool, fisher_device, into: dict[str, torch.Tensor] | None = None):
+        self.layout, self.square = layout, square
         self.fisher_device = None if fisher_device is None else torch.device(fisher_device)
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor] = {} if into is None else into
         self.touched: set[str] = set()
+        self.batch_seen: set[str] = set()  # names folded in during the current batch (hooks)
 
     def hook(self, name: str):
         def fold_in(param: torch.Tensor) -> None:
-            if param.grad is not None:
-                self.add(name, param)
+            if param.grad is None:
+                return
+            if name in self.batch_seen:
+                raise RuntimeError(
+                    f"{name} received a second gradient in one backward pass (reentrant gradient checkpointing with "
+                    "a parameter used in several checkpointed segments): its squared gradient cannot be folded in "
+                    "piece by piece. Use non-reentrant checkpointing: model.gradient_checkpointing_enable("
+                    "gradient_checkpointing_kwargs={'use_reentrant': False}) (transformers' default)."
+                )
+            self.batch_seen.add(name)
+            self.add(name, param)
 
         return fold_in
 
     @torch.no_grad()
     def add(self, name: str, param: torch.Tensor) -> None:
-        grad, param.grad = param.grad.detach(), None  # zeroed between batches; this tensor is now ours alone
+        grad = self.layout.take_grad(name, param)  # param.grad is cleared: this tensor (or its base) is ours alone
         total = self.sums.get(name)
         if total is None:
-            target = self.fisher_device or param.device
+            target = self.fisher_device or grad.device
             first = grad if grad.dtype == torch.float32 and grad.device == target and grad._base is None else (
                 grad.to(device=target, dtype=torch.float32, copy=True))  # fp32 before squaring
             self.sums[name] = first.mul_(first) if self.square else first
             self.touched.add(name)
             return
+        self.touched.add(name)
         if grad.dtype != torch.float32 or grad.device != total.device:
             grad = grad.to(device=total.device, dtype=torch.float32)  # fp32 before squaring
         if self.square:
@@ -248,12 +268,16 @@ def accumulate_fisher(
     ``L_batch = model(**data_collator(rows)).loss``. The model runs in eval mode; only ``param_names`` get gradients;
     ``requires_grad`` flags, ``.grad`` and training modes are restored afterwards. ``device`` is where batches go
     (default: the device of the model's first parameter; the model is not moved), ``fisher_device`` where the fp32
-    sums live (default: each parameter's device; ``"cpu"`` saves accelerator memory).
+    sums live (default: each parameter's device; ``"cpu"`` saves accelerator memory). On a model partitioned by ZeRO-3
+    or FSDP2 every rank returns whole Fishers (``compute_saliency_mask`` keeps each rank's shard only).
     """
-    sums, num, _ = _accumulate(
-        model, dataset, data_collator, list(param_names), batch_size, max_batches, square=True, device=device,
-        fisher_device=fisher_device, show_progress=show_progress, desc="Fisher",
-    )
+    params = dict(model.named_parameters())
+    layout = Layout(model, {n: params[n] for n in param_names if n in params}, sharded=False)
+    with layout.passes():
+        sums, num, _ = _accumulate(
+            model, dataset, data_collator, list(param_names), batch_size, max_batches, square=True, layout=layout,
+            device=device, fisher_device=fisher_device, show_progress=show_progress, desc="Fisher",
+        )
     return {name: s / num for name, s in sums.items()}
 
 
@@ -296,12 +320,15 @@ def compute_saliency_mask(
     device: str | torch.device | None = None,
     fisher_device: str | torch.device | None = None,
     show_progress: bool = True,
+    sharded: bool | None = None,
 ) -> SaliencyMask:
     """Score the parameters covered by ``config`` and threshold them into a `SaliencyMask`.
 
     Args:
         model: a ``transformers`` model, possibly PEFT-wrapped (the mask then covers the trainable adapter parameters
-            under their real names) and with gradient checkpointing enabled.
+            under their real names) and with gradient checkpointing enabled; or partitioned by DeepSpeed ZeRO-3
+            (loaded after ``TrainingArguments(deepspeed=...)``, so ``from_pretrained`` ran under ``zero.Init``) or
+            sharded by FSDP2 (``fully_shard``), with every rank calling this with the same data.
         config: which parameters, which score, which threshold.
         forget_dataset: rows (``image``, ``question``, ``answer``, ...) the model should forget; unused by ``random``.
         preserve_datasets: named preserve datasets, e.g. ``{"retain": ..., "text": ...}``; the names are those of
@@ -309,37 +336,47 @@ def compute_saliency_mask(
         data_collator: ``rows -> dict of tensors`` with ``labels`` (e.g. ``UnlearnDataCollator(processor)``).
         device: where batches are sent (default: the model's first parameter's device; the model is not moved).
         fisher_device: where the fp32 accumulators live (default: next to each parameter; ``"cpu"`` saves memory).
-        show_progress: show tqdm progress bars.
+        show_progress: show tqdm progress bars (on rank 0).
+        sharded: on a ZeRO-3 / FSDP2 model, each rank keeps the fp32 sums of its own shard of every covered parameter
+            (1/N of the memory) and the threshold is global (``saliency/sharded.py``); the default there. ``False``
+            keeps whole-size sums on every rank (the single-process computation over the same gradients).
 
     Batches are consecutive rows (no shuffling), so the result is deterministic. ``config.max_batches`` caps each
-    dataset separately.
+    dataset separately. Every rank returns the whole mask.
     """
     _check_arguments(model, config, forget_dataset, preserve_datasets, data_collator)
     targets = config.resolve_targets(model)  # name -> group
     names = list(targets)
     params = dict(model.named_parameters())
+    layout = Layout(model, {n: params[n] for n in names}, sharded)
     summary: dict[str, Any] = {"score": config.score, "threshold": config.threshold}
-    common = dict(device=device, fisher_device=fisher_device, show_progress=show_progress)
+    common = dict(layout=layout, device=device, fisher_device=fisher_device, show_progress=show_progress)
 
-    if config.score == "random":
-        generator = torch.Generator().manual_seed(config.seed)
-        scores = {n: torch.rand(params[n].shape, generator=generator) for n in names}
-        masks = top_fraction(scores, config.threshold)
-    elif config.score == "grad_magnitude":
-        sums, num, touched = _accumulate(
-            model, forget_dataset, data_collator, names, config.batch_size, config.max_batches, square=False,
-            desc="forget", **common,
-        )
-        _warn_untouched(names, touched)
-        masks = top_fraction({n: s.abs() for n, s in sums.items()}, config.threshold)
-        summary["num_batches"] = {"forget": num}
-    else:
-        masks, fisher_summary = _fisher_ratio_masks(
-            model, config, targets, forget_dataset, preserve_datasets, data_collator, common
-        )
-        summary.update(fisher_summary)
+    def select(scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if layout.sharded:
+            return sharded_top_fraction(layout, scores, config.threshold)
+        return top_fraction(scores, config.threshold)
 
-    masks = {n: m.cpu() for n, m in masks.items()}
+    with layout.passes():
+        if config.score == "random":
+            generator = torch.Generator().manual_seed(config.seed)  # every rank draws every tensor, keeps its part
+            masks = select({n: layout.part(n, torch.rand(param_shape(params[n]), generator=generator))
+                            for n in names})
+        elif config.score == "grad_magnitude":
+            sums, num, touched = _accumulate(
+                model, forget_dataset, data_collator, names, config.batch_size, config.max_batches, square=False,
+                desc="forget", **common,
+            )
+            _warn_untouched(names, touched, layout)
+            masks = select({n: s.abs_() for n, s in sums.items()})
+            summary["num_batches"] = {"forget": num}
+        else:
+            masks, fisher_summary = _fisher_ratio_masks(
+                model, config, targets, forget_dataset, preserve_datasets, data_collator, common
+            )
+            summary.update(fisher_summary)
+
+    masks = layout.full_masks(masks)  # whole bool masks on the CPU, every rank
     summary["groups"] = _group_counts(masks, targets)
     return SaliencyMask(masks, config=config, scores_summary=summary, architecture=describe_architecture(model, names))
 
@@ -417,30 +454,31 @@ def _fisher_ratio_masks(
     # Every ratio below is (F_f + eps) / (F_p + eps) >= gamma, computed in place in the accumulators' buffers (the
     # same operations in the same order as the plain expression, so the same bits, without six full-size temporaries).
     forget_plus_eps = {n: s.div_(num_forget).add_(eps) for n, s in forget_sums.items()}
-    # One pass per preserve set, over the parameters whose group uses it; batches never mix two sets. Each set's sums
-    # are folded into a running total ("pooled") or a running AND ("every") and freed, so at most one set's
-    # accumulators exist next to the forget Fisher.
+    # One pass per preserve set, over the parameters whose group uses it; batches never mix two sets. "pooled" keeps
+    # adding every set's squared gradients to one running sum per parameter; "every" folds each set's ratio test into
+    # a running AND and frees the set's sums. Either way at most two fp32 buffers per parameter exist at a time (the
+    # forget Fisher and one preserve sum), plus a bool.
     pooled_sum: dict[str, torch.Tensor] = {}
     pooled_batches: dict[str, int] = {}
     keep: dict[str, torch.Tensor] = {}
     preserve_batches: dict[str, int] = {}
     for set_name in needed:
         covered = [n for n in names if set_name in sets_of[n]]
+        pooled = config.preserve_combine == "pooled"
         sums, num, seen = _accumulate(
             model, preserve_datasets[set_name], data_collator, covered, batch, cap, square=True,
-            desc=f"preserve {set_name!r}", **common,
+            desc=f"preserve {set_name!r}", into=pooled_sum if pooled else None, **common,
         )
         preserve_batches[set_name] = num
         touched |= seen
         for n in covered:
-            if config.preserve_combine == "pooled":
-                pooled_sum[n] = sums[n] if n not in pooled_sum else pooled_sum[n].add_(sums[n])
+            if pooled:
                 pooled_batches[n] = pooled_batches.get(n, 0) + num
             else:
                 passed = _ratio_passes(forget_plus_eps[n], sums[n].div_(num).add_(eps), gamma)
                 keep[n] = passed if n not in keep else keep[n].logical_and_(passed)
         del sums
-    _warn_untouched(names, touched)
+    _warn_untouched(names, touched, common["layout"])
 
     masks = {}
     for n in names:
@@ -460,9 +498,9 @@ def _ratio_passes(forget_plus_eps: torch.Tensor, preserve_plus_eps: torch.Tensor
     return torch.div(forget_plus_eps, preserve_plus_eps, out=preserve_plus_eps).ge(gamma)
 
 
-def _warn_untouched(names: list[str], touched: set[str]) -> None:
+def _warn_untouched(names: list[str], touched: set[str], layout: Layout) -> None:
     untouched = [n for n in names if n not in touched]
-    if untouched:
+    if untouched and layout.is_main:
         logger.warning(
             "%d covered parameter(s) received no gradient on any batch (unused by the forward pass, e.g. %s): their "
             "Fishers and gradient sums are 0 (Fisher ratio (0 + eps) / (0 + eps) = 1).",
