@@ -292,6 +292,9 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         return _fail(problem)
     try:
+        from ..hub.resolve import locate
+
+        locate(args.model, "--model")  # a mistyped path is named as one before anything else
         kind, what = _what_to_score(args)
         sets = _run_sets(what, args) if kind == "rows" else None
         model, processor = load_model_and_processor(args.model, "--model")
