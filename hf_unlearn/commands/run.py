@@ -9,12 +9,16 @@ Like ``trl sft``: training arguments are flat keys of the file (any field of the
     max_steps: 20                   # any field of NPOConfig / TrainingArguments, flat
     learning_rate: 1.0e-3
     beta: 0.4
-    data:
+    use_peft: true                  # optional: trl.ModelConfig keys (lora_r, lora_alpha, lora_target_modules,
+    lora_r: 16                      #   torch_dtype / dtype, attn_implementation, load_in_4bit, ...): docs/lora.md
+    data:                           # rows in any format of docs/data_formats.md (question/answer, TRL's)
       forget: builtin:forget_vqa    # builtin:<split>[+<split>...], a datasets.save_to_disk folder, parquet / json /
       retain: builtin:retain_vqa+retain_qa+forget_qa   # jsonl / csv file(s), a Hub dataset id, or {path:, split:}
+      holdout: data/holdout.jsonl   # optional: never-seen rows, the stop rule's target
       benchmark: {num_people: 20}   # settings of the built-in benchmark (optional)
     mask: {threshold: 0.5}          # optional: any SaliencyMaskConfig field, or {path: <saved mask folder or Hub id>}
-    eval: {benchmark: builtin}      # optional: evaluate before and after (batch_size, rouge, mia, relearn)
+    eval: {benchmark: builtin}      # optional: evaluate before and after (default: the run's own rows; or
+                                    #   forget/retain/holdout rows, or benchmark: builtin|mllmu:|clear:|tofu:|muse:)
     ref_model: org/reference        # optional: NPO / KL reference or VKD teacher (local folder or Hub id)
     license: apache-2.0             # optional: card license when the base model's card gives none
     base_model: org/base-model      # optional: the Hub id published as base_model when `model` is a local folder
@@ -27,7 +31,8 @@ written (``hf-unlearn --debug run ...`` shows the traceback). ``hf-unlearn run -
 of a method.
 Logs (``report_to``, ``trainer_state.json``) and checkpoints (``save_strategy``) stay in ``output_dir``; the final
 model is one staged save published into it, and ``hf_unlearn_run.json`` (the values actually used) is written last: a
-run directory that has it is complete.
+run directory that has it is complete. The card's model-index holds the ``eval:`` section's before/after metrics, or,
+without one, the trainer's own forget / retain / holdout measurements.
 """
 
 from __future__ import annotations

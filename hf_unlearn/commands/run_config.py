@@ -42,6 +42,9 @@ MOVED = {
     "evaluate": "use `eval: {benchmark: builtin}`",
     "eval_batch_size": "use `eval: {batch_size: 16}`",
     "mask_threshold": "use `mask: {threshold: 1.0}`",
+    # transformers 5 dropped the training argument; TensorBoard reads its folder from the environment instead
+    "logging_dir": "transformers 5 has no `logging_dir`: TensorBoard logs go to output_dir/runs/<date>; set the "
+                   "TENSORBOARD_LOGGING_DIR environment variable to put them elsewhere",
 }
 
 
