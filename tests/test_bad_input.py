@@ -70,6 +70,7 @@ def files(tiny_llava_dir, tmp_path_factory) -> Path:
     (root / "empty.jsonl").write_text("")
     (root / "empty.csv").write_text("")
     _jsonl(root / "trl.jsonl", [{"prompt": "q", "completion": "a"}])
+    _jsonl(root / "prompt_only.jsonl", [{"prompt": "q"}])
     _jsonl(root / "messages.jsonl", [{"messages": [{"role": "user", "content": "q"},
                                                    {"role": "assistant", "content": "a"}]}])
     _jsonl(root / "null_answer.jsonl", [_qa(0), _qa(1, None)])
@@ -261,11 +262,9 @@ CLI_CASES: dict[str, CliCase] = {
                                     data="@FILES@/no_rows.parquet"),
     "data-forget-saved-without-rows": run_case("is a folder that datasets.load_from_disk cannot read",
                                                data="@FILES@/saved_no_rows"),
-    "data-forget-trl-prompt-completion": run_case(
-        "holds TRL-format rows (columns found: ['prompt', 'completion']), which `hf-unlearn run` does not read yet",
-        data="@FILES@/trl.jsonl"),
-    "data-forget-trl-messages": run_case("holds TRL-format rows (columns found: ['messages'])",
-                                         data="@FILES@/messages.jsonl"),
+    # (TRL prompt/completion and `messages` rows are read now: tests/test_cli_ecosystem.py trains on them.)
+    "data-forget-prompt-without-completion": run_case(
+        "lacks column(s) ['completion']; columns found: ['prompt']", data="@FILES@/prompt_only.jsonl"),
     "data-forget-null-answer": run_case("data.forget row 1: `answer` must be a non-empty string, got NoneType",
                                         data="@FILES@/null_answer.jsonl"),
     "data-forget-blank-answer": run_case("data.forget row 1: `answer` is an empty string",

@@ -167,3 +167,18 @@ def test_a_text_model_is_not_refused_for_text_rows(rows, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainer.train()
     assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_the_evaluator_reads_every_format(llava, rows):
+    """`Evaluator` on TRL rows used to fail with a bare KeyError: 'question'; every format now scores the same."""
+    from hf_unlearn import Evaluator
+
+    model, processor = llava
+    evaluator = Evaluator(model, processor, {}, batch_size=4, max_new_tokens=2)
+    sets = {fmt: {"forget": Dataset.from_list([FORMATS[fmt](r) for r in rows[True][:2] + rows[False][:1]]),
+                  "holdout": Dataset.from_list([FORMATS[fmt](r) for r in rows[True][4:6]])} for fmt in FORMATS}
+    results = {fmt: evaluator.evaluate_rows(s) for fmt, s in sets.items()}
+    reference = results["question_answer"]
+    assert set(reference) == {"forget_nll", "forget_rougeL", "holdout_nll", "holdout_rougeL", "mia_auc"}
+    for fmt, result in results.items():
+        assert result == pytest.approx(reference, rel=1e-6), fmt

@@ -77,7 +77,7 @@ def test_eval_and_run_take_hub_ids(llava_dir, bench, tmp_path, monkeypatch, caps
 
         # A missing Hub id: one line that says no local folder of that name exists either.
         capsys.readouterr()
-        assert main(["eval", "--model", "local-user/nothing-here"]) == 2
+        assert main(["eval", "--model", "local-user/nothing-here", "--benchmark", "builtin"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("hf-unlearn eval: error: --model: no local folder 'local-user/nothing-here', and "
                               "loading it from the Hub failed") and err.count("\n") == 1

@@ -58,6 +58,12 @@ def _check_rows(loaded, spec: str, what: str) -> None:
     from ..data.rows import is_known_row_format, validate_rows
 
     columns = list(loaded.column_names)
+    missing = ["answer"] if "question" in columns else ["completion"] if "prompt" in columns else None
+    if not is_known_row_format(loaded) and missing:
+        raise ConfigError(
+            f"{what}: {spec!r} lacks column(s) {missing}; columns found: {columns}. Rows need `question` and `answer` "
+            "(+ optional `image`), TRL's `prompt` and `completion`, or chat `messages` (docs/data_formats.md); rename a "
+            "column with dataset.rename_column(old, new).")
     if not is_known_row_format(loaded):
         raise ConfigError(
             f"{what}: {spec!r} has no answer column; columns found: {columns}. Rows need `question` and `answer` "

@@ -4,6 +4,8 @@ Swap ``Trainer`` for a subclass (``GATrainer``, ``NPOTrainer``, ``MMUnlearnerTra
 forget set as ``train_dataset`` and, usually, ``retain_dataset=``. Each optimizer step sees a forget batch and a
 retain batch paired by ``ForgetRetainDataset``. Evaluation computes the plain LM loss on whatever rows it is given.
 A subclass implements ``forget_loss``; the retain term, reference model, masks, logging and stopping live here.
+``peft_config=`` wraps the model with a PEFT adapter first, as TRL's trainers do (``trainers/peft_setup.py``,
+docs/lora.md).
 """
 
 from __future__ import annotations
