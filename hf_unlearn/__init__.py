@@ -6,6 +6,7 @@ evaluator for MLLMU-Bench-style metrics.
 """
 
 from .version import __version__  # noqa: I001  (first: the modules below read it)
+from . import optional_kernels  # noqa: F401  (second: filters two bitsandbytes warnings before peft imports it)
 from .config import UnlearnConfig
 from .data.collators import PairedCollator, UnlearnDataCollator
 from .data.pairing import ForgetRetainDataset

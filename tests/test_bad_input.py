@@ -70,6 +70,7 @@ def files(tiny_llava_dir, tmp_path_factory) -> Path:
     (root / "empty.jsonl").write_text("")
     (root / "empty.csv").write_text("")
     _jsonl(root / "trl.jsonl", [{"prompt": "q", "completion": "a"}])
+    _jsonl(root / "prompt_only.jsonl", [{"prompt": "q"}])
     _jsonl(root / "messages.jsonl", [{"messages": [{"role": "user", "content": "q"},
                                                    {"role": "assistant", "content": "a"}]}])
     _jsonl(root / "null_answer.jsonl", [_qa(0), _qa(1, None)])
@@ -261,11 +262,9 @@ CLI_CASES: dict[str, CliCase] = {
                                     data="@FILES@/no_rows.parquet"),
     "data-forget-saved-without-rows": run_case("is a folder that datasets.load_from_disk cannot read",
                                                data="@FILES@/saved_no_rows"),
-    "data-forget-trl-prompt-completion": run_case(
-        "holds TRL-format rows (columns found: ['prompt', 'completion']), which `hf-unlearn run` does not read yet",
-        data="@FILES@/trl.jsonl"),
-    "data-forget-trl-messages": run_case("holds TRL-format rows (columns found: ['messages'])",
-                                         data="@FILES@/messages.jsonl"),
+    # (TRL prompt/completion and `messages` rows are read now: tests/test_cli_ecosystem.py trains on them.)
+    "data-forget-prompt-without-completion": run_case(
+        "lacks column(s) ['completion']; columns found: ['prompt']", data="@FILES@/prompt_only.jsonl"),
     "data-forget-null-answer": run_case("data.forget row 1: `answer` must be a non-empty string, got NoneType",
                                         data="@FILES@/null_answer.jsonl"),
     "data-forget-blank-answer": run_case("data.forget row 1: `answer` is an empty string",
@@ -307,16 +306,23 @@ CLI_CASES: dict[str, CliCase] = {
                                             argv=("--max_length", "4")),
     # eval
     "eval-model-missing": CliCase(("eval", "--model", "@TMP@/no-model"), "--model: '@TMP@/no-model' does not exist"),
-    "eval-model-truncated": CliCase(("eval", "--model", "@FILES@/corrupt", "--output", "@TMP@/eval.json"),
+    "eval-model-truncated": CliCase(("eval", "--model", "@FILES@/corrupt", "--benchmark", "builtin",
+                                     "--output", "@TMP@/eval.json"),
                                     "are damaged or truncated", setup=_earlier_eval),
-    "eval-model-pickled": CliCase(("eval", "--model", "@FILES@/pickled", "--output", "@TMP@/eval.json"),
+    "eval-model-pickled": CliCase(("eval", "--model", "@FILES@/pickled", "--benchmark", "builtin",
+                                     "--output", "@TMP@/eval.json"),
                                   "hold objects other than tensors", setup=_earlier_eval),
-    "eval-model-without-config": CliCase(("eval", "--model", "@FILES@/no_config", "--output", "@TMP@/e.json"),
+    "eval-model-without-config": CliCase(("eval", "--model", "@FILES@/no_config", "--benchmark", "builtin",
+                                     "--output", "@TMP@/e.json"),
                                          "config.json"),
     "eval-cmd-batch-size-zero": CliCase(("eval", "--model", "@MODEL@", "--batch-size", "0"),
                                     "--batch-size must be >= 1, got 0"),
-    "eval-unknown-benchmark": CliCase(("eval", "--model", "@MODEL@", "--benchmark", "tofu:x", "--output",
-                                       "@TMP@/e.json"), "Unknown benchmark 'tofu:x'"),
+    "eval-unknown-benchmark": CliCase(("eval", "--model", "@MODEL@", "--benchmark", "bogus:x", "--output",
+                                       "@TMP@/e.json"), "Unknown benchmark 'bogus:x'"),
+    "eval-nothing-to-score": CliCase(("eval", "--model", "@MODEL@", "--output", "@TMP@/e.json"),
+                                     "records no data it was trained on (no hf_unlearn_run.json of `hf-unlearn run`)"),
+    "eval-benchmark-and-rows": CliCase(("eval", "--model", "@MODEL@", "--benchmark", "builtin", "--forget", "x",
+                                        "--output", "@TMP@/e.json"), "--benchmark and --forget are two different"),
     "eval-mllmu-missing": CliCase(("eval", "--model", "@MODEL@", "--benchmark", "mllmu:@TMP@/nothing", "--output",
                                    "@TMP@/e.json"), "'@TMP@/nothing' is not a directory"),
     "eval-output-folder-missing": CliCase(("eval", "--model", "@MODEL@", "--output", "@TMP@/no/e.json"),

@@ -133,8 +133,9 @@ def test_eval_text_only_model_skips_image_splits(tmp_path, capsys):
     model, tok = tiny_llama(corpus=benchmark_corpus(bench))
     model.save_pretrained(tmp_path / "llama")
     tok.save_pretrained(tmp_path / "llama")
-    # No settings are recorded next to this model: --seed picks the built-in benchmark (default size).
-    assert main(["eval", "--model", str(tmp_path / "llama"), "--output", str(tmp_path / "e.json"), "--no-rouge"]) == 0
+    # No settings are recorded next to this model: --benchmark builtin names it, --seed picks it (default size).
+    assert main(["eval", "--model", str(tmp_path / "llama"), "--output", str(tmp_path / "e.json"), "--no-rouge",
+                 "--benchmark", "builtin"]) == 0
     payload = json.loads((tmp_path / "e.json").read_text())
     assert set(payload["metrics"]) == {"forget_qa_acc", "retain_qa_acc", "mia_auc"}
     assert set(payload["skipped"]) == {"forget_vqa", "retain_vqa", "test_vqa", "general"}
@@ -143,7 +144,8 @@ def test_eval_text_only_model_skips_image_splits(tmp_path, capsys):
 
 
 def test_eval_rejects_unknown_benchmarks(model_dir, tmp_path, capsys):
-    assert main(["eval", "--model", str(model_dir), "--benchmark", "tofu:x"]) == 2
-    assert "Unknown benchmark 'tofu:x'; use 'builtin', 'mllmu:PATH' or 'clear:PATH'" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--benchmark", "tofoo:x"]) == 2
+    assert ("Unknown benchmark 'tofoo:x'; use 'builtin', 'mllmu:PATH', 'clear:PATH', 'tofu:PATH' or 'muse:PATH'"
+            in capsys.readouterr().err)
     assert main(["eval", "--model", str(model_dir), "--benchmark", f"mllmu:{tmp_path}/no-such-snapshot"]) == 2
     assert "error:" in capsys.readouterr().err

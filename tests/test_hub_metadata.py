@@ -66,9 +66,9 @@ def test_eval_and_run_take_hub_ids(llava_dir, bench, tmp_path, monkeypatch, caps
         _push_model(llava_dir, "local-user/tiny-llava")
         # `hf-unlearn eval --model org/name` loads from the Hub and measures the same model as the local folder.
         assert main(["eval", "--model", "local-user/tiny-llava", "--output", "hub.json", "--batch-size", "8",
-                     "--no-rouge", "--seed", "1"]) == 0
+                     "--no-rouge", "--seed", "1", "--benchmark", "builtin"]) == 0
         assert main(["eval", "--model", str(llava_dir), "--output", "local.json", "--batch-size", "8", "--no-rouge",
-                     "--seed", "1"]) == 0
+                     "--seed", "1", "--benchmark", "builtin"]) == 0
         from_hub, local = (json.loads((tmp_path / f).read_text())["metrics"] for f in ("hub.json", "local.json"))
         assert set(from_hub) >= {"forget_vqa_acc", "retain_vqa_acc", "general_acc", "mia_auc"}
         assert from_hub == local
@@ -77,7 +77,7 @@ def test_eval_and_run_take_hub_ids(llava_dir, bench, tmp_path, monkeypatch, caps
 
         # A missing Hub id: one line that says no local folder of that name exists either.
         capsys.readouterr()
-        assert main(["eval", "--model", "local-user/nothing-here"]) == 2
+        assert main(["eval", "--model", "local-user/nothing-here", "--benchmark", "builtin"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("hf-unlearn eval: error: --model: no local folder 'local-user/nothing-here', and "
                               "loading it from the Hub failed") and err.count("\n") == 1

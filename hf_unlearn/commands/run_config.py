@@ -2,8 +2,10 @@
 
 The file follows ``trl sft``: training arguments are flat top-level keys, parsed (with the method's own knobs) by
 ``trl.TrlParser`` from the method's config class (``NPOConfig``, ...), and flags on the command line override the
-file. Four sections hold what is not a training argument: ``data:``, ``mask:``, ``eval:`` (mappings) and the run keys
-of ``RunArguments`` (``method``, ``model``, ``ref_model``, ``license``, ``base_model``). Every key at every level is
+file. The model's loading and PEFT keys are ``trl.ModelConfig``'s (``use_peft``, ``lora_r``, ``lora_alpha``,
+``lora_target_modules``, ``dtype`` / ``torch_dtype``, ``attn_implementation``, ``load_in_4bit``, ...), flat too, as in
+``trl sft``. Four sections hold what is not a training argument: ``data:``, ``mask:``, ``eval:`` (mappings) and the
+run keys of ``RunArguments`` (``method``, ``model``, ``ref_model``, ``license``, ``base_model``). Every key at every level is
 checked against the allowed list, with a close-match suggestion; every problem is one ``ConfigError`` whose message
 names the key and the fix. Nothing is loaded or written here.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +26,13 @@ from typing import Any
 __all__ = ["ConfigError", "RunArguments", "RunPlan", "read_run_config"]
 
 SECTIONS = ("data", "mask", "eval")
-DATA_KEYS = ("forget", "retain", "benchmark")
+DATA_KEYS = ("forget", "retain", "holdout", "benchmark")
+DATA_SETS = ("forget", "retain", "holdout")  # the row sets a run reads (holdout: never trained on, the stop rule)
 DATA_ENTRY_KEYS = ("path", "split")
-EVAL_KEYS = ("benchmark", "batch_size", "forget_split", "rouge", "mia", "relearn")
+EVAL_KEYS = ("benchmark", "forget", "retain", "holdout", "batch_size", "forget_split", "rouge", "mia", "relearn")
+# Benchmarks by prefix (``builtin`` alone; the others name a local snapshot or a Hub id after the colon).
+BENCHMARKS = ("builtin", "mllmu", "clear", "tofu", "muse")
+OWN_DATA = "data"  # eval.benchmark's value for "the run's own rows" (the default when the data is not built in)
 MASK_FILE_KEYS = ("path", "subfolder")  # a saved mask instead of computing one
 MASK_RESERVED = ("hf_unlearn_version", "mask_type")  # filled in by the library
 # Keys of the earlier nested schema, with where they went.
@@ -34,6 +42,9 @@ MOVED = {
     "evaluate": "use `eval: {benchmark: builtin}`",
     "eval_batch_size": "use `eval: {batch_size: 16}`",
     "mask_threshold": "use `mask: {threshold: 1.0}`",
+    # transformers 5 dropped the training argument; TensorBoard reads its folder from the environment instead
+    "logging_dir": "transformers 5 has no `logging_dir`: TensorBoard logs go to output_dir/runs/<date>; set the "
+                   "TENSORBOARD_LOGGING_DIR environment variable to put them elsewhere",
 }
 
 
@@ -60,6 +71,38 @@ class RunArguments:
                           "local folder."})
 
 
+@functools.cache
+def _model_arguments_class():
+    """``trl.ModelConfig`` plus ``torch_dtype``, the name older TRL and transformers releases gave ``dtype``."""
+    from trl import ModelConfig
+
+    @dataclass
+    class ModelArguments(ModelConfig):
+        torch_dtype: str | None = field(
+            default=None, metadata={"help": "The older name of `dtype` (TRL < 1.0, transformers < 4.56); use one.",
+                                    "choices": ["auto", "bfloat16", "float16", "float32"]})
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.torch_dtype is not None:
+                if self.dtype not in (None, "float32", self.torch_dtype):
+                    raise ConfigError(f"dtype {self.dtype!r} and torch_dtype {self.torch_dtype!r} disagree; set one "
+                                      "(torch_dtype is dtype's older name).")
+                self.dtype = self.torch_dtype
+            # TRL turns a one-name list into a string, which PEFT then reads as a regex over the *full* module name
+            # (`[q_proj]` would match nothing); a plain module name stays a list.
+            target = self.lora_target_modules
+            if isinstance(target, str) and target != "all-linear" and re.fullmatch(r"[\w.]+", target):
+                self.lora_target_modules = [target]
+
+    return ModelArguments
+
+
+def model_argument_names() -> list[str]:
+    """The ``trl.ModelConfig`` keys a run accepts (besides the method's and the run's own)."""
+    return _field_names(_model_arguments_class())
+
+
 @dataclass
 class RunPlan:
     """A validated run: what to load, how to train, what to evaluate."""
@@ -74,6 +117,8 @@ class RunPlan:
     mask: dict[str, Any] | None  # SaliencyMaskConfig fields, or {"path": ..., "subfolder": ...}
     eval: dict[str, Any] | None
     benchmark: dict[str, Any]  # SyntheticBenchmarkConfig fields given under data.benchmark
+    model_args: Any = None  # trl.ModelConfig (+ torch_dtype): dtype, attention, PEFT / LoRA, quantization
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # the ModelConfig keys the file and flags set
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -182,7 +227,7 @@ def _data_section(section: dict | None, path: str) -> tuple[dict, dict]:
 
     section = dict(section or {})
     _check_keys(f"{path}: data", section, DATA_KEYS)
-    for what in ("forget", "retain"):
+    for what in DATA_SETS:
         entry = section.get(what)
         if isinstance(entry, dict):
             _check_keys(f"{path}: data.{what}", entry, DATA_ENTRY_KEYS)
@@ -225,7 +270,9 @@ def _mask_section(section: dict | None, path: str) -> dict | None:
     return values
 
 
-def _eval_section(value: Any, path: str) -> dict | None:
+def _eval_section(value: Any, path: str, data: dict) -> dict | None:
+    """``eval:`` as a mapping. Without ``benchmark`` it evaluates the run's own rows (``data:``'s forget / retain /
+    holdout, each replaced by ``eval.<set>`` when given), or the built-in benchmark when the run trains on it."""
     if value is None or value is False:
         return None
     if isinstance(value, str):  # `eval: builtin` is short for `eval: {benchmark: builtin}`
@@ -235,7 +282,18 @@ def _eval_section(value: Any, path: str) -> dict | None:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: `eval` must be a mapping ({', '.join(EVAL_KEYS)}), a benchmark name or false.")
     _check_keys(f"{path}: eval", value, EVAL_KEYS)
-    out = {"benchmark": "builtin", "batch_size": 16, "forget_split": None, "rouge": True, "mia": True,
+    own_sets = {k: value[k] for k in DATA_SETS if value.get(k) is not None}
+    for what, entry in own_sets.items():
+        if not isinstance(entry, (str, dict)) or (isinstance(entry, dict) and not entry.get("path")):
+            raise ConfigError(f"{path}: eval.{what} must be a folder, file(s), a Hub dataset id or {{path:, split:}}; "
+                              f"got {type(entry).__name__} {entry!r}.")
+    if own_sets and value.get("benchmark") not in (None, OWN_DATA):
+        raise ConfigError(f"{path}: eval: `benchmark` and your own rows ({', '.join(own_sets)}) are two different "
+                          "evaluations; keep one (drop `benchmark` to score your rows, or the row sets to score the "
+                          "benchmark).")
+    trains_on_builtin = str(data.get("forget", "")).startswith("builtin")
+    default = "builtin" if trains_on_builtin and not own_sets else OWN_DATA
+    out = {"benchmark": default, "batch_size": 16, "forget_split": None, "rouge": True, "mia": True,
            "relearn": False, **value}
     for key in ("rouge", "mia", "relearn"):
         if not isinstance(out[key], bool):
@@ -243,17 +301,27 @@ def _eval_section(value: Any, path: str) -> dict | None:
     if isinstance(out["batch_size"], bool) or not isinstance(out["batch_size"], int) or out["batch_size"] < 1:
         raise ConfigError(f"eval.batch_size: must be an integer >= 1, got {out['batch_size']!r}.")
     bench = out["benchmark"]
-    if not isinstance(bench, str) or not (bench == "builtin" or bench.partition(":")[0] in ("mllmu", "clear")
-                                          and bench.partition(":")[2]):
-        raise ConfigError(f"eval.benchmark: {bench!r} is not one of builtin, mllmu:PATH, clear:PATH.")
-    if bench != "builtin":  # a mistyped local path fails now, not after the model is loaded
+    if bench == OWN_DATA:
+        sets = {k: own_sets.get(k, data.get(k)) for k in DATA_SETS}
+        out["sets"] = {k: v for k, v in sets.items() if v is not None}
+        return out
+    check_benchmark_name(bench, "eval.benchmark")
+    return out
+
+
+def check_benchmark_name(bench: Any, where: str) -> None:
+    """``builtin`` or ``<kind>:<path>`` with a known kind; a mistyped local path fails now, not after the model loads."""
+    kind, _, location = bench.partition(":") if isinstance(bench, str) else ("", "", "")
+    if not (bench == "builtin" or kind in BENCHMARKS[1:] and location):
+        raise ConfigError(f"{where}: {bench!r} is not one of builtin, mllmu:PATH, clear:PATH, tofu:PATH, muse:PATH "
+                          "(PATH: a local snapshot folder or a Hub dataset id).")
+    if bench != "builtin":
         from ..hub.resolve import locate
 
         try:
-            locate(bench.partition(":")[2], "eval.benchmark")
+            locate(location, where)
         except FileNotFoundError as err:
             raise ConfigError(str(err)) from None
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -270,7 +338,8 @@ class _Parser:
             def error(self, message):  # argparse would print usage and exit; the command prints one line
                 raise ConfigError(_one_line(message))
 
-        return Parser([RunArguments, config_class], prog="hf-unlearn run", allow_abbrev=False)
+        return Parser([RunArguments, _model_arguments_class(), config_class], prog="hf-unlearn run",
+                      allow_abbrev=False)
 
 
 def method_parser(method: str):
@@ -333,7 +402,8 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
     flat = {k: v for k, v in config.items() if k not in SECTIONS}
     _check_keys(path, flat, dests, listing=(
         f"the run keys {', '.join(f.name for f in dataclasses.fields(RunArguments))}; the sections "
-        f"{', '.join(SECTIONS)}; and any field of {config_class.__name__} (list them with "
+        f"{', '.join(SECTIONS)}; trl.ModelConfig's keys (use_peft, lora_r, lora_alpha, lora_target_modules, dtype, "
+        f"attn_implementation, load_in_4bit, ...); and any field of {config_class.__name__} (list them with "
         f"`hf-unlearn run --method {method} --help`)"))
     parser.set_defaults_with_config(**{k: _stringify(v) for k, v in flat.items()})
     on_command_line = _flag_dests(parser, argv)
@@ -354,9 +424,17 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
     run_fields = {f.name for f in dataclasses.fields(RunArguments)}
     run = RunArguments(**{k: getattr(namespace, k) for k in run_fields})
     run.method = method
-    overrides = {k: getattr(namespace, k) for k in sorted(given - run_fields)}
+    model_fields = set(model_argument_names())
+    model_args = _model_arguments(namespace, model_fields)
+    model_overrides = {k: getattr(model_args, k) for k in sorted(given & model_fields)}
+    overrides = {k: getattr(namespace, k) for k in sorted(given - run_fields - model_fields)}
+    if model_args.model_name_or_path:  # trl sft's name for it
+        if run.model and run.model != model_args.model_name_or_path:
+            raise ConfigError(f"{path}: `model` and `model_name_or_path` name different models; set one.")
+        run.model = model_args.model_name_or_path
     if not run.model:
         raise ConfigError(f"{path}: missing `model:` (a local folder or a Hub id), or pass --model.")
+    _check_model_arguments(model_args)
     from ..hub.resolve import locate
 
     for what, name in (("model", run.model), ("ref_model", run.ref_model)):
@@ -398,7 +476,33 @@ def read_run_config(path: str, argv: list[str] | None = None) -> RunPlan:
     data, benchmark = _data_section(_mapping(config, "data", path), path)
     return RunPlan(method=method, model=str(run.model), output_dir=str(output_dir), seed=int(seed),
                    overrides=overrides, run=run, data=data, mask=_mask_section(_mapping(config, "mask", path), path),
-                   eval=_eval_section(config.get("eval"), path), benchmark=benchmark)
+                   eval=_eval_section(config.get("eval"), path, data), benchmark=benchmark, model_args=model_args,
+                   model_overrides=model_overrides)
+
+
+def _model_arguments(namespace, names: set[str]):
+    try:
+        return _model_arguments_class()(**{k: getattr(namespace, k) for k in names})
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # ModelConfig's own checks (load_in_8bit with load_in_4bit)
+        raise ConfigError(_one_line(err)) from None
+
+
+def _check_model_arguments(model_args) -> None:
+    """What TRL leaves to a traceback: quantized weights train only through adapters, and need bitsandbytes."""
+    quantized = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit" if model_args.load_in_8bit else None
+    if quantized is None:
+        return
+    if not model_args.use_peft:
+        raise ConfigError(f"{quantized}: quantized weights cannot be trained; QLoRA trains adapters on top of them. "
+                          "Add `use_peft: true` (and the lora_* keys), or drop the quantization.")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{quantized}: QLoRA needs the bitsandbytes package, which is not installed. Install it "
+                          "(`pip install 'hf_unlearn[qlora]'`; its CPU build runs too, slowly), or drop "
+                          f"`{quantized}` to train LoRA on unquantized weights.")
 
 
 def _weights_bytes(model: str) -> int:

@@ -250,6 +250,17 @@ def validate_rows(dataset, split: str, *, require_known_format: bool = True) -> 
             raise ValueError(f"{split} row {index}: {err}") from None
 
 
+def row_answers(dataset) -> list[str]:
+    """The answer of every row (``answer``, the completion's text or the last turn's), without decoding images."""
+    columns = _columns(dataset)
+    if "answer" in columns and not {"completion", "messages"} & set(columns):
+        return list(dataset["answer"]) if hasattr(dataset, "column_names") else [r["answer"] for r in dataset]
+    rows = _iter_rows(dataset)
+    if rows is None:
+        rows = ((i, dataset[i]) for i in range(len(dataset)))
+    return [parse_row(row)[1] for _, row in rows]
+
+
 def rows_with_images(dataset) -> list[int]:
     """Indices of the rows that carry an image (``image``, or a non-empty ``images`` list), without decoding them."""
     import datasets

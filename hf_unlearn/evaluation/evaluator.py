@@ -28,6 +28,7 @@ from trl.trainer.utils import pad
 
 from .. import losses
 from ..data.collators import IGNORE_INDEX, UnlearnDataCollator
+from ..data.rows import ROW_COLUMNS, is_known_row_format, row_answers, rows_with_images
 from ..data.schema import MCQ_COLUMNS, REQUIRED_TRAIN_COLUMNS, check_columns, has_options
 from ..models import unwrap_model
 from . import metrics, mia
@@ -44,7 +45,16 @@ def _has_images(dataset: datasets.Dataset) -> bool:
     """Whether a split's rows carry images (read from ``kind`` when present, so no image is decoded)."""
     if "kind" in dataset.column_names:
         return bool(set(dataset.unique("kind")) & {"vqa", "general"})
-    return "image" in dataset.column_names and len(dataset) > 0 and dataset[0]["image"] is not None
+    return bool(rows_with_images(dataset))
+
+
+def _check_rows(dataset, desc: str) -> None:
+    """Rows in a format the collator reads (question/answer, TRL prompt/completion or messages), else the missing
+    columns named."""
+    if not is_known_row_format(dataset):
+        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc, hint=(
+            "Rows need `question` and `answer` (+ optional `image`), TRL's `prompt` and `completion`, or chat "
+            "`messages` (docs/data_formats.md)."))
 
 
 def to_model_device(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -162,10 +172,15 @@ class Evaluator:
 
     @staticmethod
     def _rows(cols: dict[str, list]) -> list[dict]:
-        """Column batch -> rows with only what the collator reads (question, answer, image)."""
-        n = len(cols["question"])
-        images = cols.get("image") or [None] * n
-        return [{"question": cols["question"][i], "answer": cols["answer"][i], "image": images[i]} for i in range(n)]
+        """Column batch -> rows with only what the collator reads (question/answer/image, or TRL's columns)."""
+        if "question" in cols and "answer" in cols:
+            n = len(cols["question"])
+            images = cols.get("image") or [None] * n
+            return [{"question": cols["question"][i], "answer": cols["answer"][i], "image": images[i]}
+                    for i in range(n)]
+        keep = [c for c in ROW_COLUMNS if c in cols]
+        n = len(cols[keep[0]]) if keep else 0
+        return [{c: cols[c][i] for c in keep} for i in range(n)]
 
     def option_scores(self, dataset: datasets.Dataset, desc: str = "options") -> np.ndarray:
         """(N, K) answer log-probability of every option of every question (mean per token or summed); K is the
@@ -191,7 +206,7 @@ class Evaluator:
 
     def answer_nll(self, dataset: datasets.Dataset, desc: str = "nll") -> np.ndarray:
         """(N,) mean negative log-likelihood per answer token of each row's ground-truth answer."""
-        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc)
+        _check_rows(dataset, desc)
         values = []
         with self._eval_mode():
             for cols in self._batches(dataset, desc):
@@ -251,7 +266,7 @@ class Evaluator:
     def rouge_l_scores(self, dataset: datasets.Dataset | str) -> np.ndarray:
         """(N,) ROUGE-L F of each greedy answer against its ground truth."""
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        return metrics.rouge_l_per_row(self.generate(dataset), dataset["answer"])
+        return metrics.rouge_l_per_row(self.generate(dataset), row_answers(dataset))
 
     # -------------------------------------------------------------------------------------------------- attacks
     def membership_auc(self, members: datasets.Dataset | str, nonmembers: datasets.Dataset | str) -> float:
@@ -264,7 +279,7 @@ class Evaluator:
         """Per-row answer-token statistics of every row (``mia.answer_token_stats``: log-probs, next-token mean/std
         of log p, greedy matches), from one forward pass per batch; only one batch's logits live at a time."""
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc)
+        _check_rows(dataset, desc)
         out: dict[str, list[np.ndarray]] = {}
         with self._eval_mode():
             for cols in self._batches(dataset, desc):
@@ -281,7 +296,7 @@ class Evaluator:
         come from ``torch.autograd.grad``). White-box and slow: the optional attack of ``mia_scores``.
         """
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
-        check_columns(dataset, REQUIRED_TRAIN_COLUMNS, desc)
+        _check_rows(dataset, desc)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("The gradient-norm attack needs trainable parameters; the model has none "
@@ -325,7 +340,7 @@ class Evaluator:
         elif reference is not None:
             reference_nll = np.asarray(reference, dtype=np.float64)
         grad_norms = self.gradient_norms(dataset) if gradient_norm else None
-        return mia.attack_scores(stats, dataset["answer"], k=k, reference_nll=reference_nll, grad_norms=grad_norms)
+        return mia.attack_scores(stats, row_answers(dataset), k=k, reference_nll=reference_nll, grad_norms=grad_norms)
 
     def membership_aucs(
         self, members: datasets.Dataset | str, nonmembers: datasets.Dataset | str,
@@ -352,6 +367,42 @@ class Evaluator:
             if all(p in self.benchmark and len(self.benchmark[p]) > 0 for p in pair):
                 return pair
         return None
+
+    # -------------------------------------------------------------------------------------------------- your rows
+    def evaluate_rows(self, sets: dict[str, datasets.Dataset], rouge: bool = True, mia: bool = True
+                      ) -> dict[str, float]:
+        """Metrics on your own row sets (any row format of docs/data_formats.md; no options needed).
+
+        For each set ``name``: ``<name>_nll`` (mean answer NLL per token, the probe's measure) and, with ``rouge``,
+        ``<name>_rougeL`` (ROUGE-L F of greedy answers); with ``mia`` and both ``forget`` and ``holdout`` sets,
+        ``mia_auc`` (LOSS attack, forget rows as members, holdout rows as non-members; 0.5 = no signal). Sets that
+        cannot be evaluated (images for a text-only model, empty) are left out; ``self.skipped`` says why.
+        """
+        self.skipped = {}
+        usable = {}
+        for name, rows in sets.items():
+            if rows is None:
+                continue
+            if len(rows) == 0:
+                self.skipped[name] = "empty set"
+            elif not self.supports_images and _has_images(rows):
+                self.skipped[name] = ("has images but the processing class has no image processor (text-only "
+                                      "model)")
+            else:
+                usable[name] = rows
+                continue
+            logger.warning("Skipping set %r: %s.", name, self.skipped[name])
+        results: dict[str, float] = {}
+        for name, rows in usable.items():
+            results[f"{name}_nll"] = float(self.answer_nll(rows, f"{name} nll").mean())
+            if rouge:
+                results[f"{name}_rougeL"] = self.rouge_l(rows)
+        if mia:
+            if "forget" in usable and "holdout" in usable:
+                results["mia_auc"] = self.membership_auc(usable["forget"], usable["holdout"])
+            else:
+                self.skipped["mia"] = "needs a forget and a holdout set"
+        return results
 
     # -------------------------------------------------------------------------------------------------- all
     def evaluate(self, splits: Sequence[str] | None = None, rouge: bool = True, mia: bool = True) -> dict[str, float]:

@@ -32,7 +32,8 @@ TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "templates" / "model_ca
 CARD_NAME = "README.md"
 CARD_INPUTS_NAME = "hf_unlearn_card.json"
 CARD_INPUT_KEYS = ("method_name", "method_tag", "paper", "base_model", "pipeline_tag", "settings", "mask_summary",
-                   "metrics_before", "metrics_after", "tags", "license")
+                   "metrics_before", "metrics_after", "tags", "license", "library_name")
+LIBRARY_NAMES = ("transformers", "peft")  # a full model, or a PEFT adapter (the Hub's loader for each)
 # A Hub license id ("apache-2.0", "mit", "llama3.1", "other"): lowercase, no spaces; anything else is not published.
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
 # model-index entries: the task and "dataset" every before/after metric is reported under.
@@ -217,6 +218,7 @@ def build_model_card(
     pipeline_tag: str | None = None,
     library_versions: dict | None = None,
     license: str | None = None,
+    library_name: str | None = None,
 ) -> ModelCard:
     """Render the model card of an unlearned model.
 
@@ -235,6 +237,8 @@ def build_model_card(
         pipeline_tag: e.g. ``"image-text-to-text"`` (the default for the snippet) or ``"text-generation"``.
         library_versions: ``{library: version}``; by default read from the installed packages.
         license: Hub license id (``"apache-2.0"``, ``"mit"``, ...), usually the base model's.
+        library_name: ``"transformers"`` (a full model, the default) or ``"peft"`` (an adapter: the card's metadata
+            says so and "How to load" loads the base, then the adapter).
 
     The metrics also go into the ``model-index`` metadata (``card.data.eval_results``, one ``EvalResult`` per metric
     and stage), which the Hub shows as evaluation results.
@@ -249,12 +253,15 @@ def build_model_card(
     if not isinstance(settings, dict):
         raise TypeError(f"settings must be a dict of method knobs, got {type(settings).__name__}.")
 
+    library_name = library_name or "transformers"
+    if library_name not in LIBRARY_NAMES:
+        raise ValueError(f"library_name={library_name!r}; use one of {LIBRARY_NAMES}.")
     base = hub_id(base_model)
     model_id = hub_id(model_name)
     datasets = [d for d in (dataset_ids or []) if hub_id(d)] if include_dataset_ids else []
     eval_results = _eval_results(metrics_before, metrics_after, pipeline_tag)
     card_data = ModelCardData(
-        library_name="transformers",
+        library_name=library_name,
         base_model=base,
         license=check_license(license) if license is not None else None,
         datasets=datasets or None,
@@ -278,6 +285,7 @@ def build_model_card(
         "model_class": "AutoModelForCausalLM" if text_only else "AutoModelForImageTextToText",
         "processor_class": "AutoTokenizer" if text_only else "AutoProcessor",
         "processor_var": "tokenizer" if text_only else "processor",
+        "is_adapter": library_name == "peft",
         "versions": _library_versions(library_versions),
     }
     card = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **context)
@@ -327,5 +335,5 @@ def render_card(inputs: dict, *, model_name: str | None, dataset_ids: list[str] 
         mask_summary=inputs.get("mask_summary"), metrics_before=inputs.get("metrics_before"),
         metrics_after=inputs.get("metrics_after"), dataset_ids=dataset_ids, include_dataset_ids=include_dataset_ids,
         tags=[*(inputs.get("tags") or []), *(tags or [])], pipeline_tag=inputs.get("pipeline_tag"),
-        license=inputs.get("license"),
+        license=inputs.get("license"), library_name=inputs.get("library_name"),
     )

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -183,7 +182,7 @@ def commit_files(
     operations = [CommitOperationAdd(prefix + rel, rewritten[rel] if rel in rewritten
                                      else os.path.join(folder, *rel.split("/"))) for rel in files]
     operations += [CommitOperationAdd(prefix + rel, data) for rel, data in (extra or {}).items()]
-    api = HfApi()  # built now: it reads the endpoint configured at call time
+    api = _hub_api()
 
     def _commit():
         try:
@@ -195,18 +194,22 @@ def commit_files(
                 f"local was deleted or changed: the files in {folder!r} are complete. Retry with {retry_hint}."
             ) from err
 
-    return _push_executor().submit(_commit) if run_as_future else _commit()
+    # huggingface_hub's own background queue (HfApi.run_as_future, what create_commit(run_as_future=True) uses): one
+    # worker per client, so pushes land in the order they were made; the commit is wrapped to keep the retry advice.
+    return api.run_as_future(_commit) if run_as_future else _commit()
 
 
-_EXECUTOR: ThreadPoolExecutor | None = None
+_APIS: dict[str, HfApi] = {}
 
 
-def _push_executor() -> ThreadPoolExecutor:
-    """One background worker for all pushes: they run in the order they were made, and no thread is left per push."""
-    global _EXECUTOR
-    if _EXECUTOR is None:
-        _EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hf_unlearn_push")
-    return _EXECUTOR
+def _hub_api() -> HfApi:
+    """One ``HfApi`` per endpoint (read at call time: tests and users may point ``HF_ENDPOINT`` elsewhere), so every
+    background push to it goes through the same ordered queue."""
+    from huggingface_hub import constants
+
+    if constants.ENDPOINT not in _APIS:
+        _APIS[constants.ENDPOINT] = HfApi(endpoint=constants.ENDPOINT)
+    return _APIS[constants.ENDPOINT]
 
 
 def warn_if_failed(future) -> None:
@@ -276,6 +279,8 @@ def push_run_dir(
     except Exception as err:  # noqa: BLE001 - same retry advice as a failed commit
         raise HubPushError(f"Creating the repo {repo_id!r} failed ({type(err).__name__}: {err}); nothing was pushed "
                            f"and {run_dir!r} is unchanged. Retry with {hint}.") from err
+    if inputs.get("library_name") is None and "adapter_config.json" in files:  # a run saved before cards said so
+        inputs["library_name"] = "peft"
     card = render_card(inputs, model_name=repo_id, dataset_ids=ids, include_dataset_ids=include_dataset_ids)
     return commit_files(run_dir, files, repo_id, extra={CARD_NAME: str(card).encode("utf-8")},
                         commit_message=commit_message, retry_hint=hint, token=token, revision=revision,

@@ -60,18 +60,42 @@ CHOSEN_BATCH_KEY = "idkpo_chosen"
 
 
 def with_answer(row: dict[str, Any], answer: str) -> dict[str, Any]:
-    """A copy of a question/answer or chat ``messages`` row whose answer is ``answer``."""
+    """A copy of a training row whose answer is ``answer``, in every row format ``hf_unlearn.data.rows`` reads:
+    question/answer (``answer``), TRL prompt-completion (the ``completion`` string, or its assistant turn) and chat
+    ``messages`` (the last, assistant turn).
+
+    Raises:
+        ValueError: the row is in none of these formats (a format of the user's own: there is no answer to replace,
+            so the chosen answer would silently equal the rejected one).
+    """
     row = dict(row)
-    if row.get("messages") is not None:
-        messages = [dict(m) for m in row["messages"]]
-        if not messages or messages[-1].get("role") != "assistant":
-            raise ValueError("A `messages` row must end with an assistant turn: it is the answer to replace.")
-        content = messages[-1]["content"]
-        messages[-1]["content"] = answer if isinstance(content, str) else [{"type": "text", "text": answer}]
-        row["messages"] = messages
-    else:
+    if row.get("completion") is not None:  # TRL prompt-completion: the completion is the answer (data/rows.py)
+        completion = row["completion"]
+        if isinstance(completion, str):  # standard (raw text): keep the completion's leading space, if it has one
+            lead = completion[: len(completion) - len(completion.lstrip())]
+            row["completion"] = lead + answer
+        else:
+            row["completion"] = _with_last_turn(completion, answer, "completion")
+    elif row.get("messages") is not None:
+        row["messages"] = _with_last_turn(row["messages"], answer, "messages")
+    elif "answer" in row:
         row["answer"] = answer
+    else:
+        raise ValueError(
+            f"IdkPO cannot put the refusal into this row: it has none of the answer columns `answer`, `completion` "
+            f"or `messages` (columns found: {sorted(row)}). Use one of the row formats of docs/data_formats.md, or "
+            "a collator that reads them."
+        )
     return row
+
+
+def _with_last_turn(turns: list, answer: str, column: str) -> list[dict]:
+    turns = [dict(m) for m in turns]
+    if not turns or turns[-1].get("role") != "assistant":
+        raise ValueError(f"A `{column}` row must end with an assistant turn: it is the answer to replace.")
+    content = turns[-1]["content"]
+    turns[-1]["content"] = answer if isinstance(content, str) else [{"type": "text", "text": answer}]
+    return turns
 
 
 class RefusalRows(Dataset):

@@ -33,6 +33,7 @@ from ..data.row_index import ROW_INDEX_KEY
 from ..features import language_blocks
 from ..models import unwrap_model
 from ..trainers.base import UnlearnTrainer
+from ..trainers.peft_setup import apply_peft_config
 from ..trainers.registry import MethodSpec, register_method
 
 
@@ -167,7 +168,9 @@ def rmu_trainable_parameter_names(model: nn.Module, layers: list[int], pattern: 
         raise ValueError(f"No parameter of layers {layers} matches trainable_params={pattern!r}"
                          + (" among those that require grad (PEFT adapters)" if peft else "")
                          + f". Parameter names inside a layer: {inside[:12]}. Pass a regex that matches some, or "
-                         "None to train every parameter of the trainable layers.")
+                         "None to train every parameter of the trainable layers"
+                         + ("; or put adapters on the modules RMU trains (e.g. LoraConfig(target_modules=['down_proj'])"
+                            ", `lora_target_modules: [down_proj]` in hf-unlearn run)." if peft else "."))
     return names
 
 
@@ -208,6 +211,7 @@ class RMUTrainer(UnlearnTrainer):
     def __init__(self, model, args=None, data_collator=None, train_dataset=None, retain_dataset=None, *pos,
                  ref_model=None, **kwargs):
         args = self._coerce_args(args, model)
+        model = apply_peft_config(model, kwargs.pop("peft_config", None), args)  # first, as TRL: freezing reads it
         # Layers and the trainable set, frozen before the reference copy and the optimizer exist
         self.steer_layer_index, self.trainable_layer_indices = resolve_layers(
             len(language_blocks(model)), args.steer_layer, args.trainable_layers)

@@ -4,6 +4,8 @@ Swap ``Trainer`` for a subclass (``GATrainer``, ``NPOTrainer``, ``MMUnlearnerTra
 forget set as ``train_dataset`` and, usually, ``retain_dataset=``. Each optimizer step sees a forget batch and a
 retain batch paired by ``ForgetRetainDataset``. Evaluation computes the plain LM loss on whatever rows it is given.
 A subclass implements ``forget_loss``; the retain term, reference model, masks, logging and stopping live here.
+``peft_config=`` wraps the model with a PEFT adapter first, as TRL's trainers do (``trainers/peft_setup.py``,
+docs/lora.md).
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ from ..config_checks import check_training_numbers
 from ..data.collators import PairedCollator, UnlearnDataCollator
 from ..data.pairing import ForgetRetainDataset, PairingEpochCallback
 from ..data.row_index import ROW_INDEX_KEY, IndexedRows, RowIndexCollator
-from ..data.rows import validate_rows
+from ..data.rows import rows_with_images, validate_rows
 from ..disk import explain_disk_errors
 from ..integrations.launchers import unlearning_step
 from ..integrations.zero3_kernels import restore_kernelized_layers
 from ..masking import TrainingStart, build_masker
+from ..models import PROJECTOR, VISION, is_vision_language_model, parameter_groups
 from .callbacks import UnlearningEvalCallback
 from .checkpointing import SafeCheckpointMixin
 from .divergence import DivergenceGuard, UnlearningDivergedError
 from .forward_restore import forward_restored
 from .model_card import ModelCardMixin
+from .peft_setup import apply_peft_config
 from .reference import FrozenReference, PrecomputedStore
 from .registry import saliency_mask_for
 from .step_budget import check_trains_some_steps
@@ -135,11 +139,15 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         callbacks: list[TrainerCallback] | None = None,
         optimizers=(None, None),
         holdout_dataset=None,
+        peft_config=None,
         **kwargs,
     ):
         # Args (checked again here: TrainingArguments can be changed after __post_init__ validated them)
         args = self._coerce_args(args, model)
         check_training_numbers(args)
+
+        # PEFT: wrapped first, as TRL's trainers do; the reference is then the base with adapters off
+        model = apply_peft_config(model, peft_config, args)
         if args.retain_loss_type is None:
             args.retain_loss_type = "nll" if retain_dataset is not None else "none"
 
@@ -175,6 +183,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         validate_rows(holdout_dataset, "holdout set", require_known_format=ours)
         # Every row carries its index through the batch (values stored per row are looked up with it); the method's
         # own row and collator wrappers go in first, before the Trainer sees either.
+        forget_rows = train_dataset
         train_dataset = IndexedRows(self.wrap_forget_rows(train_dataset, args))
         retain_dataset = IndexedRows(retain_dataset) if retain_dataset is not None else None
         self.row_collator = RowIndexCollator(self.wrap_collator(data_collator))
@@ -231,6 +240,7 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         if masks is not None:
             launcher = "deepspeed" if self.is_deepspeed_enabled else "fsdp" if self.is_fsdp_enabled else "local"
             self.masker = build_masker(model, masks, launcher, freeze_uncovered=args.freeze_unmasked_parameters)
+        self._check_forget_rows_reach_trainable(model, forget_rows, masks)
 
         # Prepare the reference model for inference the way the policy is distributed
         if self.ref_model is not None:
@@ -264,6 +274,30 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         else:
             values.update({f.name: getattr(args, f.name) for f in fields(UnlearnConfig) if f.init})
         return cls.config_class(**values)
+
+    def _check_forget_rows_reach_trainable(self, model, forget_rows, masks) -> None:
+        """Refuse a run whose forget rows cannot move anything: every parameter that may move is on the vision side
+        (VKD's frozen LLM, a vision-only mask, adapters on the vision tower only) and no forget row has an image, so
+        the forget loss would have a zero gradient and the run would save the starting model as the unlearned one."""
+        movable = [n for n, p in model.named_parameters()
+                   if p.requires_grad and (masks is None or n not in masks or bool(masks[n].any()))]
+        if not movable or not is_vision_language_model(model):
+            return
+        groups = parameter_groups(model)
+        if any(groups.get(n) not in (VISION, PROJECTOR) for n in movable):
+            return
+        if not isinstance(forget_rows, (list, tuple)) and not hasattr(forget_rows, "column_names"):
+            return  # rows of another kind of dataset: not read here
+        if rows_with_images(forget_rows):
+            return
+        raise ValueError(
+            f"{type(self).__name__} can only move vision-side parameters here (vision tower / projector: "
+            f"{len(movable)} trainable after freezing and masking), but no forget row has an image: text rows never "
+            "pass through the vision tower, so the forget loss would have no gradient and nothing would be "
+            "unlearned. Give the forget rows their images (`image` / `images` columns, docs/data_formats.md), or "
+            "train language-side parameters (a mask with target_modules='language' or 'all', adapters on the "
+            "language model, or a method that trains the LLM)."
+        )
 
     def uses_retain(self, args: UnlearnConfig | None = None) -> bool:
         args = args or self.args
@@ -302,11 +336,14 @@ class UnlearnTrainer(SafeCheckpointMixin, ModelCardMixin, Trainer):
         return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     @classmethod
-    def from_method_data(cls, model, processing_class, data, args: UnlearnConfig, *, mask=None, ref_model=None):
+    def from_method_data(cls, model, processing_class, data, args: UnlearnConfig, *, mask=None, ref_model=None,
+                         peft_config=None):
         """A trainer on a registry ``MethodData`` (``MethodSpec.build_trainer``): forget and holdout rows as given,
         the retain rows unless ``retain_loss_type="none"``, a saliency mask from ``mask`` (a ``SaliencyMask``, or
-        ``SaliencyMaskConfig`` keyword arguments over ``cls.default_mask``) computed on the data's preserve sets.
+        ``SaliencyMaskConfig`` keyword arguments over ``cls.default_mask``) computed on the data's preserve sets
+        (after ``peft_config`` wrapped the model: a mask then covers the adapter factors).
         Subclasses that take other rows (VKD: retain rows with images) override it."""
+        model = apply_peft_config(model, peft_config, args)
         retain = data.retain if args.retain_loss_type != "none" else None
         return cls(model, args=args, train_dataset=data.forget, retain_dataset=retain,
                    processing_class=processing_class, ref_model=ref_model, holdout_dataset=data.holdout,

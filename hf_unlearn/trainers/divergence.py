@@ -119,7 +119,8 @@ class DivergenceGuard:
     @torch.no_grad()
     def verify_before_save(self, what: str) -> dict:
         """Check the weights about to be saved; returns what the manifest records (``{"finite": True, ...}``)."""
-        params = [p for p in self.trainer.model.parameters() if p.numel()]
+        # Floating-point weights only: a 4-bit / 8-bit base (QLoRA) stores integers, which cannot be non-finite
+        params = [p for p in self.trainer.model.parameters() if p.numel() and (p.is_floating_point() or p.is_complex())]
         tensors = [_local(p.detach()) for p in params]
         tensors = [t for t in tensors if t.numel()]
         if tensors and not self.trainer.is_deepspeed_enabled:

@@ -42,6 +42,7 @@ from ..model_folder import check_publishable, publish_copies, read_manifest, wri
 from ..models import is_vision_language_model, unwrap_model
 from ..saliency.mask import MASK_NAME, SaliencyMask
 from .checkpointing import staged_save
+from .peft_setup import is_peft_model
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ class ModelCardMixin:
             "metrics_before": before, "metrics_after": after,
             "tags": list(dict.fromkeys([*self._tag_names, self._method_tag])),
             "license": self._license(),
+            # A PEFT model saves an adapter (adapter_config.json + adapter weights): the Hub loads it with peft
+            "library_name": "peft" if is_peft_model(self._unwrapped_model(keep_peft=True)) else "transformers",
         }
 
     def create_model_card(

@@ -86,14 +86,15 @@ class MethodSpec:
         return self.config_class(**{**self.defaults, **values})
 
     def build_trainer(self, model, processing_class, data: MethodData, args: UnlearnConfig, *, mask=None,
-                      ref_model=None) -> UnlearnTrainer:
+                      ref_model=None, peft_config=None) -> UnlearnTrainer:
         """A trainer of this method on ``data``, ready to ``train()`` (``trainer_class.from_method_data``).
 
         ``mask``: a ``SaliencyMask``, or ``SaliencyMaskConfig`` keyword arguments to compute one on ``data``;
-        ``ref_model``: a reference / teacher model, or its path or Hub id.
+        ``ref_model``: a reference / teacher model, or its path or Hub id; ``peft_config``: a ``peft.PeftConfig``
+        the model is wrapped with first (as TRL's trainers take it).
         """
         return self.trainer_class.from_method_data(model, processing_class, data, args, mask=mask,
-                                                   ref_model=ref_model)
+                                                   ref_model=ref_model, peft_config=peft_config)
 
 
 METHODS: dict[str, MethodSpec] = {}

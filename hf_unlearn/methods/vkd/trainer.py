@@ -50,6 +50,7 @@ from ...integrations.fsdp import is_fsdp2_module
 from ...models import get_projector, get_vision_tower, parameter_group, unwrap_model, vision_parameter_names
 from ...trainers.base import UnlearnTrainer
 from ...trainers.lr_scale import ScaledLearningRateMixin
+from ...trainers.peft_setup import apply_peft_config
 from ...trainers.reference import REFERENCE_LOG_PROBS
 from ...trainers.registry import MethodSpec, register_method, saliency_mask_for
 from .config import VKDConfig
@@ -178,6 +179,7 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
             raise ValueError("Pass the teacher as `teacher_model=` or `ref_model=`, not both.")
         teacher_model = teacher_model if teacher_model is not None else ref_model
         args = self._coerce_args(args, model)
+        model = apply_peft_config(model, kwargs.pop("peft_config", None), args)  # first, as TRL: freezing reads it
         holdout = kwargs.get("holdout_dataset")
         if args.forget_feature_loss is None:
             args.forget_feature_loss = "stranger" if holdout is not None else "random_target"
@@ -225,8 +227,9 @@ class VKDTrainer(ScaledLearningRateMixin, UnlearnTrainer):
         self.check_lr_scale_supported()
 
     @classmethod
-    def from_method_data(cls, model, processing_class, data, args, *, mask=None, ref_model=None):
+    def from_method_data(cls, model, processing_class, data, args, *, mask=None, ref_model=None, peft_config=None):
         # VKD trains the vision side only; text-only retain rows never reach it, so it gets the image rows.
+        model = apply_peft_config(model, peft_config, args)
         return cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain_images,
                    processing_class=processing_class, teacher_model=ref_model, holdout_dataset=data.holdout,
                    saliency_mask=saliency_mask_for(model, processing_class, data, mask))
