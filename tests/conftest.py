@@ -74,6 +74,18 @@ def perturbed_trainer(trainer_cls, config_cls, tmp_path, **config):
     return trainer, model, reference.eval(), batch
 
 
+def with_alternatives(forget, answers: list[str]):
+    """``forget`` plus an ``alternative`` column (AltPO's preferred answers): for each row, the first of ``answers``
+    that differs from the row's own answer (rows of any format: the answer is read as training reads it)."""
+    from hf_unlearn.data.rows import row_answers
+
+    own = row_answers(forget)
+    return forget.add_column("alternative", [next(a for a in answers if a != o.strip()) for o in own])
+
+
+ALTERNATE_ARGS = {"altpo": {"alternate_column": "alternative"}}  # the config keys that read with_alternatives' column
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface now (for a torchrun master or a local server)."""
     import socket

@@ -22,6 +22,16 @@ def test_alternatives_come_from_the_options_never_the_answer_and_are_fixed_per_r
     assert named[4][REFUSAL_KEY] == "alt 4" and "alt" not in named[4]
 
 
+def test_alternatives_never_repeat_the_answer_of_prompt_completion_rows():
+    """TRL rows carry the answer in ``completion`` (no ``answer`` column): the draw still excludes it."""
+    trl_rows = [{"prompt": [{"role": "user", "content": r["question"]}], "options": r["options"],
+                 "completion": [{"role": "assistant", "content": r["answer"]}]} for r in ROWS] + \
+               [{"prompt": "Q: job?", "completion": " baker", "options": ["baker", "pilot"]}]
+    rows = AlternateRows(trl_rows, column=None)
+    drawn = [rows[i][REFUSAL_KEY] for i in range(len(trl_rows))]
+    assert "baker" not in drawn and drawn[-1] == "pilot"
+
+
 def test_altpo_trains_toward_the_alternative(tmp_path):
     model, tok = tiny_llama(corpus=["baker", "pilot", "nurse", "chef", "Job of person"])
     args = AltPOConfig(output_dir=str(tmp_path), max_steps=6, learning_rate=5e-3, per_device_train_batch_size=3,

@@ -13,6 +13,7 @@ written into an ``answer`` column the collator never reads: chosen == rejected, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import math
 
@@ -26,7 +27,7 @@ from hf_unlearn.testing import tiny_llava
 from hf_unlearn.testing.toy import JOBS, NAMES
 from hf_unlearn.trainers.registry import MethodData
 
-from conftest import FLOAT32_UNIT_ROUNDOFF
+from conftest import ALTERNATE_ARGS, FLOAT32_UNIT_ROUNDOFF, with_alternatives
 
 
 def question_answer(row):
@@ -104,8 +105,11 @@ def test_every_trainer_trains_on_every_format(method, fmt, images, llava, rows, 
     spec = METHODS[method]
     args = spec.config(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=2, learning_rate=1e-2,
                        use_cpu=True, disable_tqdm=True, logging_steps=1, save_strategy="no", report_to="none",
-                       seed=0, probe_rows=0)  # the check reads the step logs, not the probe (tested elsewhere)
+                       seed=0, probe_rows=0,  # the check reads the step logs, not the probe (tested elsewhere)
+                       **ALTERNATE_ARGS.get(method, {}))
     data = _data(rows, fmt, images)
+    if method == "altpo":  # the toy rows have no options to draw alternatives from
+        data = dataclasses.replace(data, forget=with_alternatives(data.forget, JOBS + NAMES))
     mask = {"score": "random"} if method == "mmunlearner" else None  # its default mask's scope, scored cheaply
     if method in VISION_ONLY and not images:
         with pytest.raises(ValueError, match="no forget row has an image: text rows never pass through the vision "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 
 import pytest
@@ -15,6 +16,8 @@ from hf_unlearn import METHODS, GAConfig, GATrainer, NPOConfig, NPOTrainer
 from hf_unlearn.testing import tiny_llama, tiny_llava
 from hf_unlearn.testing.toy import JOBS, NAMES
 from hf_unlearn.trainers.registry import MethodData
+
+from conftest import ALTERNATE_ARGS, with_alternatives
 
 # Adapters on attention and on RMU's trainable module (mlp.down_proj), in the vision tower and the language model.
 TARGETS = r".*\.(q_proj|v_proj|down_proj|fc2)"
@@ -50,7 +53,10 @@ def test_every_trainer_takes_peft_config_and_trains_only_the_adapters(method, ll
     model = copy.deepcopy(base)
     spec = METHODS[method]
     mask = {"score": "random"} if method == "mmunlearner" else None
-    trainer = spec.build_trainer(model, processor, data, _args(spec, tmp_path), mask=mask, peft_config=lora())
+    if method == "altpo":  # the toy rows have no options to draw alternatives from
+        data = dataclasses.replace(data, forget=with_alternatives(data.forget, JOBS + NAMES))
+    trainer = spec.build_trainer(model, processor, data, _args(spec, tmp_path, **ALTERNATE_ARGS.get(method, {})),
+                                 mask=mask, peft_config=lora())
     assert isinstance(trainer.model, PeftModel)
     if spec.trainer_class.needs_reference_on_forget or method in ("kl_min", "vkd", "rmu"):
         assert trainer.ref_model is None and trainer.reference.adapter_free  # the base with adapters off, no copy

@@ -21,6 +21,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ..config_checks import require_positive
+from ..data.rows import parse_row
 from ..trainers.registry import MethodSpec, register_method
 from .idkpo import REFUSAL_KEY, IdkPOConfig, IdkPOTrainer
 
@@ -70,7 +71,8 @@ class AlternateRows(Dataset):
         if self.column is not None:
             alternative = row.pop(self.column)
         else:
-            others = [o for o in row.get("options") or [] if o != row.get("answer")]
+            answer = parse_row(row)[1].strip()  # the answer of any row format (a completion's, a last turn's)
+            others = [o for o in row.get("options") or [] if o.strip() != answer]
             alternative = others[random.Random(self.seed * 1_000_003 + int(i)).randrange(len(others))] if others \
                 else None
         if not isinstance(alternative, str) or not alternative.strip():
