@@ -85,7 +85,7 @@ def test_results_json_follows_the_schema(two_runs):
 def test_report_and_plot_are_written(two_runs):
     root, *_ = two_runs
     report = (root / "out0" / "report.md").read_text()
-    assert "| Method | Forget VQA ↓ |" in report and "| npo |" in report and "| oracle |" in report
+    assert "| Method | Forget VQA → oracle |" in report and "| npo |" in report and "| oracle |" in report
     assert "Relearn gain vs oracle" in report and " (" in report.split("| npo |")[1].split("\n")[0]  # intervals
     assert "not_yet: skipped, its trainer is not importable (FancyTrainer is not importable)" in report
     assert "How to read the table" in report and "![forget/retain trade-off](tradeoff.png)" in report
