@@ -56,6 +56,9 @@ UNTUNED: dict[str, dict[str, Any]] = {
     "ceu": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4),
     "pdu": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4, forget_weight=0.1),
     "altpo": dict(retain_loss_type="nll", max_steps=30, learning_rate=1e-3, beta=0.1),
+    # Open-MMUnlearning's vision-language methods (issue 29.1), unmeasured before the tuning protocol's pick. MANU is
+    # training-free: one step (the pruning), the authors' 2 % of each modality's neurons in the last 3 layers.
+    "manu": dict(max_steps=1, prune_percent=2.0),
 }
 # Keys of UNTUNED / tuned.json that are not training arguments: how the demo computes a masked method's mask.
 MASK_KEYS = {"mask_threshold": "threshold"}
