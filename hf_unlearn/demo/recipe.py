@@ -56,6 +56,14 @@ UNTUNED: dict[str, dict[str, Any]] = {
     "ceu": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4),
     "pdu": dict(retain_loss_type="nll", max_steps=20, learning_rate=5e-4, forget_weight=0.1),
     "altpo": dict(retain_loss_type="nll", max_steps=30, learning_rate=1e-3, beta=0.1),
+    # Open-MMUnlearning's vision-language methods (issue 29.1), unmeasured before the tuning protocol's pick. MANU is
+    # training-free: one step (the pruning), the authors' 2 % of each modality's neurons in the last 3 layers.
+    "manu": dict(max_steps=1, prune_percent=2.0),
+    # MIP-Editor is RMU on its path rows: RMU's last layer and alpha, 16 path neurons per layer (of 128 / 64) and a
+    # 10x rate (a few rows train). Unmeasured on the demo; on the tests' memorised tiny LLaVA these values (c = 6.5)
+    # take the forget NLL from 0.04 to 1.3, retain 0.045 to 0.049 (tests/test_mip_editor.py).
+    "mip_editor": dict(retain_loss_type="nll", max_steps=40, learning_rate=1e-2, steer_layer=-1, path_neurons=16,
+                       retain_weight=100.0),
 }
 # Keys of UNTUNED / tuned.json that are not training arguments: how the demo computes a masked method's mask.
 MASK_KEYS = {"mask_threshold": "threshold"}

@@ -89,6 +89,15 @@ TUNING_GRIDS: dict[str, list[dict[str, list[Any]]]] = {
             {"learning_rate": [1e-3, 3e-3], "max_steps": [30, 60], "forget_weight": [0.01, 0.1, 1.0]}],
     "altpo": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "beta": [0.1, 0.5]},
               {"learning_rate": [1e-3, 3e-3], "max_steps": [15, 40], "beta": [0.03, 0.1, 0.3]}],
+    # MANU trains nothing (no rate, no step budget): round 1 sweeps the pruned share with and without the firing-
+    # frequency term, round 2 larger shares with the language model pruned in its last 3 layers, its last layer or not
+    # at all (vision-only forgetting keeps the text answers: the demo's target).
+    "manu": [{"prune_percent": [0.5, 1.0, 2.0, 3.0, 5.0, 10.0], "weight_freq": [0.0, 2.0]},
+             {"prune_percent": [5.0, 10.0, 20.0, 30.0], "language_layers": [None, [-1], []]}],
+    # MIP-Editor (unmeasured): round 1 the rate and budget against the path's width, round 2 past round 1's largest
+    # rate and budget over the steering norm (RMU's round 2 knob; the tiny models' activation norm is about 1.5).
+    "mip_editor": [{"learning_rate": [3e-3, 1e-2, 3e-2], "max_steps": [20, 40], "path_neurons": [5, 16]},
+                   {"learning_rate": [1e-2, 3e-2], "max_steps": [40, 80], "steering_coeff": [6.5, 12.0, 24.0]}],
 }
 
 

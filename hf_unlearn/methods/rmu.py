@@ -216,7 +216,7 @@ class RMUTrainer(UnlearnTrainer):
         self.steer_layer_index, self.trainable_layer_indices = resolve_layers(
             len(language_blocks(model)), args.steer_layer, args.trainable_layers)
         args.steer_layer, args.trainable_layers = self.steer_layer_index, self.trainable_layer_indices
-        self.trainable_names = rmu_trainable_parameter_names(model, self.trainable_layer_indices, args.trainable_params)
+        self.trainable_names = self.select_trainable_names(model, args)
         keep = set(self.trainable_names)
         peft = hasattr(model, "peft_config")
         for name, p in model.named_parameters():
@@ -230,6 +230,11 @@ class RMUTrainer(UnlearnTrainer):
             self.add_callback(_PrecomputeRetainCallback(self))
         self._control: torch.Tensor | None = None
         self._layer_cache: dict[int, nn.Module] = {}
+
+    def select_trainable_names(self, model, args) -> list[str]:
+        """The parameters that train (``trainable_params`` of the trainable layers); every other one is frozen in
+        place before the reference copy and the optimizer exist. MIP-Editor picks its own (its influential path)."""
+        return rmu_trainable_parameter_names(model, self.trainable_layer_indices, args.trainable_params)
 
     # ------------------------------------------------------------------------------------------------------------
     # Reference
