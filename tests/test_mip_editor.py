@@ -228,7 +228,11 @@ def test_bad_layers_rows_and_a_user_mask_are_refused(toy_data, tmp_path):
         MIPEditorTrainer(model, args=MIPEditorConfig(output_dir=str(tmp_path)), train_dataset=toy_data["forget"],
                          processing_class=processor, saliency_mask={})
     text_forget = toy_data["retain"].filter(lambda r: r["image"] is None)
-    with pytest.raises(ValueError, match="set vision_layers=\\[\\] for a text-only path"):
-        MIPEditorTrainer(model, args=MIPEditorConfig(output_dir=str(tmp_path)), train_dataset=text_forget,
-                         retain_dataset=toy_data["retain"], processing_class=processor)
+    with pytest.raises(ValueError, match="vision_layers=\\[0\\]: the vision path is attributed on forget rows with "
+                                         "images and the forget set has none"):
+        MIPEditorTrainer(model, args=MIPEditorConfig(output_dir=str(tmp_path), vision_layers=[0]),
+                         train_dataset=text_forget, retain_dataset=toy_data["retain"], processing_class=processor)
+    text_only = MIPEditorTrainer(model, args=MIPEditorConfig(output_dir=str(tmp_path)), train_dataset=text_forget,
+                                 retain_dataset=toy_data["retain"], processing_class=processor)
+    assert set(text_only.path) == {"language"}  # the default takes a text-only path for text-only rows
 

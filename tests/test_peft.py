@@ -47,11 +47,21 @@ def _args(spec, tmp_path, **extra):
                        probe_rows=0, **extra)
 
 
+# Methods whose edit an adapter cannot hold: MANU silences base neurons (training-free), MIP-Editor edits the weight
+# rows of its neuron path. Given peft_config, each refuses with one clear error before anything is written.
+NO_ADAPTER = {"manu": "MANU is training-free", "mip_editor": "a LoRA adapter cannot hold a row-restricted edit"}
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_trainer_takes_peft_config_and_trains_only_the_adapters(method, llava, data, tmp_path):
     base, processor = llava
     model = copy.deepcopy(base)
     spec = METHODS[method]
+    if method in NO_ADAPTER:
+        with pytest.raises(ValueError, match=NO_ADAPTER[method]):
+            spec.build_trainer(model, processor, data, _args(spec, tmp_path), peft_config=lora())
+        assert not any(tmp_path.iterdir())
+        return
     mask = {"score": "random"} if method == "mmunlearner" else None
     if method == "altpo":  # the toy rows have no options to draw alternatives from
         data = dataclasses.replace(data, forget=with_alternatives(data.forget, JOBS + NAMES))

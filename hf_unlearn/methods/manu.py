@@ -308,6 +308,10 @@ def select_neurons(model: nn.Module, forget, retain, batches: Batches, config: M
     masks: dict[str, torch.Tensor] = {}
     try:
         for modality, group in modules.items():
+            if modality == VISION and not kinds["forget"]["image"] and config.vision_layers is None:
+                logger.info("MANU: no forget row has an image, so no vision neuron carries what is forgotten; "
+                            "pruning the language model only.")
+                continue
             if not group:
                 continue
             per_set = []
@@ -383,6 +387,9 @@ class MANUTrainer(UnlearnTrainer):
     }
 
     def __init__(self, *args, **kwargs):
+        if kwargs.get("peft_config") is not None:
+            raise ValueError("MANU is training-free: it silences neurons of the base model, so a LoRA adapter would "
+                             "hold nothing. Drop peft_config; the pruned model saves as a full model.")
         super().__init__(*args, **kwargs)
         if self.retain_dataset is None:
             raise ValueError("MANU scores neurons by comparing forget and retain activations: pass retain_dataset=.")
@@ -396,11 +403,11 @@ class MANUTrainer(UnlearnTrainer):
         neuron_modules(self.model, self.args.vision_layers, self.args.language_layers)  # bad layers fail here
 
     @classmethod
-    def from_method_data(cls, model, processing_class, data, args, *, mask=None, ref_model=None):
+    def from_method_data(cls, model, processing_class, data, args, *, mask=None, ref_model=None, peft_config=None):
         if mask is not None:
             raise ValueError("MANU prunes neurons it scores itself; it takes no saliency mask.")
         return cls(model, args=args, train_dataset=data.forget, retain_dataset=data.retain,
-                   processing_class=processing_class, holdout_dataset=data.holdout)
+                   processing_class=processing_class, holdout_dataset=data.holdout, peft_config=peft_config)
 
     @property
     def pruned(self) -> dict[str, torch.Tensor]:

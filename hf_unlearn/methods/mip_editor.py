@@ -62,7 +62,8 @@ class MIPEditorConfig(RMUConfig):
             k = 0..m-1; the official ``ig.py`` was not in the snapshot we could read).
         path_num_batches (`int` or `None`, defaults to `4`): forget batches the attributions are summed over;
             ``None``: all.
-        vision_layers (`list[int]` or `None`): vision-tower layers on the path; ``None``: all; ``[]``: none.
+        vision_layers (`list[int]` or `None`): vision-tower layers on the path; ``None``: all (none when no forget
+            row has an image: a text-only forget set has no vision path); ``[]``: none.
         vision_trainable_params (`str`): regex of the vision MLP projections whose path rows train.
     """
 
@@ -269,6 +270,10 @@ class MIPEditorTrainer(RMUTrainer):
         if saliency_mask is not None:
             raise ValueError("MIP-Editor trains the rows of its influential path under a mask it builds itself; it "
                              "takes no saliency_mask.")
+        if kwargs.get("peft_config") is not None or hasattr(model, "peft_config"):
+            raise ValueError("MIP-Editor edits the influential neurons' own weight rows: a LoRA adapter cannot hold "
+                             "a row-restricted edit. Drop peft_config (the path is a few rows per layer: the edit "
+                             "is small without an adapter), or use RMU with peft_config.")
         args = self._coerce_args(args, model)
         if train_dataset is None or len(train_dataset) == 0:
             raise ValueError("The forget set (`train_dataset`) is empty: there is nothing to unlearn. Pass the rows "
@@ -310,15 +315,16 @@ class MIPEditorTrainer(RMUTrainer):
             path = {"language": influential_path(model, batches(list(range(len(rows)))), lang, layers,
                                                  args.path_neurons, args.ig_steps)}
             mask = path_mask(model, lang, path["language"], args.trainable_params)
-            if is_vision_language_model(model) and args.vision_layers != []:
+            with_images = rows_with_images(rows) if is_vision_language_model(model) else []
+            if args.vision_layers not in (None, []) and not with_images:
+                raise ValueError(f"vision_layers={args.vision_layers}: the vision path is attributed on forget rows "
+                                 "with images and the forget set has none; set vision_layers=[] (or leave it None, "
+                                 "which takes a text-only path for text-only rows).")
+            if args.vision_layers != [] and with_images:  # None: every vision layer, when there are images to read
                 vis = vision_blocks(model)
-                vision_layers = layer_indices(len(vis), args.vision_layers)
-                with_images = rows_with_images(rows)
-                if not with_images:
-                    raise ValueError("The vision path is attributed on forget rows with images and the forget set "
-                                     "has none; set vision_layers=[] for a text-only path.")
-                path["vision"] = influential_path(model, batches(with_images), vis, vision_layers,
-                                                  args.path_neurons, args.ig_steps, fisher=True)
+                path["vision"] = influential_path(model, batches(with_images), vis,
+                                                  layer_indices(len(vis), args.vision_layers), args.path_neurons,
+                                                  args.ig_steps, fisher=True)
                 mask.update(path_mask(model, vis, path["vision"], args.vision_trainable_params))
         finally:
             model.train(was_training)
