@@ -33,7 +33,7 @@ from torch import nn
 from .models import get_language_model, get_projector, get_vision_tower, unwrap_model
 
 FEATURE_SITES = ("vision_layer", "projector", "llm_hidden")
-_BLOCK_LIST_NAMES = ("layers", "blocks")
+_BLOCK_LIST_NAMES = ("layers", "blocks", "layer")  # Llama/CLIP, Qwen2-VL, DINOv2/ViT (`encoder.layer`)
 # Batch keys that the vision-only pass forwards to ``get_image_features`` when its signature names them.
 _IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
 
@@ -58,7 +58,8 @@ def _block_list(root: nn.Module, exclude: tuple[nn.Module, ...] = ()) -> nn.Modu
 
 
 def vision_blocks(model: nn.Module) -> nn.ModuleList:
-    """The transformer blocks of the vision encoder (CLIP ``encoder.layers``, Qwen2-VL ``visual.blocks``)."""
+    """The transformer blocks of the vision encoder (CLIP ``encoder.layers``, Qwen2-VL ``visual.blocks``, DINOv2
+    ``encoder.layer``)."""
     tower = get_vision_tower(model)
     blocks = _block_list(tower, exclude=(get_projector(model),))
     if blocks is None:

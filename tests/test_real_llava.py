@@ -12,6 +12,7 @@ about a minute).
 """
 
 import copy
+import os
 import warnings
 
 import datasets
@@ -39,7 +40,9 @@ TEXT_FACTS = [("What is the capital of France?", "Paris"), ("What is the capital
 @pytest.fixture(scope="session")
 def real(tmp_path_factory):
     """The memorised real model, its processor and data (built once per session)."""
-    torch.set_num_threads(2)  # a 157 M model does use the second core
+    # A 157 M model does use the second core, unless a second pytest-xdist worker has it: 2 threads per worker on 2
+    # cores made every case here 5-6x slower (OpenMP threads waiting on each other), 1 thread each does not.
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     model, processor = real_llava()
     bench = build_real_photo_benchmark(RealPhotoBenchmarkConfig(num_people=4, num_forget=2, num_holdout_people=0,
                                                                 attributes=()))
@@ -112,15 +115,26 @@ DEFAULTS_FAIL_ON_REAL = {
     "mmunlearner": "issue 16 item 6: at the registry's demo picks (lr 1e-4 x masked_lr_scale 10, retain_weight 1, "
                    "joint schedule, vision mask) 2 steps raise the retain NLL more than the forget NLL "
                    "(forget +0.73, retain +1.18; at retain_weight 3: +0.64, +1.25; at lr 1e-3: +0.65, +1.19)",
+    "manu": "MANU's demo picks prune 2% of the neurons of the last decoder layers' MLPs, chosen by forget/retain "
+            "activation statistics: on this model that moves neither set (forget -0.00001, retain +0.00009 NLL)",
     "satimp": "SatImp weights each forget token by p^beta1 (1-p)^beta2, about 0 on memorised answers, so Adam's "
               "normalised step is noise: at the demo's lr 2e-3, forget +0.51, retain +1.09 (same on AVX-512 and the "
               "CI machine); lr 1e-3: +0.001, +0.059; lr 5e-4: 0, 0; beta1 1 instead of 5 changes none of these",
 }
 
 
+# Not run on the real model in the suite, for its cost alone (measured, not skipped silently: the reason is here).
+NOT_IN_THE_REAL_TIER = {
+    "mip_editor": "its influential path attributes every block up to the steered layer, 42 of this model's blocks at "
+                  "the demo picks (299 s of the suite for one case). Measured outside the suite at 2 steps: forget "
+                  "NLL above retain (it passed); with a cheaper path (2 layers, 1 batch, 2 IG steps): forget +0.18, "
+                  "retain +0.48 at 2 steps, +0.31 / +0.10 at 10 steps",
+}
+
+
 @pytest.mark.parametrize("method", [
     pytest.param(m, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=DEFAULTS_FAIL_ON_REAL[m]))
-    if m in DEFAULTS_FAIL_ON_REAL else m for m in sorted(METHODS)
+    if m in DEFAULTS_FAIL_ON_REAL else m for m in sorted(METHODS) if m not in NOT_IN_THE_REAL_TIER
 ])
 def test_every_method_forgets_more_than_it_damages(real, method, tmp_path):
     model, processor, data = real["model"], real["processor"], real["data"]
