@@ -416,11 +416,12 @@ def dinov2_tower(num_layers: int = 4, image_size: int = 56, feature_scale: float
 
 
 def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, corpus=None, vocab_size: int = 1024,
-                   hidden_size: int = 128, num_layers: int = 4, tower=None):
+                   hidden_size: int = 128, num_layers: int = 4, tower=None, feature_scale: float = 1.0):
     """Benchmark v3's LLaVA: the first ``vision_layers`` blocks of the real DINOv2-S/14 (``dinov2_tower``), a fresh
     2-layer projector and a small Llama language model with a BPE tokenizer trained on ``corpus``, both seeded;
     the processor at ``image_size`` px (ImageNet mean/std; 56 px -> 16 image tokens) with
-    ``IMAGE_SLOT_CHAT_TEMPLATE``. ``tower``: an already built ``dinov2_tower`` (copied), to convert it once."""
+    ``IMAGE_SLOT_CHAT_TEMPLATE``. ``tower``: an already built ``dinov2_tower`` (copied), to convert it once;
+    ``feature_scale``: passed to ``dinov2_tower`` when ``tower`` is None."""
     import copy
 
     from transformers import (
@@ -433,7 +434,7 @@ def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, 
 
     from .tiny_models import build_tokenizer
 
-    tower = copy.deepcopy(tower) if tower is not None else dinov2_tower(vision_layers, image_size)
+    tower = copy.deepcopy(tower) if tower is not None else dinov2_tower(vision_layers, image_size, feature_scale)
     tok = build_tokenizer("llava", corpus, vocab_size)
     image_processor = BitImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
