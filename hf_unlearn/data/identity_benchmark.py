@@ -36,7 +36,7 @@ from .schema import NUM_OPTIONS, rows_to_dataset, truth_ratio_features
 from .synthetic import ATTRIBUTE_POOLS, FIRST_NAMES, LAST_NAMES, mcq_options, png_image
 
 # Bump when the rows built for a given config change (cached vanilla/oracle models depend on it).
-IDENTITY_BENCHMARK_VERSION = 1
+IDENTITY_BENCHMARK_VERSION = 2
 
 IDENTITY_SPLITS = (
     "forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "test_vqa", "test_retain_vqa", "holdout_vqa", "holdout_qa",
@@ -149,8 +149,16 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
     config = config or IdentityBenchmarkConfig()
     total = config.num_total_people
     rng = np.random.default_rng([config.seed, _PEOPLE])
-    name_ids = rng.choice(len(FIRST_NAMES) * len(LAST_NAMES), size=total, replace=False)
-    names = [f"{FIRST_NAMES[i // len(LAST_NAMES)]} {LAST_NAMES[i % len(LAST_NAMES)]}" for i in name_ids]
+    if total <= min(len(FIRST_NAMES), len(LAST_NAMES)):
+        # Every person has a first and a last name of their own: a name token identifies one person, as a real
+        # person's full name does. Names that share first names make a small language model learn each fact as a
+        # conjunction of two tokens (measured on 40 people: 4-way text accuracy 0.79-0.88 after 100 epochs).
+        firsts = rng.permutation(len(FIRST_NAMES))[:total]
+        lasts = rng.permutation(len(LAST_NAMES))[:total]
+        names = [f"{FIRST_NAMES[f]} {LAST_NAMES[la]}" for f, la in zip(firsts, lasts)]
+    else:
+        name_ids = rng.choice(len(FIRST_NAMES) * len(LAST_NAMES), size=total, replace=False)
+        names = [f"{FIRST_NAMES[i // len(LAST_NAMES)]} {LAST_NAMES[i % len(LAST_NAMES)]}" for i in name_ids]
     facts = [{key: pool[rng.integers(len(pool))] for key, pool in {**POOLS, "food": POOLS["food"]}.items()}
              for _ in range(total)]
     faces = sample_faces(total, np.random.default_rng([config.seed, _FACES]))

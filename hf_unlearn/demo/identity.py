@@ -87,7 +87,7 @@ class IdentityModelConfig:
     vision_layers: int = field(default=4, metadata={"help": "DINOv2-S blocks kept (frozen)."})
     feature_scale: float = field(default=16.0, metadata={"help": "Residual-stream scale of the tower (dinov2_tower)."})
     hidden_size: int = field(default=128, metadata={"help": "Language model width."})
-    num_layers: int = field(default=4, metadata={"help": "Language model decoder layers."})
+    num_layers: int = field(default=2, metadata={"help": "Language model decoder layers."})
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary trained on the benchmark's text."})
 
 
@@ -97,13 +97,15 @@ class IdentityQuickConfig:
 
     seed: int = 0
     benchmark: IdentityBenchmarkConfig = field(default_factory=lambda: IdentityBenchmarkConfig(
-        num_people=30, num_holdout_people=5, num_validation_people=5, num_general=100))
+        num_people=24, num_holdout_people=3, num_validation_people=3, forget_ratio=0.125, num_general=100))
     model: IdentityModelConfig = field(default_factory=IdentityModelConfig)
     text: StageRecipe = field(default_factory=lambda: StageRecipe(learning_rate=3e-3, max_epochs=100))
     image: StageRecipe = field(default_factory=lambda: StageRecipe(learning_rate=2e-3, max_epochs=100))
 
     def __post_init__(self):
         self.benchmark = IdentityBenchmarkConfig(**{**asdict(self.benchmark), "seed": self.seed})
+        if isinstance(self.model, dict):
+            self.model = IdentityModelConfig(**self.model)
 
     def settings(self) -> dict[str, Any]:
         return {**asdict(self), "benchmark_version": IDENTITY_BENCHMARK_VERSION,
