@@ -88,16 +88,18 @@ class _ProbeCallback(TrainerCallback):
 
 def ga_at_oracle_forgetting(refs: IdentityReferences, target: float, learning_rate: float = 1e-4,
                             batch_size: int = 8, max_steps: int = 200, every: int = 5, seed: int = 0,
-                            method: str = "ga") -> dict[str, Any]:
+                            method: str = "ga", parts: tuple[str, ...] = ("language_model",)) -> dict[str, Any]:
     """Plain GA (the registered ``method``, no stop rule, no holdout) from the vanilla on the official protocol's
     forget set; the forget-QA answer probability at the first probe (every ``every`` steps) whose forget-VQA
-    accuracy is <= ``target``. The language model and the projector train (the tower stays frozen)."""
+    accuracy is <= ``target``. ``parts`` train: by default the language model only, as MLLMU-Bench's GA baselines
+    (LoRA on the language model's linear layers, vision tower and projector frozen) and CLEAR
+    (``freeze_vision_module``) run it."""
     import tempfile
 
     from ..trainers.registry import get_method
 
     model = copy.deepcopy(refs.vanilla)
-    trainable_parts(model, ("language_model", "projector"))
+    trainable_parts(model, parts)
     data = method_data(refs.benchmark)
     data.holdout = None  # no stop rule
     spec = get_method(method)
@@ -114,7 +116,7 @@ def ga_at_oracle_forgetting(refs: IdentityReferences, target: float, learning_ra
         trainer.add_callback(probe)
         with memoized_image_features(model):
             trainer.train()
-    return {"method": method, "learning_rate": learning_rate, "reached": probe.reached, "trace": probe.trace,
+    return {"method": method, "learning_rate": learning_rate, "parts": list(parts), "reached": probe.reached, "trace": probe.trace,
             "seconds": time.perf_counter() - start}
 
 
