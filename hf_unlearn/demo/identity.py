@@ -195,8 +195,10 @@ def fit(model, processor, rows: datasets.Dataset, parts: tuple[str, ...], recipe
             if epochs is None and check is not None and epoch % recipe.check_every == 0 and check():
                 return epoch
     if epochs is None and check is not None:
+        last = getattr(check, "last", None)
         raise CriterionNotReachedError(f"{recipe.max_epochs} epochs did not reach accuracy {recipe.criterion} on "
-                                       "every criterion split; raise max_epochs or the learning rate.")
+                                       f"every criterion split (last measured: {last}); raise max_epochs or the "
+                                       "learning rate.")
     return limit
 
 
@@ -206,10 +208,12 @@ def criterion_check(model, processor, splits: Mapping[str, datasets.Dataset], cr
 
     def check() -> bool:
         values = {name: accuracy(model, processor, rows) for name, rows in splits.items()}
+        check.last = {name: round(v, 3) for name, v in values.items()}
         if log is not None:
             log.append(values)
         return min(values.values()) >= criterion
 
+    check.last = None
     return check
 
 
