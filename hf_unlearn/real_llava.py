@@ -350,7 +350,7 @@ def real_llava(image_size: int = 56, seed: int = 0, cache_dir: str | None = None
 # Benchmark v3's questions ask about "the person in the image" (or "the shape in the image"); this model's chat
 # template puts the image tokens where that phrase stands, so "What is the job of <image>?" reads exactly like the
 # text question "What is the job of Alice Brown?" and the language model's knowledge of the person is reached through
-# the face (docs/benchmark.md, "Identity mediation"). Without the phrase, the image goes first (llava-hf layout).
+# the face (docs/benchmark_v3.md). Without the phrase, the image goes first (llava-hf layout).
 IMAGE_SLOT_PHRASES = ("the person in the image", "the shape in the image")
 IMAGE_SLOT_CHAT_TEMPLATE = (
     "{%- set phrases = " + repr(list(IMAGE_SLOT_PHRASES)) + " -%}"

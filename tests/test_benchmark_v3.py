@@ -1,7 +1,8 @@
 """Benchmark v3 (issue 25): the identity benchmark, the quick configuration's references and the validity checks.
 
 The numbers in comments were measured on the 2-core development machine (shared with another test run), seed 0,
-torch on 1 thread (conftest). docs/benchmark_v3.md has the full table.
+torch on 1 thread (conftest). docs/benchmark_v3.md has the full table. The slow tests share one cold build: 245-320 s
+in all on that machine under load (about 125-140 s of training, 30-60 s of checks when it is quieter).
 """
 
 import pytest

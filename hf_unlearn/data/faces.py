@@ -8,7 +8,7 @@ glasses, background gradient and texture), each drawn independently per person, 
 and every face differs from every other in many small ways at once, as real faces do.
 
 ``transform_face`` gives the test view of a face (small rotation, crop, colour jitter, blur, noise): the image
-rephrasing of MLLMU-Bench's test set. ``docs/benchmark.md`` reports how distinct the faces are for the pretrained
+rephrasing of MLLMU-Bench's test set. ``docs/benchmark_v3.md`` reports how distinct the faces are for the pretrained
 DINOv2 tower (nearest-neighbour identity accuracy of the test views, mean cross-identity cosine).
 """
 

@@ -7,7 +7,7 @@ is the job of Brisa Coldmere?"), the image question with "the person in the imag
 in the image?", the portrait attached). The demo's model (``real_llava.identity_llava``) places the image tokens in
 that slot, so an image question reads exactly like the text question with the face in the name's place: answering
 it means recognising the face as the person and recalling what the language model knows about them
-(docs/benchmark.md, "Identity mediation"). Any other VLM reads the image question as usual (image, then question).
+(docs/benchmark_v3.md). Any other VLM reads the image question as usual (image, then question).
 
 All questions are 4-way multiple choice in the common schema (``schema.py``); every row also carries
 ``perturbed_answers`` (wrong values of the same attribute, for the truth ratio) and ``paraphrased_answer`` (None:
