@@ -24,11 +24,14 @@ The vision sites do not need the language model: ``extract_features(..., need_ou
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .models import get_language_model, get_projector, get_vision_tower, unwrap_model
 
@@ -212,3 +215,60 @@ def features_per_row(features: torch.Tensor | None, inputs: dict, model: nn.Modu
                          "per image token differs between images (LLaVA-NeXT any-res?). Precomputing is not "
                          "supported for this model; set precompute_teacher_features=False.")
     return list(torch.split(features, [c * n // total for c in counts]))
+
+
+def _memoizable_tower(model: nn.Module) -> tuple[nn.Module, int] | None:
+    """(vision tower, feature layer) of a LLaVA-style model whose ``get_image_features`` reads one hidden state of a
+    tower that takes a batch of whole images (one per leading index); None for other architectures (Qwen2-VL's
+    tower takes flattened patches of all images at once)."""
+    base = unwrap_model(model)
+    inner = getattr(base, "model", None)
+    config = getattr(base, "config", None)
+    layer = getattr(config, "vision_feature_layer", None)
+    tower = getattr(inner, "vision_tower", None)
+    if tower is None or not isinstance(layer, int) or not hasattr(inner, "get_image_features"):
+        return None
+    return tower, layer
+
+
+@contextmanager
+def memoized_image_features(model: nn.Module):
+    """While active, the vision tower of a LLaVA-style model runs once per distinct image: its feature-layer output
+    is kept by the image's pixel bytes and reused (an evaluation asks 10 questions with 4 options about each face,
+    40 tower passes for one result). Only sound while the tower's weights do not change: calls that could train it
+    (gradients enabled and a tower parameter requiring them) run the tower as usual. A no-op for other
+    architectures."""
+    found = _memoizable_tower(model)
+    if found is None:
+        yield
+        return
+    tower, layer = found
+    original = tower.forward
+    cache: dict[bytes, torch.Tensor] = {}
+    num_layers = getattr(getattr(tower, "config", None), "num_hidden_layers", None)
+
+    def forward(pixel_values, *args, **kwargs):
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())
+        if trains or num_layers is None or args:
+            return original(pixel_values, *args, **kwargs)
+        keys = [hashlib.sha1(image.detach().cpu().contiguous().numpy().tobytes()).digest() for image in pixel_values]
+        missing = list(dict.fromkeys(k for k in keys if k not in cache))
+        if missing:
+            first = {k: keys.index(k) for k in missing}
+            out = original(pixel_values[[first[k] for k in missing]], **{**kwargs, "output_hidden_states": True,
+                                                                         "return_dict": True})
+            for j, k in enumerate(missing):
+                cache[k] = out.hidden_states[layer][j]
+        hidden = [None] * (num_layers + 1)
+        hidden[layer] = torch.stack([cache[k] for k in keys])
+        return BaseModelOutputWithPooling(last_hidden_state=None, hidden_states=tuple(hidden))
+
+    own = "forward" in tower.__dict__  # an instance attribute already (another wrapper): put it back on exit
+    tower.forward = forward
+    try:
+        yield
+    finally:
+        if own:
+            tower.forward = original
+        else:
+            del tower.forward  # back to the class's forward

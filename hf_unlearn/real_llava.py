@@ -342,3 +342,121 @@ def real_llava(image_size: int = 56, seed: int = 0, cache_dir: str | None = None
     folder = real_llava_path(image_size, seed, cache_dir, check)
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     return model, AutoProcessor.from_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The benchmark v3 model: a tiny language model on the first blocks of the real DINOv2-S tower
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark v3's questions ask about "the person in the image" (or "the shape in the image"); this model's chat
+# template puts the image tokens where that phrase stands, so "What is the job of <image>?" reads exactly like the
+# text question "What is the job of Alice Brown?" and the language model's knowledge of the person is reached through
+# the face (docs/benchmark_v3.md). Without the phrase, the image goes first (llava-hf layout).
+IMAGE_SLOT_PHRASES = ("the person in the image", "the shape in the image")
+IMAGE_SLOT_CHAT_TEMPLATE = (
+    "{%- set phrases = " + repr(list(IMAGE_SLOT_PHRASES)) + " -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif -%}"
+    "{%- if message['content'] is string %}{{ message['content'] }}{% else -%}"
+    "{%- set ns = namespace(text='', images=0, placed=false) -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' %}{% set ns.images = ns.images + 1 %}"
+    "{%- elif item['type'] == 'text' %}{% set ns.text = ns.text + item['text'] %}{% endif -%}"
+    "{%- endfor -%}"
+    "{%- if ns.images == 1 -%}{%- for phrase in phrases -%}"
+    "{%- if not ns.placed and phrase in ns.text -%}"
+    "{%- set ns.text = ns.text.replace(phrase, '<image>') -%}{%- set ns.placed = true -%}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- if not ns.placed %}{% for i in range(ns.images) %}<image>\n{% endfor %}{% endif -%}"
+    "{{ ns.text }}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' %} {% else %}</s>{% endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt %}ASSISTANT:{% endif -%}"
+)
+
+
+def dinov2_tower(num_layers: int = 4, image_size: int = 56, feature_scale: float = 1.0):
+    """The first ``num_layers`` blocks of the real DINOv2-S/14 (``load_vision_model``) as a ``Dinov2Model`` for
+    ``image_size`` px inputs: position embeddings interpolated once to the (image_size / 14)^2 grid, exactly as the
+    full model interpolates them at every forward, so the features equal the full model's hidden state
+    ``num_layers``.
+
+    ``feature_scale`` c multiplies the residual stream: the embeddings and every block's layer-scale factors are
+    multiplied by c. Each block reads the stream through a LayerNorm, which ignores its scale, so every hidden state
+    is exactly c times the original one (up to the LayerNorm's epsilon): the same pretrained features at another
+    scale. DINOv2's early blocks write a stream of standard deviation about 0.06, which a fresh projector learns from
+    slowly; benchmark v3 uses c = 16."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    if image_size % PATCH_SIZE or image_size < PATCH_SIZE:
+        raise ValueError(f"image_size={image_size} must be a positive multiple of the patch size {PATCH_SIZE}.")
+    full, _ = load_vision_model(weight_files()["vision"])
+    if not 1 <= num_layers <= full.config.num_hidden_layers:
+        raise ValueError(f"num_layers={num_layers} must be in 1..{full.config.num_hidden_layers}.")
+    with torch.no_grad():
+        dummy = torch.zeros(1, (image_size // PATCH_SIZE) ** 2 + 1, full.config.hidden_size)
+        positions = full.embeddings.interpolate_pos_encoding(dummy, image_size, image_size).clone()
+    config = full.config.to_dict()
+    config.update(num_hidden_layers=num_layers, image_size=image_size, out_features=None, out_indices=None,
+                  stage_names=None)
+    for key in ("out_features", "out_indices", "stage_names", "_name_or_path", "architectures"):
+        config.pop(key, None)
+    tower = Dinov2Model(Dinov2Config(**config)).eval()
+    state = {k: v for k, v in full.state_dict().items()
+             if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < num_layers}
+    state["embeddings.position_embeddings"] = positions
+    if feature_scale != 1.0:
+        for key in list(state):
+            if key.startswith("embeddings.") or ".layer_scale" in key:
+                state[key] = state[key] * feature_scale
+    missing, unexpected = tower.load_state_dict(state, strict=False)
+    if set(missing) - {"embeddings.mask_token"} or unexpected:
+        raise RuntimeError(f"Truncating DINOv2 failed: missing {missing}, unexpected {unexpected}.")
+    return tower
+
+
+def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, corpus=None, vocab_size: int = 1024,
+                   hidden_size: int = 128, num_layers: int = 4, tower=None, feature_scale: float = 1.0):
+    """Benchmark v3's LLaVA: the first ``vision_layers`` blocks of the real DINOv2-S/14 (``dinov2_tower``), a fresh
+    2-layer projector and a small Llama language model with a BPE tokenizer trained on ``corpus``, both seeded;
+    the processor at ``image_size`` px (ImageNet mean/std; 56 px -> 16 image tokens) with
+    ``IMAGE_SLOT_CHAT_TEMPLATE``. ``tower``: an already built ``dinov2_tower`` (copied), to convert it once;
+    ``feature_scale``: passed to ``dinov2_tower`` when ``tower`` is None."""
+    import copy
+
+    from transformers import (
+        BitImageProcessorPil,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    from .tiny_models import build_tokenizer
+
+    tower = copy.deepcopy(tower) if tower is not None else dinov2_tower(vision_layers, image_size, feature_scale)
+    tok = build_tokenizer("llava", corpus, vocab_size)
+    image_processor = BitImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, image_token=IMAGE_TOKEN, chat_template=IMAGE_SLOT_CHAT_TEMPLATE,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=tower.config.to_dict(), text_config=text, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(image_size // PATCH_SIZE) ** 2, vision_feature_layer=-1,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.model.vision_tower.load_state_dict(tower.state_dict())
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, processor

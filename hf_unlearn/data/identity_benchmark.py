@@ -1,0 +1,236 @@
+"""Benchmark v3: fictitious people whose facts are stored once and asked from the face or from the name.
+
+Every person has a face (``faces.py``: about forty continuous drawing parameters, unique per person) and ten facts
+(job, city, hobby, pet, sport, instrument, drink, vehicle, language, fruit) plus a favourite food asked in text only.
+Each fact has **one** question template with a slot for the person: the text question fills it with the name ("What
+is the job of Brisa Coldmere?"), the image question with "the person in the image" ("What is the job of the person
+in the image?", the portrait attached). The demo's model (``real_llava.identity_llava``) places the image tokens in
+that slot, so an image question reads exactly like the text question with the face in the name's place: answering
+it means recognising the face as the person and recalling what the language model knows about them
+(docs/benchmark_v3.md). Any other VLM reads the image question as usual (image, then question).
+
+All questions are 4-way multiple choice in the common schema (``schema.py``); every row also carries
+``perturbed_answers`` (wrong values of the same attribute, for the truth ratio) and ``paraphrased_answer`` (None:
+one-word answers have no paraphrase a small model could generalise to; the truth ratio compares the answer itself,
+as TOFU does on its real-world rows).
+
+Splits (``IDENTITY_SPLITS``), as in v2 (``synthetic.py``): ``forget_vqa`` / ``forget_qa`` (the forget people's image
+and text questions), ``retain_vqa`` / ``retain_qa``, ``test_vqa`` / ``test_retain_vqa`` (the same image questions on a
+transformed face: rotated, cropped, re-coloured, blurred), ``holdout_vqa`` / ``holdout_qa`` and ``validation_vqa`` /
+``validation_qa`` (people known by text whose faces are never trained on: membership non-members, and the stop
+rule's target), ``general`` (shape and colour questions about a drawn shape, "the shape in the image") and
+``general_qa`` (the same questions about a named shape, "the red star": what the image answers go through).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+
+from .faces import draw_face, sample_faces, transform_face
+from .portraits import SHAPE_COLORS, SHAPES, draw_shape
+from .schema import NUM_OPTIONS, rows_to_dataset, truth_ratio_features
+from .synthetic import ATTRIBUTE_POOLS, FIRST_NAMES, LAST_NAMES, mcq_options, png_image
+
+# Bump when the rows built for a given config change (cached vanilla/oracle models depend on it).
+IDENTITY_BENCHMARK_VERSION = 2
+
+IDENTITY_SPLITS = (
+    "forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "test_vqa", "test_retain_vqa", "holdout_vqa", "holdout_qa",
+    "validation_vqa", "validation_qa", "general", "general_qa",
+)  # fmt: skip
+# What the reference models learn: stage A (language model, text) and stage B (projector, images).
+TEXT_TRAINING_SPLITS = ("forget_qa", "retain_qa", "holdout_qa", "validation_qa", "general_qa")
+VANILLA_IMAGE_SPLITS = ("forget_vqa", "retain_vqa", "general")
+ORACLE_IMAGE_SPLITS = ("retain_vqa", "general")
+
+PERSON_SLOT = "the person in the image"
+SHAPE_SLOT = "the shape in the image"
+
+POOLS: dict[str, tuple[str, ...]] = {
+    **ATTRIBUTE_POOLS,
+    "fruit": ("apple", "banana", "cherry", "mango", "peach", "plum", "lemon", "melon", "grape", "kiwi"),
+}
+# One template per fact, with {who}: the name (text question) or PERSON_SLOT (image question).
+TEMPLATES: dict[str, str] = {
+    "job": "What is the job of {who}?",
+    "city": "Which city does {who} live in?",
+    "hobby": "What is the hobby of {who}?",
+    "pet": "What pet does {who} have?",
+    "sport": "Which sport does {who} play?",
+    "instrument": "Which instrument does {who} play?",
+    "drink": "What does {who} like to drink?",
+    "vehicle": "Which vehicle does {who} own?",
+    "language": "Which language does {who} speak?",
+    "fruit": "Which fruit does {who} like?",
+}
+TEXT_ONLY_TEMPLATES: dict[str, str] = {"food": "What is the favourite food of {who}?"}
+GENERAL_TEMPLATES: dict[str, str] = {"color": "What colour is {what}?", "shape": "What kind of shape is {what}?"}
+
+_PEOPLE, _FACES, _SPLIT, _OPTIONS, _TRANSFORM, _GENERAL = range(6)
+
+
+@dataclass
+class IdentityBenchmarkConfig:
+    """Size and seed of benchmark v3."""
+
+    num_people: int = field(default=50, metadata={"help": "Trained people (forget + retain)."})
+    num_holdout_people: int = field(
+        default=5, metadata={"help": "People known by text whose faces are never trained: membership non-members."})
+    num_validation_people: int = field(
+        default=5, metadata={"help": "Built like the holdout people and never evaluated: the stop rule's target."})
+    forget_ratio: float = field(
+        default=0.1, metadata={"help": "Fraction of num_people to forget: max(1, round(forget_ratio * num_people))."})
+    image_size: int = field(default=56, metadata={"help": "Side of the faces and shape pictures, pixels."})
+    num_general: int = field(default=200, metadata={"help": "Shape / colour questions about drawn shapes."})
+    num_perturbed: int = field(default=5, metadata={"help": "Wrong answers per question for the truth ratio."})
+    seed: int = field(default=0, metadata={"help": "Seed of every random choice; the build is deterministic."})
+
+    def __post_init__(self) -> None:
+        if self.num_people < 2:
+            raise ValueError(f"num_people must be >= 2 (one forget and one retain person), got {self.num_people}.")
+        if min(self.num_holdout_people, self.num_validation_people, self.num_general) < 0:
+            raise ValueError("num_holdout_people, num_validation_people and num_general must be >= 0.")
+        if not 0.0 < self.forget_ratio < 1.0 or self.num_forget >= self.num_people:
+            raise ValueError(f"forget_ratio={self.forget_ratio} must leave at least one of the {self.num_people} "
+                             "people retained and be in (0, 1).")
+        if self.image_size < 14:
+            raise ValueError(f"image_size must be >= 14 pixels (one DINOv2 patch), got {self.image_size}.")
+        if not NUM_OPTIONS - 1 <= self.num_perturbed <= min(len(p) for p in POOLS.values()) - 1:
+            raise ValueError(f"num_perturbed must be in {NUM_OPTIONS - 1}..9, got {self.num_perturbed}.")
+        if self.num_total_people > len(FIRST_NAMES) * len(LAST_NAMES):
+            raise ValueError(f"At most {len(FIRST_NAMES) * len(LAST_NAMES)} people have unique names.")
+
+    @property
+    def num_forget(self) -> int:
+        return max(1, round(self.forget_ratio * self.num_people))
+
+    @property
+    def num_total_people(self) -> int:
+        return self.num_people + self.num_holdout_people + self.num_validation_people
+
+
+def _perturbed(answer: str, pool: tuple[str, ...], k: int, rng: np.random.Generator) -> list[str]:
+    wrong = sorted(v for v in pool if v != answer)
+    return [wrong[i] for i in rng.choice(len(wrong), size=k, replace=False)]
+
+
+def _row(who_slot: str, template: str, answer: str, pool: tuple[str, ...], rng: np.random.Generator, k: int,
+         **extra: Any) -> dict[str, Any]:
+    options, label = mcq_options(answer, list(pool), rng)
+    return dict(question=template.format(who=who_slot), answer=answer, options=options, label=label,
+                perturbed_answers=_perturbed(answer, pool, k, rng), paraphrased_answer=None, **extra)
+
+
+def general_text_rows(num_perturbed: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+    """Every colour x shape asked by name ("What colour is the red star?"): what the language model knows about
+    named shapes, which the image questions about drawn shapes go through."""
+    rng = np.random.default_rng([seed, _GENERAL, 1])
+    colors = tuple(SHAPE_COLORS)
+    rows = []
+    for color in colors:
+        for shape in SHAPES:
+            what = f"the {color} {shape}"
+            for key, template in GENERAL_TEMPLATES.items():
+                answer, pool = (color, colors) if key == "color" else (shape, SHAPES)
+                options, label = mcq_options(answer, list(pool), rng)
+                rows.append(dict(person_id=-1, kind="qa", image=None, question=template.format(what=what),
+                                 answer=answer, options=options, label=label, paraphrased_answer=None,
+                                 perturbed_answers=_perturbed(answer, pool, min(num_perturbed, len(pool) - 1), rng)))
+    return rows
+
+
+def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> datasets.DatasetDict:
+    """Build benchmark v3: a ``DatasetDict`` with the splits of ``IDENTITY_SPLITS`` in the common schema plus the
+    truth-ratio columns. Deterministic: two builds give identical rows and PNG bytes."""
+    config = config or IdentityBenchmarkConfig()
+    total = config.num_total_people
+    rng = np.random.default_rng([config.seed, _PEOPLE])
+    if total <= min(len(FIRST_NAMES), len(LAST_NAMES)):
+        # Every person has a first and a last name of their own: a name token identifies one person, as a real
+        # person's full name does. Names that share first names make a small language model learn each fact as a
+        # conjunction of two tokens (measured on 40 people: 4-way text accuracy 0.79-0.88 after 100 epochs).
+        firsts = rng.permutation(len(FIRST_NAMES))[:total]
+        lasts = rng.permutation(len(LAST_NAMES))[:total]
+        names = [f"{FIRST_NAMES[f]} {LAST_NAMES[la]}" for f, la in zip(firsts, lasts)]
+    else:
+        name_ids = rng.choice(len(FIRST_NAMES) * len(LAST_NAMES), size=total, replace=False)
+        names = [f"{FIRST_NAMES[i // len(LAST_NAMES)]} {LAST_NAMES[i % len(LAST_NAMES)]}" for i in name_ids]
+    facts = [{key: pool[rng.integers(len(pool))] for key, pool in {**POOLS, "food": POOLS["food"]}.items()}
+             for _ in range(total)]
+    faces = sample_faces(total, np.random.default_rng([config.seed, _FACES]))
+    forget = set(np.random.default_rng([config.seed, _SPLIT]).choice(config.num_people, size=config.num_forget,
+                                                                       replace=False).tolist())
+    options_rng = np.random.default_rng([config.seed, _OPTIONS])
+    k = config.num_perturbed
+    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in IDENTITY_SPLITS}
+    for pid in range(total):
+        face = draw_face(faces[pid], config.image_size)
+        image = png_image(face)
+        test_image = png_image(transform_face(face, np.random.default_rng([config.seed, _TRANSFORM, pid])))
+        vqa = [_row(PERSON_SLOT, t, facts[pid][key], POOLS[key], options_rng, k, person_id=pid, kind="vqa",
+                    image=image) for key, t in TEMPLATES.items()]
+        qa = [_row(names[pid], t, facts[pid][key], POOLS[key], options_rng, k, person_id=pid, kind="qa", image=None)
+              for key, t in {**TEMPLATES, **TEXT_ONLY_TEMPLATES}.items()]
+        test = [{**row, "image": test_image} for row in vqa]
+        if pid >= config.num_people + config.num_holdout_people:
+            splits["validation_vqa"] += vqa
+            splits["validation_qa"] += qa
+        elif pid >= config.num_people:
+            splits["holdout_vqa"] += vqa
+            splits["holdout_qa"] += qa
+        elif pid in forget:
+            splits["forget_vqa"] += vqa
+            splits["forget_qa"] += qa
+            splits["test_vqa"] += test
+        else:
+            splits["retain_vqa"] += vqa
+            splits["retain_qa"] += qa
+            splits["test_retain_vqa"] += test
+    general_rng = np.random.default_rng([config.seed, _GENERAL])
+    colors = tuple(SHAPE_COLORS)
+    for i in range(config.num_general):
+        shape, color = SHAPES[general_rng.integers(len(SHAPES))], colors[general_rng.integers(len(colors))]
+        image = png_image(draw_shape(shape, color, config.image_size, general_rng))
+        key = "color" if i % 2 == 0 else "shape"
+        answer, pool = (color, colors) if key == "color" else (shape, SHAPES)
+        options, label = mcq_options(answer, list(pool), general_rng)
+        splits["general"].append(dict(
+            person_id=-1, kind="general", image=image, question=GENERAL_TEMPLATES[key].format(what=SHAPE_SLOT),
+            answer=answer, options=options, label=label, paraphrased_answer=None,
+            perturbed_answers=_perturbed(answer, pool, min(k, len(pool) - 1), general_rng)))
+    splits["general_qa"] = general_text_rows(k, config.seed)
+    extra = truth_ratio_features()
+    return datasets.DatasetDict({name: rows_to_dataset(rows, extra) for name, rows in splits.items()})
+
+
+def _concat(dsd: datasets.DatasetDict, names: tuple[str, ...]) -> datasets.Dataset:
+    return datasets.concatenate_datasets([dsd[n] for n in names if n in dsd and len(dsd[n]) > 0])
+
+
+def text_training_set(dsd: datasets.DatasetDict) -> datasets.Dataset:
+    """Stage A of both reference models: every person's text facts and the named shapes."""
+    return _concat(dsd, TEXT_TRAINING_SPLITS)
+
+
+def image_training_set(dsd: datasets.DatasetDict, kind: str) -> datasets.Dataset:
+    """Stage B: the trained people's image questions and the drawn shapes (``kind="vanilla"``), or the same minus
+    the forget people's (``kind="oracle"``)."""
+    if kind not in ("vanilla", "oracle"):
+        raise ValueError(f"kind must be 'vanilla' or 'oracle', got {kind!r}.")
+    return _concat(dsd, VANILLA_IMAGE_SPLITS if kind == "vanilla" else ORACLE_IMAGE_SPLITS)
+
+
+def identity_corpus(dsd: datasets.DatasetDict) -> list[str]:
+    """Every question, answer, option and perturbed answer of every split (with repeats): the tokenizer's text.
+    Images are never decoded."""
+    texts: list[str] = []
+    for ds in dsd.values():
+        cols = ds.select_columns(["question", "answer", "options", "perturbed_answers"]).to_dict()
+        for question, answer, options, perturbed in zip(cols["question"], cols["answer"], cols["options"],
+                                                        cols["perturbed_answers"]):
+            texts += [question, answer, *(options or []), *(perturbed or [])]
+    return texts

@@ -1,0 +1,89 @@
+"""Benchmark v3 (issue 25): the identity benchmark, the quick configuration's references and the validity checks.
+
+The numbers in comments were measured on the 2-core development machine (shared with another test run), seed 0,
+torch on 1 thread (conftest). docs/benchmark_v3.md has the full table. The slow tests share one cold build: 245-320 s
+in all on that machine under load (about 125-140 s of training, 30-60 s of checks when it is quieter).
+"""
+
+import pytest
+import torch
+
+from hf_unlearn.data.identity_benchmark import PERSON_SLOT, IdentityBenchmarkConfig, build_identity_benchmark
+
+
+def test_identity_questions_share_one_template_and_names_are_own_tokens():
+    bench = build_identity_benchmark(IdentityBenchmarkConfig(num_people=8, num_holdout_people=1,
+                                                             num_validation_people=1, num_general=4, seed=3))
+    named = {(row["person_id"], row["question"]) for row in bench["retain_qa"]}
+    names = {pid: q[len("What is the job of "):-1] for pid, q in named if q.startswith("What is the job of ")}
+    # Each image question is its person's text question with PERSON_SLOT in the name's place.
+    for pid, q in zip(bench["retain_vqa"]["person_id"], bench["retain_vqa"]["question"]):
+        assert PERSON_SLOT in q and (pid, q.replace(PERSON_SLOT, names[pid])) in named
+    firsts = [n.split()[0] for n in names.values()]
+    lasts = [n.split()[1] for n in names.values()]
+    assert len(set(firsts)) == len(firsts) and len(set(lasts)) == len(lasts)
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory):
+    """Cold build of the quick configuration at seed 0 (vanilla and oracle trained to the criterion, about 125 s on
+    the shared 2-core machine) and every validity check (35-60 s)."""
+    from hf_unlearn.demo.identity import IdentityQuickConfig, build_identity_references
+    from hf_unlearn.demo.identity_validity import validity_checks
+
+    torch.manual_seed(0)
+    refs = build_identity_references(IdentityQuickConfig(seed=0), cache_dir=str(tmp_path_factory.mktemp("v3")),
+                                     log=lambda *_: None)
+    return {"info": refs.info, **validity_checks(refs, seed=0)}
+
+
+@pytest.mark.slow
+def test_vanilla_trained_to_the_criterion(checks):
+    assert checks["info"]["vanilla"]["epochs"] == {"text": 50, "image": 60}  # measured
+    # Every trained split >= 0.95 (measured: retain_vqa 0.957 the lowest; forget_vqa 0.967, forget_qa 0.970).
+    assert checks["check_vanilla"]["passed"], checks["vanilla"]
+    # Faces are recognised beyond their training view only in part (measured: test_retain_vqa 0.70, test_vqa 0.57).
+    assert checks["vanilla"]["test_retain_vqa"] > 0.5
+
+
+@pytest.mark.slow
+def test_oracle_near_chance_and_knows_the_forget_people_in_text(checks):
+    # Measured: forget-VQA 0.267 (chance 0.25), forget-QA 0.970 (the vanilla's language model, untouched).
+    assert checks["check_oracle"]["passed"], checks["check_oracle"]
+    assert checks["oracle"]["forget_qa"] == checks["vanilla"]["forget_qa"]
+
+
+@pytest.mark.slow
+def test_a_vision_side_only_update_reaches_the_oracle(checks):
+    # Projector-only distillation toward the oracle: measured forget-VQA 0.267 at epoch 48, forget-QA 0.970 and its
+    # probability unchanged (text never passes through the projector), retain-VQA 0.876, general 0.97.
+    check = checks["check_vision_only"]
+    assert check["passed"], check["reached"]
+    assert check["reached"]["forget_qa_prob"] == pytest.approx(checks["vanilla_prob"]["forget_qa"])
+
+
+@pytest.mark.slow
+def test_ga_damages_the_forget_peoples_text_more_than_the_others(checks):
+    # GA on forget-VQA, language model only (MLLMU-Bench's setting), lr 5e-4: forget-VQA reaches the oracle's at step
+    # 15 (0.20); forget-QA answer probability 0.947 -> 0.675 (-28.8%), retain-QA -22.0%.
+    ga = checks["check_ga"]
+    assert ga["reached"] is not None
+    assert ga["relative_drop"] > ga["retain_qa_relative_drop"] > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="Measured at seed 0: GA lowers forget-QA probability by 28.8% (< the issue's "
+                                       "30%) when its forget-VQA reaches the oracle's; docs/benchmark_v3.md.")
+def test_ga_check_of_issue_25(checks):
+    assert checks["check_ga"]["passed"], checks["check_ga"]["relative_drop"]
+
+
+@pytest.mark.slow
+def test_identity_mediation_is_measured(checks):
+    # A text-only edit of 5 retain people's facts (50 questions, learnt to 0.98): measured 0.36 of their image
+    # answers follow the new value, 0.40 keep the old one (0.96 correct before); the unedited people's image accuracy
+    # falls to 0.70, their text stays 0.99. Image answers go through the language model, only partly through the
+    # name's own representation.
+    med = checks["mediation"]
+    assert med["edited_text_acc"] >= 0.95
+    assert 0.2 < med["follows_edit"] < 0.6
