@@ -38,7 +38,11 @@ WORKER = ROOT / "tests" / "distributed_worker.py"
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 LAUNCHERS = ("ddp", "zero2", "zero3", "fsdp2") if HAS_DEEPSPEED else ("ddp", "fsdp2")
 LOSS_TOL = 1e-5  # measured <= 1e-6 on losses of order 1; relative to the loss beyond that (fp32 summation order)
-PARAM_TOL = 5e-5  # measured <= 1e-5
+# Adam moves every entry by about learning_rate per step whatever its gradient's size, so an entry whose gradient is
+# at rounding level (cancellation; the summation order differs between launchers) may take a different step in each
+# run. A tenth of the whole travel allowed (3 steps x lr 1e-3): a wrong data split moves many entries by whole steps
+# and fails, and the loss comparison above catches the rest. Measured: <= 1e-5 on AVX-512, 1.03e-4 on the AVX2 path.
+PARAM_TOL = 0.1 * 1e-3 * 3
 
 
 def _worker():
