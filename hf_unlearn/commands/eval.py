@@ -93,9 +93,9 @@ def _unreadable_weights(err: Exception, location: str, what: str) -> ValueError 
     if isinstance(err, pickle.UnpicklingError):
         return ValueError(
             f"{what}: the pickled weights in {location!r} hold objects other than tensors, so they are refused "
-            "(unpickling them could run code; torch.load(weights_only=True)). Use a safetensors copy of the model; "
-            "only if you trust the file, load its state dict with torch.load(path, weights_only=False) and save the "
-            "model again with save_pretrained (safetensors).")
+            "(unpickling them could run code; torch.load(weights_only=True)). Use a safetensors copy of the model "
+            "(ask its publisher for one, or convert it where you trust the file, then save_pretrained writes "
+            "safetensors).")
     damaged = type(err).__name__ == "SafetensorError" or isinstance(err, EOFError) or (
         isinstance(err, RuntimeError) and "PytorchStreamReader" in first)
     if damaged:
