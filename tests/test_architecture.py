@@ -22,7 +22,7 @@ PACKAGE = ROOT / "hf_unlearn"
 LAYERS = [
     ("foundation", ["hf_unlearn.version", "hf_unlearn.utils", "hf_unlearn.provenance", "hf_unlearn.losses",
                     "hf_unlearn.config_checks", "hf_unlearn.config", "hf_unlearn.disk", "hf_unlearn.model_folder",
-                    "hf_unlearn.models", "hf_unlearn.tiny_models", "hf_unlearn.real_llava"]),
+                    "hf_unlearn.models", "hf_unlearn.kbit", "hf_unlearn.tiny_models", "hf_unlearn.real_llava"]),
     ("data", ["hf_unlearn.data", "hf_unlearn.features"]),
     ("launchers", ["hf_unlearn.integrations"]),
     ("masks", ["hf_unlearn.masking", "hf_unlearn.saliency"]),

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..kbit import is_quantized, keep_4bit_layers_differentiable
+
 __all__ = ["apply_peft_config", "is_peft_model", "is_quantized", "keep_4bit_layers_differentiable"]
 
 
 def is_peft_model(model: nn.Module) -> bool:
     """Whether ``model`` is already wrapped by PEFT (a ``PeftModel``, or anything with adapters configured)."""
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """Whether ``model`` was loaded in 4 or 8 bits (bitsandbytes)."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
 def apply_peft_config(model: nn.Module, peft_config, args) -> nn.Module:
@@ -66,16 +63,3 @@ def apply_peft_config(model: nn.Module, peft_config, args) -> nn.Module:
     if checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # else no adapter gets a gradient under checkpointing (transformers#42489)
     return model
-
-
-def keep_4bit_layers_differentiable(model: nn.Module) -> None:
-    """Keep bitsandbytes' 4-bit layers on their differentiable path on CPUs with AVX512-BF16.
-
-    bitsandbytes 0.50's ``Linear4bit.forward`` repacks its weight for a faster CPU inference kernel the first time it
-    runs in eval mode without gradients (the trainer's probe before step 1 does exactly that), and keeps that format:
-    from then on no gradient flows back through the layer, so the adapters before it never train (measured: LoRA B
-    stayed 0, grad_norm 0, no error). A model being trained never takes that path.
-    """
-    for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
