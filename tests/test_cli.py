@@ -145,7 +145,7 @@ def test_eval_text_only_model_skips_image_splits(tmp_path, capsys):
 
 def test_eval_rejects_unknown_benchmarks(model_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(model_dir), "--benchmark", "tofoo:x"]) == 2
-    assert ("Unknown benchmark 'tofoo:x'; use 'builtin', 'mllmu:PATH', 'clear:PATH', 'tofu:PATH' or 'muse:PATH'"
-            in capsys.readouterr().err)
+    assert ("Unknown benchmark 'tofoo:x'; use one of builtin, mllmu:PATH, clear:PATH, tofu:PATH, muse:PATH, "
+            "fiubench:PATH, umubench:PATH, safeeraser:PATH, covubench:PATH" in capsys.readouterr().err)
     assert main(["eval", "--model", str(model_dir), "--benchmark", f"mllmu:{tmp_path}/no-such-snapshot"]) == 2
     assert "error:" in capsys.readouterr().err

@@ -6,8 +6,9 @@ What it scores, said on the first line of its output and in the JSON:
   (``hf_unlearn_run.json``). A run on your rows is scored on those rows (``<set>_nll``, ``<set>_rougeL``, and
   ``mia_auc`` forget vs holdout); a run on the built-in benchmark on that benchmark, with its recorded settings (so
   is a demo model). A model that records no data is refused: name what to score.
-* ``--benchmark builtin|mllmu:PATH|clear:PATH|tofu:PATH|muse:PATH``: that benchmark (accuracy per split, forget
-  ROUGE-L, membership AUC; TOFU's and MUSE's own metrics), with a note when the model was trained on other data.
+* ``--benchmark builtin|mllmu:PATH|clear:PATH|tofu:PATH|muse:PATH|fiubench:PATH|umubench:PATH|safeeraser:PATH|
+  covubench:PATH``: that benchmark (accuracy per split, ROUGE-L of generation-only splits, membership AUC; TOFU's
+  and MUSE's own metrics), with a note when the model was trained on other data (docs/benchmark_data.md).
 * ``--forget / --retain / --holdout``: your own rows (any format of docs/data_formats.md).
 
 ``--model`` is looked up as a local folder first, then as a Hub id (``org/name``); a LoRA run's adapter loads on its
@@ -38,14 +39,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="A saved model folder (looked up first) or a Hub id such as org/name.")
     parser.add_argument("--benchmark", default=None,
                         help="Score a benchmark instead of the run's own data: 'builtin' (synthetic), 'mllmu:PATH' "
-                             "(MLLMU-Bench snapshot or Hub id), 'clear:PATH', 'tofu:PATH' or 'muse:PATH'.")
+                             "(MLLMU-Bench snapshot or Hub id), 'clear:PATH', 'tofu:PATH', 'muse:PATH', "
+                             "'fiubench:PATH', 'umubench:PATH', 'safeeraser:PATH' or 'covubench:PATH' "
+                             "(docs/benchmark_data.md).")
     for name in ("forget", "retain", "holdout"):
         parser.add_argument(f"--{name}", default=None,
                             help=f"Your own {name} rows (a file, save_to_disk folder or Hub dataset id) instead of "
                                  "the run's.")
     parser.add_argument("--forget-split", default=None,
-                        help="Forget split of MLLMU-Bench (forget_5/10/15, default forget_5), CLEAR (forget01/05/10, "
-                             "default forget05) or TOFU (forget01/05/10, default forget10).")
+                        help="Forget split of MLLMU-Bench and UMU-Bench (forget_5/10/15, default forget_5), CLEAR "
+                             "(forget01/05/10, default forget05), TOFU (forget01/05/10, default forget10), FIUBench "
+                             "(forget1/5/10, default forget5) or CoVUBench (forget5/10/15/20, default forget5).")
     parser.add_argument("--output", default=None,
                         help="JSON file to write (default: eval_results.json in the current directory).")
     parser.add_argument("--batch-size", type=int, default=16, help="Questions per forward pass (default 16).")
@@ -178,8 +182,20 @@ def builtin_settings(model_path: str) -> dict[str, Any] | None:
     return None
 
 
+VISION_BENCHMARKS = ("mllmu", "clear", "fiubench", "umubench", "safeeraser", "covubench")
+
+
+def _vision_loader(kind: str):
+    """The loader of a vision-language benchmark and its default forget split (None: it takes none)."""
+    from ..data import benchmarks, covubench, fiubench, safeeraser, umu_bench
+
+    return {"mllmu": (benchmarks.load_mllmu_bench, "forget_5"), "clear": (benchmarks.load_clear, "forget05"),
+            "fiubench": (fiubench.load_fiubench, "forget5"), "umubench": (umu_bench.load_umu_bench, "forget_5"),
+            "safeeraser": (safeeraser.load_safeeraser, None), "covubench": (covubench.load_covubench, "forget5")}[kind]
+
+
 def load_benchmark(spec: str, model_path: str | None = None, seed: int = 0, forget_split: str | None = None):
-    """``builtin`` | ``mllmu:PATH`` | ``clear:PATH`` -> a ``DatasetDict`` in the common schema."""
+    """``builtin`` | ``<kind>:PATH`` (``run_config.BENCHMARKS``) -> a ``DatasetDict`` in the common schema."""
     if spec == "builtin":
         from ..data.synthetic import SyntheticBenchmarkConfig, build_synthetic_benchmark
 
@@ -187,12 +203,13 @@ def load_benchmark(spec: str, model_path: str | None = None, seed: int = 0, forg
         config = SyntheticBenchmarkConfig(**recorded) if recorded else SyntheticBenchmarkConfig(seed=seed)
         return build_synthetic_benchmark(config)
     kind, _, path = spec.partition(":")
-    if kind in ("mllmu", "clear") and path:
-        from ..data import benchmarks
-
-        if kind == "mllmu":
-            return benchmarks.load_mllmu_bench(path, forget_split or "forget_5")
-        return benchmarks.load_clear(path, forget_split or "forget05")
+    if kind in VISION_BENCHMARKS and path:
+        load, default_split = _vision_loader(kind)
+        if default_split is None:
+            if forget_split:
+                raise ValueError(f"{kind} has a single forget set: drop --forget-split / eval.forget_split.")
+            return load(path)
+        return load(path, forget_split or default_split)
     if kind == "tofu" and path:
         from ..data.tofu import load_tofu
 
@@ -201,8 +218,9 @@ def load_benchmark(spec: str, model_path: str | None = None, seed: int = 0, forg
         from ..data.muse import load_muse
 
         return load_muse(path, "books" if "books" in path.lower() else "news")
-    raise ValueError(f"Unknown benchmark {spec!r}; use 'builtin', 'mllmu:PATH', 'clear:PATH', 'tofu:PATH' or "
-                     "'muse:PATH'.")
+    from .run_config import BENCHMARK_SPECS
+
+    raise ValueError(f"Unknown benchmark {spec!r}; use one of {BENCHMARK_SPECS}.")
 
 
 def run_record(model_path: str) -> dict[str, Any] | None:
@@ -249,7 +267,8 @@ def _what_to_score(args: argparse.Namespace) -> tuple[str, Any]:
     raise ValueError(
         f"--model {args.model!r} records no data it was trained on (no {RUN_INFO} of `hf-unlearn run`), so there is "
         "nothing of its own to score. Name what to evaluate: --benchmark builtin|mllmu:PATH|clear:PATH|tofu:PATH|"
-        "muse:PATH, or your rows with --forget/--retain/--holdout.")
+        "muse:PATH|fiubench:PATH|umubench:PATH|safeeraser:PATH|covubench:PATH, or your rows with "
+        "--forget/--retain/--holdout.")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -18,7 +18,8 @@ Like ``trl sft``: training arguments are flat keys of the file (any field of the
       benchmark: {num_people: 20}   # settings of the built-in benchmark (optional)
     mask: {threshold: 0.5}          # optional: any SaliencyMaskConfig field, or {path: <saved mask folder or Hub id>}
     eval: {benchmark: builtin}      # optional: evaluate before and after (default: the run's own rows; or
-                                    #   forget/retain/holdout rows, or benchmark: builtin|mllmu:|clear:|tofu:|muse:)
+                                    #   forget/retain/holdout rows, or benchmark: builtin|mllmu:|clear:|tofu:|
+                                    #   muse:|fiubench:|umubench:|safeeraser:|covubench:)
     ref_model: org/reference        # optional: NPO / KL reference or VKD teacher (local folder or Hub id)
     license: apache-2.0             # optional: card license when the base model's card gives none
     base_model: org/base-model      # optional: the Hub id published as base_model when `model` is a local folder

@@ -31,7 +31,8 @@ DATA_SETS = ("forget", "retain", "holdout")  # the row sets a run reads (holdout
 DATA_ENTRY_KEYS = ("path", "split")
 EVAL_KEYS = ("benchmark", "forget", "retain", "holdout", "batch_size", "forget_split", "rouge", "mia", "relearn")
 # Benchmarks by prefix (``builtin`` alone; the others name a local snapshot or a Hub id after the colon).
-BENCHMARKS = ("builtin", "mllmu", "clear", "tofu", "muse")
+BENCHMARKS = ("builtin", "mllmu", "clear", "tofu", "muse", "fiubench", "umubench", "safeeraser", "covubench")
+BENCHMARK_SPECS = ", ".join(b if b == "builtin" else f"{b}:PATH" for b in BENCHMARKS)
 OWN_DATA = "data"  # eval.benchmark's value for "the run's own rows" (the default when the data is not built in)
 MASK_FILE_KEYS = ("path", "subfolder")  # a saved mask instead of computing one
 MASK_RESERVED = ("hf_unlearn_version", "mask_type")  # filled in by the library
@@ -313,8 +314,8 @@ def check_benchmark_name(bench: Any, where: str) -> None:
     """``builtin`` or ``<kind>:<path>`` with a known kind; a mistyped local path fails now, not after the model loads."""
     kind, _, location = bench.partition(":") if isinstance(bench, str) else ("", "", "")
     if not (bench == "builtin" or kind in BENCHMARKS[1:] and location):
-        raise ConfigError(f"{where}: {bench!r} is not one of builtin, mllmu:PATH, clear:PATH, tofu:PATH, muse:PATH "
-                          "(PATH: a local snapshot folder or a Hub dataset id).")
+        raise ConfigError(f"{where}: {bench!r} is not one of {BENCHMARK_SPECS} (PATH: a local snapshot folder or a "
+                          "Hub dataset id).")
     if bench != "builtin":
         from ..hub.resolve import locate
 

@@ -6,7 +6,8 @@ Both accept either a local directory laid out like a Hub dataset snapshot (``<ro
 columns of text-only configs are never loaded.
 
 Split names follow the synthetic benchmark: ``forget_vqa``, ``forget_qa``, ``retain_vqa``, ``retain_qa``,
-``general`` (+ ``test_vqa`` / ``test_qa`` / ``general_qa`` for MLLMU-Bench).
+``general`` (+ ``test_vqa`` / ``test_qa`` / ``general_qa`` for MLLMU-Bench). The reading helpers
+(``read_benchmark_config``, ``stored_image``, ``letter_label``, ``person_ids``, ...) serve the other loaders too.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _looks_like_path(path_or_repo: str) -> bool:
     )
 
 
-def _check_not_lfs_pointer(path: str, root: str) -> None:
+def check_not_lfs_pointer(path: str, root: str) -> None:
     """A `git clone` without git-lfs leaves small text pointers where the data files should be: say so, and the fix."""
     with open(path, "rb") as f:
         head = f.read(len(LFS_POINTER_PREFIX))
@@ -65,7 +66,7 @@ def _check_not_lfs_pointer(path: str, root: str) -> None:
 
 def _check_parquet_file(path: str, root: str) -> list[str]:
     """The column names of one parquet shard; a clear error for a Git LFS pointer or an unreadable file."""
-    _check_not_lfs_pointer(path, root)
+    check_not_lfs_pointer(path, root)
     try:
         return pq.read_schema(path).names
     except pa.ArrowInvalid as err:
@@ -75,7 +76,7 @@ def _check_parquet_file(path: str, root: str) -> list[str]:
 
 def _read_json_file(path: str, root: str) -> pa.Table:
     """A JSON array or JSON-lines file of records (TOFU publishes ``<config>.json`` files) as a Table."""
-    _check_not_lfs_pointer(path, root)
+    check_not_lfs_pointer(path, root)
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
@@ -189,7 +190,7 @@ def read_benchmark_config(
     return ds.select_columns(columns).with_format("arrow")[:]
 
 
-def _image(value: Any) -> dict[str, Any] | None:
+def stored_image(value: Any) -> dict[str, Any] | None:
     """A stored image struct, kept encoded (``datasets.Image`` decodes lazily); None when there is no image.
 
     The stored ``path`` is only a file name from the uploader's machine; it is dropped when the bytes are embedded,
@@ -202,12 +203,12 @@ def _image(value: Any) -> dict[str, Any] | None:
     return {"bytes": None, "path": value["path"]}
 
 
-def _row_rng(seed: int, *keys: Any) -> np.random.Generator:
+def row_rng(seed: int, *keys: Any) -> np.random.Generator:
     """A generator tied to the seed and the row's identity (not its position in a file), stable across runs."""
     return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in keys)])
 
 
-def _options_with_answer(
+def options_with_answer(
     answer: str, candidates: Sequence[str], fallback: Sequence[str], rng: np.random.Generator
 ) -> tuple[list[str], int]:
     """The answer at a seeded position among **every** distinct ``candidates`` entry that differs from it (as
@@ -236,11 +237,11 @@ def _options_with_answer(
 _MLLMU_TASKS = ("Image_Textual_Questions", "Pure_Text_Questions")
 
 
-def _mllmu_label(letter: Any, where: str) -> int:
-    """'A', 'a', 'A.', '(A)', 'A: text' -> 0."""
+def letter_label(letter: Any, where: str, field: str = "Correct_Answer") -> int:
+    """'A', 'a', 'A.', '(A)', 'A: text' -> 0; ``field`` names the column in the error."""
     text = str(letter or "").strip().lstrip("(").upper()
     if not text or text[0] not in _LETTERS or (len(text) > 1 and text[1] in string.ascii_uppercase):
-        raise ValueError(f"{where}: Correct_Answer {letter!r} is not one of the option letters {list(_LETTERS)}.")
+        raise ValueError(f"{where}: {field} {letter!r} is not one of the option letters {list(_LETTERS)}.")
     return _LETTERS.index(text[0])
 
 
@@ -255,13 +256,13 @@ def _mllmu_rows(
     rows = []
     for i, item in enumerate(cls[task] or []):
         options = [str((item["Options"] or {}).get(k) or "") for k in _LETTERS]
-        label = _mllmu_label(item["Correct_Answer"], f"{where}, {task}[{i}]")
+        label = letter_label(item["Correct_Answer"], f"{where}, {task}[{i}]")
         rows.append(dict(person_id=person_id, kind=kind, image=image, question=item["Question"],
                          answer=options[label], options=options, label=label))  # fmt: skip
     return rows
 
 
-def _mllmu_person_ids(ids: Sequence[str]) -> dict[str, int]:
+def person_ids(ids: Sequence[str]) -> dict[str, int]:
     """Profile IDs are strings; numeric ones keep their value, otherwise their rank in sorted order."""
     unique = sorted(set(ids))
     if all(str(i).isdigit() for i in unique):
@@ -290,13 +291,13 @@ def load_mllmu_bench(
         return read_benchmark_config(path_or_repo, config, required, benchmark="MLLMU-Bench", **kwargs).to_pylist()
 
     forget, retain = read(forget_split, profile_cols), read(retain_split, profile_cols)
-    id_map = _mllmu_person_ids([str(p["ID"]) for p in forget + retain])
+    id_map = person_ids([str(p["ID"]) for p in forget + retain])
     splits: dict[str, list[dict[str, Any]]] = {}
     for name, profiles, config in (("forget", forget, forget_split), ("retain", retain, retain_split)):
         vqa, qa = [], []
         for n, p in enumerate(profiles):
             pid, where = id_map[str(p["ID"])], f"config {config!r} row {n} (ID {p['ID']})"
-            vqa += _mllmu_rows(p, "Image_Textual_Questions", "vqa", pid, _image(p["image"]), where)
+            vqa += _mllmu_rows(p, "Image_Textual_Questions", "vqa", pid, stored_image(p["image"]), where)
             qa += _mllmu_rows(p, "Pure_Text_Questions", "qa", pid, None, where)
         splits[f"{name}_vqa"], splits[f"{name}_qa"] = vqa, qa
 
@@ -306,10 +307,10 @@ def load_mllmu_bench(
     test_profiles = read("Test_Set", ("ID", "images", "Classification_Task"), row_filter=("ID", forget_ids))
     for p in test_profiles:
         where = f"config 'Test_Set' (ID {p['ID']})"
-        images = [img for img in (_image(v) for v in (p["images"] or [])) if img is not None]
+        images = [img for img in (stored_image(v) for v in (p["images"] or [])) if img is not None]
         if not images:
             raise ValueError(f"{where}: the 'images' list is empty; Test_Set rows need at least one image.")
-        image = images[int(_row_rng(image_choice_seed, p["ID"]).integers(len(images)))]
+        image = images[int(row_rng(image_choice_seed, p["ID"]).integers(len(images)))]
         test_vqa += _mllmu_rows(p, "Image_Textual_Questions", "vqa", id_map[str(p["ID"])], image, where)
         test_qa += _mllmu_rows(p, "Pure_Text_Questions", "qa", id_map[str(p["ID"])], None, where)
     splits["test_vqa"], splits["test_qa"] = test_vqa, test_qa
@@ -317,7 +318,7 @@ def load_mllmu_bench(
     general, general_qa = [], []
     for n, p in enumerate(read("Retain_Set", ("image", "Classification_Task"))):
         where = f"config 'Retain_Set' row {n}"
-        general += _mllmu_rows(p, "Image_Textual_Questions", "general", -1, _image(p["image"]), where)
+        general += _mllmu_rows(p, "Image_Textual_Questions", "general", -1, stored_image(p["image"]), where)
         general_qa += _mllmu_rows(p, "Pure_Text_Questions", "general", -1, None, where)
     splits["general"], splits["general_qa"] = general, general_qa
     return datasets.DatasetDict({name: rows_to_dataset(rows) for name, rows in splits.items()})
@@ -341,10 +342,10 @@ def _clear_name_rows(
     all_names = sorted(name_ids)
     rows = []
     for n, r in enumerate(table):
-        options, label = _options_with_answer(
-            r["name"], r["perturbed_names"] or [], all_names, _row_rng(seed, split, n, r["name"])
+        options, label = options_with_answer(
+            r["name"], r["perturbed_names"] or [], all_names, row_rng(seed, split, n, r["name"])
         )
-        rows.append(dict(person_id=name_ids[r["name"]], kind="vqa", image=_image(r["image"]), question=question,
+        rows.append(dict(person_id=name_ids[r["name"]], kind="vqa", image=stored_image(r["image"]), question=question,
                          answer=r["name"], options=options, label=label))  # fmt: skip
     return rows
 
@@ -414,10 +415,10 @@ def load_clear(
     real_answers = [r["answer"] for r in faces]
     general = []
     for n, r in enumerate(faces):
-        options, label = _options_with_answer(
-            r["answer"], r["options"] or [], real_answers, _row_rng(option_seed, "general", n, r["answer"])
+        options, label = options_with_answer(
+            r["answer"], r["options"] or [], real_answers, row_rng(option_seed, "general", n, r["answer"])
         )
-        general.append(dict(person_id=-1, kind="general", image=_image(r["image"]),
+        general.append(dict(person_id=-1, kind="general", image=stored_image(r["image"]),
                             question=r.get("question") or name_question, answer=r["answer"], options=options,
                             label=label))  # fmt: skip
     splits["general"] = general

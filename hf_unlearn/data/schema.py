@@ -1,11 +1,13 @@
-"""The common row schema shared by every benchmark split (synthetic, MLLMU-Bench, CLEAR, TOFU, MUSE).
+"""The common row schema shared by every benchmark split (synthetic, MLLMU-Bench, CLEAR, TOFU, MUSE, FIUBench,
+UMU-Bench, SafeEraser, CoVUBench).
 
 Collators, trainers and the evaluator only ever see these columns:
 
 =============  ==========================  ===============================================================
 column         type                        meaning
 =============  ==========================  ===============================================================
-``person_id``  int                         the person the row is about; ``-1`` for rows tied to no person
+``person_id``  int                         the person (CoVUBench: the concept) the row is about; ``-1`` for
+                                           rows tied to no person
 ``kind``       str                         ``"vqa"`` (image + question), ``"qa"`` (text only), ``"general"``, or
                                            ``"text"``: raw text continuation (MUSE), ``question`` = the prefix
                                            (may be empty), ``answer`` = the continuation, no chat template
