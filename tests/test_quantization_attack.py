@@ -3,11 +3,12 @@ reports nothing on a model that knows the answers and exposes a model that hides
 
 import pytest
 import torch
-from memorised_people import benchmark, load, memorised_people  # noqa: F401 (fixture)
 
 from hf_unlearn.demo.rounding_hiding import hide_within_nf4_cells, quantized_linear_weights
 from hf_unlearn.evaluation import Evaluator
-from hf_unlearn.evaluation.quantization import quantization_attack, quantization_config, quantized_copy
+from hf_unlearn.evaluation.quantization import quantization_attack, quantized_copy
+
+from memorised_people import benchmark, load, memorised_people  # noqa: F401 (fixture)
 
 SPLITS = ("forget_vqa", "retain_vqa")
 

@@ -48,6 +48,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "torch's default).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--list-methods", action="store_true", help="List the registered methods and exit.")
+    parser.add_argument("--v3", action="store_true",
+                        help="Benchmark v3 (quick configuration, docs/benchmark_v3.md): identity-mediated knowledge, "
+                             "the official protocol, truth ratio / ROUGE-L / BLEU on every split, the quantization "
+                             "and relearning attacks, and the instrument's validity checks at every seed.")
     parser.add_argument("--text", action="store_true",
                         help="The text demo instead: a tiny Llama that memorised fictitious authors (TOFU-shaped), "
                              "every text method, vanilla and a retain-only oracle, TOFU's metrics.")
@@ -96,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"hf-unlearn demo: error: {problem}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or (torch.get_num_threads() if args.real else 1))
+    if args.v3:
+        return _run_v3(args, seeds, methods)
     if args.real:
         from ..demo.real import RealDemoConfig, run_real_demo
 
@@ -105,6 +111,18 @@ def run(args: argparse.Namespace) -> int:
     config = DemoConfig.quick(seed=seeds[0]) if args.quick else DemoConfig(seed=seeds[0])
     run_demo(config, output_dir=args.output, methods=methods, cache_dir=args.cache_dir,
              show_progress=not args.no_progress, seeds=seeds)
+    return 0
+
+
+def _run_v3(args: argparse.Namespace, seeds: list[int], methods: list[str] | None) -> int:
+    from ..demo.identity_pipeline import run_identity_demo
+    from ..demo.identity_report import render_identity_report, write_identity_outputs
+    from ..evaluation.attacks import RelearnConfig
+
+    payload = run_identity_demo(seeds, methods, cache_dir=args.cache_dir, relearn=RelearnConfig())
+    write_identity_outputs(payload, args.output)
+    print(render_identity_report(payload))
+    print(f"[demo] benchmark v3, seeds {seeds}: results in {os.path.abspath(args.output)}")
     return 0
 
 

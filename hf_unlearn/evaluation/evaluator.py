@@ -186,23 +186,37 @@ class Evaluator:
         """(N, K) answer log-probability of every option of every question (mean per token or summed); K is the
         largest number of options in the split, and questions with fewer options are padded with -inf."""
         check_columns(dataset, MCQ_COLUMNS, desc)
-        scores: list[np.ndarray] = []
-        with self._eval_mode():
-            for cols in self._batches(dataset, desc):
-                rows, sizes = [], []
-                for row, options in zip(self._rows(cols), cols["options"]):
-                    if not options:
-                        raise ValueError(f"Split {desc!r} has a row without options: it is generation-only; score it "
-                                         "with rouge_l (evaluate() does so for splits without options).")
-                    rows += [{**row, "answer": option} for option in options]
-                    sizes.append(len(options))
-                logps, counts = self._answer_log_probs(rows)
-                values = logps / counts.clamp(min=1) if self.option_score == "mean" else logps
-                scores += np.split(values.float().cpu().numpy(), np.cumsum(sizes)[:-1])
+        scores = self._answers_log_probs(dataset, "options", desc, mean=self.option_score == "mean")
         out = np.full((len(scores), max(map(len, scores), default=0)), -np.inf)
         for i, row_scores in enumerate(scores):
             out[i, :len(row_scores)] = row_scores
         return out
+
+    def perturbed_nll(self, dataset: datasets.Dataset | str, desc: str = "perturbed") -> list[np.ndarray]:
+        """Per row, the mean answer-token NLL of each of its ``perturbed_answers`` (the truth ratio's wrong answers),
+        asked with the row's own question and image."""
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        check_columns(dataset, ("perturbed_answers",), desc)
+        return [-values for values in self._answers_log_probs(dataset, "perturbed_answers", desc, mean=True)]
+
+    def _answers_log_probs(self, dataset: datasets.Dataset, column: str, desc: str, mean: bool) -> list[np.ndarray]:
+        """Per row, the log-probability (per token if ``mean``) of each answer listed in the row's ``column``."""
+        scores: list[np.ndarray] = []
+        with self._eval_mode():
+            for cols in self._batches(dataset, desc):
+                rows, sizes = [], []
+                for row, answers in zip(self._rows(cols), cols[column]):
+                    if not answers:
+                        raise ValueError(f"Split {desc!r} has a row without {column}: "
+                                         + ("it is generation-only; score it with rouge_l (evaluate() does so for "
+                                            "splits without options)." if column == "options" else
+                                            "every row needs at least one."))
+                    rows += [{**row, "answer": answer} for answer in answers]
+                    sizes.append(len(answers))
+                logps, counts = self._answer_log_probs(rows)
+                values = logps / counts.clamp(min=1) if mean else logps
+                scores += np.split(values.float().cpu().numpy(), np.cumsum(sizes)[:-1])
+        return scores
 
     def answer_nll(self, dataset: datasets.Dataset, desc: str = "nll") -> np.ndarray:
         """(N,) mean negative log-likelihood per answer token of each row's ground-truth answer."""

@@ -52,6 +52,28 @@ def rouge_l_per_row(predictions: Sequence[str], references: Sequence[str], measu
                      for pred, ref in zip(predictions, references)], dtype=np.float64)
 
 
+def bleu_per_row(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Sentence BLEU of each prediction against its reference (nltk, whitespace tokens, lower-cased), up to 4-grams
+    but no longer than the reference, with Chen & Cherry's smoothing 1 (a short answer with no 4-gram match is not
+    0). On one-word answers it is 1 for the exact word and 0 otherwise, times the brevity penalty."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references.")
+    if not predictions:
+        raise ValueError("Cannot compute BLEU over zero predictions.")
+    smoothing = SmoothingFunction().method1
+    scores = []
+    for pred, ref in zip(predictions, references):
+        ref_tokens, pred_tokens = ref.lower().split(), pred.lower().split()
+        if not ref_tokens or not pred_tokens:
+            scores.append(float(ref_tokens == pred_tokens))
+            continue
+        n = min(4, len(ref_tokens))
+        scores.append(sentence_bleu([ref_tokens], pred_tokens, weights=(1.0 / n,) * n, smoothing_function=smoothing))
+    return np.array(scores, dtype=np.float64)
+
+
 def rouge_l(predictions: Sequence[str], references: Sequence[str], measure: str = "fmeasure") -> float:
     """Mean ROUGE-L (F-measure by default) over rows; see ``rouge_l_per_row``."""
     return float(np.mean(rouge_l_per_row(predictions, references, measure)))

@@ -1,0 +1,108 @@
+"""Benchmark v3's report: the results table (means and 95% intervals), the text-damage ratios and the validity
+checks of every seed, as Markdown, from a ``identity_pipeline.run_identity_demo`` payload."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..evaluation.report import markdown_table, write_text
+from ..provenance import describe
+
+# The table's columns: what a reader needs to judge MMUnlearner's and VKD's problem (forget the face, keep the text).
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("forget_vqa_acc", "Forget VQA acc", "→ oracle"),
+    ("forget_vqa_truth", "Forget VQA truth", "→ oracle"),
+    ("forget_vqa_rougeL", "Forget VQA ROUGE-L", "→ oracle"),
+    ("forget_qa_truth", "Forget QA truth", "≈ vanilla"),
+    ("forget_qa_prob", "Forget QA prob", "≈ vanilla"),
+    ("retain_vqa_truth", "Retain VQA truth", "↑"),
+    ("retain_qa_truth", "Retain QA truth", "↑"),
+    ("general_truth", "General truth", "↑"),
+    ("test_vqa_acc", "Rephrased VQA acc", "→ oracle"),
+    ("quant8_forget_vqa_acc", "8-bit forget VQA", "→ oracle"),
+    ("quant4_forget_vqa_acc", "4-bit forget VQA", "→ oracle"),
+    ("relearn_acc", "Relearn", "→ oracle"),
+    ("mia_auc", "MIA AUC", "→ 0.5"),
+    ("text_damage_ratio", "Text damage", "↓"),
+    ("distance_to_oracle", "Distance (trusted)", "↓"),
+)
+
+VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA", "GA forget-QA prob drop",
+                    "vision-only forget-VQA / forget-QA", "mediation follows / keeps", "passed")
+
+
+def _mean_damage(payload: Mapping[str, Any], model: str) -> float | None:
+    values = [seeds[model] for seeds in payload.get("text_damage_ratio", {}).values()
+              if seeds.get(model) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def table_rows(payload: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """``(values, intervals)`` per model, with the text-damage ratio (mean over seeds) and the distance."""
+    rows, bounds = {}, {}
+    for model, values in payload["methods"].items():
+        rows[model] = {**values, "text_damage_ratio": _mean_damage(payload, model)}
+        bounds[model] = dict(payload.get("intervals", {}).get(model, {}))
+        distance = payload.get("distance", {}).get(model)
+        if distance:
+            rows[model]["distance_to_oracle"] = distance["value"]
+            bounds[model]["distance_to_oracle"] = distance["interval"]
+    return rows, bounds
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def validity_table(payload: Mapping[str, Any]) -> str:
+    """One row per seed: the four checks of issue 25 item 6 and the identity-mediation measurement."""
+    lines = ["| " + " | ".join(VALIDITY_COLUMNS) + " |", "|" + "---|" * len(VALIDITY_COLUMNS)]
+    for seed, record in payload.get("validity", {}).items():
+        if not record:
+            continue
+        ga, vision, mediation = record["check_ga"], record["check_vision_only"], record["mediation"]
+        reached = vision.get("reached") or {}
+        marks = "".join("✓" if record[k]["passed"] else "✗"
+                        for k in ("check_vanilla", "check_oracle", "check_ga", "check_vision_only"))
+        lines.append("| " + " | ".join([
+            seed, _fmt(record["check_vanilla"]["min_trained_accuracy"]),
+            f"{_fmt(record['check_oracle']['forget_vqa_acc'])} / {_fmt(record['check_oracle']['forget_qa_acc'])}",
+            "—" if ga.get("relative_drop") is None else f"{100 * ga['relative_drop']:.1f}%",
+            f"{_fmt(reached.get('forget_vqa_acc'))} / {_fmt(reached.get('forget_qa_acc'))}",
+            f"{_fmt(mediation.get('follows_edit'), 2)} / {_fmt(mediation.get('keeps_old'), 2)}", marks]) + " |")
+    return "\n".join(lines)
+
+
+def render_identity_report(payload: Mapping[str, Any]) -> str:
+    """The whole report as Markdown."""
+    bench, run = payload["benchmark"], payload["run"]
+    rows, bounds = table_rows(payload)
+    intervals = bounds if len(bench["seeds"]) > 1 else None
+    machine = run.get("machine", {})
+    parts = [
+        "# hf_unlearn benchmark v3 (quick configuration)", "",
+        f"Seeds {', '.join(map(str, bench['seeds']))}; {run['date']}; {machine.get('cpu_count')} CPUs; "
+        f"{describe(machine)}; hf_unlearn {bench['hf_unlearn_version']}; wall time {run['wall_time_s']} s. "
+        f"Hyperparameters: {bench['tuning']}.", "",
+        markdown_table(rows, COLUMNS, intervals), "",
+        "Cells: mean over seeds (95% interval: bootstrap over seeds and questions). *truth*: the truth-ratio score "
+        "max(0, 1 - P(perturbed)/P(true)); *Text damage*: forget-QA NLL change over retain-QA NLL change from the "
+        "vanilla (mean over seeds; above 1 = the forget people's text facts were hit specifically); *Distance "
+        f"(trusted)*: to the oracle over {', '.join(payload.get('distance_metrics', []))}.", "",
+        "Validity checks (issue 25 item 6; ✓/✗ per check: vanilla, oracle, GA, vision-only):", "",
+        validity_table(payload), "",
+    ]
+    parts += [f"* {n}" for n in payload.get("notes", [])]
+    return "\n".join(parts) + "\n"
+
+
+def write_identity_outputs(payload: Mapping[str, Any], output_dir: str) -> None:
+    """``results.json`` and ``report.md`` in ``output_dir``, each written atomically."""
+    os.makedirs(output_dir, exist_ok=True)
+    write_text(os.path.join(output_dir, "results.json"), json.dumps(payload, indent=2) + "\n")
+    write_text(os.path.join(output_dir, "report.md"), render_identity_report(payload))
