@@ -90,7 +90,7 @@ def text_models():
     torch.manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(80):  # full batch; the loss ends near 0.02
+    for _ in range(60):  # full batch; the loss ends near 0.05
         model(**batch).loss.backward()
         opt.step()
         opt.zero_grad()
@@ -150,7 +150,7 @@ def test_probe_reads_the_answers_of_a_memorised_model_and_not_of_an_untrained_on
     # Every forget answer is a retain answer too (4 values, 16 retain people), so every row is scored, among 4.
     assert out["probing_rows"] == n and out["probing_chance"] == 0.25
     assert out["probing_acc"] >= above_chance(n)  # measured 1.0
-    assert out["probing_reference_acc"] < above_chance(n)  # measured 0.25
+    assert out["probing_reference_acc"] < above_chance(n)  # measured 0.31
     own = Evaluator(untrained, tok, bench, batch_size=16).run_attacks("probing")["probing"]
     assert own["probing_acc"] == out["probing_reference_acc"]  # the reference's number is its own probe's
     with pytest.raises(ValueError, match="layer=7 is out of range: the model has 2 layers"):
@@ -169,9 +169,9 @@ def test_jailbreak_templates_keep_a_memorised_model_above_chance_and_an_untraine
     per_template = [out[f"jailbreak_{t}_acc"] for t in JAILBREAK_TEMPLATES]
     assert out["jailbreak_max_acc"] == max(per_template)
     assert out["jailbreak_mean_acc"] == pytest.approx(np.mean(per_template))
-    assert out["jailbreak_mean_acc"] >= above_chance(n)  # measured 0.88
+    assert out["jailbreak_mean_acc"] >= above_chance(n)  # measured 0.78 (templates 0.69-0.81)
     base = Evaluator(untrained, tok, bench, batch_size=16).run_attacks("jailbreak")["jailbreak"]
-    assert base["jailbreak_mean_acc"] < above_chance(n)  # measured 0.38
+    assert base["jailbreak_mean_acc"] < above_chance(n)  # measured 0.31
 
 
 # ------------------------------------------------------------------------------------------------------ rephrase

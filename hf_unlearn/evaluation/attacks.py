@@ -128,6 +128,9 @@ def relearn_attack(
 
 def _relearn(ctx: AttackContext) -> dict[str, float]:
     """The registry's ``relearn``: ``relearn_attack`` on the forget image rows under the default budget, seeded."""
+    unknown = sorted(set(ctx.options) - set(RelearnConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"relearn: unknown option(s) {unknown}; known: {', '.join(RelearnConfig.__dataclass_fields__)}.")
     forget = ctx.forget_split(images=True)
     return relearn_attack(ctx.model, ctx.processing_class, ctx.benchmark[forget],
                           RelearnConfig(seed=ctx.seed, **dict(ctx.options)), eval_batch_size=ctx.evaluator.batch_size)
