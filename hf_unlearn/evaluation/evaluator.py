@@ -9,6 +9,10 @@
 * **Membership inference** (LOSS attack): score = -mean answer NLL; members = the forget people's rows, non-members =
   the holdout people's rows (never trained on); ROC-AUC, 0.5 = no signal.
 
+* **Robustness attacks** (``run_attacks`` / ``evaluate(attacks=...)``): the registry of ``attack_registry``
+  (probing, rephrased images, typographic and jailbreak prompts, relearning); each adds its own ``<attack>_...``
+  metrics (docs/robustness.md).
+
 Text-only models are evaluated on the text splits; image splits are skipped with a logged message.
 """
 
