@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from hf_unlearn.cli import main
@@ -63,21 +64,25 @@ learning_rate: 1.0e-2
 data:
   forget: builtin:forget_vqa
   benchmark: {json.dumps(BENCH)}
-eval: {{benchmark: builtin, batch_size: 8}}
+eval: {{benchmark: builtin, batch_size: 8, attacks: jailbreak}}
 """)
     assert main(["run", "--config", config]) == 0
     assert "ga_diff: unlearned in" in capsys.readouterr().out
     info = json.loads((out / "hf_unlearn_run.json").read_text())
     assert info["method"] == "ga_diff" and info["overrides"] == {"max_steps": 2, "learning_rate": 0.01}
     assert info["benchmark"]["num_people"] == 4
-    assert set(info["metrics_after"]) >= {"forget_vqa_acc", "retain_qa_acc", "mia_auc"}
+    assert set(info["metrics_after"]) >= {"forget_vqa_acc", "retain_qa_acc", "mia_auc", "jailbreak_max_acc"}
+    # Each attack metric is its own entry of the card's model-index, before and after.
+    names = {r.metric_name for r in ModelCard.load(out / "README.md").data.eval_results}
+    assert {"jailbreak_max_acc (before unlearning)", "jailbreak_mean_acc (after unlearning)"} <= names
     before, after = load_file(model_dir / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the weights moved
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the staging folder is gone
 
     # `eval` reads the benchmark settings recorded next to the model and reproduces the run's numbers.
     result = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(out), "--output", str(result), "--batch-size", "8"]) == 0
+    assert main(["eval", "--model", str(out), "--output", str(result), "--batch-size", "8",
+                 "--attacks", "jailbreak"]) == 0
     metrics = json.loads(result.read_text())["metrics"]
     assert metrics == pytest.approx(info["metrics_after"])
     assert "forget_vqa_acc" in capsys.readouterr().out

@@ -174,6 +174,10 @@ ERRORS = {
                                                                        "are two different evaluations"),
     "eval-benchmark-typo": ("eval: {benchmark: tofoo:x}\n", "eval.benchmark: 'tofoo:x' is not one of builtin, "
                                                             "mllmu:PATH, clear:PATH, tofu:PATH, muse:PATH"),
+    "eval-attack-typo": ("eval: {benchmark: builtin, attacks: 'probing,jailbrek'}\n",
+                         "eval.attacks: Unknown attack 'jailbrek'. Did you mean 'jailbreak'?"),
+    "attacks-on-rows": ("eval: {holdout: x, attacks: [probing]}\n", "eval.attacks: the attacks score a benchmark's "
+                                                                     "multiple-choice splits"),
     "holdout-typo": ("data: {forget: f, holdot: h}\n", "data: unknown key 'holdot'. Did you mean 'holdout'?"),
 }
 

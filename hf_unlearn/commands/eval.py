@@ -55,7 +55,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="Questions per forward pass (default 16).")
     parser.add_argument("--seed", type=int, default=0,
                         help="Seed of the built-in benchmark when the model records none, and of the attack.")
-    parser.add_argument("--relearn", action="store_true", help="Also run the relearning attack (fine-tunes a copy).")
+    parser.add_argument("--relearn", action="store_true",
+                        help="Also run the relearning attack (fine-tunes a copy); the same as --attacks relearn.")
+    parser.add_argument("--attacks", default=None,
+                        help="Robustness attacks to run, comma-separated: probing, rephrase, typographic, jailbreak, "
+                             "relearn (docs/robustness.md). Each adds its own <attack>_... metrics.")
+    parser.add_argument("--reference", default=None,
+                        help="A reference model (folder or Hub id; pass the retain-only oracle) for the attacks that "
+                             "compare with it (probing reports its probe accuracy too). Same processor as --model.")
+    parser.add_argument("--probe-layer", type=int, default=None,
+                        help="Hidden-state layer of the probing attack (default: the middle layer; 0 = embeddings, "
+                             "negative = from the last).")
     parser.add_argument("--no-rouge", action="store_true", help="Skip greedy generation / ROUGE-L.")
     parser.add_argument("--no-mia", action="store_true", help="Skip membership inference.")
     parser.set_defaults(func=run)
@@ -302,10 +312,20 @@ def run(args: argparse.Namespace) -> int:
     from transformers import set_seed
 
     from ..disk import explain_disk_errors
-    from ..evaluation import Evaluator, RelearnConfig, relearn_attack
+    from ..evaluation import Evaluator
+    from ..evaluation.attack_registry import parse_attacks
     from ..evaluation.report import write_text
     if args.batch_size < 1:
         return _fail(f"--batch-size must be >= 1, got {args.batch_size}.")
+    try:
+        attacks = parse_attacks(args.attacks)
+    except ValueError as err:
+        return _fail(f"--attacks: {err}")
+    if args.relearn and "relearn" not in attacks:
+        attacks.append("relearn")
+    if (args.attacks or args.reference) and (args.forget or args.retain or args.holdout):
+        return _fail("--attacks and --reference need a benchmark's multiple-choice splits (--benchmark, or a run on "
+                     "the built-in benchmark); your own rows (--forget/--retain/--holdout) have no options to score.")
     output = args.output or "eval_results.json"
     problem = _check_output(output)
     if problem:
@@ -317,6 +337,8 @@ def run(args: argparse.Namespace) -> int:
         kind, what = _what_to_score(args)
         sets = _run_sets(what, args) if kind == "rows" else None
         model, processor = load_model_and_processor(args.model, "--model")
+        reference = load_model_and_processor(args.reference, "--reference")[0] if args.reference else None
+        _check_probe_layer(args.probe_layer, model)
         benchmark = load_benchmark(what, args.model, args.seed, args.forget_split) if kind == "benchmark" else None
     except (FileNotFoundError, ValueError, OSError) as err:  # ConfigError is a ValueError
         return _fail(str(err))
@@ -342,22 +364,39 @@ def run(args: argparse.Namespace) -> int:
     else:
         evaluator = Evaluator(model, processor, benchmark, batch_size=args.batch_size, show_progress=True)
         metrics = evaluator.evaluate(rouge=not args.no_rouge, mia=not args.no_mia)
-    if args.relearn:
-        if "forget_vqa_acc" in metrics:
-            metrics.update(relearn_attack(model, processor, benchmark["forget_vqa"], RelearnConfig(seed=args.seed),
-                                          eval_batch_size=args.batch_size))
-        else:
-            print("note: relearning attack skipped (no evaluable forget_vqa split).", file=sys.stderr)
+    attack_metrics: dict[str, dict[str, float]] = {}
+    if attacks and isinstance(evaluator, Evaluator) and kind == "benchmark":
+        options = {"probing": {"layer": args.probe_layer}} if args.probe_layer is not None else None
+        try:
+            attack_metrics = evaluator.run_attacks(attacks, reference=reference, seed=args.seed, options=options)
+        except ValueError as err:  # e.g. --probe-layer out of range for this model
+            return _fail(str(err))
+        for values in attack_metrics.values():
+            metrics.update(values)
+    elif attacks:
+        print(f"note: attacks skipped ({', '.join(attacks)}): they need a vision-language or causal LM benchmark "
+              "with multiple-choice splits (builtin, mllmu, clear).", file=sys.stderr)
     for name, reason in evaluator.skipped.items():
         print(f"note: skipped {name}: {reason}", file=sys.stderr)
     print(format_metrics(metrics))
     payload = {"model": args.model, "evaluated": scored, "benchmark": what if kind == "benchmark" else None,
                "sets": {k: len(v) for k, v in sets.items()} if sets else None, "metrics": metrics,
-               "skipped": evaluator.skipped}
+               "attacks": attack_metrics, "skipped": evaluator.skipped}
     with explain_disk_errors(os.path.dirname(os.path.abspath(output)), "--output"):
         write_text(output, json.dumps(payload, indent=2) + "\n")
     print(f"wrote {output}")
     return 0
+
+
+def _check_probe_layer(layer: int | None, model) -> None:
+    """``--probe-layer`` within the model's hidden states (0..layers, or negative from the last), checked before any
+    evaluation runs."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    layers = getattr(text_config, "num_hidden_layers", None)
+    if layer is not None and layers is not None and not -(layers + 1) <= layer <= layers:
+        raise ValueError(f"--probe-layer {layer} is out of range: the model has {layers} layers (hidden states "
+                         f"0..{layers}, or negative from the end).")
 
 
 def _benchmark_line(bench: str, model: str, record: dict | None) -> str:

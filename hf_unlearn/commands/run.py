@@ -199,11 +199,15 @@ def _evaluation(plan: RunPlan, processor, benchmark, run_sets: dict[str, Any]):
 
             evaluator = TextEvaluator(model, processor, eval_bench, batch_size=evaluate["batch_size"])
             return evaluator.tofu_metrics(rouge=evaluate["rouge"]) if kind == "tofu" else evaluator.muse_metrics()
-        metrics = Evaluator(model, processor, eval_bench, batch_size=evaluate["batch_size"]).evaluate(
-            rouge=evaluate["rouge"], mia=evaluate["mia"])
+        evaluator = Evaluator(model, processor, eval_bench, batch_size=evaluate["batch_size"])
+        metrics = evaluator.evaluate(rouge=evaluate["rouge"], mia=evaluate["mia"])
         if evaluate["relearn"] and "forget_vqa" in eval_bench:
             metrics.update(relearn_attack(model, processor, eval_bench["forget_vqa"], RelearnConfig(seed=seed),
                                           eval_batch_size=evaluate["batch_size"]))
+        # Each robustness attack adds its own <attack>_... metrics (and so its own rows in the card's model-index).
+        attacks = [a for a in evaluate.get("attacks") or () if not (a == "relearn" and evaluate["relearn"])]
+        for values in evaluator.run_attacks(attacks, seed=seed).values():
+            metrics.update(values)
         return metrics
 
     return measure, f"the {bench.partition(':')[0]} benchmark"

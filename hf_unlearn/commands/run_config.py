@@ -29,7 +29,8 @@ SECTIONS = ("data", "mask", "eval")
 DATA_KEYS = ("forget", "retain", "holdout", "benchmark")
 DATA_SETS = ("forget", "retain", "holdout")  # the row sets a run reads (holdout: never trained on, the stop rule)
 DATA_ENTRY_KEYS = ("path", "split")
-EVAL_KEYS = ("benchmark", "forget", "retain", "holdout", "batch_size", "forget_split", "rouge", "mia", "relearn")
+EVAL_KEYS = ("benchmark", "forget", "retain", "holdout", "batch_size", "forget_split", "rouge", "mia", "relearn",
+             "attacks")
 # Benchmarks by prefix (``builtin`` alone; the others name a local snapshot or a Hub id after the colon).
 BENCHMARKS = ("builtin", "mllmu", "clear", "tofu", "muse", "fiubench", "umubench", "safeeraser", "covubench")
 BENCHMARK_SPECS = ", ".join(b if b == "builtin" else f"{b}:PATH" for b in BENCHMARKS)
@@ -295,13 +296,22 @@ def _eval_section(value: Any, path: str, data: dict) -> dict | None:
     trains_on_builtin = str(data.get("forget", "")).startswith("builtin")
     default = "builtin" if trains_on_builtin and not own_sets else OWN_DATA
     out = {"benchmark": default, "batch_size": 16, "forget_split": None, "rouge": True, "mia": True,
-           "relearn": False, **value}
+           "relearn": False, "attacks": None, **value}
     for key in ("rouge", "mia", "relearn"):
         if not isinstance(out[key], bool):
             raise ConfigError(f"eval.{key}: must be true or false, got {out[key]!r}.")
+    from ..evaluation.attack_registry import parse_attacks
+
+    try:
+        out["attacks"] = parse_attacks(out["attacks"])
+    except ValueError as err:
+        raise ConfigError(f"eval.attacks: {err} Give a list or a comma-separated string.") from None
     if isinstance(out["batch_size"], bool) or not isinstance(out["batch_size"], int) or out["batch_size"] < 1:
         raise ConfigError(f"eval.batch_size: must be an integer >= 1, got {out['batch_size']!r}.")
     bench = out["benchmark"]
+    if bench == OWN_DATA and out["attacks"]:
+        raise ConfigError("eval.attacks: the attacks score a benchmark's multiple-choice splits; set eval.benchmark "
+                          "(builtin, mllmu:PATH or clear:PATH) or drop `attacks`.")
     if bench == OWN_DATA:
         sets = {k: own_sets.get(k, data.get(k)) for k in DATA_SETS}
         out["sets"] = {k: v for k, v in sets.items() if v is not None}

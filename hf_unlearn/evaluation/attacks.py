@@ -17,6 +17,7 @@ import torch
 
 from ..config_checks import require_positive
 from ..data.collators import UnlearnDataCollator
+from .attack_registry import AttackContext, AttackSpec, register_attack
 from .evaluator import Evaluator, to_model_device
 
 
@@ -123,3 +124,19 @@ def relearn_attack(
     """
     before, after = relearn_rows(model, processing_class, forget_dataset, config, eval_batch_size)
     return {"relearn_acc": float(after.mean()), "relearn_pre_acc": float(before.mean())}
+
+
+def _relearn(ctx: AttackContext) -> dict[str, float]:
+    """The registry's ``relearn``: ``relearn_attack`` on the forget image rows under the default budget, seeded."""
+    unknown = sorted(set(ctx.options) - set(RelearnConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"relearn: unknown option(s) {unknown}; known: {', '.join(RelearnConfig.__dataclass_fields__)}.")
+    forget = ctx.forget_split(images=True)
+    return relearn_attack(ctx.model, ctx.processing_class, ctx.benchmark[forget],
+                          RelearnConfig(seed=ctx.seed, **dict(ctx.options)), eval_batch_size=ctx.evaluator.batch_size)
+
+
+register_attack(AttackSpec(
+    "relearn", _relearn,
+    "Fine-tunes a copy on half of each forget person's image rows; accuracy on the other half (before and after).",
+    headline="relearn_acc"))

@@ -9,6 +9,10 @@
 * **Membership inference** (LOSS attack): score = -mean answer NLL; members = the forget people's rows, non-members =
   the holdout people's rows (never trained on); ROC-AUC, 0.5 = no signal.
 
+* **Robustness attacks** (``run_attacks`` / ``evaluate(attacks=...)``): the registry of ``attack_registry``
+  (probing, rephrased images, typographic and jailbreak prompts, relearning); each adds its own ``<attack>_...``
+  metrics (docs/robustness.md).
+
 Text-only models are evaluated on the text splits; image splits are skipped with a logged message.
 """
 
@@ -32,11 +36,13 @@ from ..data.rows import ROW_COLUMNS, is_known_row_format, row_answers, rows_with
 from ..data.schema import MCQ_COLUMNS, REQUIRED_TRAIN_COLUMNS, check_columns, has_options
 from ..models import unwrap_model
 from . import metrics, mia
+from .attack_registry import run_attacks
 
 logger = logging.getLogger(__name__)
 
 MCQ_SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "test_vqa", "general")
 OPTION_SCORES = ("mean", "sum")
+POOLINGS = ("mean", "last")
 # Per-token inputs besides input_ids that a prompt slice must cut along with it.
 _SEQUENCE_KEYS = ("mm_token_type_ids", "token_type_ids")
 
@@ -242,6 +248,46 @@ class Evaluator:
             raise ValueError("Cannot compute an accuracy over zero questions.")
         return (metrics.mcq_predictions(scores) == labels).astype(np.float64)
 
+    # -------------------------------------------------------------------------------------------------- features
+    def prompt_hidden_states(self, dataset: datasets.Dataset | str, layer: int | None = None, pooling: str = "mean",
+                             desc: str = "hidden states") -> np.ndarray:
+        """(N, H) pooled hidden state of each row's prompt (template, image tokens and question: everything before
+        the answer) at one layer of the language model.
+
+        Args:
+            dataset: the rows (or a split name).
+            layer: index into the model's ``hidden_states`` (0: the embeddings, i: the output of decoder layer i,
+                negative: from the last); default: the middle layer, ``num_layers // 2``.
+            pooling: ``"mean"`` over the prompt's tokens (attention-masked) or ``"last"``: the last prompt token, the
+                one whose output predicts the answer's first token.
+        """
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r}; use one of {POOLINGS}.")
+        dataset = self._split(dataset) if isinstance(dataset, str) else dataset
+        _check_rows(dataset, desc)
+        kwargs = {"logits_to_keep": 1} if self._can_trim_logits else {}
+        out = []
+        with self._eval_mode():
+            for cols in self._batches(dataset, desc):
+                batch = self._to_device(self.collator(self._rows(cols)))
+                labels = batch.pop("labels")
+                states = self.model(**batch, output_hidden_states=True, **kwargs).hidden_states
+                index = (len(states) - 1) // 2 if layer is None else layer
+                if not -len(states) <= index < len(states):
+                    raise ValueError(f"layer={layer} is out of range: the model has {len(states) - 1} layers "
+                                     f"(hidden states 0..{len(states) - 1}, or negative from the end).")
+                hidden = states[index].float()  # (B, T, H)
+                first = (labels != IGNORE_INDEX).float().argmax(dim=1)  # (B,) the first answer position
+                if pooling == "last":
+                    pooled = hidden[torch.arange(len(first), device=hidden.device), first - 1]
+                else:
+                    positions = torch.arange(hidden.shape[1], device=hidden.device)
+                    mask = (positions[None] < first[:, None]) & batch["attention_mask"].bool()  # (B, T) prompt
+                    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+                out.append(pooled.cpu().numpy())
+                del states, hidden
+        return np.concatenate(out)
+
     # -------------------------------------------------------------------------------------------------- generation
     def generate(self, dataset: datasets.Dataset, desc: str = "generate") -> list[str]:
         """Greedy answers (new tokens only, special tokens dropped) to every question of ``dataset``.
@@ -418,15 +464,38 @@ class Evaluator:
                 self.skipped["mia"] = "needs a forget and a holdout set"
         return results
 
+    # -------------------------------------------------------------------------------------------------- robustness
+    def run_attacks(self, attacks: str | Sequence[str], reference: Any = None, seed: int = 0,
+                    options: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float]]:
+        """Run robustness attacks of the registry (``hf_unlearn.evaluation.attack_registry``: ``probing``,
+        ``rephrase``, ``typographic``, ``jailbreak``, ``relearn``, ...) on this model: ``{attack: {metric: value}}``.
+
+        Args:
+            attacks: attack names, or one comma-separated string (``"probing,jailbreak"``).
+            reference: a reference model (e.g. the retain-only oracle) sharing this processing class, or its
+                ``Evaluator``; attacks that compare with it (``probing``) report its number too.
+            seed: the seed of the attacks' random choices (image transforms, the relearning split).
+            options: ``{attack: {option: value}}``, e.g. ``{"probing": {"layer": 4}}``.
+
+        An attack that cannot run here is left out; ``self.skipped["attack <name>"]`` says why.
+        """
+        if reference is not None and not isinstance(reference, Evaluator):
+            reference = Evaluator(reference, self.processing_class, self.benchmark, batch_size=self.batch_size,
+                                  option_score=self.option_score, max_new_tokens=self.max_new_tokens,
+                                  show_progress=self.show_progress)
+        return run_attacks(self, attacks, reference, seed, options)
+
     # -------------------------------------------------------------------------------------------------- all
-    def evaluate(self, splits: Sequence[str] | None = None, rouge: bool = True, mia: bool = True) -> dict[str, float]:
+    def evaluate(self, splits: Sequence[str] | None = None, rouge: bool = True, mia: bool = True,
+                 attacks: str | Sequence[str] = (), reference: Any = None, seed: int = 0) -> dict[str, float]:
         """Compute ``<split>_acc`` for each multiple-choice split (``<split>_rougeL`` for a split without options),
-        ``forget_rougeL`` and ``mia_auc``.
+        ``forget_rougeL`` and ``mia_auc``, and the metrics of the robustness ``attacks`` asked for.
 
         Args:
             splits: the multiple-choice splits (default: those of ``MCQ_SPLITS`` present in the benchmark).
             rouge: compute ROUGE-L of greedy generations on forget_vqa (forget_qa for text-only models).
             mia: compute the membership-inference AUC (needs holdout splits).
+            attacks, reference, seed: see ``run_attacks``; each attack adds its ``<attack>_...`` metrics.
 
         Splits that cannot be evaluated are left out of the result; ``self.skipped`` says why.
         """
@@ -450,4 +519,6 @@ class Evaluator:
                 logger.warning("Skipping membership inference: the benchmark has no forget/holdout split pair.")
             else:
                 results["mia_auc"] = self.membership_auc(*pair)
+        for values in self.run_attacks(attacks, reference, seed).values():
+            results.update(values)
         return results

@@ -29,6 +29,13 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("relearn_pre_acc", "Relearn before", ""),
     ("relearn_acc", "Relearn", "→ oracle"),
     ("relearn_gain", "Relearn gain vs oracle", "↓"),
+    ("probing_acc", "Probe", "→ oracle"),
+    ("probing_chance", "Probe chance", ""),
+    ("probing_reference_acc", "Probe (reference)", ""),
+    ("rephrase_acc", "Rephrased images", "→ oracle"),
+    ("typographic_acc", "Typographic", "→ oracle"),
+    ("jailbreak_max_acc", "Jailbreak max", "→ oracle"),
+    ("jailbreak_mean_acc", "Jailbreak mean", "→ oracle"),
     ("distance_to_oracle", "Distance to oracle", "↓"),
     ("wall_time_s", "Time (s)", ""),
     ("train_steps", "Steps", ""),
@@ -69,6 +76,10 @@ How to read the table:
   forget rows, measured on the other half (**Relearn before**: the same rows before the attack). **Relearn gain vs
   oracle**: how much more the attack brings back than it teaches the oracle, which never saw those images; far above
   0 = the knowledge was hidden, not removed.
+* **Probe / Rephrased images / Typographic / Jailbreak** (→ oracle): the robustness attacks (docs/robustness.md):
+  a linear probe on hidden states fitted on retain rows and scored on forget rows (with its chance level), and the
+  forget accuracy under transformed images, the question rendered into the image, and jailbreak-wrapped questions
+  (best and mean template). Above the oracle's value = the knowledge is still reachable.
 * **Distance to oracle** (↓): Euclidean distance to the oracle's point over forget VQA, forget QA, retain VQA and
   general: the one number to rank methods by (the first table leads with it and its four coordinates).
 * **Time**: wall-clock seconds of unlearning (training time for vanilla and oracle).
