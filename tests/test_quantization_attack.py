@@ -39,6 +39,13 @@ def test_quantized_copies_hold_every_linear_weight_but_the_head_in_8_and_4_bits(
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model itself is unchanged
 
 
+def test_the_registry_runs_it_as_quant_on_the_forget_and_retain_image_splits(vanilla):
+    model, processor = vanilla
+    result = Evaluator(model, processor, benchmark()).run_attacks("quantization", options={"quant": {"bits": [8]}})
+    assert set(result["quant"]) == {f"quant8_{s}_{m}" for s in SPLITS for m in ("acc", "gain")}
+    assert result["quant"]["quant8_forget_vqa_acc"] >= 1 - 1 / 20  # memorised: at most one of 20 answers lost
+
+
 @pytest.mark.slow
 def test_the_attack_exposes_answers_hidden_below_the_4_bit_step_and_leaves_a_knowing_model_alone(vanilla):
     model, processor = vanilla

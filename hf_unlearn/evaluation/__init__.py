@@ -1,8 +1,9 @@
 """Evaluation: MLLMU-Bench-style metrics, TOFU/MUSE text metrics, membership inference, robustness attacks (the
-registry of ``attack_registry``: relearning, probing, rephrased images, typographic and jailbreak prompts), reports."""
+registry of ``attack_registry``: relearning, probing, rephrased images, typographic and jailbreak prompts,
+quantization), reports."""
 
 # Importing the attack modules registers their attacks (attack_registry.ATTACKS).
-from . import input_attacks, probing  # noqa: F401
+from . import input_attacks, probing, quantization  # noqa: F401
 from .attack_registry import ATTACKS, AttackContext, AttackSkipped, AttackSpec, attack_names, register_attack
 from .attacks import RelearnConfig, membership_inference_auc, relearn_attack, split_for_relearning
 from .evaluator import MCQ_SPLITS, Evaluator

@@ -23,6 +23,7 @@ import torch
 
 from ..kbit import keep_4bit_layers_differentiable
 from ..models import unwrap_model
+from .attack_registry import AttackContext, AttackSpec, register_attack
 from .evaluator import Evaluator
 
 BITS = (8, 4)
@@ -79,3 +80,18 @@ def quantization_attack(evaluator: Evaluator, splits: Sequence[str] = DEFAULT_SP
             results[f"quant{b}_{name}_gain"] = accuracy - full[name]
         del quantized
     return results
+
+
+def _quantization(ctx: AttackContext) -> dict[str, float]:
+    """The registry's ``quant``: ``quantization_attack`` on the forget split and its retain split, 8 and 4 bits
+    (option ``bits``: a list of 8 and/or 4)."""
+    unknown = sorted(set(ctx.options) - {"bits"})
+    if unknown:
+        raise ValueError(f"quant: unknown option(s) {unknown}; known: bits.")
+    return quantization_attack(ctx.evaluator, splits=ctx.split_pair(), bits=tuple(ctx.options.get("bits", BITS)))
+
+
+register_attack(AttackSpec(
+    "quant", _quantization,
+    "The weights quantized to 8 and 4 bits (bitsandbytes, as a user loads them): forget and retain accuracy, and "
+    "what quantization brings back (gain).", headline="quant4_forget_vqa_gain", aliases=("quantization",)))
