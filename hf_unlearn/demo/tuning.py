@@ -98,6 +98,11 @@ TUNING_GRIDS: dict[str, list[dict[str, list[Any]]]] = {
     # rate and budget over the steering norm (RMU's round 2 knob; the tiny models' activation norm is about 1.5).
     "mip_editor": [{"learning_rate": [3e-3, 1e-2, 3e-2], "max_steps": [20, 40], "path_neurons": [5, 16]},
                    {"learning_rate": [1e-2, 3e-2], "max_steps": [40, 80], "steering_coeff": [6.5, 12.0, 24.0]}],
+    # SMFA (unmeasured): round 1 the adapters' rate from the source's 1e-4 and budget with a tight and the source's
+    # anchor, round 2 past round 1's largest rate and budget over the anchor (0: every conflicting entry dropped; 20:
+    # almost none).
+    "smfa": [{"learning_rate": [1e-4, 3e-4, 1e-3], "max_steps": [15, 40], "anchor_k": [1.0, 5.0]},
+             {"learning_rate": [3e-3, 1e-2], "max_steps": [40, 80], "anchor_k": [0.0, 5.0, 20.0]}],
 }
 
 

@@ -139,6 +139,10 @@ class UnlearningEvalCallback(TrainerCallback):
         self._last = (step, result)
         return result
 
+    def forget_cached_probe(self) -> None:
+        """The model changed without a step (SMFA's merge at the end of training): the next probe measures again."""
+        self._last = None
+
     def _log(self, metrics: dict[str, float], step: int) -> None:
         """Log ``eval_``-prefixed probe metrics once per step, without disturbing the Trainer's own log flag."""
         if step in self._logged_steps or not metrics:
