@@ -32,9 +32,9 @@ def checks(tmp_path_factory):
     from hf_unlearn.demo.identity_validity import validity_checks
 
     torch.manual_seed(0)
-    refs = build_identity_references(IdentityQuickConfig(seed=0), cache_dir=str(tmp_path_factory.mktemp("v3")),
-                                     log=lambda *_: None)
-    return {"info": refs.info, **validity_checks(refs, seed=0)}
+    cache = str(tmp_path_factory.mktemp("v3"))
+    refs = build_identity_references(IdentityQuickConfig(seed=0), cache_dir=cache, log=lambda *_: None)
+    return {"info": refs.info, "cache_dir": cache, "benchmark": refs.benchmark, **validity_checks(refs, seed=0)}
 
 
 @pytest.mark.slow
@@ -91,3 +91,37 @@ def test_identity_mediation_is_measured(checks):
     med = checks["mediation"]
     assert med["edited_text_acc"] >= 0.95
     assert 0.2 < med["follows_edit"] < 0.6
+
+
+@pytest.mark.slow
+def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks):
+    """``run_identity_demo`` on the cached references, GA only, 12 questions per split (the quick look)."""
+    from hf_unlearn.demo.identity_evaluation import PER_SPLIT, TRUSTED_DISTANCE_METRICS
+    from hf_unlearn.demo.identity_pipeline import run_identity_demo
+    from hf_unlearn.demo.identity_report import render_identity_report
+
+    payload = run_identity_demo([0], ["ga"], cache_dir=checks["cache_dir"], log=lambda *_: None, validity=False,
+                                rows_per_split=12)
+    points = payload["per_seed"]["0"]
+    vanilla, oracle, ga = points["vanilla"], points["oracle"], points["ga"]
+    # Vanilla and oracle share one language model: every text metric is the same computation, so exactly equal.
+    for split in ("forget_qa", "retain_qa", "general_qa"):
+        assert all(vanilla[f"{split}_{m}"] == oracle[f"{split}_{m}"] for m in PER_SPLIT), split
+    assert payload["text_damage_ratio"]["0"]["oracle"] is None  # retain-QA did not move: no ratio
+    # The oracle never saw the forget faces. Measured on all 30 questions: truth score 0.87 vs 0.35, generated
+    # answers right 0.87 vs 0.00 (ROUGE-L = BLEU = exact word on one-word answers).
+    assert vanilla["forget_vqa_truth"] - oracle["forget_vqa_truth"] > 0.25
+    assert vanilla["forget_vqa_rougeL"] - oracle["forget_vqa_rougeL"] > 0.5
+    assert vanilla["forget_vqa_bleu"] == pytest.approx(vanilla["forget_vqa_rougeL"])
+    # Quantization changes little on the memorised vanilla (measured 0.967 at 8 and 4 bits on all 30): at most one
+    # of the 12 answers may flip per width.
+    for bits in (8, 4):
+        assert vanilla[f"quant{bits}_forget_vqa_acc"] >= vanilla["forget_vqa_acc"] - 1 / 12
+    assert ga["forget_vqa_nll"] > vanilla["forget_vqa_nll"] and ga["train_steps"] > 0
+    assert payload["distance_metrics"] == list(TRUSTED_DISTANCE_METRICS)
+    assert set(payload["distance"]) >= {"vanilla", "ga"} and payload["distance"]["oracle"]["value"] == 0.0
+    report = render_identity_report(payload)
+    assert "| ga |" in report and "Forget VQA truth" in report and "Seeds 0;" in report
+    forget_names = {q.split(" of ")[-1].rstrip("?") for q in checks["benchmark"]["forget_qa"]["question"]
+                    if q.startswith("What is the job of ")}
+    assert forget_names and not any(name in report for name in forget_names)  # aggregate numbers only

@@ -20,6 +20,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import datasets
+import numpy as np
+
 from ..evaluation.attacks import RelearnConfig
 from ..evaluation.stats import RowValues, summarise
 from ..provenance import environment
@@ -36,13 +39,25 @@ from .references import REFERENCE_MODELS
 RESULT_KEYS = (*METRIC_KEYS, "wall_time_s", "train_steps")
 
 
+def evaluation_subset(benchmark: datasets.DatasetDict, rows_per_split: int | None, seed: int) -> datasets.DatasetDict:
+    """At most ``rows_per_split`` rows of each split, a seeded draw kept in split order (``None``: every row)."""
+    if rows_per_split is None:
+        return benchmark
+    return datasets.DatasetDict({name: split.select(sorted(np.random.default_rng(seed).choice(
+        len(split), size=rows_per_split, replace=False).tolist())) if len(split) > rows_per_split else split
+        for name, split in benchmark.items()})
+
+
 def run_identity_seed(config: IdentityQuickConfig, methods: Sequence[str], cache_dir: str | None = None,
                       log: Callable[[str], None] = print, relearn: RelearnConfig | None = None,
-                      quantize: bool = True, validity: bool = True) -> tuple[SeedResult, dict[str, Any] | None]:
+                      quantize: bool = True, validity: bool = True,
+                      rows_per_split: int | None = None) -> tuple[SeedResult, dict[str, Any] | None]:
     """Vanilla, oracle and every method of ``methods`` at ``config.seed``; with ``validity``, the validity checks'
-    record too."""
+    record too. Methods train on the whole benchmark; ``rows_per_split`` evaluates a seeded subset of each split (a
+    quick look: intervals then cover fewer questions)."""
     refs = build_identity_references(config, cache_dir, log)
-    bench, processor = refs.benchmark, refs.processor
+    processor = refs.processor
+    bench = evaluation_subset(refs.benchmark, rows_per_split, config.seed)
     result = SeedResult(seed=config.seed, num_questions={k: len(v) for k, v in bench.items()},
                         cached={k: refs.info[k]["cached"] for k in REFERENCE_MODELS},
                         epochs={k: refs.info[k].get("epochs") for k in REFERENCE_MODELS})
@@ -51,7 +66,7 @@ def run_identity_seed(config: IdentityQuickConfig, methods: Sequence[str], cache
     for kind, model in (("vanilla", refs.vanilla), ("oracle", refs.oracle)):
         result.rows[kind] = {**evaluate_identity_rows(model, processor, bench, **common),
                              "wall_time_s": RowValues.of([refs.info[kind]["train_time_s"] or 0.0])}
-    data = method_data(bench)
+    data = method_data(refs.benchmark)
     for name in methods:
         try:
             with warnings.catch_warnings():
@@ -82,7 +97,8 @@ def summarise_identity_seeds(seed_results: Sequence[SeedResult], replicates: int
 
 def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None, cache_dir: str | None = None,
                       log: Callable[[str], None] = print, relearn: RelearnConfig | None = None,
-                      quantize: bool = True, validity: bool = True) -> dict[str, Any]:
+                      quantize: bool = True, validity: bool = True,
+                      rows_per_split: int | None = None) -> dict[str, Any]:
     """Benchmark v3 at every seed of ``seeds``; returns the results payload (means, intervals, per-seed points,
     text-damage ratios, validity checks, provenance)."""
     methods = list(METHODS) if methods is None else list(methods)
@@ -95,7 +111,7 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
     with deterministic():
         for seed in seeds:
             result, record = run_identity_seed(IdentityQuickConfig(seed=seed), methods, cache_dir, log,
-                                               relearn, quantize, validity)
+                                               relearn, quantize, validity, rows_per_split)
             results.append(result)
             checks[str(seed)] = record
     summary = summarise_identity_seeds(results)
@@ -107,7 +123,8 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
                       "settings": IdentityQuickConfig().settings(), "hf_unlearn_version": library_version(),
                       "hyperparameters": {m: demo_hyperparameters(m) for m in methods},
                       "tuning": "the v2 demo's picks (tuned.json, v2 validation seeds); not re-tuned on v3",
-                      "relearn": None if relearn is None else relearn.to_dict(), "quantize": quantize},
+                      "relearn": None if relearn is None else relearn.to_dict(), "quantize": quantize,
+                      "rows_per_split": rows_per_split},
         "methods": {m: {k: summary["means"][m].get(k) for k in RESULT_KEYS} for m in summary["means"]},
         "intervals": summary["intervals"],
         "paired": summary["paired"],
