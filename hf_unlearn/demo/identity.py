@@ -54,6 +54,7 @@ from ..evaluation.evaluator import Evaluator
 from ..features import memoized_image_features
 from ..trainers.registry import MethodData
 from .config import default_cache_dir, library_version
+from .identity_alignment import NameAlignment
 from .references import cached_reference_models
 
 __all__ = [
@@ -82,6 +83,8 @@ class StageRecipe:
     top_up_scale: float = field(default=0.1, metadata={"help": "Top-up learning rate over the peak rate."})
     check_every: int = field(default=5, metadata={"help": "Epochs between two criterion checks."})
     criterion: float = field(default=0.95, metadata={"help": "4-way accuracy every criterion split must reach."})
+    align_weight: float = field(default=0.0, metadata={
+        "help": "Stage B: weight of the name alignment (identity_alignment.NameAlignment) beside the answer loss."})
 
 
 @dataclass
@@ -170,11 +173,13 @@ def collate_all(processor, rows: datasets.Dataset) -> dict[str, torch.Tensor]:
 
 
 def fit(model, processor, rows: datasets.Dataset, parts: tuple[str, ...], recipe: StageRecipe, seed: int,
-        check: Callable[[], bool] | None = None, epochs: int | None = None) -> int:
-    """Train ``parts`` of ``model`` on ``rows`` (answer-only cross-entropy) and return the epochs run: until
-    ``check()`` passes (tested every ``recipe.check_every`` epochs; ``CriterionNotReachedError`` after
+        check: Callable[[], bool] | None = None, epochs: int | None = None, alignment=None) -> int:
+    """Train ``parts`` of ``model`` on ``rows`` (answer-only cross-entropy, plus ``recipe.align_weight`` times
+    ``alignment.loss`` when an ``identity_alignment.NameAlignment`` of ``rows`` is given) and return the epochs run:
+    until ``check()`` passes (tested every ``recipe.check_every`` epochs; ``CriterionNotReachedError`` after
     ``recipe.max_epochs``), or exactly ``epochs`` when given."""
     params = trainable_parts(model, parts)
+    align = alignment is not None and recipe.align_weight > 0
     data = collate_all(processor, rows)
     n = len(data["input_ids"])
     optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=0.0)
@@ -195,7 +200,12 @@ def fit(model, processor, rows: datasets.Dataset, parts: tuple[str, ...], recipe
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, recipe.batch_size):
                 index = order[start:start + recipe.batch_size]
-                loss = model(**{k: v[index] for k, v in data.items()}).loss
+                batch = {k: v[index] for k, v in data.items()}
+                outputs = model(**batch, output_hidden_states=align)
+                loss = outputs.loss
+                if align:
+                    loss = loss + recipe.align_weight * alignment.loss(outputs.hidden_states, batch["attention_mask"],
+                                                                       index)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
@@ -252,6 +262,15 @@ def _criterion_splits(benchmark: datasets.DatasetDict, names: tuple[str, ...]) -
     return {n: benchmark[n] for n in names if len(benchmark.get(n, [])) > 0}
 
 
+def name_alignment(model, processor, rows: datasets.Dataset, benchmark: datasets.DatasetDict, recipe: StageRecipe):
+    """Stage B's ``NameAlignment`` of ``rows`` against the people's named questions, or None when the recipe does not
+    align (``align_weight`` 0)."""
+    if recipe.align_weight <= 0:
+        return None
+    return NameAlignment(model, processor, rows, datasets.concatenate_datasets([
+        benchmark[n] for n in ("forget_qa", "retain_qa") if len(benchmark.get(n, [])) > 0]))
+
+
 def train_identity_reference(kind: str, benchmark: datasets.DatasetDict, config: IdentityQuickConfig,
                              vanilla=None, vanilla_epochs: dict[str, int] | None = None, log=print):
     """Train the ``vanilla`` (stage A then stage B, each to the criterion) or the ``oracle`` (``vanilla``'s stage-A
@@ -265,9 +284,11 @@ def train_identity_reference(kind: str, benchmark: datasets.DatasetDict, config:
                           config.seed, criterion_check(model, processor, _criterion_splits(
                               benchmark, TEXT_TRAINING_SPLITS), config.text.criterion, checks))
         log(f"[v3] vanilla stage A (text): {text_epochs} epochs, {time.perf_counter() - start:.0f} s")
-        image_epochs = fit(model, processor, image_training_set(benchmark, "vanilla"), ("projector",), config.image,
-                           config.seed, criterion_check(model, processor, _criterion_splits(
-                               benchmark, VANILLA_IMAGE_SPLITS), config.image.criterion, checks))
+        rows = image_training_set(benchmark, "vanilla")
+        image_epochs = fit(model, processor, rows, ("projector",), config.image, config.seed,
+                           criterion_check(model, processor, _criterion_splits(benchmark, VANILLA_IMAGE_SPLITS),
+                                           config.image.criterion, checks),
+                           alignment=name_alignment(model, processor, rows, benchmark, config.image))
         log(f"[v3] vanilla stage B (faces): {image_epochs} epochs, {time.perf_counter() - start:.0f} s")
     elif kind == "oracle":
         if vanilla is None or vanilla_epochs is None:
@@ -276,8 +297,10 @@ def train_identity_reference(kind: str, benchmark: datasets.DatasetDict, config:
         model = copy.deepcopy(vanilla)
         model.model.multi_modal_projector.load_state_dict(initial_projector)
         text_epochs = vanilla_epochs["text"]
-        image_epochs = fit(model, processor, image_training_set(benchmark, "oracle"), ("projector",), config.image,
-                           config.seed, epochs=vanilla_epochs["image"])
+        rows = image_training_set(benchmark, "oracle")
+        image_epochs = fit(model, processor, rows, ("projector",), config.image, config.seed,
+                           epochs=vanilla_epochs["image"],
+                           alignment=name_alignment(model, processor, rows, benchmark, config.image))
         log(f"[v3] oracle stage B (faces, no forget people): {image_epochs} epochs, "
             f"{time.perf_counter() - start:.0f} s")
     else:
