@@ -205,3 +205,31 @@ def get_language_model(model: nn.Module) -> nn.Module:
     if not is_vision_language_model(base):
         return base
     raise unknown_architecture_error(model, "language model")
+
+
+def layer_indices(num_layers: int, layers: Iterable[int] | None, what: str,
+                  default: Iterable[int] | None = None) -> list[int]:
+    """``layers`` (Python indices, negative from the end) as sorted non-negative indices; None: ``default`` (every
+    layer when that is None too). ``what`` names the setting in the error for an index out of range."""
+    if layers is None:
+        return sorted(range(num_layers) if default is None else default)
+    layers = list(layers)
+    bad = [i for i in layers if not -num_layers <= i < num_layers]
+    if bad:
+        raise ValueError(f"{what}={layers}: layer(s) {bad} out of range for {num_layers} layers; use "
+                         f"0..{num_layers - 1} or -{num_layers}..-1.")
+    return sorted({i % num_layers for i in layers})
+
+
+def mlp_projection(block: nn.Module, names: Iterable[str], role: str, user: str) -> nn.Linear:
+    """The projection of a transformer block's MLP found under one of ``names`` (``role`` and ``user``, e.g. "first
+    projection" and "MANU", name it in the error for a block with none)."""
+    names = tuple(names)
+    mlp = getattr(block, "mlp", None)
+    for name in names:
+        module = getattr(mlp, name, None) if mlp is not None else None
+        if isinstance(module, nn.Linear):
+            return module
+    children = [n for n, _ in (mlp or block).named_children()]
+    raise ValueError(f"{type(block).__name__} has no MLP {role} named one of {names} (children of its "
+                     f"{'mlp' if mlp is not None else 'block'}: {children}); {user} cannot find its neurons.")

@@ -215,7 +215,7 @@ def test_bad_knobs_are_refused_by_name(knobs, message, tmp_path):
 
 def test_bad_layers_and_a_missing_retain_set_are_refused_at_construction(llava, toy_data, tmp_path):
     model, processor = llava
-    with pytest.raises(ValueError, match=r"vision_layers=\[5\]: layer 5 is out of range for 2 layers"):
+    with pytest.raises(ValueError, match=r"vision_layers=\[5\]: layer\(s\) \[5\] out of range for 2 layers"):
         MANUTrainer(model, args=MANUConfig(output_dir=str(tmp_path), vision_layers=[5]),
                     train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"], processing_class=processor)
     with pytest.raises(ValueError, match="pass retain_dataset="):

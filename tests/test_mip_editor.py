@@ -220,7 +220,7 @@ def test_bad_layers_rows_and_a_user_mask_are_refused(toy_data, tmp_path):
                                 train_dataset=toy_data["forget"], retain_dataset=toy_data["retain"],
                                 processing_class=processor, **knobs.pop("extra", {}))
 
-    with pytest.raises(ValueError, match=r"vision_layers=\[4\]: \[4\] out of range"):
+    with pytest.raises(ValueError, match=r"vision_layers=\[4\]: layer\(s\) \[4\] out of range"):
         build(vision_layers=[4])
     with pytest.raises(ValueError, match="mlp.down_proj.weight of layer 0 has 64 output rows, not the 128 MLP"):
         build(trainable_params=r"^mlp\.down_proj\.")

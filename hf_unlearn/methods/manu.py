@@ -33,7 +33,7 @@ from ..config_checks import require_in_range, require_int_at_least, require_non_
 from ..data.collators import UnlearnDataCollator
 from ..data.rows import rows_with_images
 from ..features import language_blocks, vision_blocks
-from ..models import is_vision_language_model, unwrap_model
+from ..models import is_vision_language_model, layer_indices, mlp_projection, unwrap_model
 from ..trainers.base import UnlearnTrainer
 from ..trainers.registry import MethodSpec, register_method
 
@@ -113,27 +113,12 @@ class MANUConfig(UnlearnConfig):
 # ----------------------------------------------------------------------------------------------------------------
 def resolve_layer_indices(num_layers: int, layers: Sequence[int] | None, what: str) -> list[int]:
     """``layers`` as sorted non-negative indices; None: the last ``PAPER_LAYERS``."""
-    if layers is None:
-        return list(range(max(0, num_layers - PAPER_LAYERS), num_layers))
-    out = set()
-    for i in layers:
-        if not -num_layers <= i < num_layers:
-            raise ValueError(f"{what}={list(layers)}: layer {i} is out of range for {num_layers} layers; use "
-                             f"0..{num_layers - 1} or -{num_layers}..-1.")
-        out.add(i % num_layers)
-    return sorted(out)
+    return layer_indices(num_layers, layers, what, default=range(max(0, num_layers - PAPER_LAYERS), num_layers))
 
 
 def first_projection(block: nn.Module) -> nn.Linear:
     """The first projection of a transformer block's MLP (its output dimension is the block's neurons)."""
-    mlp = getattr(block, "mlp", None)
-    for name in FIRST_PROJECTIONS:
-        module = getattr(mlp, name, None) if mlp is not None else None
-        if isinstance(module, nn.Linear):
-            return module
-    children = [n for n, _ in (mlp or block).named_children()]
-    raise ValueError(f"{type(block).__name__} has no MLP first projection named one of {FIRST_PROJECTIONS} (children "
-                     f"of its {'mlp' if mlp is not None else 'block'}: {children}); MANU cannot find its neurons.")
+    return mlp_projection(block, FIRST_PROJECTIONS, "first projection", "MANU")
 
 
 def neuron_modules(model: nn.Module, vision_layers: Sequence[int] | None = None,

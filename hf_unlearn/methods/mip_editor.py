@@ -37,7 +37,7 @@ from ..config_checks import require_int_at_least
 from ..data.collators import UnlearnDataCollator
 from ..data.rows import rows_with_images
 from ..features import language_blocks, vision_blocks
-from ..models import is_vision_language_model
+from ..models import is_vision_language_model, layer_indices, mlp_projection
 from ..trainers.registry import MethodSpec, register_method
 from .rmu import RMUConfig, RMUTrainer, resolve_layers
 
@@ -107,27 +107,9 @@ class MIPEditorConfig(RMUConfig):
 # ----------------------------------------------------------------------------------------------------------------
 # The influential path
 # ----------------------------------------------------------------------------------------------------------------
-def layer_indices(num_layers: int, layers: list[int] | None) -> list[int]:
-    """``vision_layers`` as sorted non-negative indices (``None``: every layer)."""
-    if layers is None:
-        return list(range(num_layers))
-    bad = [i for i in layers if not -num_layers <= i < num_layers]
-    if bad:
-        raise ValueError(f"vision_layers={layers}: {bad} out of range for a vision tower of {num_layers} layers; use "
-                         f"0..{num_layers - 1} or -{num_layers}..-1.")
-    return sorted({i % num_layers for i in layers})
-
-
 def output_projection(block: nn.Module) -> nn.Linear:
     """The MLP's output projection of a transformer block (its input: the block's neuron activations)."""
-    mlp = getattr(block, "mlp", None)
-    for name in OUTPUT_PROJECTIONS:
-        module = getattr(mlp, name, None) if mlp is not None else None
-        if isinstance(module, nn.Linear):
-            return module
-    children = [n for n, _ in (mlp or block).named_children()]
-    raise ValueError(f"{type(block).__name__} has no MLP output projection named one of {OUTPUT_PROJECTIONS} "
-                     f"(children: {children}); MIP-Editor cannot find its neurons.")
+    return mlp_projection(block, OUTPUT_PROJECTIONS, "output projection", "MIP-Editor")
 
 
 @contextmanager
@@ -323,7 +305,7 @@ class MIPEditorTrainer(RMUTrainer):
             if args.vision_layers != [] and with_images:  # None: every vision layer, when there are images to read
                 vis = vision_blocks(model)
                 path["vision"] = influential_path(model, batches(with_images), vis,
-                                                  layer_indices(len(vis), args.vision_layers), args.path_neurons,
+                                                  layer_indices(len(vis), args.vision_layers, "vision_layers"), args.path_neurons,
                                                   args.ig_steps, fisher=True)
                 mask.update(path_mask(model, vis, path["vision"], args.vision_trainable_params))
         finally:
