@@ -152,20 +152,7 @@ def measure(settings: Settings, size: str, log=print) -> list[Row]:
 
 
 def _worker_main(argv: list[str]) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--worker", nargs=3, metavar=("SIZE", "MODEL_DIR", "OUT"))
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--quick", action="store_true")
-    a = parser.parse_args(argv)
-    size, model_dir, out = a.worker
-    settings = Settings(device=a.device, threads=a.threads, reps=a.reps, quick=a.quick,
-                        workdir=tempfile.mkdtemp(prefix="hf_unlearn_sharded_saliency_"))
-    common.configure_torch(settings)
-    worker(settings, size, model_dir, out)
+    common.torchrun_worker_main(argv, worker, "hf_unlearn_sharded_saliency_")
 
 
 def main(argv=None) -> list[Row]:

@@ -543,6 +543,25 @@ def markdown_table(rows: Iterable[Row]) -> str:
 write_atomic = atomic_write_text  # one implementation, in hf_unlearn.utils
 
 
+def torchrun_worker_main(argv: list[str], worker: Callable, workdir_prefix: str) -> None:
+    """The entry point of a benchmark's torchrun worker: ``--worker SIZE MODEL_DIR OUT`` and the settings flags,
+    then ``worker(settings, size, model_dir, out)`` in a fresh work folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", nargs=3, metavar=("SIZE", "MODEL_DIR", "OUT"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    a = parser.parse_args(argv)
+    size, model_dir, out = a.worker
+    settings = Settings(device=a.device, threads=a.threads, reps=a.reps, quick=a.quick,
+                        workdir=tempfile.mkdtemp(prefix=workdir_prefix))
+    configure_torch(settings)
+    worker(settings, size, model_dir, out)
+
+
 def standalone_main(description: str, measure_size: Callable[[Settings, str], list[Row]], argv=None,
                     full_reps: int = 5, extra_rows: Callable[[], list[Row]] | None = None,
                     processes: int = 1) -> list[Row]:

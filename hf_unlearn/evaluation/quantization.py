@@ -7,7 +7,7 @@ Users do quantize what they download, so a forget score that holds only in full 
 
 The copy is quantized the way a user would load it: the weights are written as safetensors to a temporary folder and
 read back by ``from_pretrained`` with transformers' ``BitsAndBytesConfig`` (``load_in_8bit``: LLM.int8 row-wise
-absmax; ``load_in_4bit``: NF4 in blocks of 64), which quantizes every ``nn.Linear`` except the output head. The
+absmax, its inputs cast to float16; ``load_in_4bit``: NF4 in blocks of 64), which quantizes every ``nn.Linear`` except the output head. The
 reported ``quant<bits>_<split>_gain`` is the quantized copy's accuracy minus the full-precision model's: what
 quantization brings back (> 0 counts against the method; compare with the oracle's gain, which rounding alone causes).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import logging
 import tempfile
 from collections.abc import Sequence
 
@@ -27,6 +28,9 @@ from .attack_registry import AttackContext, AttackSpec, register_attack
 from .evaluator import Evaluator
 
 BITS = (8, 4)
+# bitsandbytes logs "inputs will be cast from torch.float32 to float16" at every 8-bit matmul on CPU: what LLM.int8
+# does by design, said once in the module docstring instead of once per forward.
+logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 DEFAULT_SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa")
 
 
