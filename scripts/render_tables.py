@@ -6,7 +6,7 @@
 
 Sources: docs/results/demo.json (a multi-seed `hf-unlearn demo --seeds ...` results.json),
 docs/results/text_demo.json (`hf-unlearn demo --text --seeds ...`), docs/results/demo_real_quick.json
-(`hf-unlearn demo --real --quick`) and hf_unlearn/demo/tuned.json (the tuning
+(`hf-unlearn demo --real --quick`), docs/results/v3_preliminary.json (`hf-unlearn demo --v3 --seeds ...`) and hf_unlearn/demo/tuned.json (the tuning
 protocol's record). Never edit the blocks by hand.
 """
 
@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 from hf_unlearn.demo.tables import RESULTS_FILE, TUNING_FILE, block_in, load_blocks, update_files  # noqa: E402
 
 FILES = ("README.md", os.path.join("docs", "benchmark.md"), os.path.join("docs", "text.md"),
-         os.path.join("docs", "real_weights.md"),
+         os.path.join("docs", "real_weights.md"), os.path.join("docs", "benchmark_v3.md"),
          *sorted(os.path.join("docs", "methods", f) for f in os.listdir(os.path.join(ROOT, "docs", "methods"))
                  if f.endswith(".md")))
 

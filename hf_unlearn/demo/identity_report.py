@@ -78,14 +78,13 @@ def validity_table(payload: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_identity_report(payload: Mapping[str, Any]) -> str:
-    """The whole report as Markdown."""
+def v3_tables(payload: Mapping[str, Any]) -> str:
+    """The results table, its caption and the validity table (the report's body; docs' generated block)."""
     bench, run = payload["benchmark"], payload["run"]
     rows, bounds = table_rows(payload)
     intervals = bounds if len(bench["seeds"]) > 1 else None
     machine = run.get("machine", {})
     parts = [
-        "# hf_unlearn benchmark v3 (quick configuration)", "",
         f"Seeds {', '.join(map(str, bench['seeds']))}; {run['date']}; {machine.get('cpu_count')} CPUs; "
         f"{describe(machine)}; hf_unlearn {bench['hf_unlearn_version']}; wall time {run['wall_time_s']} s. "
         f"Hyperparameters: {bench['tuning']}.", "",
@@ -95,10 +94,15 @@ def render_identity_report(payload: Mapping[str, Any]) -> str:
         "vanilla (mean over seeds; above 1 = the forget people's text facts were hit specifically); *Distance "
         f"(trusted)*: to the oracle over {', '.join(payload.get('distance_metrics', []))}.", "",
         "Validity checks (issue 25 item 6; ✓/✗ per check: vanilla, oracle, GA, vision-only):", "",
-        validity_table(payload), "",
+        validity_table(payload),
     ]
-    parts += [f"* {n}" for n in payload.get("notes", [])]
-    return "\n".join(parts) + "\n"
+    notes = [f"* {n}" for n in payload.get("notes", [])]
+    return "\n".join(parts + ([""] + notes if notes else []))
+
+
+def render_identity_report(payload: Mapping[str, Any]) -> str:
+    """The whole report as Markdown."""
+    return "# hf_unlearn benchmark v3 (quick configuration)\n\n" + v3_tables(payload) + "\n"
 
 
 def write_identity_outputs(payload: Mapping[str, Any], output_dir: str) -> None:
