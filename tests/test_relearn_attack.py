@@ -49,3 +49,18 @@ def test_pick_budget_takes_the_strongest_harmless_budget_that_exposes_hiding():
     }
     assert pick_budget(reports) == (3e-4, 10)
     assert pick_budget({(1e-3, 30): reports[(1e-3, 30)]}) is None
+
+
+@pytest.mark.slow
+def test_a_fully_frozen_model_is_relearned_through_every_weight(quick_models):
+    """A model handed back with nothing trainable (SMFA's merged model, a model loaded for inference) is attacked
+    through all its weights, not refused: the hiding model, frozen, still gives its answers back."""
+    import copy
+
+    from hf_unlearn.evaluation.attacks import relearn_rows
+
+    models, processor, benchmark = quick_models
+    frozen = copy.deepcopy(models["hidden"]).requires_grad_(False)
+    before, after = relearn_rows(frozen, processor, benchmark["forget_vqa"], RelearnConfig(seed=0))
+    assert after.mean() - before.mean() >= 0.2  # as the calibrated test asks of the hiding model
+    assert not any(p.requires_grad for p in frozen.parameters())  # the model passed in is untouched

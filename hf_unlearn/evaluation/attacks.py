@@ -8,6 +8,7 @@ oracle (never trained on the forget rows) given the same budget. """
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -81,16 +82,26 @@ def relearn_rows(
     forget_dataset: datasets.Dataset,
     config: RelearnConfig | None = None,
     eval_batch_size: int = 16,
+    select_parameters: Callable[[torch.nn.Module], list[torch.nn.Parameter]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fine-tune a copy of ``model`` on the attack part of the forget rows; return per-row correctness (1.0 / 0.0)
-    on the test part before and after the attack. The model passed in is not modified."""
+    on the test part before and after the attack. The model passed in is not modified.
+
+    The attack trains ``select_parameters(copy)`` when given (a benchmark that compares methods should train the same
+    parts of every model, whatever each method left trainable), else the copy's parameters that require gradients,
+    and every floating-point parameter of a model handed back fully frozen (a merged adapter, a model loaded for
+    inference)."""
     config = config or RelearnConfig()
     attack, test = split_for_relearning(forget_dataset, config.fraction, config.seed)
     before = Evaluator(model, processing_class, {}, batch_size=eval_batch_size).mcq_correct(test)
 
     attacker = copy.deepcopy(model)
     attacker.train()
-    params = [p for p in attacker.parameters() if p.requires_grad]
+    if select_parameters is not None:
+        params = select_parameters(attacker)
+    else:
+        params = [p for p in attacker.parameters() if p.requires_grad] or [
+            p.requires_grad_(True) for p in attacker.parameters() if p.is_floating_point()]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     collator = UnlearnDataCollator(processing_class)
     generator = torch.Generator().manual_seed(config.seed)
