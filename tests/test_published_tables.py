@@ -34,6 +34,8 @@ def test_readme_and_docs_tables_equal_the_script_output():
     assert block_in(text_docs, "text-demo-table") == blocks["text-demo-table"]
     real_docs = (ROOT / "docs" / "real_weights.md").read_text()
     assert block_in(real_docs, "real-demo-table") == blocks["real-demo-table"]
+    v3_docs = (ROOT / "docs" / "benchmark_v3.md").read_text()
+    assert block_in(v3_docs, "v3-preliminary-table") == blocks["v3-preliminary-table"]
     for name in ("ga", "npo", "mmunlearner", "vkd"):  # every method page carries its tuning grid
         assert f"tuning-{name}" in blocks
     # The check can fail: an edited cell is caught by the script's --check mode.

@@ -104,13 +104,17 @@ def evaluate_identity_rows(
     return rows
 
 
+# Below this change of retain-QA NLL (nats; about 1% of the answer's probability) the ratio divides by noise.
+MIN_RETAIN_CHANGE = 0.01
+
+
 def text_damage_ratio(points: Mapping[str, float], vanilla: Mapping[str, float]) -> float | None:
     """How much more a method damaged what the forget people are known for in text than other people's text: the
     forget-QA NLL change over the retain-QA NLL change, both from the vanilla (issue 25 item 4). Above 1: the image
     unlearning reached the forget people's text facts specifically, the damage MMUnlearner exists to avoid. None when
-    retain-QA did not move (a ratio over nothing)."""
+    retain-QA moved by less than ``MIN_RETAIN_CHANGE`` (a ratio over noise)."""
     forget = points["forget_qa_nll"] - vanilla["forget_qa_nll"]
     retain = points["retain_qa_nll"] - vanilla["retain_qa_nll"]
-    if abs(retain) < 1e-6:
+    if abs(retain) < MIN_RETAIN_CHANGE:
         return None
     return float(forget / retain)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..evaluation.report import markdown_table, write_text
 from ..provenance import describe
+from .identity_evaluation import text_damage_ratio
 
 # The table's columns: what a reader needs to judge MMUnlearner's and VKD's problem (forget the face, keep the text).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -37,8 +38,11 @@ VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA", 
 
 
 def _mean_damage(payload: Mapping[str, Any], model: str) -> float | None:
-    values = [seeds[model] for seeds in payload.get("text_damage_ratio", {}).values()
-              if seeds.get(model) is not None]
+    """The text-damage ratio's mean over the seeds where it is defined, from the per-seed points (so a table always
+    follows ``text_damage_ratio`` as the code defines it)."""
+    values = [text_damage_ratio(points[model], points["vanilla"]) for points in payload.get("per_seed", {}).values()
+              if model in points and model != "vanilla"]
+    values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
 
@@ -91,7 +95,8 @@ def v3_tables(payload: Mapping[str, Any]) -> str:
         markdown_table(rows, COLUMNS, intervals), "",
         "Cells: mean over seeds (95% interval: bootstrap over seeds and questions). *truth*: the truth-ratio score "
         "max(0, 1 - P(perturbed)/P(true)); *Text damage*: forget-QA NLL change over retain-QA NLL change from the "
-        "vanilla (mean over seeds; above 1 = the forget people's text facts were hit specifically); *Distance "
+        "vanilla (mean over the seeds where retain-QA moved by at least 0.01 nat; above 1 = the forget people's text "
+        "facts were hit specifically); *Distance "
         f"(trusted)*: to the oracle over {', '.join(payload.get('distance_metrics', []))}.", "",
         "Validity checks (issue 25 item 6; ✓/✗ per check: vanilla, oracle, GA, vision-only):", "",
         validity_table(payload),
