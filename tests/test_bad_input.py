@@ -358,6 +358,7 @@ CLI_CASES: dict[str, CliCase] = {
     "demo-seeds-repeated": CliCase(("demo", "--seeds", "1,1"), "--seeds must list distinct integers"),
     "demo-seed-and-seeds": CliCase(("demo", "--seed", "1", "--seeds", "2,3"), "pass --seed N or --seeds A,B,..."),
     "demo-threads-zero": CliCase(("demo", "--threads", "0"), "--threads must be >= 1, got 0"),
+    "demo-two-benchmarks": CliCase(("demo", "--text", "--v3"), "--text and --v3 pick different benchmarks; pass one"),
     "demo-unknown-method": CliCase(("demo", "--methods", "ga,bogus"), "unknown method(s) ['bogus']"),
     "demo-output-is-a-file": CliCase(("demo", "--output", "@TMP@/out"), "--output '@TMP@/out' is a file; pass a folder",
                                      setup=_file_at_out),

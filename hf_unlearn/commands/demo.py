@@ -51,7 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--v3", action="store_true",
                         help="Benchmark v3 (quick configuration, docs/benchmark_v3.md): identity-mediated knowledge, "
                              "the official protocol, truth ratio / ROUGE-L / BLEU on every split, the quantization "
-                             "and relearning attacks, and the instrument's validity checks at every seed.")
+                             "and relearning attacks, and the instrument's validity checks at every seed (with "
+                             "--quick: 12 questions per split, no validity checks).")
     parser.add_argument("--text", action="store_true",
                         help="The text demo instead: a tiny Llama that memorised fictitious authors (TOFU-shaped), "
                              "every text method, vanilla and a retain-only oracle, TOFU's metrics.")
@@ -60,6 +61,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    chosen = [flag for flag, on in (("--text", args.text), ("--real", args.real), ("--v3", args.v3)) if on]
+    if len(chosen) > 1:
+        print(f"hf-unlearn demo: error: {' and '.join(chosen)} pick different benchmarks; pass one of them.",
+              file=sys.stderr)
+        return 2
     if args.text:
         from ..demo.text import run_text_cli
 
@@ -119,7 +125,9 @@ def _run_v3(args: argparse.Namespace, seeds: list[int], methods: list[str] | Non
     from ..demo.identity_report import render_identity_report, write_identity_outputs
     from ..evaluation.attacks import RelearnConfig
 
-    payload = run_identity_demo(seeds, methods, cache_dir=args.cache_dir, relearn=RelearnConfig())
+    # --quick: a first look, 12 questions per split and no validity checks (the report's header says so).
+    payload = run_identity_demo(seeds, methods, cache_dir=args.cache_dir, relearn=RelearnConfig(),
+                                validity=not args.quick, rows_per_split=12 if args.quick else None)
     write_identity_outputs(payload, args.output)
     print(render_identity_report(payload))
     print(f"[demo] benchmark v3, seeds {seeds}: results in {os.path.abspath(args.output)}")

@@ -91,7 +91,9 @@ def v3_tables(payload: Mapping[str, Any]) -> str:
     parts = [
         f"Seeds {', '.join(map(str, bench['seeds']))}; {run['date']}; {machine.get('cpu_count')} CPUs; "
         f"{describe(machine)}; hf_unlearn {bench['hf_unlearn_version']}; wall time {run['wall_time_s']} s. "
-        f"Hyperparameters: {bench['tuning']}.", "",
+        f"Hyperparameters: {bench['tuning']}."
+        + (f" Evaluated on {bench['rows_per_split']} questions per split (a quick look)."
+           if bench.get("rows_per_split") else ""), "",
         markdown_table(rows, COLUMNS, intervals), "",
         "Cells: mean over seeds (95% interval: bootstrap over seeds and questions). *truth*: the truth-ratio score "
         "max(0, 1 - P(perturbed)/P(true)); *Text damage*: forget-QA NLL change over retain-QA NLL change from the "
@@ -99,7 +101,7 @@ def v3_tables(payload: Mapping[str, Any]) -> str:
         "facts were hit specifically); *Distance "
         f"(trusted)*: to the oracle over {', '.join(payload.get('distance_metrics', []))}.", "",
         "Validity checks (issue 25 item 6; ✓/✗ per check: vanilla, oracle, GA, vision-only):", "",
-        validity_table(payload),
+        validity_table(payload) if any(payload.get("validity", {}).values()) else "Not run (`--quick`).",
     ]
     notes = [f"* {n}" for n in payload.get("notes", [])]
     return "\n".join(parts + ([""] + notes if notes else []))
