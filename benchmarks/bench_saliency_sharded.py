@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 
 import common
@@ -110,27 +107,11 @@ def worker(settings: Settings, size: str, model_dir: str, out: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ parent side
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(settings: Settings, size: str, log=print) -> list[Row]:
     model_dir = common.saved_model_dir(settings, size)
     label = common.size_label(size, common.num_parameters(model_dir))
-    out = tempfile.mktemp(dir=settings.workdir, suffix=".json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           __file__, "--worker", size, model_dir, out, "--device", settings.device, "--threads", str(settings.threads),
-           "--reps", str(settings.reps)] + (["--quick"] if settings.quick else [])
-    env = {**os.environ, "OMP_NUM_THREADS": str(settings.threads), "PYTHONPATH": os.path.dirname(__file__),
-           "DS_ACCELERATOR": "cpu" if settings.device == "cpu" else "cuda"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench_saliency_sharded worker failed ({proc.returncode}):\n"
-                           f"{(proc.stdout + proc.stderr)[-4000:]}")
-    with open(out) as f:
-        presets = json.load(f)["presets"]
+    presets = common.run_torchrun_worker(__file__, settings, size, model_dir,
+                                         DS_ACCELERATOR="cpu" if settings.device == "cpu" else "cuda")["presets"]
     rows = []
     for preset, r in presets.items():
         t = r["times"]

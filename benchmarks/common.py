@@ -543,6 +543,30 @@ def markdown_table(rows: Iterable[Row]) -> str:
 write_atomic = atomic_write_text  # one implementation, in hf_unlearn.utils
 
 
+def run_torchrun_worker(script: str, settings: Settings, size: str, model_dir: str, **env: str) -> dict[str, Any]:
+    """Run ``script``'s ``--worker`` under ``torch.distributed.run`` with 2 processes on a free port (settings passed
+    as flags, ``env`` added to the environment) and return the JSON its rank 0 wrote."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tempfile.mktemp(dir=settings.workdir, suffix=".json")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           script, "--worker", size, model_dir, out, "--device", settings.device, "--threads", str(settings.threads),
+           "--reps", str(settings.reps)] + (["--quick"] if settings.quick else [])
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": str(settings.threads),
+                                    "PYTHONPATH": os.path.dirname(script), **env}, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{os.path.basename(script)} worker failed ({proc.returncode}):\n"
+                           f"{(proc.stdout + proc.stderr)[-4000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
 def torchrun_worker_main(argv: list[str], worker: Callable, workdir_prefix: str) -> None:
     """The entry point of a benchmark's torchrun worker: ``--worker SIZE MODEL_DIR OUT`` and the settings flags,
     then ``worker(settings, size, model_dir, out)`` in a fresh work folder."""

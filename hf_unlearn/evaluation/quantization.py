@@ -29,8 +29,9 @@ from .evaluator import Evaluator
 
 BITS = (8, 4)
 # bitsandbytes logs "inputs will be cast from torch.float32 to float16" at every 8-bit matmul on CPU: what LLM.int8
-# does by design, said once in the module docstring instead of once per forward.
-logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+# does by design, said once in the module docstring instead of once per forward. Quiet only while a quantized copy
+# is loaded (``quantized_copy``), so importing hf_unlearn changes no logger.
+_CAST_LOGGER = "bitsandbytes.autograd._functions"
 DEFAULT_SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa")
 
 
@@ -61,6 +62,7 @@ def quantized_copy(model: torch.nn.Module, bits: int) -> torch.nn.Module:
         model.save_pretrained(folder, safe_serialization=True)
         quantized = type(model).from_pretrained(folder, quantization_config=config, dtype=torch.float32)
     keep_4bit_layers_differentiable(quantized)  # the packed CPU kernel fails on layers narrower than a block
+    logging.getLogger(_CAST_LOGGER).setLevel(logging.ERROR)
     return quantized.eval()
 
 
