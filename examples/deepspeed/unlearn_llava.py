@@ -129,6 +129,9 @@ def compute_mask(script: ScriptArguments, args: MMUnlearnerConfig | None = None,
     if args is None or args.process_index == 0:
         mask.save_pretrained(script.mask_path)
         print(mask)
+    if distributed:  # as at the end of unlearn(): every rank past the save, then the group torn down explicitly
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _cpu_launcher_setup(args: MMUnlearnerConfig) -> None:
@@ -174,8 +177,11 @@ def unlearn(script: ScriptArguments, args: MMUnlearnerConfig, tiny=None) -> None
         mask.save_pretrained(os.path.join(final, "saliency_mask"))
         print(f"launcher: {type(trainer.model_wrapped).__name__}, world size {trainer.args.world_size}, "
               f"steps {trainer.state.global_step}, saved to {final}")
-    # No rank exits while another is still in a collective (gloo aborts the early one's pending work).
+    # No rank exits while another is still in a collective (gloo aborts the early one's pending work), and the
+    # process group is torn down before interpreter exit: a gloo group left to static destructors can abort a rank
+    # ("terminate called without an active exception") after every file is written, failing the launch.
     trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 def main() -> None:
