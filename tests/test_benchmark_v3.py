@@ -24,6 +24,32 @@ def test_identity_questions_share_one_template_and_names_are_own_tokens():
     assert len(set(firsts)) == len(firsts) and len(set(lasts)) == len(lasts)
 
 
+def test_pope_split_is_balanced_yes_no_about_the_drawn_shape():
+    from hf_unlearn.data.portraits import SHAPES
+
+    bench = build_identity_benchmark(IdentityBenchmarkConfig(num_people=4, num_holdout_people=0,
+                                                             num_validation_people=0, num_general=12, num_pope=10,
+                                                             seed=5))
+    pope, general = bench["pope"], bench["general"]
+    assert len(pope) == 10 and not len(build_identity_benchmark(IdentityBenchmarkConfig(num_people=4))["pope"])
+    assert pope["answer"].count("yes") == pope["answer"].count("no") == 5
+    assert all(row["options"][row["label"]] == row["answer"] and row["perturbed_answers"] != [row["answer"]]
+               for row in pope)
+    for row, shape_row in zip(pope, general):
+        # The same drawn picture; "yes" exactly when the asked object is the one drawn.
+        assert row["image"] == shape_row["image"]
+        drawn = [s for s in SHAPES if shape_row["question"].startswith("What kind") and s == shape_row["answer"]]
+        asked = row["question"].removeprefix("Is the shape in the image a ").rstrip("?")
+        assert asked in SHAPES
+        if drawn:
+            assert (row["answer"] == "yes") == (asked == drawn[0])
+    # The text twins: every colour x shape once present, once absent.
+    named = bench["pope_qa"]
+    assert len(named) == 2 * 8 * len(SHAPES) and named["answer"].count("yes") == len(named) // 2
+    assert all((r["answer"] == "yes") == (r["question"].split()[3] == r["question"].split()[-1].rstrip("?"))
+               for r in named)
+
+
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory):
     """Cold build of the quick configuration at seed 0 (vanilla and oracle trained to the criterion, about 125 s on

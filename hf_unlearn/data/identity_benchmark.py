@@ -19,7 +19,12 @@ and text questions), ``retain_vqa`` / ``retain_qa``, ``test_vqa`` / ``test_retai
 transformed face: rotated, cropped, re-coloured, blurred), ``holdout_vqa`` / ``holdout_qa`` and ``validation_vqa`` /
 ``validation_qa`` (people known by text whose faces are never trained on: membership non-members, and the stop
 rule's target), ``general`` (shape and colour questions about a drawn shape, "the shape in the image") and
-``general_qa`` (the same questions about a named shape, "the red star": what the image answers go through).
+``general_qa`` (the same questions about a named shape, "the red star": what the image answers go through), and
+``pope`` / ``pope_qa`` (opt-in, ``num_pope``): POPE-style object presence (Li et al. 2023, the "random" setting):
+balanced yes/no questions whether a drawn (or named) shape is a given object, half of them about the object shown and
+half about another one drawn at random ("Is the shape in the image a star?"). A picture holds one shape, so presence
+is its identity. Off by default: learning them slowed the quick configuration's reference training and cost the
+vanilla its criterion (docs/benchmark_v3.md).
 """
 
 from __future__ import annotations
@@ -40,12 +45,12 @@ IDENTITY_BENCHMARK_VERSION = 2
 
 IDENTITY_SPLITS = (
     "forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "test_vqa", "test_retain_vqa", "holdout_vqa", "holdout_qa",
-    "validation_vqa", "validation_qa", "general", "general_qa",
+    "validation_vqa", "validation_qa", "general", "general_qa", "pope", "pope_qa",
 )  # fmt: skip
 # What the reference models learn: stage A (language model, text) and stage B (projector, images).
-TEXT_TRAINING_SPLITS = ("forget_qa", "retain_qa", "holdout_qa", "validation_qa", "general_qa")
-VANILLA_IMAGE_SPLITS = ("forget_vqa", "retain_vqa", "general")
-ORACLE_IMAGE_SPLITS = ("retain_vqa", "general")
+TEXT_TRAINING_SPLITS = ("forget_qa", "retain_qa", "holdout_qa", "validation_qa", "general_qa", "pope_qa")
+VANILLA_IMAGE_SPLITS = ("forget_vqa", "retain_vqa", "general", "pope")
+ORACLE_IMAGE_SPLITS = ("retain_vqa", "general", "pope")
 
 PERSON_SLOT = "the person in the image"
 SHAPE_SLOT = "the shape in the image"
@@ -69,6 +74,8 @@ TEMPLATES: dict[str, str] = {
 }
 TEXT_ONLY_TEMPLATES: dict[str, str] = {"food": "What is the favourite food of {who}?"}
 GENERAL_TEMPLATES: dict[str, str] = {"color": "What colour is {what}?", "shape": "What kind of shape is {what}?"}
+POPE_TEMPLATE = "Is {what} a {object}?"
+POPE_ANSWERS = ("yes", "no")
 
 _PEOPLE, _FACES, _SPLIT, _OPTIONS, _TRANSFORM, _GENERAL = range(6)
 
@@ -86,14 +93,20 @@ class IdentityBenchmarkConfig:
         default=0.1, metadata={"help": "Fraction of num_people to forget: max(1, round(forget_ratio * num_people))."})
     image_size: int = field(default=56, metadata={"help": "Side of the faces and shape pictures, pixels."})
     num_general: int = field(default=200, metadata={"help": "Shape / colour questions about drawn shapes."})
+    num_pope: int = field(default=0, metadata={
+        "help": "POPE-style yes/no questions about the first num_pope drawn shapes (<= num_general; even: balanced), "
+                "and their named twins. 0 (default): none; measured to cost the quick vanilla its criterion."})
     num_perturbed: int = field(default=5, metadata={"help": "Wrong answers per question for the truth ratio."})
     seed: int = field(default=0, metadata={"help": "Seed of every random choice; the build is deterministic."})
 
     def __post_init__(self) -> None:
         if self.num_people < 2:
             raise ValueError(f"num_people must be >= 2 (one forget and one retain person), got {self.num_people}.")
-        if min(self.num_holdout_people, self.num_validation_people, self.num_general) < 0:
-            raise ValueError("num_holdout_people, num_validation_people and num_general must be >= 0.")
+        if min(self.num_holdout_people, self.num_validation_people, self.num_general, self.num_pope) < 0:
+            raise ValueError("num_holdout_people, num_validation_people, num_general and num_pope must be >= 0.")
+        if self.num_pope > self.num_general:
+            raise ValueError(f"num_pope ({self.num_pope}) asks about drawn shapes: at most num_general "
+                             f"({self.num_general}).")
         if not 0.0 < self.forget_ratio < 1.0 or self.num_forget >= self.num_people:
             raise ValueError(f"forget_ratio={self.forget_ratio} must leave at least one of the {self.num_people} "
                              "people retained and be in (0, 1).")
@@ -125,6 +138,18 @@ def _row(who_slot: str, template: str, answer: str, pool: tuple[str, ...], rng: 
                 perturbed_answers=_perturbed(answer, pool, k, rng), paraphrased_answer=None, **extra)
 
 
+def pope_row(what: str, shape: str, present: bool, rng: np.random.Generator, **extra: Any) -> dict[str, Any]:
+    """A POPE-style question whether ``what`` (a drawn or named ``shape``) is an object: the shape itself when
+    ``present``, else another shape drawn at random ("random" negatives). Options yes/no, the wrong one as the truth
+    ratio's perturbed answer."""
+    obj = shape if present else str(rng.choice([s for s in SHAPES if s != shape]))
+    answer = POPE_ANSWERS[0] if present else POPE_ANSWERS[1]
+    options = list(POPE_ANSWERS)
+    return dict(question=POPE_TEMPLATE.format(what=what, object=obj), answer=answer, options=options,
+                label=options.index(answer), perturbed_answers=[o for o in options if o != answer],
+                paraphrased_answer=None, person_id=-1, **extra)
+
+
 def general_text_rows(num_perturbed: int = 5, seed: int = 0) -> list[dict[str, Any]]:
     """Every colour x shape asked by name ("What colour is the red star?"): what the language model knows about
     named shapes, which the image questions about drawn shapes go through."""
@@ -141,6 +166,14 @@ def general_text_rows(num_perturbed: int = 5, seed: int = 0) -> list[dict[str, A
                                  answer=answer, options=options, label=label, paraphrased_answer=None,
                                  perturbed_answers=_perturbed(answer, pool, min(num_perturbed, len(pool) - 1), rng)))
     return rows
+
+
+def pope_text_rows(seed: int = 0) -> list[dict[str, Any]]:
+    """Every colour x shape asked by name once present and once absent ("Is the red star a circle?"): the object
+    questions the image ones go through."""
+    rng = np.random.default_rng([seed, _GENERAL, 2])
+    return [pope_row(f"the {color} {shape}", shape, present, rng, kind="qa", image=None)
+            for color in SHAPE_COLORS for shape in SHAPES for present in (True, False)]
 
 
 def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> datasets.DatasetDict:
@@ -192,8 +225,10 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
             splits["test_retain_vqa"] += test
     general_rng = np.random.default_rng([config.seed, _GENERAL])
     colors = tuple(SHAPE_COLORS)
+    general_shapes = []
     for i in range(config.num_general):
         shape, color = SHAPES[general_rng.integers(len(SHAPES))], colors[general_rng.integers(len(colors))]
+        general_shapes.append(shape)
         image = png_image(draw_shape(shape, color, config.image_size, general_rng))
         key = "color" if i % 2 == 0 else "shape"
         answer, pool = (color, colors) if key == "color" else (shape, SHAPES)
@@ -203,6 +238,11 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
             answer=answer, options=options, label=label, paraphrased_answer=None,
             perturbed_answers=_perturbed(answer, pool, min(k, len(pool) - 1), general_rng)))
     splits["general_qa"] = general_text_rows(k, config.seed)
+    if config.num_pope:  # one question per drawn shape, alternately about the object shown and another one
+        pope_rng = np.random.default_rng([config.seed, _GENERAL, 3])
+        splits["pope"] = [pope_row(SHAPE_SLOT, shape, i % 2 == 0, pope_rng, kind="general", image=row["image"])
+                          for i, (row, shape) in enumerate(zip(splits["general"][:config.num_pope], general_shapes))]
+        splits["pope_qa"] = pope_text_rows(config.seed)
     extra = truth_ratio_features()
     return datasets.DatasetDict({name: rows_to_dataset(rows, extra) for name, rows in splits.items()})
 

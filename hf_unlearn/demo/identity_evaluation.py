@@ -11,7 +11,10 @@ people, the drawn and the named shapes):
   value, 0 = no preference or a wrong one);
 * ``<split>_rougeL`` and ``<split>_bleu``: the greedy generated answer against the true one (free text, not a
   choice among four; on v3's one-word answers both are 1 for the right word);
-* ``<split>_nll``: the mean answer-token NLL (``text_damage_ratio`` compares it with the vanilla's).
+* ``<split>_nll``: the mean answer-token NLL (``text_damage_ratio`` compares it with the vanilla's);
+* ``pope_yes``: on the POPE-style yes/no split, the share of questions answered "yes" (POPE's yes-ratio, 0.5 on its
+  balanced questions for an unbiased model): an accuracy that falls with a yes-ratio near 0 or 1 is a model that
+  stopped looking at the image and answers one word.
 
 Robustness: ``quant8_forget_vqa_acc`` / ``quant4_...`` (``evaluation.quantization``: the weights quantized to 8 and
 4 bits as a user loads them), ``relearn_acc`` / ``relearn_pre_acc`` (the calibrated relearning attack), the
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 from transformers import set_seed
 
+from ..data.identity_benchmark import POPE_ANSWERS
 from ..data.rows import row_answers
 from ..evaluation import metrics, text_metrics
 from ..evaluation.attacks import RelearnConfig, relearn_rows
@@ -43,20 +47,25 @@ from .evaluation import MIA_KEYS, MIA_SPLITS
 from .identity import trainable_parts
 
 SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "test_vqa", "test_retain_vqa", "general",
-          "general_qa")
+          "general_qa", "pope")
 PER_SPLIT = ("acc", "prob", "truth", "rougeL", "bleu", "nll")
+YES_NO_SPLITS = ("pope",)  # also report the yes-ratio
 ATTACK_KEYS = (*(f"quant{b}_forget_vqa_acc" for b in BITS), "relearn_acc", "relearn_pre_acc", *MIA_KEYS.values())
-METRIC_KEYS = (*(f"{s}_{m}" for s in SPLITS for m in PER_SPLIT), *ATTACK_KEYS)
+METRIC_KEYS = (*(f"{s}_{m}" for s in SPLITS for m in PER_SPLIT), *(f"{s}_yes" for s in YES_NO_SPLITS), *ATTACK_KEYS)
 TRUSTED_DISTANCE_METRICS = tuple(f"{s}_{m}" for s in ("forget_vqa", "forget_qa", "retain_vqa", "general")
                                  for m in ("truth", "rougeL"))
 
 
-def split_rows(evaluator: Evaluator, dataset: datasets.Dataset) -> dict[str, RowValues]:
-    """``PER_SPLIT``'s rows for one split."""
+def split_rows(evaluator: Evaluator, dataset: datasets.Dataset, yes_no: bool = False) -> dict[str, RowValues]:
+    """``PER_SPLIT``'s rows for one split, plus ``yes`` (the yes-ratio) for a yes/no split."""
     nll = evaluator.answer_nll(dataset)
     ratios = text_metrics.truth_ratio(nll, evaluator.perturbed_nll(dataset))
     generated, answers = evaluator.generate(dataset), row_answers(dataset)
-    return {"acc": RowValues.of(evaluator.mcq_correct(dataset)),
+    chosen = metrics.mcq_predictions(evaluator.option_scores(dataset))
+    extra = {}
+    if yes_no:
+        extra["yes"] = RowValues.of([options[i] == POPE_ANSWERS[0] for options, i in zip(dataset["options"], chosen)])
+    return {"acc": RowValues.of((chosen == np.asarray(dataset["label"])).astype(np.float64)), **extra,
             "prob": RowValues.of(text_metrics.answer_probability(nll)),
             "truth": RowValues.of(np.maximum(0.0, 1.0 - ratios)),
             "rougeL": RowValues.of(metrics.rouge_l_per_row(generated, answers)),
@@ -85,7 +94,8 @@ def evaluate_identity_rows(
     with memoized_image_features(model):
         for split in SPLITS:
             if len(benchmark.get(split, [])) > 0:
-                rows.update({f"{split}_{k}": v for k, v in split_rows(evaluator, benchmark[split]).items()})
+                rows.update({f"{split}_{k}": v for k, v in
+                             split_rows(evaluator, benchmark[split], yes_no=split in YES_NO_SPLITS).items()})
         if all(len(benchmark.get(s, [])) > 0 for s in MIA_SPLITS):
             ref = reference or {}
             members, nonmembers = (evaluator.mia_scores(split, reference=ref.get(split)) for split in MIA_SPLITS)

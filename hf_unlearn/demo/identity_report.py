@@ -24,6 +24,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("retain_vqa_truth", "Retain VQA truth", "↑"),
     ("retain_qa_truth", "Retain QA truth", "↑"),
     ("general_truth", "General truth", "↑"),
+    ("pope_acc", "POPE acc", "↑"),
+    ("pope_yes", "POPE yes-ratio", "→ 0.5"),
     ("test_vqa_acc", "Rephrased VQA acc", "→ oracle"),
     ("quant8_forget_vqa_acc", "8-bit forget VQA", "→ oracle"),
     ("quant4_forget_vqa_acc", "4-bit forget VQA", "→ oracle"),

@@ -33,6 +33,7 @@ from ..data.identity_benchmark import (
     PERSON_SLOT,
     TEXT_TRAINING_SPLITS,
     VANILLA_IMAGE_SPLITS,
+    image_training_set,
 )
 from ..data.schema import rows_to_dataset, truth_ratio_features
 from ..features import memoized_image_features
@@ -137,7 +138,8 @@ def vision_only_to_oracle(refs: IdentityReferences, target: float, learning_rate
     model = copy.deepcopy(refs.vanilla)
     params = trainable_parts(model, ("projector",))
     forget = collate_all(processor, bench["forget_vqa"])
-    retain = collate_all(processor, datasets.concatenate_datasets([bench["retain_vqa"], bench["general"]]))
+    # The answer loss on what the oracle's projector was trained on: the retain faces and the shapes.
+    retain = collate_all(processor, image_training_set(bench, "oracle"))
     with torch.no_grad(), memoized_image_features(refs.oracle):
         logits = refs.oracle(**{k: v for k, v in forget.items() if k != "labels"}).logits[:, :-1]
         positions = forget["labels"][:, 1:] != -100

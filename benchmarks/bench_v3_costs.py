@@ -1,0 +1,81 @@
+"""Benchmark v3's costs against issue 25's goals (2 cores, quiet): one seed cold (references trained) <= 10 min, the
+same seed with the references cached <= 3 min, ``--quick`` <= 2 min.
+
+Each step is the user's command, ``hf-unlearn demo --v3``, run as a subprocess with a cache of its own (so "cold"
+is cold), its wall time and the 1-minute load average before and after recorded. Absolute seconds, not a ratio: the
+goals are absolute. A step whose load exceeded ``common.LOAD_RULE`` is marked "under load" (not a verdict).
+
+    python benchmarks/bench_v3_costs.py                       # every registered method, seed 0
+    python benchmarks/bench_v3_costs.py --methods ga,mmunlearner,vkd --out /tmp/v3_costs.json
+
+Results: JSON (``--out``, default ``benchmarks/v3_costs.json``) with the environment (versions, CPU flags) and one
+Markdown table on stdout (docs/benchmark_v3.md quotes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hf_unlearn.provenance import describe, environment
+from hf_unlearn.utils import atomic_write_text
+
+from common import LOAD_RULE, load_average, load_limit
+
+# (name, the flags after `hf-unlearn demo --v3 --seeds SEED`, goal in seconds, whether it reuses the cold cache)
+STEPS = (
+    ("one seed, cold (references trained)", [], 600, False),
+    ("one seed, references cached", [], 180, True),
+    ("--quick, references cached", ["--quick"], 120, True),
+)
+
+
+def run_step(flags: list[str], cache: str, out: str, seed: int, methods: str | None) -> dict:
+    command = [sys.executable, "-m", "hf_unlearn.cli", "demo", "--v3", "--seeds", str(seed), "--cache-dir", cache,
+               "--output", out, *flags, *(["--methods", methods] if methods else [])]
+    before, start = load_average(), time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds, after = time.perf_counter() - start, load_average()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"seconds": round(seconds, 1), "load": [round(before, 2), round(after, 2)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--methods", default=None, help="Comma-separated methods (default: every registered one).")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).with_name("v3_costs.json")))
+    args = parser.parse_args(argv)
+    limit = load_limit()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hf_unlearn_v3_costs_") as work:
+        cold_cache = os.path.join(work, "cache")
+        for i, (name, flags, goal, cached) in enumerate(STEPS):
+            cache = cold_cache if cached or i == 0 else os.path.join(work, f"cache{i}")
+            result = run_step(flags, cache, os.path.join(work, f"out{i}"), args.seed, args.methods)
+            under_load = max(result["load"]) > limit
+            rows.append({"step": name, "goal_s": goal, **result, "under_load": under_load,
+                         "meets_goal": None if under_load else result["seconds"] <= goal})
+            print(f"[v3 costs] {name}: {result['seconds']} s (goal {goal} s), load {result['load']}", flush=True)
+    env = environment()
+    payload = {"methods": args.methods or "all registered", "seed": args.seed, "load_rule": LOAD_RULE,
+               "load_limit": limit, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": env, "steps": rows}
+    atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
+    print(f"\nMethods: {payload['methods']}; seed {args.seed}; {payload['date']}; {env['cpu_count']} CPUs; "
+          f"{describe(env)}\n")
+    print("| step | seconds | goal | load before / after | verdict |\n|---|---:|---:|---|---|")
+    for r in rows:
+        verdict = "under load (not a verdict)" if r["under_load"] else ("meets" if r["meets_goal"] else "misses")
+        print(f"| {r['step']} | {r['seconds']} | {r['goal_s']} | {r['load'][0]} / {r['load'][1]} | {verdict} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
