@@ -52,8 +52,8 @@ def test_pope_split_is_balanced_yes_no_about_the_drawn_shape():
 
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory):
-    """Cold build of the quick configuration at seed 0 (vanilla and oracle trained to the criterion, about 125 s on
-    the shared 2-core machine) and every validity check (35-60 s)."""
+    """Cold build of the quick configuration at seed 0 (vanilla and oracle trained to the criterion, about 60 s on
+    the shared 2-core machine) and every validity check (about 30 s)."""
     from hf_unlearn.demo.identity import IdentityQuickConfig, build_identity_references
     from hf_unlearn.demo.identity_validity import validity_checks
 
@@ -65,24 +65,25 @@ def checks(tmp_path_factory):
 
 @pytest.mark.slow
 def test_vanilla_trained_to_the_criterion(checks):
-    # Measured here: text 50, image 60 epochs. The criterion, not a fixed count, ends each stage (other CPUs round
+    # Measured here: text 25, image 15 epochs. The criterion, not a fixed count, ends each stage (other CPUs round
     # differently and may need more): within the recipe's decay plus top-up.
     epochs = checks["info"]["vanilla"]["epochs"]
     assert set(epochs) == {"text", "image"} and all(0 < e <= 150 for e in epochs.values()), epochs
-    # Every trained split >= 0.95 (measured: retain_vqa 0.957 the lowest; forget_vqa 0.967, forget_qa 0.970).
+    # Every trained split >= 0.95 (measured: holdout_qa 0.970 the lowest; forget_vqa 0.980, retain_vqa 0.979).
     assert checks["check_vanilla"]["passed"], checks["vanilla"]
-    # Faces are recognised beyond their training view only in part (measured: test_retain_vqa 0.70, test_vqa 0.57).
-    assert checks["vanilla"]["test_retain_vqa"] > 0.5
+    # Faces are recognised beyond their training view (measured: test_retain_vqa 0.91, test_vqa 0.70; the oracle's
+    # test_vqa 0.26): the transformed portraits keep the identity.
+    assert checks["vanilla"]["test_retain_vqa"] > 0.6
 
 
 @pytest.mark.slow
 def test_oracle_near_chance_and_knows_the_forget_people_in_text(checks):
-    # Measured: forget-VQA 0.267 (chance 0.25), forget-QA 0.970 (the vanilla's language model, untouched).
-    # The issue's check (within 0.10 of chance) is reported, not asserted: 30 questions put chance accuracy's own
-    # standard deviation at sqrt(0.25 * 0.75 / 30) = 0.079, so an oracle at chance misses 0.10 about one time in 10
-    # (the AVX2 path measured 0.367, 11 of 30). Asserted: within 3 standard deviations of chance (p < 0.002 for an
-    # oracle at chance; the vanilla is at 0.967).
-    oracle, n = checks["check_oracle"], 30  # the quick configuration: 3 forget people x 10 image questions
+    # Measured: forget-VQA 0.220 (chance 0.25), forget-QA 0.982 (the vanilla's language model, untouched).
+    # The issue's check (within 0.10 of chance) is reported, not asserted: 50 questions put chance accuracy's own
+    # standard deviation at sqrt(0.25 * 0.75 / 50) = 0.061, so an oracle at chance misses 0.10 about one time in 10
+    # (p = 0.10, two-sided). Asserted: within 3 standard deviations of chance (p < 0.003 for an oracle at chance;
+    # the vanilla is at 0.98).
+    oracle, n = checks["check_oracle"], 50  # the quick configuration: 5 forget people x 10 image questions
     assert oracle["forget_vqa_acc"] <= 0.25 + 3 * (0.25 * 0.75 / n) ** 0.5, oracle
     assert oracle["forget_qa_acc"] >= 0.95
     assert checks["oracle"]["forget_qa"] == checks["vanilla"]["forget_qa"]
@@ -90,8 +91,8 @@ def test_oracle_near_chance_and_knows_the_forget_people_in_text(checks):
 
 @pytest.mark.slow
 def test_a_vision_side_only_update_reaches_the_oracle(checks):
-    # Projector-only distillation toward the oracle: measured forget-VQA 0.267 at epoch 48, forget-QA 0.970 and its
-    # probability unchanged (text never passes through the projector), retain-VQA 0.876, general 0.97.
+    # Projector-only distillation toward the oracle: measured forget-VQA 0.20 at epoch 6, forget-QA 0.982 and its
+    # probability unchanged (text never passes through the projector), retain-VQA 0.921, general 0.99.
     check = checks["check_vision_only"]
     assert check["passed"], check["reached"]
     assert check["reached"]["forget_qa_prob"] == pytest.approx(checks["vanilla_prob"]["forget_qa"])
@@ -99,20 +100,21 @@ def test_a_vision_side_only_update_reaches_the_oracle(checks):
 
 @pytest.mark.slow
 def test_ga_damages_the_forget_peoples_text_more_than_the_others(checks):
-    # GA on forget-VQA, language model only (MLLMU-Bench's setting), lr 5e-4: forget-VQA reaches the oracle's at step
-    # 15 (0.20); forget-QA answer probability 0.947 -> 0.675 (-28.8%), retain-QA -22.0%.
-    # The issue's check asks for >= 30%: missed by 1.2 points at seed 0 (26.6% at seed 2; docs/benchmark_v3.md). Not
-    # asserted either way: a drop this close to the line falls on either side on other CPUs.
+    # GA on forget-VQA, language model only (MLLMU-Bench's setting), lr 5e-4, probed every step: forget-VQA reaches
+    # the oracle's at step 6 (0.20); forget-QA answer probability 0.945 -> 0.810 (-14.3%), retain-QA -4.6%: the
+    # image unlearning damages the forget people's text 3.1x more than the others' (2.2-5x at seeds 0-2 and GA rates
+    # 5e-5 to 5e-4, docs/benchmark_v3.md). The issue's check asks for >= 30% and fails (9-23% measured), so only the
+    # specificity is asserted, with room for a CPU that crosses a step earlier or later.
     ga = checks["check_ga"]
-    assert ga["reached"] is not None
-    assert ga["relative_drop"] > ga["retain_qa_relative_drop"] > 0.1
+    assert ga["reached"] is not None and ga["passed"] == (ga["relative_drop"] >= 0.3)
+    assert ga["relative_drop"] > 1.5 * ga["retain_qa_relative_drop"] and ga["relative_drop"] > 0.05
 
 
 @pytest.mark.slow
 def test_identity_mediation_is_measured(checks):
-    # A text-only edit of 5 retain people's facts (50 questions, learnt to 0.98): measured 0.36 of their image
-    # answers follow the new value, 0.40 keep the old one (0.96 correct before); the unedited people's image accuracy
-    # falls to 0.70, their text stays 0.99. Image answers go through the language model, only partly through the
+    # A text-only edit of 5 retain people's facts (50 questions, learnt to 1.0): measured 0.36 of their image
+    # answers follow the new value, 0.48 keep the old one (0.98 correct before); the unedited people's image accuracy
+    # falls to 0.76, their text stays 0.99. Image answers go through the language model, only partly through the
     # name's own representation.
     med = checks["mediation"]
     assert med["edited_text_acc"] >= 0.95
@@ -134,13 +136,11 @@ def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks):
     for split in ("forget_qa", "retain_qa", "general_qa"):
         assert all(vanilla[f"{split}_{m}"] == oracle[f"{split}_{m}"] for m in PER_SPLIT), split
     assert payload["text_damage_ratio"]["0"]["oracle"] is None  # retain-QA did not move: no ratio
-    # The oracle never saw the forget faces. Measured on all 30 questions: truth score 0.87 vs 0.35, generated
-    # answers right 0.87 vs 0.00 (ROUGE-L = BLEU = exact word on one-word answers).
+    # The oracle never saw the forget faces (ROUGE-L = BLEU = exact word on one-word answers).
     assert vanilla["forget_vqa_truth"] - oracle["forget_vqa_truth"] > 0.25
     assert vanilla["forget_vqa_rougeL"] - oracle["forget_vqa_rougeL"] > 0.5
     assert vanilla["forget_vqa_bleu"] == pytest.approx(vanilla["forget_vqa_rougeL"])
-    # Quantization changes little on the memorised vanilla (measured 0.967 at 8 and 4 bits on all 30): at most one
-    # of the 12 answers may flip per width.
+    # Quantization changes little on the memorised vanilla: at most one of the 12 answers may flip per width.
     for bits in (8, 4):
         assert vanilla[f"quant{bits}_forget_vqa_acc"] >= vanilla["forget_vqa_acc"] - 1 / 12
     assert ga["forget_vqa_nll"] > vanilla["forget_vqa_nll"] and ga["train_steps"] > 0

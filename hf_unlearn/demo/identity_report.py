@@ -35,8 +35,9 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("distance_to_oracle", "Distance (trusted)", "↓"),
 )
 
-VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA", "GA forget-QA prob drop",
-                    "vision-only forget-VQA / forget-QA", "mediation follows / keeps", "passed")
+VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA",
+                    "GA step: forget-QA / retain-QA prob drop", "vision-only forget-VQA / forget-QA",
+                    "mediation follows / keeps", "passed")
 
 
 def _mean_damage(payload: Mapping[str, Any], model: str) -> float | None:
@@ -78,10 +79,26 @@ def validity_table(payload: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join([
             seed, _fmt(record["check_vanilla"]["min_trained_accuracy"]),
             f"{_fmt(record['check_oracle']['forget_vqa_acc'])} / {_fmt(record['check_oracle']['forget_qa_acc'])}",
-            "—" if ga.get("relative_drop") is None else f"{100 * ga['relative_drop']:.1f}%",
+            "—" if ga.get("relative_drop") is None else
+            f"{ga['reached']['step']}: {100 * ga['relative_drop']:.1f}% / {100 * ga['retain_qa_relative_drop']:.1f}%",
             f"{_fmt(reached.get('forget_vqa_acc'))} / {_fmt(reached.get('forget_qa_acc'))}",
             f"{_fmt(mediation.get('follows_edit'), 2)} / {_fmt(mediation.get('keeps_old'), 2)}", marks]) + " |")
     return "\n".join(lines)
+
+
+def validity_block(payload: Mapping[str, Any]) -> str:
+    """The validity table of a validity-only run (``scripts/v3_validity.py``) with its caption."""
+    run, seeds = payload["run"], payload["benchmark"]["seeds"]
+    machine = run.get("machine", {})
+    passed = sum(bool(r and r.get("passed")) for r in payload.get("validity", {}).values())
+    return "\n".join([
+        validity_table(payload), "",
+        f"Seeds {', '.join(map(str, seeds))} ({passed} of {len(seeds)} pass every check); {run['date']}; "
+        f"{machine.get('cpu_count')} CPUs; {describe(machine)}; hf_unlearn {payload['benchmark']['hf_unlearn_version']};"
+        f" wall time {run['wall_time_s']} s (references trained: "
+        f"{sum(not c.get('vanilla', True) for c in run.get('cached', {}).values())} of {len(seeds)} seeds). "
+        "✓/✗ per check: vanilla, oracle, GA, vision-only. GA: registered `ga`, language model only, lr 5e-4, "
+        "batch 8, probed every step; drops are relative to the vanilla's answer probability."])
 
 
 def v3_tables(payload: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ RESULTS_FILE = os.path.join("docs", "results", "demo.json")
 TEXT_RESULTS_FILE = os.path.join("docs", "results", "text_demo.json")
 REAL_RESULTS_FILE = os.path.join("docs", "results", "demo_real_quick.json")
 V3_RESULTS_FILE = os.path.join("docs", "results", "v3_preliminary.json")
+V3_VALIDITY_FILE = os.path.join("docs", "results", "v3_validity.json")
 REAL_COLUMNS = tuple(c for c in COLUMNS if c[0] in ("forget_vqa_acc", "retain_vqa_acc", "test_vqa_acc",
                                                     "forget_rougeL", "wall_time_s"))
 TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned.json")
@@ -160,7 +161,8 @@ def distance_paired_table(payload: Mapping[str, Any], methods: tuple[str, ...] =
 def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None = None,
                     text_payload: Mapping[str, Any] | None = None,
                     real_payload: Mapping[str, Any] | None = None,
-                    v3_payload: Mapping[str, Any] | None = None) -> dict[str, str]:
+                    v3_payload: Mapping[str, Any] | None = None,
+                    v3_validity: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
         "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
@@ -185,6 +187,10 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
         from .identity_report import v3_tables
 
         blocks["v3-preliminary-table"] = v3_tables(v3_payload)
+    if v3_validity:
+        from .identity_report import validity_block
+
+        blocks["v3-validity-table"] = validity_block(v3_validity)
     if tuning:
         blocks["tuning-table"] = tuning_table(tuning)
         for name in tuning.get("methods", {}):
@@ -231,8 +237,10 @@ def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNI
         text_results_path = os.path.join(folder, os.path.basename(TEXT_RESULTS_FILE))
     real_results_path = os.path.join(folder, os.path.basename(REAL_RESULTS_FILE))
     v3_results_path = os.path.join(folder, os.path.basename(V3_RESULTS_FILE))
+    v3_validity_path = os.path.join(folder, os.path.basename(V3_VALIDITY_FILE))
     return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path),
-                           _json_or_none(real_results_path), _json_or_none(v3_results_path))
+                           _json_or_none(real_results_path), _json_or_none(v3_results_path),
+                           _json_or_none(v3_validity_path))
 
 
 def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:
