@@ -106,7 +106,7 @@ def test_ga_damages_the_forget_peoples_text_more_than_the_others(checks):
     # 5e-5 to 5e-4, docs/benchmark_v3.md). The check asks for >= 30% and fails (9-23% measured), so only the
     # specificity is asserted, with room for a CPU that crosses a step earlier or later.
     ga = checks["check_ga"]
-    assert ga["reached"] is not None and ga["passed"] == (ga["relative_drop"] >= 0.3)
+    assert ga["reached"] is not None and ga["passed"] == (ga["relative_drop"] >= 0.3 and ga["specific"])
     assert ga["relative_drop"] > 1.5 * ga["retain_qa_relative_drop"] and ga["relative_drop"] > 0.05
 
 

@@ -98,7 +98,8 @@ def validity_block(payload: Mapping[str, Any]) -> str:
         f" wall time {run['wall_time_s']} s (references trained: "
         f"{sum(not c.get('vanilla', True) for c in run.get('cached', {}).values())} of {len(seeds)} seeds). "
         "✓/✗ per check: vanilla, oracle, GA, vision-only. GA: registered `ga`, language model only, lr 5e-4, "
-        "batch 8, probed every step; drops are relative to the vanilla's answer probability."])
+        "batch 8, probed every step; drops are relative to the vanilla's answer probability, and the check asks for a "
+        "forget-QA drop of at least 30% and at least twice the retain-QA drop."])
 
 
 def v3_tables(payload: Mapping[str, Any]) -> str:

@@ -6,7 +6,7 @@ Before the instrument judges methods it must reproduce what is known at 7B (MLLM
 2. **Oracle**: forget-VQA within 0.10 of chance (0.25) and forget-QA >= 0.95 (it knows the forget people in text).
 3. **Image unlearning damages text knowledge**: plain GA on forget-VQA (no stop rule), at the first checked budget
    where its forget-VQA accuracy reaches the oracle's, lowers the forget people's text-answer probability by >= 30%
-   relative to the vanilla's.
+   relative to the vanilla's, and at least twice as much as the other people's (a collapse of all text is not it).
 4. **The ideal is reachable**: a vision-side-only update (the projector, the language model frozen) distilled
    toward the oracle reaches the oracle's forget-VQA and keeps forget-QA >= 0.95.
 
@@ -49,8 +49,11 @@ from .identity import (
 )
 
 CHANCE = 0.25
+# ga_min_specificity: the forget-QA drop over the retain-QA drop. The check asks only for the 30%; a GA that
+# reaches the oracle by wrecking everyone's text (measured: seeds 3 and 100, retain-QA -94% and -81%) passes it while
+# showing nothing about the forget people's text, so the drop must also be specific.
 THRESHOLDS = dict(vanilla_min_accuracy=0.95, oracle_max_distance_to_chance=0.10, oracle_min_forget_qa=0.95,
-                  ga_min_relative_probability_drop=0.30, vision_only_min_forget_qa=0.95)
+                  ga_min_relative_probability_drop=0.30, ga_min_specificity=2.0, vision_only_min_forget_qa=0.95)
 
 __all__ = ["CHANCE", "THRESHOLDS", "ga_at_oracle_forgetting", "identity_mediation", "validity_checks",
            "vision_only_to_oracle"]
@@ -265,8 +268,9 @@ def validity_checks(refs: IdentityReferences, seed: int = 0, ga_learning_rate: f
     else:
         drop = 1.0 - ga["reached"]["forget_qa_prob"] / vanilla_prob["forget_qa"]
         retain_drop = 1.0 - ga["reached"]["retain_qa_prob"] / vanilla_prob["retain_qa"]
-        out["check_ga"] = {**ga, "relative_drop": drop, "retain_qa_relative_drop": retain_drop,
-                           "passed": drop >= t["ga_min_relative_probability_drop"]}
+        specific = drop >= t["ga_min_specificity"] * max(retain_drop, 0.0)
+        out["check_ga"] = {**ga, "relative_drop": drop, "retain_qa_relative_drop": retain_drop, "specific": specific,
+                           "passed": drop >= t["ga_min_relative_probability_drop"] and specific}
     vision = vision_only_to_oracle(refs, target, seed=seed)
     timings["vision_only"] = vision["seconds"]
     out["check_vision_only"] = {**vision, "passed": vision["reached"] is not None
