@@ -50,6 +50,19 @@ def test_pope_split_is_balanced_yes_no_about_the_drawn_shape():
                for r in named)
 
 
+def test_ga_check_needs_a_specific_drop_and_reports_recompute_it():
+    from hf_unlearn.demo.identity_report import check_marks
+    from hf_unlearn.demo.identity_validity import ga_check
+
+    assert ga_check(0.35, 0.10) == (True, True)
+    assert ga_check(0.20, 0.05) == (True, False)  # specific, below 30%
+    assert ga_check(0.997, 0.941) == (False, False)  # everyone's text wrecked (measured at seed 3): not the phenomenon
+    assert ga_check(None, None) == (False, False)  # GA never reached the oracle
+    record = {"check_vanilla": {"passed": True}, "check_oracle": {"passed": True}, "check_vision_only": {"passed": True},
+              "check_ga": {"relative_drop": 0.89, "retain_qa_relative_drop": 0.81, "passed": True}}  # an older rule
+    assert check_marks(record) == (True, True, False, True)
+
+
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory):
     """Cold build of the quick configuration at seed 0 (vanilla and oracle trained to the criterion, about 60 s on

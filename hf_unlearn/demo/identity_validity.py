@@ -55,8 +55,17 @@ CHANCE = 0.25
 THRESHOLDS = dict(vanilla_min_accuracy=0.95, oracle_max_distance_to_chance=0.10, oracle_min_forget_qa=0.95,
                   ga_min_relative_probability_drop=0.30, ga_min_specificity=2.0, vision_only_min_forget_qa=0.95)
 
-__all__ = ["CHANCE", "THRESHOLDS", "ga_at_oracle_forgetting", "identity_mediation", "validity_checks",
+__all__ = ["CHANCE", "THRESHOLDS", "ga_at_oracle_forgetting", "ga_check", "identity_mediation", "validity_checks",
            "vision_only_to_oracle"]
+
+
+def ga_check(drop: float | None, retain_drop: float | None, t: dict = THRESHOLDS) -> tuple[bool, bool]:
+    """Check 3 from GA's relative forget-QA and retain-QA probability drops: ``(specific, passed)``. Reports
+    recompute it from the stored drops, so a table always follows the check as the code defines it."""
+    if drop is None or retain_drop is None:
+        return False, False
+    specific = drop >= t["ga_min_specificity"] * max(retain_drop, 0.0)
+    return specific, specific and drop >= t["ga_min_relative_probability_drop"]
 
 
 def _split_accuracies(model, processor, benchmark, names) -> dict[str, float]:
@@ -268,9 +277,9 @@ def validity_checks(refs: IdentityReferences, seed: int = 0, ga_learning_rate: f
     else:
         drop = 1.0 - ga["reached"]["forget_qa_prob"] / vanilla_prob["forget_qa"]
         retain_drop = 1.0 - ga["reached"]["retain_qa_prob"] / vanilla_prob["retain_qa"]
-        specific = drop >= t["ga_min_specificity"] * max(retain_drop, 0.0)
+        specific, passed = ga_check(drop, retain_drop, t)
         out["check_ga"] = {**ga, "relative_drop": drop, "retain_qa_relative_drop": retain_drop, "specific": specific,
-                           "passed": drop >= t["ga_min_relative_probability_drop"] and specific}
+                           "passed": passed}
     vision = vision_only_to_oracle(refs, target, seed=seed)
     timings["vision_only"] = vision["seconds"]
     out["check_vision_only"] = {**vision, "passed": vision["reached"] is not None
