@@ -8,8 +8,8 @@ goals are absolute. A step whose load exceeded ``common.LOAD_RULE`` is marked "u
     python benchmarks/bench_v3_costs.py                       # every registered method, seed 0
     python benchmarks/bench_v3_costs.py --methods ga,mmunlearner,vkd --out /tmp/v3_costs.json
 
-Results: JSON (``--out``, default ``benchmarks/v3_costs.json``) with the environment (versions, CPU flags) and one
-Markdown table on stdout (docs/benchmark_v3.md quotes it).
+Results: JSON (``--out``, default ``docs/results/v3_costs.json``) with the environment (versions, CPU flags);
+``scripts/render_tables.py`` renders it into docs/benchmark_v3.md (``identity_report.costs_block``), as printed here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from hf_unlearn.provenance import describe, environment
+from hf_unlearn.demo.identity_report import costs_block
+from hf_unlearn.provenance import environment
 from hf_unlearn.utils import atomic_write_text
 
 from common import LOAD_RULE, load_average, load_limit
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=None, help="Comma-separated methods (default: every registered one).")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(Path(__file__).with_name("v3_costs.json")))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "results" /
+                                             "v3_costs.json"))
     args = parser.parse_args(argv)
     limit = load_limit()
     rows = []
@@ -68,12 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"methods": args.methods or "all registered", "seed": args.seed, "load_rule": LOAD_RULE,
                "load_limit": limit, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": env, "steps": rows}
     atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
-    print(f"\nMethods: {payload['methods']}; seed {args.seed}; {payload['date']}; {env['cpu_count']} CPUs; "
-          f"{describe(env)}\n")
-    print("| step | seconds | goal | load before / after | verdict |\n|---|---:|---:|---|---|")
-    for r in rows:
-        verdict = "under load (not a verdict)" if r["under_load"] else ("meets" if r["meets_goal"] else "misses")
-        print(f"| {r['step']} | {r['seconds']} | {r['goal_s']} | {r['load'][0]} / {r['load'][1]} | {verdict} |")
+    print("\n" + costs_block(payload))
     return 0
 
 

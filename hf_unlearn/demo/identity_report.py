@@ -110,6 +110,18 @@ def validity_block(payload: Mapping[str, Any]) -> str:
         "forget-QA drop of at least 30% and at least twice the retain-QA drop."])
 
 
+def costs_block(payload: Mapping[str, Any]) -> str:
+    """``benchmarks/bench_v3_costs.py``'s measurements against issue 25's goals, as Markdown."""
+    env = payload["environment"]
+    lines = ["| step | seconds | goal (s) | load before / after | verdict |", "|---|---:|---:|---|---|"]
+    for r in payload["steps"]:
+        verdict = "under load (not a verdict)" if r["under_load"] else ("meets" if r["meets_goal"] else "misses")
+        lines.append(f"| {r['step']} | {r['seconds']} | {r['goal_s']} | {r['load'][0]} / {r['load'][1]} | {verdict} |")
+    return "\n".join(lines + ["", f"Methods: {payload['methods']}; seed {payload['seed']}; {payload['date']}; "
+                               f"{env['cpu_count']} CPUs; {describe(env)}; load rule: {payload['load_rule']} "
+                               f"({payload['load_limit']:g})."])
+
+
 def v3_tables(payload: Mapping[str, Any]) -> str:
     """The results table, its caption and the validity table (the report's body; docs' generated block)."""
     bench, run = payload["benchmark"], payload["run"]

@@ -22,6 +22,7 @@ TEXT_RESULTS_FILE = os.path.join("docs", "results", "text_demo.json")
 REAL_RESULTS_FILE = os.path.join("docs", "results", "demo_real_quick.json")
 V3_RESULTS_FILE = os.path.join("docs", "results", "v3_preliminary.json")
 V3_VALIDITY_FILE = os.path.join("docs", "results", "v3_validity.json")
+V3_COSTS_FILE = os.path.join("docs", "results", "v3_costs.json")
 REAL_COLUMNS = tuple(c for c in COLUMNS if c[0] in ("forget_vqa_acc", "retain_vqa_acc", "test_vqa_acc",
                                                     "forget_rougeL", "wall_time_s"))
 TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned.json")
@@ -162,7 +163,8 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
                     text_payload: Mapping[str, Any] | None = None,
                     real_payload: Mapping[str, Any] | None = None,
                     v3_payload: Mapping[str, Any] | None = None,
-                    v3_validity: Mapping[str, Any] | None = None) -> dict[str, str]:
+                    v3_validity: Mapping[str, Any] | None = None,
+                    v3_costs: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
         "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
@@ -191,6 +193,10 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
         from .identity_report import validity_block
 
         blocks["v3-validity-table"] = validity_block(v3_validity)
+    if v3_costs:
+        from .identity_report import costs_block
+
+        blocks["v3-costs-table"] = costs_block(v3_costs)
     if tuning:
         blocks["tuning-table"] = tuning_table(tuning)
         for name in tuning.get("methods", {}):
@@ -238,9 +244,10 @@ def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNI
     real_results_path = os.path.join(folder, os.path.basename(REAL_RESULTS_FILE))
     v3_results_path = os.path.join(folder, os.path.basename(V3_RESULTS_FILE))
     v3_validity_path = os.path.join(folder, os.path.basename(V3_VALIDITY_FILE))
+    v3_costs_path = os.path.join(folder, os.path.basename(V3_COSTS_FILE))
     return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path),
                            _json_or_none(real_results_path), _json_or_none(v3_results_path),
-                           _json_or_none(v3_validity_path))
+                           _json_or_none(v3_validity_path), _json_or_none(v3_costs_path))
 
 
 def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:
