@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "results" /
                                              "v3_costs.json"))
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # the measured command runs torch on one thread: the load limit is for one
     limit = load_limit()
     rows = []
     with tempfile.TemporaryDirectory(prefix="hf_unlearn_v3_costs_") as work:
