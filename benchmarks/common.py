@@ -584,6 +584,9 @@ def torchrun_worker_main(argv: list[str], worker: Callable, workdir_prefix: str)
                         workdir=tempfile.mkdtemp(prefix=workdir_prefix))
     configure_torch(settings)
     worker(settings, size, model_dir, out)
+    from hf_unlearn.integrations.ranks import end_distributed
+
+    end_distributed()
 
 
 def standalone_main(description: str, measure_size: Callable[[Settings, str], list[Row]], argv=None,

@@ -398,4 +398,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hf_unlearn.integrations.ranks import end_distributed
+
+    code = main()
+    end_distributed()
+    sys.exit(code)

@@ -37,6 +37,7 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_unlearn import GAConfig, GATrainer  # noqa: E402
+from hf_unlearn.integrations.ranks import end_distributed  # noqa: E402
 from hf_unlearn.trainers.checkpointing import scan_checkpoints  # noqa: E402
 from hf_unlearn.trainers.divergence import UnlearningDivergedError, _local  # noqa: E402
 
@@ -208,6 +209,7 @@ def main() -> int:
             nan(args.workdir, value)
         else:
             parser.error(f"unknown job {job!r}")
+    end_distributed()
     return 0
 
 

@@ -204,7 +204,9 @@ def main(workdir: str) -> int:
                     f.write(data_bytes)
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
-    dist.barrier()
+    from hf_unlearn.integrations.ranks import end_distributed
+
+    end_distributed()  # every rank past a barrier, then the group torn down before exit
     return 0
 
 

@@ -31,6 +31,7 @@ import torch
 from transformers import AutoProcessor, HfArgumentParser, LlavaForConditionalGeneration
 
 from hf_unlearn import MMUnlearnerConfig, MMUnlearnerTrainer, UnlearnDataCollator
+from hf_unlearn.integrations.ranks import end_distributed
 
 DEFAULT_BENCHMARK = "MLLMMU/MLLMU-Bench"
 # --tiny: 1 forget and 2 retain people of the built-in benchmark (5 forget VQA rows, 10 retain VQA rows).
@@ -129,9 +130,6 @@ def compute_mask(script: ScriptArguments, args: MMUnlearnerConfig | None = None,
     if args is None or args.process_index == 0:
         mask.save_pretrained(script.mask_path)
         print(mask)
-    if distributed:  # as at the end of unlearn(): every rank past the save, then the group torn down explicitly
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 def _cpu_launcher_setup(args: MMUnlearnerConfig) -> None:
@@ -177,11 +175,8 @@ def unlearn(script: ScriptArguments, args: MMUnlearnerConfig, tiny=None) -> None
         mask.save_pretrained(os.path.join(final, "saliency_mask"))
         print(f"launcher: {type(trainer.model_wrapped).__name__}, world size {trainer.args.world_size}, "
               f"steps {trainer.state.global_step}, saved to {final}")
-    # No rank exits while another is still in a collective (gloo aborts the early one's pending work), and the
-    # process group is torn down before interpreter exit: a gloo group left to static destructors can abort a rank
-    # ("terminate called without an active exception") after every file is written, failing the launch.
+    # No rank exits while another is still in a collective (gloo aborts the early one's pending work).
     trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
 
 
 def main() -> None:
@@ -194,6 +189,7 @@ def main() -> None:
         compute_mask(script, args, tiny)
     else:
         unlearn(script, args, tiny)
+    end_distributed()  # under torchrun: the process group torn down before exit, not by the interpreter
 
 
 if __name__ == "__main__":

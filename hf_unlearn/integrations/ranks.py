@@ -18,3 +18,14 @@ def all_ranks_agree(flags: list[bool], device) -> bool:
     dist.all_reduce(both, op=dist.ReduceOp.MAX)
     high, low = both[: len(flags)], -both[len(flags):]
     return bool(torch.equal(high, low))
+
+
+def end_distributed() -> None:
+    """Every rank past a barrier, then the default process group destroyed; a no-op outside torchrun.
+
+    Call it last in a script that torchrun launches. A gloo group left to the interpreter's exit can abort a rank
+    after its work is done ("terminate called without an active exception", SIGABRT), which fails the whole launch.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
