@@ -27,7 +27,7 @@ setup(
         "tqdm",
         "rouge_score",
         "scikit-learn",
-        "scipy",
+        "scipy>=1.15",  # scipy.stats.bootstrap(rng=...)
     ],
     extras_require={
         "deepspeed": ["deepspeed>=0.16"],

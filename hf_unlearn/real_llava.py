@@ -231,11 +231,31 @@ def check_vision_against_onnxruntime(vision, onnx_model, image_size: int = 224, 
     return float((got - torch.from_numpy(expected)).abs().max())
 
 
+def image_processor_for(image_size: int, patch_grid: tuple[int, int] | None = None):
+    """The LLaVA image processor of these models and the image tokens it yields: ``image_size`` px square (resize,
+    centre crop; (image_size / 14)^2 tokens), or, with ``patch_grid`` (rows, columns), every picture resized to that
+    many 14-px patches (no crop; rows x columns tokens). ImageNet mean and std, as DINOv2."""
+    from transformers import BitImageProcessorPil
+
+    if patch_grid is None:
+        return BitImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+            do_center_crop=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        ), (image_size // PATCH_SIZE) ** 2
+    rows, cols = patch_grid
+    if min(rows, cols) < 1:
+        raise ValueError(f"patch_grid={patch_grid} needs at least one patch per side.")
+    return BitImageProcessorPil(
+        size={"height": rows * PATCH_SIZE, "width": cols * PATCH_SIZE}, do_center_crop=False,
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+    ), rows * cols
+
+
 def _build(folder: str, image_size: int, seed: int, check: bool) -> dict:
     """Build the model and processor into ``folder``; returns the metadata written next to them."""
     _require("gguf", "gguf")
     _require("onnx", "onnx")
-    from transformers import BitImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     files = weight_files()
     start = time.perf_counter()
@@ -252,10 +272,7 @@ def _build(folder: str, image_size: int, seed: int, check: bool) -> dict:
 
     shipped_template = tokenizer.chat_template
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    image_processor = BitImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_center_crop=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-    )
+    image_processor, _ = image_processor_for(image_size)
     processor = LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
@@ -350,7 +367,9 @@ def real_llava(image_size: int = 56, seed: int = 0, cache_dir: str | None = None
 # Benchmark v3's questions ask about "the person in the image" (or "the shape in the image"); this model's chat
 # template puts the image tokens where that phrase stands, so "What is the job of <image>?" reads exactly like the
 # text question "What is the job of Alice Brown?" and the language model's knowledge of the person is reached through
-# the face (docs/benchmark_v3.md). Without the phrase, the image goes first (llava-hf layout).
+# the face (docs/benchmark_v3.md). The space before the phrase goes with it: the name's first token carries its own
+# space ("Ġof", "ĠAlice"), so the image tokens take exactly the name's positions. Without the phrase, the image goes
+# first (llava-hf layout).
 IMAGE_SLOT_PHRASES = ("the person in the image", "the shape in the image")
 IMAGE_SLOT_CHAT_TEMPLATE = (
     "{%- set phrases = " + repr(list(IMAGE_SLOT_PHRASES)) + " -%}"
@@ -363,7 +382,9 @@ IMAGE_SLOT_CHAT_TEMPLATE = (
     "{%- elif item['type'] == 'text' %}{% set ns.text = ns.text + item['text'] %}{% endif -%}"
     "{%- endfor -%}"
     "{%- if ns.images == 1 -%}{%- for phrase in phrases -%}"
-    "{%- if not ns.placed and phrase in ns.text -%}"
+    "{%- if not ns.placed and (' ' + phrase) in ns.text -%}"
+    "{%- set ns.text = ns.text.replace(' ' + phrase, '<image>') -%}{%- set ns.placed = true -%}"
+    "{%- elif not ns.placed and phrase in ns.text -%}"
     "{%- set ns.text = ns.text.replace(phrase, '<image>') -%}{%- set ns.placed = true -%}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- if not ns.placed %}{% for i in range(ns.images) %}<image>\n{% endfor %}{% endif -%}"
@@ -416,16 +437,19 @@ def dinov2_tower(num_layers: int = 4, image_size: int = 56, feature_scale: float
 
 
 def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, corpus=None, vocab_size: int = 1024,
-                   hidden_size: int = 128, num_layers: int = 4, tower=None, feature_scale: float = 1.0):
+                   hidden_size: int = 128, num_layers: int = 4, tower=None, feature_scale: float = 1.0,
+                   patch_grid: tuple[int, int] | None = None):
     """Benchmark v3's LLaVA: the first ``vision_layers`` blocks of the real DINOv2-S/14 (``dinov2_tower``), a fresh
     2-layer projector and a small Llama language model with a BPE tokenizer trained on ``corpus``, both seeded;
     the processor at ``image_size`` px (ImageNet mean/std; 56 px -> 16 image tokens) with
     ``IMAGE_SLOT_CHAT_TEMPLATE``. ``tower``: an already built ``dinov2_tower`` (copied), to convert it once;
-    ``feature_scale``: passed to ``dinov2_tower`` when ``tower`` is None."""
+    ``feature_scale``: passed to ``dinov2_tower`` when ``tower`` is None. ``patch_grid`` (rows, columns): the
+    processor resizes every picture to that many 14-px patches instead (no crop), so an image is rows x columns
+    tokens; the tower's square position table is interpolated to that grid at every forward, as DINOv2 does for any
+    size it was not built for."""
     import copy
 
     from transformers import (
-        BitImageProcessorPil,
         LlamaConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
@@ -436,10 +460,7 @@ def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, 
 
     tower = copy.deepcopy(tower) if tower is not None else dinov2_tower(vision_layers, image_size, feature_scale)
     tok = build_tokenizer("llava", corpus, vocab_size)
-    image_processor = BitImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-        do_center_crop=True, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-    )
+    image_processor, image_tokens = image_processor_for(image_size, patch_grid)
     processor = LlavaProcessor(
         image_processor=image_processor, tokenizer=tok, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
         num_additional_image_tokens=1, image_token=IMAGE_TOKEN, chat_template=IMAGE_SLOT_CHAT_TEMPLATE,
@@ -451,7 +472,7 @@ def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, 
     )
     config = LlavaConfig(
         vision_config=tower.config.to_dict(), text_config=text, image_token_id=tok.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=(image_size // PATCH_SIZE) ** 2, vision_feature_layer=-1,
+        image_seq_length=image_tokens, vision_feature_layer=-1,
         vision_feature_select_strategy="default", projector_hidden_act="gelu",
     )
     torch.manual_seed(seed)

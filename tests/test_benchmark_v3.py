@@ -1,8 +1,8 @@
 """Benchmark v3 (issue 25): the identity benchmark, the quick configuration's references and the validity checks.
 
 The numbers in comments were measured on the 2-core development machine (shared with another test run), seed 0,
-torch on 1 thread (conftest). docs/benchmark_v3.md has the full table. The slow tests share one cold build: 245-320 s
-in all on that machine under load (about 125-140 s of training, 30-60 s of checks when it is quieter).
+torch on 1 thread (conftest). docs/benchmark_v3.md has the full table. The slow tests share one cold build: 83 s in
+all on that machine with another run on the second core (68 s of references and checks, 11 s of the pipeline).
 """
 
 import pytest
@@ -22,6 +22,27 @@ def test_identity_questions_share_one_template_and_names_are_own_tokens():
     firsts = [n.split()[0] for n in names.values()]
     lasts = [n.split()[1] for n in names.values()]
     assert len(set(firsts)) == len(firsts) and len(set(lasts)) == len(lasts)
+
+
+def test_the_text_prior_guess_by_hand():
+    import datasets
+
+    from hf_unlearn.demo.identity_validity import text_prior_accuracy
+
+    def rows(items):
+        return datasets.Dataset.from_list([dict(question=q, answer=a, options=o) for q, a, o in items])
+
+    pets = ["cat", "dog", "fish", "bird"]
+    bench = {
+        # Four people known in text: two hold "cat", one "dog", one "fish".
+        "forget_qa": rows([("What pet does Ann Lee have?", "cat", pets)]),
+        "retain_qa": rows([("What pet does Bo Kim have?", "cat", pets), ("What pet does Cy Wu have?", "dog", pets),
+                           ("What pet does Di Ho have?", "fish", pets)]),
+        "forget_vqa": rows([(f"What pet does {PERSON_SLOT} have?", "cat", pets),    # most held: right
+                            (f"What pet does {PERSON_SLOT} have?", "dog", pets),    # wrong
+                            (f"What pet does {PERSON_SLOT} have?", "dog", ["dog", "fish", "bird", "bird"])]),  # tie: 1/2
+    }
+    assert text_prior_accuracy(bench, known=("forget_qa", "retain_qa")) == pytest.approx((1 + 0 + 0.5) / 3)
 
 
 def test_pope_split_is_balanced_yes_no_about_the_drawn_shape():
@@ -54,13 +75,34 @@ def test_ga_check_needs_a_specific_drop_and_reports_recompute_it():
     from hf_unlearn.demo.identity_report import check_marks
     from hf_unlearn.demo.identity_validity import ga_check
 
-    assert ga_check(0.35, 0.10) == (True, True)
-    assert ga_check(0.20, 0.05) == (True, False)  # specific, below 30%
-    assert ga_check(0.997, 0.941) == (False, False)  # everyone's text wrecked (measured at seed 3): not the phenomenon
+    # (forget-QA probability drop, lower end of the text-damage ratio's 95% interval)
+    assert ga_check(0.74, 1.98) == (True, True)
+    assert ga_check(0.20, 3.0) == (True, False)  # specific, below 30%
+    assert ga_check(0.997, 0.95) == (False, False)  # everyone's text wrecked alike: not the phenomenon
     assert ga_check(None, None) == (False, False)  # GA never reached the oracle
     record = {"check_vanilla": {"passed": True}, "check_oracle": {"passed": True}, "check_vision_only": {"passed": True},
               "check_ga": {"relative_drop": 0.89, "retain_qa_relative_drop": 0.81, "passed": True}}  # an older rule
-    assert check_marks(record) == (True, True, False, True)
+    assert check_marks(record) == (True, True, False, True)  # no interval stored: recomputed as not passed
+    record["check_ga"].update(text_damage_ratio=1.6, text_damage_interval=[1.38, 1.87])
+    assert check_marks(record) == (True, True, True, True)
+
+
+def test_text_damage_ratio_and_its_interval_by_hand():
+    import numpy as np
+
+    from hf_unlearn.demo.identity_validity import text_damage
+
+    vanilla = {"forget_qa": np.zeros(40), "retain_qa": np.zeros(60)}
+    after = {"forget_qa": np.full(40, 2.0), "retain_qa": np.full(60, 0.5)}
+    ratio, (low, high) = text_damage(vanilla, after)
+    assert ratio == 4.0 and low == pytest.approx(4.0) and high == pytest.approx(4.0)  # no spread, no width
+    rng = np.random.default_rng(0)
+    after = {"forget_qa": rng.normal(2.0, 1.0, 40), "retain_qa": rng.normal(0.5, 0.2, 60)}
+    ratio, (low, high) = text_damage(vanilla, after)
+    assert ratio == pytest.approx(after["forget_qa"].mean() / after["retain_qa"].mean())
+    assert low < ratio < high and low > 1.0  # 40 questions with sd 1 around 2.0: the mean within about +-0.3
+    # Retain-QA that did not get worse: an infinite ratio (damage on the forget people only).
+    assert text_damage(vanilla, {"forget_qa": np.ones(40), "retain_qa": np.zeros(60)})[0] == float("inf")
 
 
 @pytest.fixture(scope="module")
@@ -78,34 +120,38 @@ def checks(tmp_path_factory):
 
 @pytest.mark.slow
 def test_vanilla_trained_to_the_criterion(checks):
-    # Measured here: text 25, image 15 epochs. The criterion, not a fixed count, ends each stage (other CPUs round
+    # Measured here: text 25, image 10 epochs. The criterion, not a fixed count, ends each stage (other CPUs round
     # differently and may need more): within the recipe's decay plus top-up.
     epochs = checks["info"]["vanilla"]["epochs"]
     assert set(epochs) == {"text", "image"} and all(0 < e <= 150 for e in epochs.values()), epochs
-    # Every trained split >= 0.95 (measured: holdout_qa 0.970 the lowest; forget_vqa 0.980, retain_vqa 0.979).
+    # Every trained split >= 0.95 (measured: 0.960 the lowest).
     assert checks["check_vanilla"]["passed"], checks["vanilla"]
-    # Faces are recognised beyond their training view (measured: test_retain_vqa 0.91, test_vqa 0.70; the oracle's
-    # test_vqa 0.26): the transformed portraits keep the identity.
+    # Faces are recognised beyond their training view (measured: test_retain_vqa 0.96, test_vqa 0.96; the oracle's
+    # test_vqa 0.32): the transformed portraits keep the identity.
     assert checks["vanilla"]["test_retain_vqa"] > 0.6
 
 
 @pytest.mark.slow
-def test_oracle_near_chance_and_knows_the_forget_people_in_text(checks):
-    # Measured: forget-VQA 0.220 (chance 0.25), forget-QA 0.982 (the vanilla's language model, untouched).
-    # The issue's check (within 0.10 of chance) is reported, not asserted: 50 questions put chance accuracy's own
-    # standard deviation at sqrt(0.25 * 0.75 / 50) = 0.061, so an oracle at chance misses 0.10 about one time in 10
-    # (p = 0.10, two-sided). Asserted: within 3 standard deviations of chance (p < 0.003 for an oracle at chance;
-    # the vanilla is at 0.98).
+def test_oracle_does_not_know_the_forget_faces_and_knows_the_forget_people_in_text(checks):
+    # Measured: forget-VQA 0.400 (chance 0.25), forget-QA 0.982 (the vanilla's language model, untouched). The
+    # oracle never saw the forget faces, but its language model knows the forget people from text, and their own
+    # values count in the population it guesses from: answering every question with the option most people hold,
+    # the face ignored, scores 0.463 at this seed (0.32-0.49 at the 9 validity seeds). The issue's check (within
+    # 0.10 of chance) is reported, not asserted. Asserted: no better than that guess plus 3 standard deviations of a
+    # 50-question accuracy at its rate (a bound from the benchmark's facts, the same on every CPU), far below the
+    # vanilla's 0.95.
     oracle, n = checks["check_oracle"], 50  # the quick configuration: 5 forget people x 10 image questions
-    assert oracle["forget_vqa_acc"] <= 0.25 + 3 * (0.25 * 0.75 / n) ** 0.5, oracle
+    rate = max(oracle["text_prior_acc"], 0.25)
+    assert oracle["text_prior_acc"] == pytest.approx(0.463, abs=0.001)  # computed from the facts alone
+    assert oracle["forget_vqa_acc"] <= rate + 3 * (rate * (1 - rate) / n) ** 0.5, oracle
     assert oracle["forget_qa_acc"] >= 0.95
     assert checks["oracle"]["forget_qa"] == checks["vanilla"]["forget_qa"]
 
 
 @pytest.mark.slow
 def test_a_vision_side_only_update_reaches_the_oracle(checks):
-    # Projector-only distillation toward the oracle: measured forget-VQA 0.20 at epoch 6, forget-QA 0.982 and its
-    # probability unchanged (text never passes through the projector), retain-VQA 0.921, general 0.99.
+    # Projector-only distillation toward the oracle: measured forget-VQA 0.38 at epoch 2, forget-QA 0.982 and its
+    # probability unchanged (text never passes through the projector), retain-VQA 0.884, general 0.85.
     check = checks["check_vision_only"]
     assert check["passed"], check["reached"]
     assert check["reached"]["forget_qa_prob"] == pytest.approx(checks["vanilla_prob"]["forget_qa"])
@@ -114,24 +160,24 @@ def test_a_vision_side_only_update_reaches_the_oracle(checks):
 @pytest.mark.slow
 def test_ga_damages_the_forget_peoples_text_more_than_the_others(checks):
     # GA on forget-VQA, language model only (MLLMU-Bench's setting), lr 5e-4, probed every step: forget-VQA reaches
-    # the oracle's at step 6 (0.20); forget-QA answer probability 0.945 -> 0.810 (-14.3%), retain-QA -4.6%: the
-    # image unlearning damages the forget people's text 3.1x more than the others' (2.2-5x at seeds 0-2 and GA rates
-    # 5e-5 to 5e-4, docs/benchmark_v3.md). The issue's check asks for >= 30% and fails (9-23% measured), so only the
-    # specificity is asserted, with room for a CPU that crosses a step earlier or later.
+    # the oracle's at step 13; forget-QA answer probability -74.1%, retain-QA -41.7%; text-damage ratio (NLL) 2.55,
+    # 95% interval 1.98-3.31. The face is read as the name, so GA on the faces is GA on the names: the forget
+    # people's text takes the damage, more than the others'. A CPU that crosses a step earlier or later moves these
+    # numbers, not the verdict: the drop is more than twice the 30% and the interval's low end about 1 above 1.
     ga = checks["check_ga"]
-    assert ga["reached"] is not None and ga["passed"] == (ga["relative_drop"] >= 0.3 and ga["specific"])
-    assert ga["relative_drop"] > 1.5 * ga["retain_qa_relative_drop"] and ga["relative_drop"] > 0.05
+    assert ga["reached"] is not None and ga["passed"], ga
+    low, high = ga["text_damage_interval"]
+    assert low <= ga["text_damage_ratio"] <= high and ga["specific"] == (low > 1.0)
 
 
 @pytest.mark.slow
 def test_identity_mediation_is_measured(checks):
-    # A text-only edit of 5 retain people's facts (50 questions, learnt to 1.0): measured 0.36 of their image
-    # answers follow the new value, 0.48 keep the old one (0.98 correct before); the unedited people's image accuracy
-    # falls to 0.76, their text stays 0.99. Image answers go through the language model, only partly through the
-    # name's own representation.
+    # A text-only edit of 5 retain people's facts (50 questions, learnt to 1.0): measured 0.98 of their image
+    # answers follow the new value, none keeps the old one (1.0 correct before); the unedited people's image accuracy
+    # stays 1.0, their text 0.99 (0.88-0.98 follow at the 9 validity seeds). The face is read as the name (16 image tokens without the name alignment: 0.34-0.52).
     med = checks["mediation"]
     assert med["edited_text_acc"] >= 0.95
-    assert 0.2 < med["follows_edit"] < 0.6
+    assert med["follows_edit"] >= 0.8 and med["keeps_old"] <= 0.2
 
 
 @pytest.mark.slow

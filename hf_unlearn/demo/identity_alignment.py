@@ -1,16 +1,17 @@
-"""Stage B's name alignment: the face read by the language model the way the name is read (benchmark v3, item 1).
+"""Stage B's name alignment: the face written where, and as, the name is read (benchmark v3, item 1).
 
 An image question is its person's text question with the image tokens in the name's slot ("What is the job of
-<face>?" / "What is the job of Brisa Coldmere?"); everything after the slot is the same tokens. Answer loss alone lets
-the projector find *any* soft prompt that makes the frozen language model produce the answers, and a soft prompt can
-reach the facts through representations other than the name's: measured, only 0.36 of image answers followed a
-text-only edit of the person's facts.
+<face>?" / "What is the job of Brisa Coldmere?"); everything around the slot is the same tokens. Answer loss alone
+lets the projector find *any* soft prompt that makes the frozen language model produce the answers, and a soft prompt
+reaches the facts through representations other than the name's (measured with 16 image tokens: 0.34-0.52 of the
+image answers followed a text-only edit of the person's facts; with two image tokens and answer loss only, 0.68).
 
-``NameAlignment`` adds a target: at every position after the slot, each decoder layer's output for the image question
-should equal its output for the twin text question (mean squared error over the teacher's mean squared norm). The
-teacher is the frozen stage-A language model on the text question, computed once. When the two match, everything the
-language model computes after the slot is the same for the face and for the name, so a fact edited through the name
-is read through the face too.
+``NameAlignment`` adds a target at the language model's input: the image tokens of a person's question should be
+the input embeddings of that person's name tokens (mean squared error over the targets' mean square). This needs as
+many image tokens as the name has tokens (the quick configuration: two, a first and a last name of one token each,
+and a 1 x 2 patch grid). When they match, the language model reads the face exactly as it reads the name, so a fact
+edited through the name is read through the face too (measured: 0.94-0.98 of the edited image answers follow).
+Questions without a person (the drawn shapes) have no target and learn from the answer loss alone.
 """
 
 from __future__ import annotations
@@ -42,65 +43,59 @@ def _collate(processor, rows: datasets.Dataset) -> dict[str, torch.Tensor]:
     return dict(UnlearnDataCollator(processor)(list(rows)))
 
 
-def _common_suffix(a: torch.Tensor, b: torch.Tensor) -> int:
+def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    while n < min(len(a), len(b)) and a[len(a) - 1 - n] == b[len(b) - 1 - n]:
+    while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
 
 
 class NameAlignment:
-    """The alignment target of every image row of a stage-B training set (see the module docstring).
+    """The input-level target of every person row of a stage-B training set (see the module docstring).
 
     Args:
-        model: the stage-A model (its language model is the teacher and stays frozen in stage B).
-        processor: its processor.
+        model: the stage-A model (its input embeddings are the targets; the language model stays frozen in stage B).
+        processor: its processor (the image rows are collated with it, exactly as ``fit`` collates them).
         image_rows: stage B's rows, in the order ``fit`` collates them.
         text_rows: the named text questions of the same people.
+
+    Raises ``ValueError`` when a name has a different number of tokens than an image has.
     """
 
     def __init__(self, model, processor, image_rows: datasets.Dataset, text_rows: datasets.Dataset):
+        image_token = model.config.image_token_id
         twins = named_twins(image_rows, text_rows)
+        paired = [row for row, twin in enumerate(twins) if twin is not None]
         image = _collate(processor, image_rows)
-        paired = [i for i, t in enumerate(twins) if t is not None]
-        text = _collate(processor, text_rows.select([twins[i] for i in paired]))
-        image_len = image["attention_mask"].sum(1)
-        text_len = text["attention_mask"].sum(1)
-        self.rows = torch.tensor(paired, dtype=torch.long)
-        lengths = [_common_suffix(image["input_ids"][i, :image_len[i]], text["input_ids"][j, :text_len[j]])
-                   for j, i in enumerate(paired)]
-        width = max(lengths, default=0)
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            states = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                           output_hidden_states=True).hidden_states[1:]
-            model.train(was_training)
-        hidden = torch.stack(states, 1)  # (pairs, layers, seq, hidden)
-        self.targets = hidden.new_zeros(len(paired), hidden.shape[1], width, hidden.shape[-1])
-        self.valid = torch.zeros(len(paired), width, dtype=torch.bool)
-        for j, k in enumerate(lengths):
-            end = int(text_len[j])
-            self.targets[j, :, width - k:] = hidden[j, :, end - k:end]
-            self.valid[j, width - k:] = True
-        self.width = width
-        self.position = {int(r): j for j, r in enumerate(self.rows)}
-        self.scale = self.targets[self.valid.unsqueeze(1).expand(-1, hidden.shape[1], -1)].pow(2).mean().clamp_min(
-            1e-8)
+        text = _collate(processor, text_rows.select([twins[row] for row in paired])) if paired else None
+        embeddings = model.get_input_embeddings().weight.detach()
+        self.positions: dict[int, torch.Tensor] = {}
+        self.targets: dict[int, torch.Tensor] = {}
+        for j, row in enumerate(paired):
+            ids = image["input_ids"][row][image["attention_mask"][row].bool()].tolist()
+            text_ids = text["input_ids"][j][text["attention_mask"][j].bool()].tolist()
+            start = _common_prefix(ids, text_ids)  # same template and answer around the slot
+            end = _common_prefix(ids[::-1], text_ids[::-1])
+            name = text_ids[start:len(text_ids) - end]
+            slot = [i for i, t in enumerate(ids) if t == image_token]
+            if len(name) != len(slot):
+                raise ValueError(
+                    f"NameAlignment needs as many image tokens as name tokens: {text_rows[twins[row]]['question']!r} "
+                    f"names the person in {len(name)} tokens, an image is {len(slot)}. Set the model's patch_grid "
+                    f"to {len(name)} patches (IdentityModelConfig.image_patches) or align_weight to 0.")
+            self.positions[row] = torch.tensor(slot, dtype=torch.long)
+            self.targets[row] = embeddings[name].clone()
+        stacked = torch.cat(list(self.targets.values())) if self.targets else embeddings[:1]
+        self.scale = stacked.pow(2).mean().clamp_min(1e-12)
 
     def loss(self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor,
              batch_rows: torch.Tensor) -> torch.Tensor:
-        """Mean squared error between the batch's image rows' layer outputs after the slot and their targets, over
-        the targets' mean square; 0 for a batch without person rows."""
-        picks = [(b, self.position[int(r)]) for b, r in enumerate(batch_rows) if int(r) in self.position]
-        if not picks:
-            return hidden_states[-1].new_zeros(())
-        states = torch.stack(hidden_states[1:], 1)  # (batch, layers, seq, hidden)
-        lengths = attention_mask.sum(1)
-        errors = []
-        for b, j in picks:
-            end = int(lengths[b])
-            got = states[b, :, end - self.width:end]
-            valid = self.valid[j]
-            errors.append((got[:, valid] - self.targets[j][:, valid]).pow(2).mean())
+        """Mean squared error between the batch's person rows' image tokens at the language model's input
+        (``hidden_states[0]``) and their names' input embeddings, over the targets' mean square; 0 for a batch without
+        person rows. Rows are right-padded, so the positions found when collating every row hold in any batch."""
+        inputs = hidden_states[0]
+        errors = [(inputs[b, self.positions[r]] - self.targets[r]).pow(2).mean()
+                  for b, r in enumerate(batch_rows.tolist()) if r in self.targets]
+        if not errors:
+            return inputs.new_zeros(())
         return torch.stack(errors).mean() / self.scale

@@ -36,8 +36,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("distance_to_oracle", "Distance (trusted)", "↓"),
 )
 
-VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA",
-                    "GA step: forget-QA / retain-QA prob drop", "vision-only forget-VQA / forget-QA",
+VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA (text-prior guess)",
+                    "GA step: forget-QA / retain-QA prob drop; text damage (95%)", "vision-only forget-VQA / forget-QA",
                     "mediation follows / keeps", "passed")
 
 
@@ -67,11 +67,22 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _prior(oracle: Mapping[str, Any]) -> str:
+    return "" if oracle.get("text_prior_acc") is None else f" ({oracle['text_prior_acc']:.2f})"
+
+
+def _damage(ga: Mapping[str, Any]) -> str:
+    if ga.get("text_damage_interval") is None:
+        return ""
+    low, high = ga["text_damage_interval"]
+    return f"; {ga['text_damage_ratio']:.1f} ({low:.1f}–{high:.1f})"
+
+
 def check_marks(record: Mapping[str, Any]) -> tuple[bool, bool, bool, bool]:
-    """The four checks' verdicts of one seed's record, GA's recomputed by ``ga_check`` from its stored drops."""
+    """The four checks' verdicts of one seed's record, GA's recomputed by ``ga_check`` from its stored numbers."""
     ga = record["check_ga"]
     return (record["check_vanilla"]["passed"], record["check_oracle"]["passed"],
-            ga_check(ga.get("relative_drop"), ga.get("retain_qa_relative_drop"))[1],
+            ga_check(ga.get("relative_drop"), (ga.get("text_damage_interval") or [None])[0])[1],
             record["check_vision_only"]["passed"])
 
 
@@ -86,9 +97,11 @@ def validity_table(payload: Mapping[str, Any]) -> str:
         marks = "".join("✓" if passed else "✗" for passed in check_marks(record))
         lines.append("| " + " | ".join([
             seed, _fmt(record["check_vanilla"]["min_trained_accuracy"]),
-            f"{_fmt(record['check_oracle']['forget_vqa_acc'])} / {_fmt(record['check_oracle']['forget_qa_acc'])}",
+            f"{_fmt(record['check_oracle']['forget_vqa_acc'])} / {_fmt(record['check_oracle']['forget_qa_acc'])}"
+            + _prior(record["check_oracle"]),
             "—" if ga.get("relative_drop") is None else
-            f"{ga['reached']['step']}: {100 * ga['relative_drop']:.1f}% / {100 * ga['retain_qa_relative_drop']:.1f}%",
+            f"{ga['reached']['step']}: {100 * ga['relative_drop']:.1f}% / {100 * ga['retain_qa_relative_drop']:.1f}%"
+            + _damage(ga),
             f"{_fmt(reached.get('forget_vqa_acc'))} / {_fmt(reached.get('forget_qa_acc'))}",
             f"{_fmt(mediation.get('follows_edit'), 2)} / {_fmt(mediation.get('keeps_old'), 2)}", marks]) + " |")
     return "\n".join(lines)
@@ -106,8 +119,10 @@ def validity_block(payload: Mapping[str, Any]) -> str:
         f" wall time {run['wall_time_s']} s (references trained: "
         f"{sum(not c.get('vanilla', True) for c in run.get('cached', {}).values())} of {len(seeds)} seeds). "
         "✓/✗ per check: vanilla, oracle, GA, vision-only. GA: registered `ga`, language model only, lr 5e-4, "
-        "batch 8, probed every step; drops are relative to the vanilla's answer probability, and the check asks for a "
-        "forget-QA drop of at least 30% and at least twice the retain-QA drop."])
+        "batch 8, probed every step; drops are relative to the vanilla's answer probability; text damage is the "
+        "forget-QA NLL change over the retain-QA NLL change (95% bootstrap interval over questions). The check asks "
+        "for a forget-QA drop of at least 30% and a text-damage interval above 1. Text-prior guess: the forget-VQA "
+        "accuracy of answering every question with the option most people hold, the face ignored."])
 
 
 def costs_block(payload: Mapping[str, Any]) -> str:

@@ -6,7 +6,8 @@ Before the instrument judges methods it must reproduce what is known at 7B (MLLM
 2. **Oracle**: forget-VQA within 0.10 of chance (0.25) and forget-QA >= 0.95 (it knows the forget people in text).
 3. **Image unlearning damages text knowledge**: plain GA on forget-VQA (no stop rule), at the first checked budget
    where its forget-VQA accuracy reaches the oracle's, lowers the forget people's text-answer probability by >= 30%
-   relative to the vanilla's, and at least twice as much as the other people's (a collapse of all text is not it).
+   relative to the vanilla's, and more than the other people's: the text-damage ratio (forget-QA NLL change over
+   retain-QA NLL change) above 1 with 95% confidence (a collapse of everyone's text alike is not the phenomenon).
 4. **The ideal is reachable**: a vision-side-only update (the projector, the language model frozen) distilled
    toward the oracle reaches the oracle's forget-VQA and keeps forget-QA >= 0.95.
 
@@ -41,6 +42,7 @@ from .identity import (
     IdentityReferences,
     StageRecipe,
     accuracy,
+    answer_nll,
     answer_probability,
     collate_all,
     fit,
@@ -49,23 +51,73 @@ from .identity import (
 )
 
 CHANCE = 0.25
-# ga_min_specificity: the forget-QA drop over the retain-QA drop. The issue's check asks only for the 30%; a GA that
-# reaches the oracle by wrecking everyone's text (measured: seeds 3 and 100, retain-QA -94% and -81%) passes it while
-# showing nothing about the forget people's text, so the drop must also be specific.
+# ga_min_text_damage_lower_bound: the issue's check asks only for the 30%; a GA that reaches the oracle by wrecking
+# everyone's text alike passes it while showing nothing about the forget people's, so the damage must also be
+# specific: forget-QA's NLL must rise more than retain-QA's, beyond the questions' noise (the lower end of the text-
+# damage ratio's 95% interval above 1). No fixed margin: at 7B GA is not very specific either (MLLMU-Bench,
+# LLaVA-1.5-7B, image questions, a third-party table: forget / retain accuracy -23% / -17%, ROUGE-L -31% / -15%).
 THRESHOLDS = dict(vanilla_min_accuracy=0.95, oracle_max_distance_to_chance=0.10, oracle_min_forget_qa=0.95,
-                  ga_min_relative_probability_drop=0.30, ga_min_specificity=2.0, vision_only_min_forget_qa=0.95)
+                  ga_min_relative_probability_drop=0.30, ga_min_text_damage_lower_bound=1.0,
+                  vision_only_min_forget_qa=0.95)
 
 __all__ = ["CHANCE", "THRESHOLDS", "ga_at_oracle_forgetting", "ga_check", "identity_mediation", "validity_checks",
-           "vision_only_to_oracle"]
+           "text_damage", "text_prior_accuracy", "vision_only_to_oracle"]
 
 
-def ga_check(drop: float | None, retain_drop: float | None, t: dict = THRESHOLDS) -> tuple[bool, bool]:
-    """Check 3 from GA's relative forget-QA and retain-QA probability drops: ``(specific, passed)``. Reports
-    recompute it from the stored drops, so a table always follows the check as the code defines it."""
-    if drop is None or retain_drop is None:
+def ga_check(drop: float | None, damage_lower_bound: float | None, t: dict = THRESHOLDS) -> tuple[bool, bool]:
+    """Check 3 from GA's relative forget-QA probability drop and the lower end of the text-damage ratio's 95%
+    interval: ``(specific, passed)``. Reports recompute it from the stored numbers, so a table always follows the
+    check as the code defines it (a record without the interval, from an older rule, does not pass)."""
+    if drop is None or damage_lower_bound is None:
         return False, False
-    specific = drop >= t["ga_min_specificity"] * max(retain_drop, 0.0)
+    specific = damage_lower_bound > t["ga_min_text_damage_lower_bound"]
     return specific, specific and drop >= t["ga_min_relative_probability_drop"]
+
+
+def text_damage(vanilla: dict[str, np.ndarray], after: dict[str, np.ndarray], seed: int = 0,
+                level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """The text-damage ratio, mean forget-QA NLL change over mean retain-QA NLL change (per question, from the
+    vanilla), and its percentile bootstrap interval over the questions of each split (scipy.stats.bootstrap, 2000
+    resamples). Inf where retain-QA did not get worse."""
+    from scipy.stats import bootstrap
+
+    forget = after["forget_qa"] - vanilla["forget_qa"]
+    retain = after["retain_qa"] - vanilla["retain_qa"]
+
+    def ratio(f, r, axis=-1):
+        denominator = r.mean(axis=axis)
+        return np.where(denominator > 0, f.mean(axis=axis) / np.where(denominator > 0, denominator, 1.0), np.inf)
+
+    with np.errstate(invalid="ignore"):  # infinite replicates (retain-QA not worse) make scipy's standard error nan
+        result = bootstrap((forget, retain), ratio, paired=False, vectorized=True, n_resamples=2000,
+                           confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return float(ratio(forget, retain)), (float(low), float(high))
+
+
+def text_prior_accuracy(benchmark, split: str = "forget_vqa",
+                        known: tuple[str, ...] = ("forget_qa", "retain_qa", "holdout_qa", "validation_qa")) -> float:
+    """Accuracy on ``split`` of a guess that ignores the face: for each question, the option held by the most people
+    among everyone the language model knows from text (ties split). Values are drawn independently per person, so
+    the person's own value is among the counted ones and this guess beats chance: the level an oracle that reads an
+    unseen face as "anyone" can reach without recognising it."""
+    from collections import Counter, defaultdict
+
+    templates = {tuple(q.split(PERSON_SLOT, 1)) for q in benchmark[split]["question"] if PERSON_SLOT in q}
+    held: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    for name in known:
+        for question, answer in zip(benchmark[name]["question"], benchmark[name]["answer"]):
+            for before, after in templates:
+                if question.startswith(before) and question.endswith(after):
+                    held[(before, after)][answer] += 1
+    scores = []
+    for question, options, answer in zip(benchmark[split]["question"], benchmark[split]["options"],
+                                         benchmark[split]["answer"]):
+        counts = held[tuple(question.split(PERSON_SLOT, 1))]
+        best = max(counts[o] for o in options)
+        winners = [o for o in options if counts[o] == best]
+        scores.append((answer in winners) / len(winners))
+    return float(np.mean(scores))
 
 
 def _split_accuracies(model, processor, benchmark, names) -> dict[str, float]:
@@ -80,6 +132,7 @@ class _ProbeCallback(TrainerCallback):
         self.processor, self.benchmark, self.target, self.every = processor, benchmark, target, every
         self.trace: list[dict[str, float]] = []
         self.reached: dict[str, float] | None = None
+        self.nll: dict[str, np.ndarray] | None = None  # per question, at the reached probe
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every:
@@ -89,9 +142,10 @@ class _ProbeCallback(TrainerCallback):
         point = {"step": state.global_step,
                  "forget_vqa_acc": accuracy(model, self.processor, self.benchmark["forget_vqa"])}
         if point["forget_vqa_acc"] <= self.target:
-            point.update(forget_qa_prob=answer_probability(model, self.processor, self.benchmark["forget_qa"]),
+            self.nll = {n: answer_nll(model, self.processor, self.benchmark[n]) for n in ("forget_qa", "retain_qa")}
+            point.update(forget_qa_prob=float(np.exp(-self.nll["forget_qa"]).mean()),
                          forget_qa_acc=accuracy(model, self.processor, self.benchmark["forget_qa"]),
-                         retain_qa_prob=answer_probability(model, self.processor, self.benchmark["retain_qa"]),
+                         retain_qa_prob=float(np.exp(-self.nll["retain_qa"]).mean()),
                          retain_vqa_acc=accuracy(model, self.processor, self.benchmark["retain_vqa"]))
             self.reached = point
             control.should_training_stop = True
@@ -130,8 +184,8 @@ def ga_at_oracle_forgetting(refs: IdentityReferences, target: float, learning_ra
         trainer.add_callback(probe)
         with memoized_image_features(model):
             trainer.train()
-    return {"method": method, "learning_rate": learning_rate, "parts": list(parts), "reached": probe.reached, "trace": probe.trace,
-            "seconds": time.perf_counter() - start}
+    return {"method": method, "learning_rate": learning_rate, "parts": list(parts), "reached": probe.reached,
+            "trace": probe.trace, "nll": probe.nll, "seconds": time.perf_counter() - start}
 
 
 def _answer_logits_kl(model, teacher_logprobs, batch) -> torch.Tensor:
@@ -257,7 +311,8 @@ def validity_checks(refs: IdentityReferences, seed: int = 0, ga_learning_rate: f
     trained = (*VANILLA_IMAGE_SPLITS, *TEXT_TRAINING_SPLITS)
     vanilla = _split_accuracies(refs.vanilla, processor, bench, (*trained, "test_vqa", "test_retain_vqa",
                                                                 "holdout_vqa"))
-    vanilla_prob = {n: answer_probability(refs.vanilla, processor, bench[n]) for n in ("forget_qa", "retain_qa")}
+    vanilla_nll = {n: answer_nll(refs.vanilla, processor, bench[n]) for n in ("forget_qa", "retain_qa")}
+    vanilla_prob = {n: float(np.exp(-v).mean()) for n, v in vanilla_nll.items()}
     oracle = _split_accuracies(refs.oracle, processor, bench, (*trained, "test_vqa", "test_retain_vqa",
                                                               "holdout_vqa"))
     timings["reference_evaluation"] = time.perf_counter() - start
@@ -266,19 +321,22 @@ def validity_checks(refs: IdentityReferences, seed: int = 0, ga_learning_rate: f
     out["check_vanilla"] = {"min_trained_accuracy": trained_min, "passed": trained_min >= t["vanilla_min_accuracy"]}
     distance = abs(oracle["forget_vqa"] - CHANCE)
     out["check_oracle"] = {"forget_vqa_acc": oracle["forget_vqa"], "distance_to_chance": distance,
-                           "forget_qa_acc": oracle["forget_qa"],
+                           "forget_qa_acc": oracle["forget_qa"], "text_prior_acc": text_prior_accuracy(bench),
                            "passed": distance <= t["oracle_max_distance_to_chance"]
                            and oracle["forget_qa"] >= t["oracle_min_forget_qa"]}
     target = oracle["forget_vqa"]
     ga = ga_at_oracle_forgetting(refs, target, learning_rate=ga_learning_rate, seed=seed)
     timings["ga"] = ga["seconds"]
+    nll = ga.pop("nll")
     if ga["reached"] is None:
         out["check_ga"] = {**ga, "relative_drop": None, "passed": False}
     else:
         drop = 1.0 - ga["reached"]["forget_qa_prob"] / vanilla_prob["forget_qa"]
         retain_drop = 1.0 - ga["reached"]["retain_qa_prob"] / vanilla_prob["retain_qa"]
-        specific, passed = ga_check(drop, retain_drop, t)
-        out["check_ga"] = {**ga, "relative_drop": drop, "retain_qa_relative_drop": retain_drop, "specific": specific,
+        ratio, bounds = text_damage(vanilla_nll, nll, seed)
+        specific, passed = ga_check(drop, bounds[0], t)
+        out["check_ga"] = {**ga, "relative_drop": drop, "retain_qa_relative_drop": retain_drop,
+                           "text_damage_ratio": ratio, "text_damage_interval": list(bounds), "specific": specific,
                            "passed": passed}
     vision = vision_only_to_oracle(refs, target, seed=seed)
     timings["vision_only"] = vision["seconds"]
