@@ -54,7 +54,7 @@ def test_the_loss_is_the_mean_squared_gap_to_the_names_input_embeddings(small):
     twins = named_twins(rows, text)
     with torch.no_grad():
         out = model(**batch, output_hidden_states=True)
-        loss = alignment.loss(out.hidden_states, batch["attention_mask"], torch.tensor(picks))
+        loss = alignment.loss(out.hidden_states, torch.tensor(picks))
         # By hand: the name cut out of the twin question, tokenized on its own with its leading space (as the
         # tokenizer reads it after "of"), against the two image tokens the model puts at the language model's input.
         errors = []
@@ -88,6 +88,13 @@ def test_a_name_and_an_image_of_different_lengths_are_refused(small):
         NameAlignment(model, processor, rows, text)
 
 
+def test_person_rows_without_their_named_question_are_refused_not_skipped(small):
+    _, model, processor, rows, text = small
+    without_one = text.filter(lambda row: row["person_id"] != rows[0]["person_id"])
+    with pytest.raises(ValueError, match="no named twin for 10 person rows"):
+        NameAlignment(model, processor, rows, without_one)
+
+
 def test_stage_b_with_the_alignment_moves_only_the_projector_and_closes_the_gap(small):
     import copy
 
@@ -100,7 +107,7 @@ def test_stage_b_with_the_alignment_moves_only_the_projector_and_closes_the_gap(
     def gap():
         with torch.no_grad():
             out = model(**batch, output_hidden_states=True)
-        return alignment.loss(out.hidden_states, batch["attention_mask"], index).item()
+        return alignment.loss(out.hidden_states, index).item()
 
     before = gap()
     language = {n: p.detach().clone() for n, p in model.named_parameters() if "projector" not in n}

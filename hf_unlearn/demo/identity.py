@@ -222,8 +222,7 @@ def fit(model, processor, rows: datasets.Dataset, parts: tuple[str, ...], recipe
                 outputs = model(**batch, output_hidden_states=align)
                 loss = outputs.loss
                 if align:
-                    loss = loss + recipe.align_weight * alignment.loss(outputs.hidden_states, batch["attention_mask"],
-                                                                       index)
+                    loss = loss + recipe.align_weight * alignment.loss(outputs.hidden_states, index)
                 loss.backward()
                 optimizer.step()
                 schedule.step()

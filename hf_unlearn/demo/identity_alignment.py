@@ -59,13 +59,18 @@ class NameAlignment:
         image_rows: stage B's rows, in the order ``fit`` collates them.
         text_rows: the named text questions of the same people.
 
-    Raises ``ValueError`` when a name has a different number of tokens than an image has.
+    Raises ``ValueError`` when a person row has no named twin in ``text_rows`` (the alignment would silently skip
+    it), or when a name has a different number of tokens than an image has.
     """
 
     def __init__(self, model, processor, image_rows: datasets.Dataset, text_rows: datasets.Dataset):
         image_token = model.config.image_token_id
         twins = named_twins(image_rows, text_rows)
         paired = [row for row, twin in enumerate(twins) if twin is not None]
+        orphans = sum(PERSON_SLOT in q for q in image_rows["question"]) - len(paired)
+        if orphans:
+            raise ValueError(f"NameAlignment found no named twin for {orphans} person rows: pass the named text "
+                             "questions of every person in image_rows as text_rows.")
         image = _collate(processor, image_rows)
         text = _collate(processor, text_rows.select([twins[row] for row in paired])) if paired else None
         embeddings = model.get_input_embeddings().weight.detach()
@@ -88,8 +93,7 @@ class NameAlignment:
         stacked = torch.cat(list(self.targets.values())) if self.targets else embeddings[:1]
         self.scale = stacked.pow(2).mean().clamp_min(1e-12)
 
-    def loss(self, hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor,
-             batch_rows: torch.Tensor) -> torch.Tensor:
+    def loss(self, hidden_states: tuple[torch.Tensor, ...], batch_rows: torch.Tensor) -> torch.Tensor:
         """Mean squared error between the batch's person rows' image tokens at the language model's input
         (``hidden_states[0]``) and their names' input embeddings, over the targets' mean square; 0 for a batch without
         person rows. Rows are right-padded, so the positions found when collating every row hold in any batch."""
