@@ -1,8 +1,8 @@
 """Benchmark v3 (issue 25): the identity benchmark, the quick configuration's references and the validity checks.
 
 The numbers in comments were measured on the 2-core development machine (shared with another test run), seed 0,
-torch on 1 thread (conftest). docs/benchmark_v3.md has the full table. The slow tests share one cold build: 83 s in
-all on that machine with another run on the second core (68 s of references and checks, 11 s of the pipeline).
+torch on 1 thread (conftest). docs/benchmark_v3.md has the full table. The slow tests share one cold build: 80 s in
+all on that machine with another run on the second core (66 s of references and checks, 11 s of the pipeline).
 """
 
 import pytest
@@ -43,6 +43,41 @@ def test_the_text_prior_guess_by_hand():
                             (f"What pet does {PERSON_SLOT} have?", "dog", ["dog", "fish", "bird", "bird"])]),  # tie: 1/2
     }
     assert text_prior_accuracy(bench, known=("forget_qa", "retain_qa")) == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_person_options_are_as_common_as_the_answer():
+    """Every distractor and perturbed answer of a person's question is held by as many people as the answer, or the
+    nearest counts when too few are (counted over everyone known in text)."""
+    from collections import Counter
+
+    from hf_unlearn.data.identity_benchmark import POOLS, TEMPLATES, TEXT_ONLY_TEMPLATES
+
+    bench = build_identity_benchmark(IdentityBenchmarkConfig(num_people=30, forget_ratio=1 / 3, num_general=4, seed=7))
+    templates = {**TEMPLATES, **TEXT_ONLY_TEMPLATES}
+
+    def fact(question):
+        return next(k for k, t in templates.items()
+                    if question.startswith(t.split("{who}")[0]) and question.endswith(t.split("{who}")[1]))
+
+    held = {key: Counter() for key in templates}
+    for split in ("forget_qa", "retain_qa", "holdout_qa", "validation_qa"):
+        for question, answer in zip(bench[split]["question"], bench[split]["answer"]):
+            held[fact(question)][answer] += 1
+    matched = 0
+    for split in ("forget_vqa", "retain_vqa", "forget_qa"):
+        for row in bench[split]:
+            count = held[fact(row["question"])]
+
+            def gap(value):
+                return abs(count[value] - count[row["answer"]])  # noqa: B023 (used in this iteration only)
+
+            nearest = sorted(gap(v) for v in POOLS[fact(row["question"])] if v != row["answer"])
+            distractors = [o for o in row["options"] if o != row["answer"]]
+            assert row["options"][row["label"]] == row["answer"] and len(set(row["options"])) == 4
+            assert sorted(map(gap, distractors)) == nearest[:3]
+            assert sorted(map(gap, row["perturbed_answers"])) == nearest[:5]
+            matched += nearest[2] == 0
+    assert matched > 0  # some questions have three distractors exactly as common as the answer
 
 
 def test_pope_split_is_balanced_yes_no_about_the_drawn_shape():
@@ -120,29 +155,29 @@ def checks(tmp_path_factory):
 
 @pytest.mark.slow
 def test_vanilla_trained_to_the_criterion(checks):
-    # Measured here: text 25, image 10 epochs. The criterion, not a fixed count, ends each stage (other CPUs round
-    # differently and may need more): within the recipe's decay plus top-up.
+    # Measured here: text 25, image 10 epochs (20-30 and 5-65 at the 9 validity seeds). The criterion, not a fixed
+    # count, ends each stage (other CPUs round differently and may need more): within the recipe's decay plus top-up.
     epochs = checks["info"]["vanilla"]["epochs"]
     assert set(epochs) == {"text", "image"} and all(0 < e <= 150 for e in epochs.values()), epochs
-    # Every trained split >= 0.95 (measured: 0.960 the lowest).
+    # Every trained split >= 0.95 (measured: 0.995 the lowest).
     assert checks["check_vanilla"]["passed"], checks["vanilla"]
-    # Faces are recognised beyond their training view (measured: test_retain_vqa 0.96, test_vqa 0.96; the oracle's
-    # test_vqa 0.32): the transformed portraits keep the identity.
+    # Faces are recognised beyond their training view (measured: test_retain_vqa 0.98, test_vqa 0.94; the oracle's
+    # test_vqa 0.16): the transformed portraits keep the identity.
     assert checks["vanilla"]["test_retain_vqa"] > 0.6
 
 
 @pytest.mark.slow
 def test_oracle_does_not_know_the_forget_faces_and_knows_the_forget_people_in_text(checks):
-    # Measured: forget-VQA 0.400 (chance 0.25), forget-QA 0.982 (the vanilla's language model, untouched). The
-    # oracle never saw the forget faces, but its language model knows the forget people from text, and their own
-    # values count in the population it guesses from: answering every question with the option most people hold,
-    # the face ignored, scores 0.463 at this seed (0.32-0.49 at the 9 validity seeds). The issue's check (within
-    # 0.10 of chance) is reported, not asserted. Asserted: no better than that guess plus 3 standard deviations of a
-    # 50-question accuracy at its rate (a bound from the benchmark's facts, the same on every CPU), far below the
-    # vanilla's 0.95.
+    # Measured: forget-VQA 0.24 (chance 0.25; 0.14-0.34 at the 9 validity seeds), forget-QA 1.00 (the vanilla's
+    # language model, untouched). The oracle never saw the forget faces, but its language model knows the forget
+    # people from text: answering every question with the option most people hold, the face ignored, scores 0.39 at
+    # this seed even with wrong options as common as the answer (ties with nearer counts). The issue's check (within
+    # 0.10 of chance) is reported, not asserted: at 50 questions an oracle exactly at chance misses it about one time
+    # in ten. Asserted: no better than that guess plus 3 standard deviations of a 50-question accuracy at its rate (a
+    # bound from the benchmark's facts, the same on every CPU), far below the vanilla's 0.95.
     oracle, n = checks["check_oracle"], 50  # the quick configuration: 5 forget people x 10 image questions
     rate = max(oracle["text_prior_acc"], 0.25)
-    assert oracle["text_prior_acc"] == pytest.approx(0.463, abs=0.001)  # computed from the facts alone
+    assert oracle["text_prior_acc"] == pytest.approx(0.39, abs=0.001)  # computed from the facts alone
     assert oracle["forget_vqa_acc"] <= rate + 3 * (rate * (1 - rate) / n) ** 0.5, oracle
     assert oracle["forget_qa_acc"] >= 0.95
     assert checks["oracle"]["forget_qa"] == checks["vanilla"]["forget_qa"]
@@ -150,8 +185,8 @@ def test_oracle_does_not_know_the_forget_faces_and_knows_the_forget_people_in_te
 
 @pytest.mark.slow
 def test_a_vision_side_only_update_reaches_the_oracle(checks):
-    # Projector-only distillation toward the oracle: measured forget-VQA 0.38 at epoch 2, forget-QA 0.982 and its
-    # probability unchanged (text never passes through the projector), retain-VQA 0.884, general 0.85.
+    # Projector-only distillation toward the oracle: measured forget-VQA 0.18 at epoch 7, forget-QA 1.00 and its
+    # probability unchanged (text never passes through the projector), retain-VQA 0.958, general 0.95.
     check = checks["check_vision_only"]
     assert check["passed"], check["reached"]
     assert check["reached"]["forget_qa_prob"] == pytest.approx(checks["vanilla_prob"]["forget_qa"])
@@ -160,10 +195,11 @@ def test_a_vision_side_only_update_reaches_the_oracle(checks):
 @pytest.mark.slow
 def test_ga_damages_the_forget_peoples_text_more_than_the_others(checks):
     # GA on forget-VQA, language model only (MLLMU-Bench's setting), lr 5e-4, probed every step: forget-VQA reaches
-    # the oracle's at step 13; forget-QA answer probability -74.1%, retain-QA -41.7%; text-damage ratio (NLL) 2.55,
-    # 95% interval 1.98-3.31. The face is read as the name, so GA on the faces is GA on the names: the forget
+    # the oracle's at step 20; forget-QA answer probability -95.3%, retain-QA -77.6%; text-damage ratio (NLL) 1.79,
+    # 95% interval 1.56-2.03. The face is read as the name, so GA on the faces is GA on the names: the forget
     # people's text takes the damage, more than the others'. A CPU that crosses a step earlier or later moves these
-    # numbers, not the verdict: the drop is more than twice the 30% and the interval's low end about 1 above 1.
+    # numbers, not the verdict at this seed: the drop is three times the 30% and the interval's low end 0.56 above 1
+    # (at 5 of the 9 validity seeds GA is only narrowly specific; docs/benchmark_v3.md).
     ga = checks["check_ga"]
     assert ga["reached"] is not None and ga["passed"], ga
     low, high = ga["text_damage_interval"]
@@ -172,9 +208,10 @@ def test_ga_damages_the_forget_peoples_text_more_than_the_others(checks):
 
 @pytest.mark.slow
 def test_identity_mediation_is_measured(checks):
-    # A text-only edit of 5 retain people's facts (50 questions, learnt to 1.0): measured 0.98 of their image
-    # answers follow the new value, none keeps the old one (1.0 correct before); the unedited people's image accuracy
-    # stays 1.0, their text 0.99 (0.88-0.98 follow at the 9 validity seeds). The face is read as the name (16 image tokens without the name alignment: 0.34-0.52).
+    # A text-only edit of 5 retain people's facts (50 questions, learnt to 0.98): measured 0.96 of their image
+    # answers follow the new value, 0.04 keep the old one (0.98 correct before); the unedited people's image and text
+    # accuracy stay 1.0 (0.84-1.00 follow at the 9 validity seeds). The face is read as the name (16 image tokens
+    # without the name alignment: 0.34-0.52).
     med = checks["mediation"]
     assert med["edited_text_acc"] >= 0.95
     assert med["follows_edit"] >= 0.8 and med["keeps_old"] <= 0.2

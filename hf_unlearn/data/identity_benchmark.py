@@ -12,7 +12,10 @@ it means recognising the face as the person and recalling what the language mode
 All questions are 4-way multiple choice in the common schema (``schema.py``); every row also carries
 ``perturbed_answers`` (wrong values of the same attribute, for the truth ratio) and ``paraphrased_answer`` (None:
 one-word answers have no paraphrase a small model could generalise to; the truth ratio compares the answer itself,
-as TOFU does on its real-world rows).
+as TOFU does on its real-world rows). A person's wrong options and perturbed answers are values held by as many
+people as the answer, or the nearest counts (``_as_common_as``): how common a value is, all that a model which does
+not recognise the face can go by, then says little about which option is right (docs/benchmark_v3.md, "the oracle
+check").
 
 Splits (``IDENTITY_SPLITS``), as in v2 (``synthetic.py``): ``forget_vqa`` / ``forget_qa`` (the forget people's image
 and text questions), ``retain_vqa`` / ``retain_qa``, ``test_vqa`` / ``test_retain_vqa`` (the same image questions on a
@@ -29,6 +32,7 @@ vanilla its criterion (docs/benchmark_v3.md).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +45,7 @@ from .schema import NUM_OPTIONS, rows_to_dataset, truth_ratio_features
 from .synthetic import ATTRIBUTE_POOLS, FIRST_NAMES, LAST_NAMES, mcq_options, png_image
 
 # Bump when the rows built for a given config change (cached vanilla/oracle models depend on it).
-IDENTITY_BENCHMARK_VERSION = 2
+IDENTITY_BENCHMARK_VERSION = 3
 
 IDENTITY_SPLITS = (
     "forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "test_vqa", "test_retain_vqa", "holdout_vqa", "holdout_qa",
@@ -55,9 +59,30 @@ ORACLE_IMAGE_SPLITS = ("retain_vqa", "general", "pope")
 PERSON_SLOT = "the person in the image"
 SHAPE_SLOT = "the shape in the image"
 
+# Twenty values per fact (v2's ten plus ten): each answer is shared by few people, so unlearning one person's answer
+# by gradient ascent reaches few others (with ten values and 10 of 36 people forgotten, GA pushed down nearly every
+# value of every fact and collapsed everyone's text before reaching the oracle: docs/benchmark_v3.md).
+_MORE_VALUES: dict[str, tuple[str, ...]] = {
+    "job": ("dentist", "florist", "plumber", "tailor", "judge", "sailor", "miner", "banker", "poet", "barber"),
+    "city": ("Bogota", "Accra", "Seoul", "Vienna", "Lagos", "Kyoto", "Porto", "Tunis", "Havana", "Minsk"),
+    "hobby": ("juggling", "hiking", "sewing", "birding", "origami", "karaoke", "puzzles", "camping", "sketching",
+              "quilting"),
+    "pet": ("gecko", "canary", "pony", "snake", "mouse", "hedgehog", "chinchilla", "tortoise", "frog", "duck"),
+    "food": ("ramen", "burrito", "lasagna", "risotto", "kebab", "falafel", "omelette", "noodles", "waffles", "goulash"),
+    "sport": ("cricket", "karate", "squash", "polo", "badminton", "curling", "wrestling", "baseball", "lacrosse",
+              "handball"),
+    "instrument": ("clarinet", "tuba", "ukulele", "accordion", "bagpipes", "sitar", "mandolin", "xylophone",
+                   "saxophone", "piccolo"),
+    "drink": ("kefir", "lassi", "espresso", "kombucha", "cola", "mocha", "chai", "tonic", "punch", "nectar"),
+    "vehicle": ("bus", "taxi", "ferry", "glider", "kayak", "wagon", "minivan", "limousine", "rickshaw", "sleigh"),
+    "language": ("Czech", "Danish", "Hebrew", "Latvian", "Malay", "Irish", "Basque", "Zulu", "Finnish", "Tamil"),
+    "fruit": ("orange", "pear", "lime", "papaya", "guava", "apricot", "fig", "quince", "lychee", "coconut"),
+}  # fmt: skip
 POOLS: dict[str, tuple[str, ...]] = {
-    **ATTRIBUTE_POOLS,
-    "fruit": ("apple", "banana", "cherry", "mango", "peach", "plum", "lemon", "melon", "grape", "kiwi"),
+    key: base + _MORE_VALUES[key]
+    for key, base in {**ATTRIBUTE_POOLS,
+                      "fruit": ("apple", "banana", "cherry", "mango", "peach", "plum", "lemon", "melon", "grape",
+                                "kiwi")}.items()
 }
 # One template per fact, with {who}: the name (text question) or PERSON_SLOT (image question).
 TEMPLATES: dict[str, str] = {
@@ -113,7 +138,8 @@ class IdentityBenchmarkConfig:
         if self.image_size < 14:
             raise ValueError(f"image_size must be >= 14 pixels (one DINOv2 patch), got {self.image_size}.")
         if not NUM_OPTIONS - 1 <= self.num_perturbed <= min(len(p) for p in POOLS.values()) - 1:
-            raise ValueError(f"num_perturbed must be in {NUM_OPTIONS - 1}..9, got {self.num_perturbed}.")
+            raise ValueError(f"num_perturbed must be in {NUM_OPTIONS - 1}..{min(len(p) for p in POOLS.values()) - 1}, "
+                             f"got {self.num_perturbed}.")
         if self.num_total_people > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ValueError(f"At most {len(FIRST_NAMES) * len(LAST_NAMES)} people have unique names.")
 
@@ -131,11 +157,31 @@ def _perturbed(answer: str, pool: tuple[str, ...], k: int, rng: np.random.Genera
     return [wrong[i] for i in rng.choice(len(wrong), size=k, replace=False)]
 
 
+def _as_common_as(answer: str, pool: tuple[str, ...], held: Counter, k: int, rng: np.random.Generator) -> list[str]:
+    """``k`` wrong values of ``pool`` held by as many people as ``answer`` (``held``: value -> people), the nearest
+    counts where too few match, ties in random order. The person's own value is among the counted ones, so with
+    uniformly drawn distractors it was the commonest option far more often than one time in four, and an oracle that
+    reads an unseen face as "anyone" beat chance by guessing the common value (docs/benchmark_v3.md, "the oracle
+    check")."""
+    wrong = sorted(v for v in pool if v != answer)
+    order = np.lexsort((rng.random(len(wrong)), [abs(held[v] - held[answer]) for v in wrong]))
+    return [wrong[i] for i in order[:k]]
+
+
 def _row(who_slot: str, template: str, answer: str, pool: tuple[str, ...], rng: np.random.Generator, k: int,
-         **extra: Any) -> dict[str, Any]:
-    options, label = mcq_options(answer, list(pool), rng)
+         held: Counter | None = None, **extra: Any) -> dict[str, Any]:
+    """A 4-way question; with ``held`` (a person's fact) its distractors and perturbed answers are as common as the
+    answer (``_as_common_as``), else drawn uniformly."""
+    if held is None:
+        options, label = mcq_options(answer, list(pool), rng)
+        perturbed = _perturbed(answer, pool, k, rng)
+    else:
+        order = rng.permutation(NUM_OPTIONS)
+        options = [answer, *_as_common_as(answer, pool, held, NUM_OPTIONS - 1, rng)]
+        options, label = [options[i] for i in order], int(np.flatnonzero(order == 0)[0])
+        perturbed = _as_common_as(answer, pool, held, k, rng)
     return dict(question=template.format(who=who_slot), answer=answer, options=options, label=label,
-                perturbed_answers=_perturbed(answer, pool, k, rng), paraphrased_answer=None, **extra)
+                perturbed_answers=perturbed, paraphrased_answer=None, **extra)
 
 
 def pope_row(what: str, shape: str, present: bool, rng: np.random.Generator, **extra: Any) -> dict[str, Any]:
@@ -194,6 +240,7 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
         names = [f"{FIRST_NAMES[i // len(LAST_NAMES)]} {LAST_NAMES[i % len(LAST_NAMES)]}" for i in name_ids]
     facts = [{key: pool[rng.integers(len(pool))] for key, pool in {**POOLS, "food": POOLS["food"]}.items()}
              for _ in range(total)]
+    held = {key: Counter(person[key] for person in facts) for key in facts[0]}  # everyone is known from text
     faces = sample_faces(total, np.random.default_rng([config.seed, _FACES]))
     forget = set(np.random.default_rng([config.seed, _SPLIT]).choice(config.num_people, size=config.num_forget,
                                                                        replace=False).tolist())
@@ -204,10 +251,10 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
         face = draw_face(faces[pid], config.image_size)
         image = png_image(face)
         test_image = png_image(transform_face(face, np.random.default_rng([config.seed, _TRANSFORM, pid])))
-        vqa = [_row(PERSON_SLOT, t, facts[pid][key], POOLS[key], options_rng, k, person_id=pid, kind="vqa",
-                    image=image) for key, t in TEMPLATES.items()]
-        qa = [_row(names[pid], t, facts[pid][key], POOLS[key], options_rng, k, person_id=pid, kind="qa", image=None)
-              for key, t in {**TEMPLATES, **TEXT_ONLY_TEMPLATES}.items()]
+        vqa = [_row(PERSON_SLOT, t, facts[pid][key], POOLS[key], options_rng, k, held[key], person_id=pid,
+                    kind="vqa", image=image) for key, t in TEMPLATES.items()]
+        qa = [_row(names[pid], t, facts[pid][key], POOLS[key], options_rng, k, held[key], person_id=pid, kind="qa",
+                   image=None) for key, t in {**TEMPLATES, **TEXT_ONLY_TEMPLATES}.items()]
         test = [{**row, "image": test_image} for row in vqa]
         if pid >= config.num_people + config.num_holdout_people:
             splits["validation_vqa"] += vqa

@@ -101,7 +101,9 @@ class IdentityModelConfig:
         "help": "Language model width; also the projector's (LLaVA's projector maps to it). 128 left the seed-1 vanilla "
                 "short of the criterion with the projector as stage B's only trainable part (docs/benchmark_v3.md)."})
     num_layers: int = field(default=2, metadata={"help": "Language model decoder layers."})
-    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary trained on the benchmark's text."})
+    vocab_size: int = field(default=1536, metadata={
+        "help": "BPE vocabulary trained on the benchmark's text (a cap: training stops at its last merge, about 1200 "
+                "tokens, where every name is two)."})
     image_patches: tuple[int, int] = field(default=(1, 2), metadata={
         "help": "Rows x columns of 14-px DINOv2 patches every picture is resized to: one image token per patch. 1 x 2 "
                 "gives two, as many as a name has (a first and a last name of one token each), so stage B can write "

@@ -74,8 +74,8 @@ def _prior(oracle: Mapping[str, Any]) -> str:
 def _damage(ga: Mapping[str, Any]) -> str:
     if ga.get("text_damage_interval") is None:
         return ""
-    low, high = ga["text_damage_interval"]
-    return f"; {ga['text_damage_ratio']:.1f} ({low:.1f}–{high:.1f})"
+    low, high = ga["text_damage_interval"]  # two decimals: the check reads the low end against 1
+    return f"; {ga['text_damage_ratio']:.2f} ({low:.2f}–{high:.2f})"
 
 
 def check_marks(record: Mapping[str, Any]) -> tuple[bool, bool, bool, bool]:
