@@ -122,6 +122,21 @@ def test_ga_check_needs_a_specific_drop_and_reports_recompute_it():
     assert check_marks(record) == (True, True, True, True)
 
 
+def test_configurations_table_counts_checks_per_configuration():
+    from hf_unlearn.demo.identity_report import configurations_table
+
+    def record(oracle, low, follows, vision=True):
+        return {"check_vanilla": {"passed": True}, "check_vision_only": {"passed": vision},
+                "check_oracle": {"passed": abs(oracle - 0.25) <= 0.1, "forget_vqa_acc": oracle},
+                "check_ga": {"relative_drop": 0.9, "text_damage_ratio": low + 0.2, "text_damage_interval": [low, 2.0]},
+                "mediation": {"follows_edit": follows}}
+
+    table = configurations_table({"configurations": [{"label": "a", "validity": {
+        "0": record(0.24, 1.5, 0.9), "1": record(0.40, 1.2, 0.8), "2": record(0.20, 0.9, 1.0, vision=False)}}]})
+    # all four at seed 0 only; oracle fails at 1, GA (interval 0.9) and vision-only at 2; ranges over the seeds
+    assert table.splitlines()[-1] == "| a | 3 | 1 | 3 | 2 (0.20-0.40) | 2 (1.10-1.70) | 2 | 0.80-1.00 |"
+
+
 def test_text_damage_ratio_and_its_interval_by_hand():
     import numpy as np
 

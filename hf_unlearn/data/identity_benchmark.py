@@ -42,7 +42,7 @@ import numpy as np
 from .faces import draw_face, sample_faces, transform_face
 from .portraits import SHAPE_COLORS, SHAPES, draw_shape
 from .schema import NUM_OPTIONS, rows_to_dataset, truth_ratio_features
-from .synthetic import ATTRIBUTE_POOLS, FIRST_NAMES, LAST_NAMES, mcq_options, png_image
+from .synthetic import ATTRIBUTE_POOLS, FIRST_NAMES, LAST_NAMES, mcq_options, place_answer, png_image
 
 # Bump when the rows built for a given config change (cached vanilla/oracle models depend on it).
 IDENTITY_BENCHMARK_VERSION = 3
@@ -78,12 +78,10 @@ _MORE_VALUES: dict[str, tuple[str, ...]] = {
     "language": ("Czech", "Danish", "Hebrew", "Latvian", "Malay", "Irish", "Basque", "Zulu", "Finnish", "Tamil"),
     "fruit": ("orange", "pear", "lime", "papaya", "guava", "apricot", "fig", "quince", "lychee", "coconut"),
 }  # fmt: skip
-POOLS: dict[str, tuple[str, ...]] = {
-    key: base + _MORE_VALUES[key]
-    for key, base in {**ATTRIBUTE_POOLS,
-                      "fruit": ("apple", "banana", "cherry", "mango", "peach", "plum", "lemon", "melon", "grape",
-                                "kiwi")}.items()
-}
+_FRUIT = ("apple", "banana", "cherry", "mango", "peach", "plum", "lemon", "melon", "grape", "kiwi")
+POOLS: dict[str, tuple[str, ...]] = {key: base + _MORE_VALUES[key]
+                                     for key, base in {**ATTRIBUTE_POOLS, "fruit": _FRUIT}.items()}
+_MAX_PERTURBED = min(len(pool) for pool in POOLS.values()) - 1
 # One template per fact, with {who}: the name (text question) or PERSON_SLOT (image question).
 TEMPLATES: dict[str, str] = {
     "job": "What is the job of {who}?",
@@ -137,9 +135,8 @@ class IdentityBenchmarkConfig:
                              "people retained and be in (0, 1).")
         if self.image_size < 14:
             raise ValueError(f"image_size must be >= 14 pixels (one DINOv2 patch), got {self.image_size}.")
-        if not NUM_OPTIONS - 1 <= self.num_perturbed <= min(len(p) for p in POOLS.values()) - 1:
-            raise ValueError(f"num_perturbed must be in {NUM_OPTIONS - 1}..{min(len(p) for p in POOLS.values()) - 1}, "
-                             f"got {self.num_perturbed}.")
+        if not NUM_OPTIONS - 1 <= self.num_perturbed <= _MAX_PERTURBED:
+            raise ValueError(f"num_perturbed must be in {NUM_OPTIONS - 1}..{_MAX_PERTURBED}, got {self.num_perturbed}.")
         if self.num_total_people > len(FIRST_NAMES) * len(LAST_NAMES):
             raise ValueError(f"At most {len(FIRST_NAMES) * len(LAST_NAMES)} people have unique names.")
 
@@ -169,19 +166,13 @@ def _as_common_as(answer: str, pool: tuple[str, ...], held: Counter, k: int, rng
 
 
 def _row(who_slot: str, template: str, answer: str, pool: tuple[str, ...], rng: np.random.Generator, k: int,
-         held: Counter | None = None, **extra: Any) -> dict[str, Any]:
-    """A 4-way question; with ``held`` (a person's fact) its distractors and perturbed answers are as common as the
-    answer (``_as_common_as``), else drawn uniformly."""
-    if held is None:
-        options, label = mcq_options(answer, list(pool), rng)
-        perturbed = _perturbed(answer, pool, k, rng)
-    else:
-        order = rng.permutation(NUM_OPTIONS)
-        options = [answer, *_as_common_as(answer, pool, held, NUM_OPTIONS - 1, rng)]
-        options, label = [options[i] for i in order], int(np.flatnonzero(order == 0)[0])
-        perturbed = _as_common_as(answer, pool, held, k, rng)
+         held: Counter, **extra: Any) -> dict[str, Any]:
+    """A person's 4-way question: its wrong options and ``k`` perturbed answers as common as the answer
+    (``_as_common_as``; ``held``: the fact's value -> people)."""
+    order = rng.permutation(NUM_OPTIONS)
+    options, label = place_answer(answer, _as_common_as(answer, pool, held, NUM_OPTIONS - 1, rng), order)
     return dict(question=template.format(who=who_slot), answer=answer, options=options, label=label,
-                perturbed_answers=perturbed, paraphrased_answer=None, **extra)
+                perturbed_answers=_as_common_as(answer, pool, held, k, rng), paraphrased_answer=None, **extra)
 
 
 def pope_row(what: str, shape: str, present: bool, rng: np.random.Generator, **extra: Any) -> dict[str, Any]:

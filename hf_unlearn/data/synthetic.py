@@ -198,10 +198,13 @@ def mcq_options(answer: str, distractor_pool: list[str], rng: np.random.Generato
     """Options = the answer + 3 distinct distractors from the pool, in a random order; returns (options, label)."""
     pool = sorted({d for d in distractor_pool if d != answer})  # sorted: independent of set iteration order
     picks = rng.choice(len(pool), size=NUM_OPTIONS - 1, replace=False)
-    options = [answer] + [pool[i] for i in picks]
-    order = rng.permutation(NUM_OPTIONS)
-    options = [options[i] for i in order]
-    return options, int(np.flatnonzero(order == 0)[0])
+    return place_answer(answer, [pool[i] for i in picks], rng.permutation(NUM_OPTIONS))
+
+
+def place_answer(answer: str, distractors: list[str], order: np.ndarray) -> tuple[list[str], int]:
+    """``[answer, *distractors]`` permuted by ``order``; returns (options, the answer's index)."""
+    options = [answer, *distractors]
+    return [options[i] for i in order], int(np.flatnonzero(order == 0)[0])
 
 
 def _make_people(config: SyntheticBenchmarkConfig) -> list[SyntheticPerson]:

@@ -125,6 +125,28 @@ def validity_block(payload: Mapping[str, Any]) -> str:
         "accuracy of answering every question with the option most people hold, the face ignored."])
 
 
+def _span(values: list[float], digits: int = 2) -> str:
+    return "—" if not values else f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+
+def configurations_table(record: Mapping[str, Any]) -> str:
+    """One row per recorded configuration (``scripts/v3_configurations.py``): how many seeds pass each check (and
+    all four), with the range of the oracle's forget-VQA, GA's text-damage ratio and the mediation."""
+    lines = ["| configuration | seeds | all four | vanilla | oracle (forget-VQA) | GA (text-damage ratio) | "
+             "vision-only | mediation follows |", "|---|---|---|---|---|---|---|---|"]
+    for configuration in record.get("configurations", []):
+        records = list(configuration["validity"].values())
+        marks = [check_marks(r) for r in records]
+        passes = [sum(m[i] for m in marks) for i in range(4)]
+        oracle = _span([r["check_oracle"]["forget_vqa_acc"] for r in records])
+        ratios = _span([r["check_ga"]["text_damage_ratio"] for r in records
+                        if r["check_ga"].get("text_damage_ratio") is not None])
+        mediation = _span([r["mediation"]["follows_edit"] for r in records if r.get("mediation")])
+        lines.append(f"| {configuration['label']} | {len(records)} | {sum(all(m) for m in marks)} | {passes[0]} | "
+                     f"{passes[1]} ({oracle}) | {passes[2]} ({ratios}) | {passes[3]} | {mediation} |")
+    return "\n".join(lines)
+
+
 def costs_block(payload: Mapping[str, Any]) -> str:
     """``benchmarks/bench_v3_costs.py``'s measurements against issue 25's goals, as Markdown."""
     env = payload["environment"]

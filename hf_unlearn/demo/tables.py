@@ -22,6 +22,7 @@ TEXT_RESULTS_FILE = os.path.join("docs", "results", "text_demo.json")
 REAL_RESULTS_FILE = os.path.join("docs", "results", "demo_real_quick.json")
 V3_RESULTS_FILE = os.path.join("docs", "results", "v3_preliminary.json")
 V3_VALIDITY_FILE = os.path.join("docs", "results", "v3_validity.json")
+V3_CONFIGURATIONS_FILE = os.path.join("docs", "results", "v3_configurations.json")
 V3_COSTS_FILE = os.path.join("docs", "results", "v3_costs.json")
 REAL_COLUMNS = tuple(c for c in COLUMNS if c[0] in ("forget_vqa_acc", "retain_vqa_acc", "test_vqa_acc",
                                                     "forget_rougeL", "wall_time_s"))
@@ -164,7 +165,8 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
                     real_payload: Mapping[str, Any] | None = None,
                     v3_payload: Mapping[str, Any] | None = None,
                     v3_validity: Mapping[str, Any] | None = None,
-                    v3_costs: Mapping[str, Any] | None = None) -> dict[str, str]:
+                    v3_costs: Mapping[str, Any] | None = None,
+                    v3_configurations: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
         "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
@@ -193,6 +195,10 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
         from .identity_report import validity_block
 
         blocks["v3-validity-table"] = validity_block(v3_validity)
+    if v3_configurations:
+        from .identity_report import configurations_table
+
+        blocks["v3-configurations-table"] = configurations_table(v3_configurations)
     if v3_costs:
         from .identity_report import costs_block
 
@@ -245,9 +251,11 @@ def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNI
     v3_results_path = os.path.join(folder, os.path.basename(V3_RESULTS_FILE))
     v3_validity_path = os.path.join(folder, os.path.basename(V3_VALIDITY_FILE))
     v3_costs_path = os.path.join(folder, os.path.basename(V3_COSTS_FILE))
+    v3_configurations_path = os.path.join(folder, os.path.basename(V3_CONFIGURATIONS_FILE))
     return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path),
                            _json_or_none(real_results_path), _json_or_none(v3_results_path),
-                           _json_or_none(v3_validity_path), _json_or_none(v3_costs_path))
+                           _json_or_none(v3_validity_path), _json_or_none(v3_costs_path),
+                           _json_or_none(v3_configurations_path))
 
 
 def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:
