@@ -364,6 +364,7 @@ CLI_CASES: dict[str, CliCase] = {
                                      setup=_file_at_out),
     "tune-unknown-method": CliCase(("tune", "--methods", "bogus"), "no tuning grid for ['bogus']"),
     "tune-threads-zero": CliCase(("tune", "--threads", "0"), "--threads must be >= 1, got 0"),
+    "tune-v3-quick": CliCase(("tune", "--v3", "--quick"), "--v3 tunes the methods at v3's one configuration"),
     "tune-output-folder-missing": CliCase(("tune", "--output", "@TMP@/no/tuned.json"),
                                           "--output: the folder '@TMP@/no' does not exist"),
     "no-command": CliCase((), "the following arguments are required: command", prog="hf-unlearn"),

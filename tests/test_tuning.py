@@ -86,3 +86,37 @@ def test_tuning_starts_every_point_from_the_untuned_entry_not_from_an_earlier_pi
     # beta: the entry's untuned 0.4; retain_weight: not in the entry, so NPOConfig's default 1.0.
     assert methods.untuned_overrides("npo", str(tuned)) == {"beta": 0.4, "retain_weight": 1.0}
     assert methods.UNTUNED["npo"]["beta"] == 0.4 and "retain_weight" not in methods.UNTUNED["npo"]
+
+
+def test_a_record_keeps_other_methods_picks_only_under_the_same_protocol(tmp_path):
+    """Two tuning runs over different methods (two processes) end in one record; a record of another protocol (v2's
+    accuracy metrics against v3's trusted ones, other seeds) is replaced, never mixed in."""
+    from hf_unlearn.demo.tuning import merged_record
+
+    protocol = {"seeds": [100, 101], "benchmark": {"v": 3}, "grid_size": 24, "metrics": ["forget_vqa_truth"]}
+    path = tmp_path / "tuned_v3.json"
+    path.write_text(json.dumps({"protocol": protocol, "methods": {"ga": {"picked": {"max_steps": 5}},
+                                                                 "npo": {"picked": {"max_steps": 9}}},
+                                "relearn": {"pick": 3}}))
+    record = {"protocol": protocol, "methods": {"npo": {"picked": {"max_steps": 40}}}}
+    merged = merged_record(record, str(path))
+    assert merged["methods"] == {"ga": {"picked": {"max_steps": 5}}, "npo": {"picked": {"max_steps": 40}}}
+    assert merged["relearn"] == {"pick": 3}
+    other = {**record, "protocol": {**protocol, "metrics": ["forget_vqa_acc"]}}
+    assert merged_record(other, str(path))["methods"] == other["methods"]
+    assert merged_record(record, str(tmp_path / "absent.json")) == record
+
+
+def test_v3_runs_its_own_pick_from_the_untuned_entry_and_v2s_pick_otherwise(tmp_path, monkeypatch):
+    import hf_unlearn.demo.recipe as recipe
+    from hf_unlearn.demo.identity_report import tuning_sentence
+
+    v3_file = tmp_path / "tuned_v3.json"
+    v3_file.write_text(json.dumps({"methods": {"npo": {"picked": {"learning_rate": 1e-3, "max_steps": 80}}}}))
+    monkeypatch.setattr(recipe, "TUNED_V3_FILE", str(v3_file))
+    # NPO's v2 pick (tuned.json) is undone key by key, then v3's pick applies.
+    assert recipe.v3_overrides("npo") == {**recipe.untuned_overrides("npo"), "learning_rate": 1e-3, "max_steps": 80}
+    assert {**recipe.demo_hyperparameters("npo"), **recipe.v3_overrides("npo")}["beta"] == UNTUNED["npo"]["beta"]
+    assert recipe.v3_overrides("ga") == {}  # not tuned on v3: v2's pick stays
+    sentence = tuning_sentence({"npo": "v3", "ga": "v2", "vkd": "v2"})
+    assert sentence.startswith("npo: the tuning protocol's picks on v3's") and "ga, vkd: the v2 demo's picks" in sentence

@@ -3,7 +3,8 @@
 Runs every method's grid (``hf_unlearn.demo.tuning.TUNING_GRIDS``: the same number of points for every method) on
 validation seeds that the published tables never report, scores each point by its distance to the oracle over
 forget-VQA, forget-QA, retain-VQA and general accuracy, and records the grid, every score and the picks in
-``hf_unlearn/demo/tuned.json`` (``--output``), which the demo reads as its defaults.
+``hf_unlearn/demo/tuned.json`` (``--output``), which the demo reads as its defaults. ``--v3`` runs it on benchmark v3
+(scored by its trusted metrics: truth ratio and ROUGE-L) into ``hf_unlearn/demo/tuned_v3.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "--calibrate-relearn alike); never report them.")
     parser.add_argument("--output", default=None, help="Where to write the record (default: hf_unlearn/demo/tuned.json).")
     parser.add_argument("--quick", action="store_true", help="The demo's reduced benchmark (for tests, not conclusions).")
+    parser.add_argument("--v3", action="store_true",
+                        help="Tune on benchmark v3 (the identity benchmark, scored by its trusted metrics) into "
+                             "hf_unlearn/demo/tuned_v3.json; `hf-unlearn demo --v3` runs these picks.")
     parser.add_argument("--calibrate-relearn", action="store_true",
                         help="Instead of the methods: calibrate the relearning attack's budget (no damage to vanilla, "
                              "exposes a model that only hides) on the validation seeds.")
@@ -62,10 +66,15 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = DemoConfig.quick() if args.quick else DemoConfig()
     kwargs = {"output": args.output} if args.output else {}
+    if args.v3 and (args.quick or args.calibrate_relearn):
+        print("hf-unlearn tune: error: --v3 tunes the methods at v3's one configuration; drop --quick and "
+              "--calibrate-relearn.", file=sys.stderr)
+        return 2
     if args.calibrate_relearn:
         calibrate(seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
         return 0
-    tune(methods, seeds=seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
+    tune(methods, seeds=seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress,
+         v3=args.v3, **kwargs)
     return 0
 
 

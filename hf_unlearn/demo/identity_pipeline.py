@@ -8,8 +8,9 @@ instrument's own validity checks (``identity_validity.validity_checks``), report
 ``stats.summarise`` gives the means, intervals, paired differences and the distance to the oracle on the trusted
 metrics.
 
-The methods run with the v2 demo's recipe (``recipe.py``: its budget and ``tuned.json``'s picks, chosen on v2's
-validation seeds): the tuning protocol has not been re-run on v3 yet, and the payload says so.
+The methods run with the demo's recipe (``recipe.py``) and the tuning protocol's pick on v3 (``tuned_v3.json``,
+``hf-unlearn tune --v3`` on the validation seeds); a method not yet tuned on v3 keeps its v2 pick (``tuned.json``),
+and the payload says which pick each method ran with.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .identity import IdentityQuickConfig, build_identity_references, method_dat
 from .identity_evaluation import METRIC_KEYS, TRUSTED_DISTANCE_METRICS, evaluate_identity_rows, text_damage_ratio
 from .identity_validity import validity_checks
 from .pipeline import SeedResult, deterministic, run_method
-from .recipe import demo_hyperparameters
+from .recipe import demo_hyperparameters, v3_overrides, v3_pick
 from .references import REFERENCE_MODELS
 
 RESULT_KEYS = (*METRIC_KEYS, "wall_time_s", "train_steps")
@@ -71,7 +72,8 @@ def run_identity_seed(config: IdentityQuickConfig, methods: Sequence[str], cache
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                model, seconds, note, steps = run_method(name, refs.vanilla, processor, data, config)
+                model, seconds, note, steps = run_method(name, refs.vanilla, processor, data, config,
+                                                         **v3_overrides(name))
         except MethodUnavailableError as err:
             result.notes.append(f"{name}: skipped, its trainer is not importable ({err}).")
             continue
@@ -121,8 +123,8 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
     return {
         "benchmark": {"name": "v3-quick", "seeds": list(seeds), "methods": methods,
                       "settings": IdentityQuickConfig().settings(), "hf_unlearn_version": library_version(),
-                      "hyperparameters": {m: demo_hyperparameters(m) for m in methods},
-                      "tuning": "the v2 demo's picks (tuned.json, v2 validation seeds); not re-tuned on v3",
+                      "hyperparameters": {m: {**demo_hyperparameters(m), **v3_overrides(m)} for m in methods},
+                      "tuning": {m: "v3" if v3_pick(m) else "v2" for m in methods},
                       "relearn": None if relearn is None else relearn.to_dict(), "quantize": quantize,
                       "rows_per_split": rows_per_split},
         "methods": {m: {k: summary["means"][m].get(k) for k in RESULT_KEYS} for m in summary["means"]},

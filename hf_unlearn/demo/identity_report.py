@@ -159,6 +159,17 @@ def costs_block(payload: Mapping[str, Any]) -> str:
                                f"({payload['load_limit']:g})."])
 
 
+def tuning_sentence(tuning: str | Mapping[str, str]) -> str:
+    """Which tuning run each method's hyperparameters came from (a payload's ``benchmark.tuning``)."""
+    if isinstance(tuning, str):  # payloads written before v3 had its own tuning run
+        return tuning
+    by_run = {run: [m for m, r in tuning.items() if r == run] for run in ("v3", "v2")}
+    return "; ".join(part for part in (
+        by_run["v3"] and f"{', '.join(by_run['v3'])}: the tuning protocol's picks on v3's validation seeds "
+                         "(tuned_v3.json)",
+        by_run["v2"] and f"{', '.join(by_run['v2'])}: the v2 demo's picks (tuned.json), not re-tuned on v3") if part)
+
+
 def v3_tables(payload: Mapping[str, Any]) -> str:
     """The results table, its caption and the validity table (the report's body; docs' generated block)."""
     bench, run = payload["benchmark"], payload["run"]
@@ -168,7 +179,7 @@ def v3_tables(payload: Mapping[str, Any]) -> str:
     parts = [
         f"Seeds {', '.join(map(str, bench['seeds']))}; {run['date']}; {machine.get('cpu_count')} CPUs; "
         f"{describe(machine)}; hf_unlearn {bench['hf_unlearn_version']}; wall time {run['wall_time_s']} s. "
-        f"Hyperparameters: {bench['tuning']}."
+        f"Hyperparameters: {tuning_sentence(bench['tuning'])}."
         + (f" Evaluated on {bench['rows_per_split']} questions per split (a quick look)."
            if bench.get("rows_per_split") else ""), "",
         markdown_table(rows, COLUMNS, intervals), "",

@@ -19,6 +19,8 @@ from typing import Any
 from ..trainers.registry import MethodData, get_method
 
 TUNED_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
+# Benchmark v3's picks (``hf-unlearn tune --v3``), for the methods tuned on it; the others keep v2's.
+TUNED_V3_FILE = os.path.join(os.path.dirname(__file__), "tuned_v3.json")
 
 # Training arguments of every demo run. With a holdout set (the demo's validation people) the stop rule ends a run
 # once the forget set looks like the holdout, checked every 5 steps, so ``max_steps`` is a cap.
@@ -99,6 +101,18 @@ def untuned_overrides(name: str, path: str = TUNED_FILE) -> dict[str, Any]:
     defaults = {f.name: f.default for f in fields(spec.config_class) if f.default is not MISSING}
     defaults.update(spec.defaults)
     return {k: UNTUNED.get(name, {}).get(k, defaults.get(k)) for k in tuned_hyperparameters(name, path)}
+
+
+def v3_pick(name: str) -> dict[str, Any]:
+    """The tuning protocol's pick for ``name`` on benchmark v3 (``tuned_v3.json``); {} if not tuned on v3."""
+    return tuned_hyperparameters(name, TUNED_V3_FILE)
+
+
+def v3_overrides(name: str) -> dict[str, Any]:
+    """What benchmark v3 runs ``name`` with over the demo's hyperparameters: its v3 pick from the untuned entry (v2's
+    pick undone), or nothing (v2's pick stays) for a method not tuned on v3."""
+    picked = v3_pick(name)
+    return {**untuned_overrides(name), **picked} if picked else {}
 
 
 def build_demo_trainer(name: str, model, processing_class, data: MethodData, output_dir: str, seed: int, *,

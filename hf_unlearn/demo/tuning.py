@@ -20,21 +20,24 @@ import itertools
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+import datasets
 import numpy as np
+import torch
 from transformers import set_seed
 
 from ..data.synthetic import build_synthetic_benchmark
 from ..evaluation.evaluator import Evaluator
 from ..evaluation.stats import distance
-from ..trainers.registry import METHODS, MethodUnavailableError
+from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
 from ..utils import write_json_atomic
 from .config import DemoConfig
 from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
-from .recipe import TUNED_FILE, untuned_overrides
+from .recipe import TUNED_FILE, TUNED_V3_FILE, untuned_overrides
 from .references import load_or_train_reference_models
 
 # Four validation seeds: picks made on two did not carry over (VKD's pick scored 0.153 on seeds 100/101, 0.239 on
@@ -155,18 +158,70 @@ def criterion_point(model, processor, benchmark, batch_size: int = 16) -> dict[s
     return {metric: evaluator.mcq_accuracy(split) for metric, split in _SPLIT_OF.items()}
 
 
+@dataclass
+class TuningSeed:
+    """What one validation seed gives the protocol: the model every grid point starts from, the methods' data, the
+    oracle's criterion point and how a model is scored (the instrument's criterion metrics)."""
+
+    config: Any  # what ``run_method`` trains with (its ``seed``)
+    vanilla: torch.nn.Module
+    processor: Any
+    data: MethodData
+    oracle: dict[str, float]
+    score: Callable[[torch.nn.Module], dict[str, float]]
+
+
+def v2_seed(seed: int, config: DemoConfig, cache_dir: str | None, show_progress: bool,
+            log: Callable[[str], None]) -> TuningSeed:
+    """Benchmark v2's synthetic demo at ``seed``: scored by 4-way accuracy (``DISTANCE_METRICS``)."""
+    seed_config = replace(config, seed=seed)
+    set_seed(seed)
+    benchmark = build_synthetic_benchmark(seed_config.benchmark)
+    refs = load_or_train_reference_models(benchmark, seed_config, cache_dir, show_progress, log)
+    processor = refs["vanilla"]["processor"]
+
+    def score(model):
+        return criterion_point(model, processor, benchmark, config.eval_batch_size)
+
+    return TuningSeed(seed_config, refs["vanilla"]["model"], processor, method_data(benchmark),
+                      score(refs["oracle"]["model"]), score)
+
+
+def v3_seed(seed: int, cache_dir: str | None, log: Callable[[str], None]) -> TuningSeed:
+    """Benchmark v3's identity demo at ``seed`` under the official protocol: scored by the trusted metrics
+    (``TRUSTED_DISTANCE_METRICS``: truth ratio and ROUGE-L) on their four splits, every row; no attack."""
+    from .identity import IdentityQuickConfig, build_identity_references
+    from .identity import method_data as identity_method_data
+    from .identity_evaluation import TRUSTED_DISTANCE_METRICS, evaluate_identity_rows
+
+    config = IdentityQuickConfig(seed=seed)
+    refs = build_identity_references(config, cache_dir, log)
+    splits = sorted({metric.rsplit("_", 1)[0] for metric in TRUSTED_DISTANCE_METRICS})
+    criterion_splits = datasets.DatasetDict({split: refs.benchmark[split] for split in splits})
+
+    def score(model):
+        rows = evaluate_identity_rows(model, refs.processor, criterion_splits, seed=seed, quantize=False)
+        return {metric: rows[metric].point() for metric in TRUSTED_DISTANCE_METRICS}
+
+    return TuningSeed(config, refs.vanilla, refs.processor, identity_method_data(refs.benchmark),
+                      score(refs.oracle), score)
+
+
 def tune(
     methods: Sequence[str] | None = None,
     seeds: Sequence[int] = VALIDATION_SEEDS,
     config: DemoConfig | None = None,
     grids: Mapping[str, Grid | Sequence[Grid]] | None = None,
     cache_dir: str | None = None,
-    output: str | None = TUNED_FILE,
+    output: str | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    v3: bool = False,
 ) -> dict[str, Any]:
-    """Run the protocol; write (and return) the record of ``tuned.json``."""
+    """Run the protocol; write (and return) the record of ``tuned.json`` (``v3``: on benchmark v3, into
+    ``tuned_v3.json``; ``config`` is v2's)."""
     config = config or DemoConfig()
+    output = output if output is not None else (TUNED_V3_FILE if v3 else TUNED_FILE)
     grids = dict(TUNING_GRIDS if grids is None else grids)
     methods = list(methods or [m for m in grids if m in METHODS])
     missing = [m for m in methods if m not in grids or m not in METHODS]
@@ -178,35 +233,35 @@ def tune(
     oracle: dict[str, dict[str, float]] = {}
     scores: dict[str, list[dict[str, dict[str, float]]]] = {m: [{} for _ in grid_points(grids[m])] for m in methods}
     unavailable: dict[str, str] = {}
-    neutral = {name: untuned_overrides(name) for name in methods}  # read the recorded picks once
+    # Every point starts from the untuned entry: v2's recorded pick is undone (v3's is never read while tuning).
+    neutral = {name: untuned_overrides(name) for name in methods}
     from tqdm.auto import tqdm
 
     with deterministic():
         for seed in seeds:
-            seed_config = replace(config, seed=seed)
-            set_seed(seed)
-            benchmark = build_synthetic_benchmark(seed_config.benchmark)
-            refs = load_or_train_reference_models(benchmark, seed_config, cache_dir, show_progress, log)
-            vanilla, processor = refs["vanilla"]["model"], refs["vanilla"]["processor"]
-            oracle[str(seed)] = criterion_point(refs["oracle"]["model"], processor, benchmark, config.eval_batch_size)
-            data = method_data(benchmark)
+            setting = v3_seed(seed, cache_dir, log) if v3 else v2_seed(seed, config, cache_dir, show_progress, log)
+            oracle[str(seed)] = setting.oracle
             for name in methods:
                 if name in unavailable:
                     continue
                 for i, point in enumerate(tqdm(grid_points(grids[name]), desc=f"tune {name} seed {seed}",
                                                disable=not show_progress)):
                     try:
-                        model, *_ = run_method(name, vanilla, processor, data, seed_config,
-                                               **{**neutral[name], **point})
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", UserWarning)
+                            model, *_ = run_method(name, setting.vanilla, setting.processor, setting.data,
+                                                   setting.config, **{**neutral[name], **point})
                     except MethodUnavailableError as err:
                         unavailable[name] = str(err)
                         break
-                    scores[name][i][str(seed)] = criterion_point(model, processor, benchmark, config.eval_batch_size)
+                    scores[name][i][str(seed)] = setting.score(model)
                     del model
+    metrics = _criterion_metrics(v3)
+    benchmark = _v3_settings() if v3 else config.settings()["benchmark"]
     record: dict[str, Any] = {
-        "protocol": {"seeds": list(seeds), "metrics": list(DISTANCE_METRICS), "grid_size": len(grid_points(grids[methods[0]])),
+        "protocol": {"seeds": list(seeds), "metrics": list(metrics), "grid_size": len(grid_points(grids[methods[0]])),
                      "criterion": "mean over seeds of the Euclidean distance to the oracle",
-                     "benchmark": config.settings()["benchmark"], "wall_time_s": round(time.perf_counter() - start)},
+                     "benchmark": benchmark, "wall_time_s": round(time.perf_counter() - start)},
         "oracle": oracle,
         "methods": {},
         "unavailable": unavailable,
@@ -215,7 +270,7 @@ def tune(
         if name in unavailable:
             continue
         points = grid_points(grids[name])
-        pick = select(points, scores[name], oracle)
+        pick = select(points, scores[name], oracle, metrics)
         record["methods"][name] = {
             "grid": grid_rounds(grids[name]), "picked": pick["hyperparameters"],
             "distance": pick["distance"],
@@ -224,18 +279,42 @@ def tune(
         }
         log(f"[tune] {name}: {pick['hyperparameters']} (mean distance to the oracle {pick['distance']:.3f})")
     if output:
-        if os.path.isfile(output):  # keep picks of methods not tuned in this run, under the same protocol
-            with open(output, encoding="utf-8") as f:
-                previous = json.load(f)
-            same = {k: previous.get("protocol", {}).get(k) for k in ("seeds", "benchmark", "grid_size")} == {
-                k: record["protocol"][k] for k in ("seeds", "benchmark", "grid_size")}
-            for name, entry in previous.get("methods", {}).items() if same else ():
-                record["methods"].setdefault(name, entry)
-            if "relearn" in previous:  # the attack's calibration is kept
-                record["relearn"] = previous["relearn"]
-        write_json_atomic(output, record)
+        write_json_atomic(output, merged_record(record, output))
     return record
 
+
+def merged_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """``record`` with the picks already in ``path`` of methods it did not tune, under the same protocol (seeds,
+    benchmark, grid size, metrics), and the relearning attack's calibration kept."""
+    out = dict(record)
+    if not os.path.isfile(path):
+        return out
+    with open(path, encoding="utf-8") as f:
+        previous = json.load(f)
+    keys = ("seeds", "benchmark", "grid_size", "metrics")
+    if {k: previous.get("protocol", {}).get(k) for k in keys} == {k: record["protocol"].get(k) for k in keys}:
+        out["methods"] = {**previous.get("methods", {}), **record["methods"]}
+    if "relearn" in previous:
+        out["relearn"] = previous["relearn"]
+    return out
+
+
+def _criterion_metrics(v3: bool) -> tuple[str, ...]:
+    if not v3:
+        return DISTANCE_METRICS
+    from .identity_evaluation import TRUSTED_DISTANCE_METRICS
+
+    return TRUSTED_DISTANCE_METRICS
+
+
+def _v3_settings() -> dict[str, Any]:
+    """v3's settings at every seed (the seed itself left out)."""
+    from .identity import IdentityQuickConfig
+
+    settings = IdentityQuickConfig().settings()
+    settings.pop("seed")
+    settings["benchmark"].pop("seed")
+    return settings
 
 
 def calibrate(
