@@ -120,3 +120,21 @@ def test_v3_runs_its_own_pick_from_the_untuned_entry_and_v2s_pick_otherwise(tmp_
     assert recipe.v3_overrides("ga") == {}  # not tuned on v3: v2's pick stays
     sentence = tuning_sentence({"npo": "v3", "ga": "v2", "vkd": "v2"})
     assert sentence.startswith("npo: the tuning protocol's picks on v3's") and "ga, vkd: the v2 demo's picks" in sentence
+
+
+def test_method_distance_table_gives_each_seeds_distance_and_bolds_the_pick():
+    from hf_unlearn.demo.tables import method_distance_table
+
+    metrics = ["forget_vqa_truth", "retain_vqa_truth"]
+    oracle = {"1": {"forget_vqa_truth": 0.2, "retain_vqa_truth": 0.9}, "2": {"forget_vqa_truth": 0.3,
+                                                                           "retain_vqa_truth": 0.8}}
+    points = [{"hyperparameters": {"max_steps": 5}, "distance": 0.45,
+               "per_seed": {"1": {"forget_vqa_truth": 0.5, "retain_vqa_truth": 0.5},     # (0.3, 0.4): 0.5
+                            "2": {"forget_vqa_truth": 0.7, "retain_vqa_truth": 0.8}}},    # (0.4, 0): 0.4
+              {"hyperparameters": {"max_steps": 20}, "distance": 0.0, "per_seed": oracle}]
+    record = {"protocol": {"seeds": [1, 2], "metrics": metrics}, "oracle": oracle,
+              "methods": {"ga": {"points": points, "picked": {"max_steps": 20}}}}
+    lines = method_distance_table(record, "ga").splitlines()
+    assert lines[0] == "| Hyperparameters | Mean distance | seed 1 | seed 2 |"
+    assert lines[2] == "| max_steps=5 | 0.450 | 0.500 | 0.400 |"
+    assert lines[3] == "| **max_steps=20** | 0.000 | 0.000 | 0.000 |"

@@ -27,6 +27,7 @@ V3_COSTS_FILE = os.path.join("docs", "results", "v3_costs.json")
 REAL_COLUMNS = tuple(c for c in COLUMNS if c[0] in ("forget_vqa_acc", "retain_vqa_acc", "test_vqa_acc",
                                                     "forget_rougeL", "wall_time_s"))
 TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned.json")
+V3_TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned_v3.json")  # beside TUNING_FILE
 
 
 def _span(values: list[int]) -> str:
@@ -117,6 +118,24 @@ def method_tuning_table(record: Mapping[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
+def method_distance_table(record: Mapping[str, Any], name: str) -> str:
+    """Every grid point of one method with its distance to the oracle at each validation seed and their mean (the
+    pick in bold): for a record whose criterion has too many metrics to list per seed (v3's eight)."""
+    from ..evaluation.stats import distance
+
+    entry, oracle = record["methods"][name], record["oracle"]
+    seeds, metrics = record["protocol"]["seeds"], record["protocol"]["metrics"]
+    lines = ["| Hyperparameters | Mean distance | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---:|" + "---:|" * len(seeds)]
+    for point in entry["points"]:
+        hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in point["hyperparameters"].items())
+        if point["hyperparameters"] == entry["picked"]:
+            hp = f"**{hp}**"
+        cells = [f"{distance(point['per_seed'][str(s)], oracle[str(s)], metrics):.3f}" for s in seeds]
+        lines.append(f"| {hp} | {point['distance']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def relearn_table(record: Mapping[str, Any]) -> str:
     """The relearning attack's calibration (``tuned.json``'s ``relearn``): test-row accuracy before -> after the
     attack, per candidate budget and validation seed, for vanilla, the oracle and the hiding model."""
@@ -166,7 +185,8 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
                     v3_payload: Mapping[str, Any] | None = None,
                     v3_validity: Mapping[str, Any] | None = None,
                     v3_costs: Mapping[str, Any] | None = None,
-                    v3_configurations: Mapping[str, Any] | None = None) -> dict[str, str]:
+                    v3_configurations: Mapping[str, Any] | None = None,
+                    v3_tuning: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
         "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
@@ -203,6 +223,10 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
         from .identity_report import costs_block
 
         blocks["v3-costs-table"] = costs_block(v3_costs)
+    if v3_tuning:
+        blocks["v3-tuning-table"] = tuning_table(v3_tuning)
+        for name in v3_tuning.get("methods", {}):
+            blocks[f"v3-tuning-{name}"] = method_distance_table(v3_tuning, name)
     if tuning:
         blocks["tuning-table"] = tuning_table(tuning)
         for name in tuning.get("methods", {}):
@@ -240,8 +264,8 @@ def _json_or_none(path: str | None) -> Any:
 
 def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNING_FILE,
                 text_results_path: str | None = None) -> dict[str, str]:
-    """The blocks rendered from the committed results file (and the tuning record and text-demo results, if
-    present; the text results default to ``TEXT_RESULTS_FILE`` next to ``results_path``)."""
+    """The blocks rendered from the committed results file (and the tuning records, v2's and v3's beside it, and
+    the other results files, if present; the text results default to ``TEXT_RESULTS_FILE`` next to ``results_path``)."""
     with open(results_path, encoding="utf-8") as f:
         payload = json.load(f)
     folder = os.path.dirname(results_path)
@@ -252,10 +276,11 @@ def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNI
     v3_validity_path = os.path.join(folder, os.path.basename(V3_VALIDITY_FILE))
     v3_costs_path = os.path.join(folder, os.path.basename(V3_COSTS_FILE))
     v3_configurations_path = os.path.join(folder, os.path.basename(V3_CONFIGURATIONS_FILE))
+    v3_tuning_path = tuning_path and os.path.join(os.path.dirname(tuning_path), os.path.basename(V3_TUNING_FILE))
     return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path),
                            _json_or_none(real_results_path), _json_or_none(v3_results_path),
                            _json_or_none(v3_validity_path), _json_or_none(v3_costs_path),
-                           _json_or_none(v3_configurations_path))
+                           _json_or_none(v3_configurations_path), _json_or_none(v3_tuning_path))
 
 
 def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:
