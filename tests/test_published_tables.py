@@ -87,3 +87,23 @@ def test_the_relearning_attack_does_not_damage_a_model_that_knows_the_answers(re
             assert after >= before - allowed, seed
         assert after >= before - 0.15, seed  # never more than a few rows
     assert sure >= 2  # the check above is not vacuous
+
+
+def test_the_v3_run_ran_the_v3_picks_and_reports_no_validation_seed():
+    """Each method of the committed v3 run ran the pick the run says it ran (v3's tuning record, or v2's where not
+    tuned on v3), and no seed it reports was a v3 validation seed."""
+    from hf_unlearn.demo.recipe import UNTUNED
+    from hf_unlearn.demo.tables import V3_RESULTS_FILE, V3_TUNING_FILE
+
+    run = json.loads((ROOT / V3_RESULTS_FILE).read_text())["benchmark"]
+    tuned = json.loads((ROOT / V3_TUNING_FILE).read_text())
+    assert not set(run["seeds"]) & set(tuned["protocol"]["seeds"])
+    assert set(run["tuning"]) == set(run["methods"])
+    for name, source in run["tuning"].items():
+        hyperparameters = run["hyperparameters"][name]
+        if source == "v3":
+            picked = tuned["methods"][name]["picked"]
+            assert {k: hyperparameters[k] for k in picked} == picked, name
+            assert all(hyperparameters[k] == v for k, v in UNTUNED[name].items() if k not in picked), name
+        else:
+            assert source == "v2" and name not in tuned["methods"], name

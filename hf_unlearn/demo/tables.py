@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..evaluation.report import COLUMNS, README_COLUMNS, results_table
@@ -96,25 +96,37 @@ def tuning_table(record: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def method_tuning_table(record: Mapping[str, Any], name: str) -> str:
-    """Every grid point of one method (``tuned.json``): its mean distance to the oracle and, per validation seed,
-    the four criterion metrics; the pick in bold."""
+def _points_table(record: Mapping[str, Any], name: str, seed_header: Callable[[Any], str],
+                  seed_cell: Callable[[Mapping[str, float], str], str], align: str) -> list[str]:
+    """One row per grid point of ``name``: its hyperparameters (the pick in bold), mean distance and a cell per
+    validation seed (``seed_cell(point's metrics at the seed, seed)``)."""
     entry = record["methods"][name]
     seeds = record.get("protocol", {}).get("seeds", [])
-    metrics = record.get("protocol", {}).get("metrics", [])
-    short = [m[: -len("_acc")] if m.endswith("_acc") else m for m in metrics]
-    lines = ["| Hyperparameters | Mean distance | " + " | ".join(f"seed {s}: {'/'.join(short)}" for s in seeds) + " |",
-             "|---|---:|" + "---|" * len(seeds)]
+    lines = ["| Hyperparameters | Mean distance | " + " | ".join(map(seed_header, seeds)) + " |",
+             "|---|---:|" + align * len(seeds)]
     for point in entry["points"]:
         hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in point["hyperparameters"].items())
         if point["hyperparameters"] == entry["picked"]:
             hp = f"**{hp}**"
-        cells = [" / ".join(f"{point['per_seed'][str(s)][m]:.2f}" for m in metrics) for s in seeds]
+        cells = [seed_cell(point["per_seed"][str(s)], str(s)) for s in seeds]
         lines.append(f"| {hp} | {point['distance']:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def method_tuning_table(record: Mapping[str, Any], name: str) -> str:
+    """Every grid point of one method (``tuned.json``): its mean distance to the oracle and, per validation seed,
+    the four criterion metrics; the pick in bold."""
+    seeds = record.get("protocol", {}).get("seeds", [])
+    metrics = record.get("protocol", {}).get("metrics", [])
+    short = "/".join(m[: -len("_acc")] if m.endswith("_acc") else m for m in metrics)
+
+    def cell(values: Mapping[str, float], _seed: str = "") -> str:
+        return " / ".join(f"{values[m]:.2f}" for m in metrics)
+
+    lines = _points_table(record, name, lambda s: f"seed {s}: {short}", cell, "---|")
     oracle = record.get("oracle", {})
     if oracle:
-        lines.append("| oracle | 0 | " + " | ".join(" / ".join(f"{oracle[str(s)][m]:.2f}" for m in metrics)
-                                                for s in seeds) + " |")
+        lines.append("| oracle | 0 | " + " | ".join(cell(oracle[str(s)]) for s in seeds) + " |")
     return "\n".join(lines)
 
 
@@ -123,17 +135,9 @@ def method_distance_table(record: Mapping[str, Any], name: str) -> str:
     pick in bold): for a record whose criterion has too many metrics to list per seed (v3's eight)."""
     from ..evaluation.stats import distance
 
-    entry, oracle = record["methods"][name], record["oracle"]
-    seeds, metrics = record["protocol"]["seeds"], record["protocol"]["metrics"]
-    lines = ["| Hyperparameters | Mean distance | " + " | ".join(f"seed {s}" for s in seeds) + " |",
-             "|---|---:|" + "---:|" * len(seeds)]
-    for point in entry["points"]:
-        hp = ", ".join(f"{k}={_fmt_value(v)}" for k, v in point["hyperparameters"].items())
-        if point["hyperparameters"] == entry["picked"]:
-            hp = f"**{hp}**"
-        cells = [f"{distance(point['per_seed'][str(s)], oracle[str(s)], metrics):.3f}" for s in seeds]
-        lines.append(f"| {hp} | {point['distance']:.3f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    oracle, metrics = record["oracle"], record["protocol"]["metrics"]
+    return "\n".join(_points_table(record, name, lambda s: f"seed {s}",
+                                   lambda values, seed: f"{distance(values, oracle[seed], metrics):.3f}", "---:|"))
 
 
 def relearn_table(record: Mapping[str, Any]) -> str:
