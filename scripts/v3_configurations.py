@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hf_unlearn.demo.tables import V3_CONFIGURATIONS_FILE  # noqa: E402
-from hf_unlearn.utils import atomic_write_text  # noqa: E402
+from hf_unlearn.utils import write_json_atomic  # noqa: E402
 
 
 def _without_traces(record: dict) -> dict:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             record = json.load(f)
     kept = [c for c in record["configurations"] if c["label"] != args.label]
     record["configurations"] = [*kept, {"label": args.label, "validity": validity}]
-    atomic_write_text(args.output, json.dumps(record, indent=1) + "\n")
+    write_json_atomic(args.output, record)
     print(f"{args.label}: {len(validity)} seeds -> {args.output}")
     return 0
 

@@ -36,6 +36,9 @@ from ..evaluation.stats import distance
 from ..trainers.registry import METHODS, MethodData, MethodUnavailableError
 from ..utils import write_json_atomic
 from .config import DemoConfig
+from .identity import IdentityQuickConfig, build_identity_references
+from .identity import method_data as identity_method_data
+from .identity_evaluation import TRUSTED_DISTANCE_METRICS, evaluate_identity_rows
 from .pipeline import DISTANCE_METRICS, deterministic, method_data, run_method
 from .recipe import TUNED_FILE, TUNED_V3_FILE, untuned_overrides
 from .references import load_or_train_reference_models
@@ -190,10 +193,6 @@ def v2_seed(seed: int, config: DemoConfig, cache_dir: str | None, show_progress:
 def v3_seed(seed: int, cache_dir: str | None, log: Callable[[str], None]) -> TuningSeed:
     """Benchmark v3's identity demo at ``seed`` under the official protocol: scored by the trusted metrics
     (``TRUSTED_DISTANCE_METRICS``: truth ratio and ROUGE-L) on their four splits, every row; no attack."""
-    from .identity import IdentityQuickConfig, build_identity_references
-    from .identity import method_data as identity_method_data
-    from .identity_evaluation import TRUSTED_DISTANCE_METRICS, evaluate_identity_rows
-
     config = IdentityQuickConfig(seed=seed)
     refs = build_identity_references(config, cache_dir, log)
     splits = sorted({metric.rsplit("_", 1)[0] for metric in TRUSTED_DISTANCE_METRICS})
@@ -256,7 +255,7 @@ def tune(
                         break
                     scores[name][i][str(seed)] = setting.score(model)
                     del model
-    metrics = _criterion_metrics(v3)
+    metrics = TRUSTED_DISTANCE_METRICS if v3 else DISTANCE_METRICS
     benchmark = _v3_settings() if v3 else config.settings()["benchmark"]
     record: dict[str, Any] = {
         "protocol": {"seeds": list(seeds), "metrics": list(metrics), "grid_size": len(grid_points(grids[methods[0]])),
@@ -299,18 +298,8 @@ def merged_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
     return out
 
 
-def _criterion_metrics(v3: bool) -> tuple[str, ...]:
-    if not v3:
-        return DISTANCE_METRICS
-    from .identity_evaluation import TRUSTED_DISTANCE_METRICS
-
-    return TRUSTED_DISTANCE_METRICS
-
-
 def _v3_settings() -> dict[str, Any]:
     """v3's settings at every seed (the seed itself left out)."""
-    from .identity import IdentityQuickConfig
-
     settings = IdentityQuickConfig().settings()
     settings.pop("seed")
     settings["benchmark"].pop("seed")
