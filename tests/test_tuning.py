@@ -8,7 +8,18 @@ from hf_unlearn.data.synthetic import SyntheticBenchmarkConfig
 from hf_unlearn.demo import DemoConfig
 from hf_unlearn.demo.pipeline import DISTANCE_METRICS, DemoTrainingConfig
 from hf_unlearn.demo.recipe import UNTUNED, demo_hyperparameters, tuned_hyperparameters
-from hf_unlearn.demo.tuning import GRID_SIZE, TUNING_GRIDS, check_grids, grid_points, grid_rounds, select, tune
+from hf_unlearn.demo.tuning import (
+    GRID_SIZE,
+    TUNING_GRIDS,
+    RoundRule,
+    check_grids,
+    grid_points,
+    grid_rounds,
+    select,
+    tune,
+    v3_grids,
+    v3_round_two,
+)
 
 
 def test_every_method_gets_the_same_budget_and_cheap_points_come_first():
@@ -24,6 +35,26 @@ def test_every_method_gets_the_same_budget_and_cheap_points_come_first():
     assert grid_points(rounds) == [{"max_steps": 5, "learning_rate": 1e-3}, {"max_steps": 20, "learning_rate": 1e-3},
                                    {"max_steps": 20, "learning_rate": 1e-3}, {"max_steps": 20, "learning_rate": 3e-3}]
     assert grid_rounds(rounds) == rounds and grid_rounds(rounds[0]) == [rounds[0]]
+
+
+def test_v3_round_two_extends_past_the_edge_round_one_picked_and_holds_the_methods_knob():
+    round_one = {"learning_rate": [3e-5, 1e-4, 3e-4], "max_steps": [30, 80], "mask_threshold": [0.5, 1.0]}
+    low = v3_round_two(round_one, {"learning_rate": 3e-5, "max_steps": 80, "mask_threshold": 0.5})
+    assert low == {"learning_rate": [3e-6, 9e-6, 3e-5], "max_steps": [40, 80, 120, 160], "mask_threshold": [0.5]}
+    high = v3_round_two(round_one, {"learning_rate": 3e-4, "max_steps": 30, "mask_threshold": 1.0})
+    assert high["learning_rate"] == [3e-4, 9e-4, 3e-3] and high["max_steps"] == [15, 30, 45, 60]
+    inside = v3_round_two(round_one, {"learning_rate": 1e-4, "max_steps": 30, "mask_threshold": 1.0})
+    assert inside["learning_rate"] == [5e-5, 1e-4, 2e-4] and inside["mask_threshold"] == [1.0]
+    # Every method keeps the protocol's budget: 12 + 12 (MANU, with no rate or budget to extend, keeps v2's round 2).
+    grids = v3_grids()
+    check_grids(grids)
+    assert grids["manu"] == TUNING_GRIDS["manu"]
+    assert all(rounds[0] == TUNING_GRIDS[m][0] and isinstance(rounds[1], RoundRule)
+               for m, rounds in grids.items() if m != "manu")
+    assert all(len(grid_points(RoundRule(v3_round_two)(rounds[0], {**grid_points(rounds[0])[0]})))
+               == 12 for rounds in TUNING_GRIDS.values() if "learning_rate" in rounds[0])
+    with pytest.raises(ValueError, match="not 3"):
+        RoundRule(lambda *_: {"learning_rate": [1, 2]}, size=3)({}, {})
 
 
 def _point(forget, qa=1.0, retain=1.0, general=0.9):
@@ -70,6 +101,25 @@ def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
         assert entry["picked"] == entry["points"][distances.index(min(distances))]["hyperparameters"]
         for p in entry["points"]:
             assert set(p["per_seed"]) == {"7", "8"} and set(p["per_seed"]["7"]) == set(DISTANCE_METRICS)
+    # A round written by a rule sees round 1's grid and pick; a point scored before (an earlier round's, or the
+    # record's under the same protocol: seeds, benchmark, metrics, budget) is scored once and reused.
+    seen = []
+
+    def repeat_the_pick(round_one, pick):
+        seen.append((round_one, pick))
+        return {"learning_rate": [pick["learning_rate"]], "max_steps": [pick["max_steps"]]}
+
+    ruled = {"ga": [{"learning_rate": [1e-7], "max_steps": [2]}, RoundRule(repeat_the_pick, size=1)],
+             "npo": grids["npo"]}
+    again = tune(["ga", "npo"], seeds=[7, 8], config=config, grids=ruled, cache_dir=str(tmp_path / "cache"),
+                 output=str(out), show_progress=False, log=lambda s: None, reuse_scores=True)
+    assert seen == [(ruled["ga"][0], {"max_steps": 2, "learning_rate": 1e-7})]
+    assert again["methods"]["ga"]["grid"] == [ruled["ga"][0], ruled["ga"][0]]
+    ga_points = again["methods"]["ga"]["points"]
+    assert ga_points[1]["per_seed"] == ga_points[0]["per_seed"] and set(ga_points[0]["per_seed"]) == {"7", "8"}
+    assert again["methods"]["npo"]["points"] == record["methods"]["npo"]["points"]
+    assert again["protocol"]["reused_runs"] == 2 + 4  # ga's repeated pick at 2 seeds, npo's 2 points at 2 seeds
+    out.write_text(json.dumps(record))
     # The demo's recipe reads the picks over the untuned starting point.
     assert tuned_hyperparameters("ga", str(out)) == record["methods"]["ga"]["picked"]
     assert tuned_hyperparameters("not_tuned", str(out)) == {}

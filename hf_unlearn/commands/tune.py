@@ -4,7 +4,8 @@ Runs every method's grid (``hf_unlearn.demo.tuning.TUNING_GRIDS``: the same numb
 validation seeds that the published tables never report, scores each point by its distance to the oracle over
 forget-VQA, forget-QA, retain-VQA and general accuracy, and records the grid, every score and the picks in
 ``hf_unlearn/demo/tuned.json`` (``--output``), which the demo reads as its defaults. ``--v3`` runs it on benchmark v3
-(scored by its trusted metrics: truth ratio and ROUGE-L) into ``hf_unlearn/demo/tuned_v3.json``.
+(scored by its trusted metrics: truth ratio and ROUGE-L) into ``hf_unlearn/demo/tuned_v3.json``, its round 2 written
+from its own round-1 pick (``tuning.v3_round_two``). ``--reuse-scores`` keeps the points a record already scored.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--v3", action="store_true",
                         help="Tune on benchmark v3 (the identity benchmark, scored by its trusted metrics) into "
                              "hf_unlearn/demo/tuned_v3.json; `hf-unlearn demo --v3` runs these picks.")
+    parser.add_argument("--reuse-scores", action="store_true",
+                        help="Do not re-run a point the record at --output already scored under the same protocol "
+                             "(seeds, benchmark, metrics, budget); valid only while the methods' code is unchanged "
+                             "since that record.")
     parser.add_argument("--calibrate-relearn", action="store_true",
                         help="Instead of the methods: calibrate the relearning attack's budget (no damage to vanilla, "
                              "exposes a model that only hides) on the validation seeds.")
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         calibrate(seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
         return 0
     tune(methods, seeds=seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress,
-         v3=args.v3, **kwargs)
+         v3=args.v3, reuse_scores=args.reuse_scores, **kwargs)
     return 0
 
 

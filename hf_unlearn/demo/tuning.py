@@ -4,7 +4,8 @@
    portraits, initial weights and batch order of a validation seed are not those of any reported seed.
 2. **Budget.** Every method gets ``GRID_SIZE`` grid points per seed, in two rounds of 12: learning rate x steps,
    plus the method's own main knob where it has one; round 2 extends round 1 past the edge its pick lay on
-   (``TUNING_GRIDS``).
+   (``TUNING_GRIDS``). On benchmark v3 round 2 is written by one rule from v3's own round-1 pick
+   (``v3_round_two``), since v2's round 2 extends the wrong way there.
 3. **Criterion.** At each seed a point is scored by its Euclidean distance to the oracle over forget-VQA, forget-QA,
    retain-VQA and general accuracy (``DISTANCE_METRICS``); the pick is the point with the lowest mean distance over
    the validation seeds (ties: the first point of the grid, which lists cheaper budgets first).
@@ -112,9 +113,50 @@ TUNING_GRIDS: dict[str, list[dict[str, list[Any]]]] = {
 }
 
 
+ROUND_SIZE = GRID_SIZE // 2
+
+
+@dataclass(frozen=True)
+class RoundRule:
+    """A round written during tuning from round 1's grid and the pick so far (v3's round 2), of ``size`` points."""
+
+    write: Callable[[Grid, Mapping[str, Any]], dict[str, list[Any]]]
+    size: int = ROUND_SIZE
+
+    def __call__(self, round_one: Grid, pick: Mapping[str, Any]) -> dict[str, list[Any]]:
+        grid = self.write(round_one, pick)
+        if len(grid_points(grid)) != self.size:
+            raise ValueError(f"A round written from {dict(pick)} has {len(grid_points(grid))} points, not {self.size}.")
+        return grid
+
+
+def _scaled(value: float, factor: float) -> float:
+    return float(f"{value * factor:.2g}")  # 3e-5 * 0.3 is 9e-6, not 8.999999999999999e-06
+
+
+def v3_round_two(round_one: Grid, pick: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """v3's round 2, written from round 1's pick the same way for every method: three learning rates past the edge
+    of round 1's rates the pick lay on (x0.1, x0.3, x1 at the lowest; x1, x3, x10 at the highest) or around it
+    inside them (x0.5, x1, x2), times four step budgets (x0.5, x1, x1.5, x2 the picked one), the method's own knob
+    held at its pick: 12 points."""
+    rates = sorted(round_one["learning_rate"])
+    rate, steps = pick["learning_rate"], pick["max_steps"]
+    factors = (0.1, 0.3, 1.0) if rate == rates[0] else (1.0, 3.0, 10.0) if rate == rates[-1] else (0.5, 1.0, 2.0)
+    knobs = {key: [pick[key]] for key in round_one if key not in ("learning_rate", "max_steps")}
+    return {"learning_rate": [_scaled(rate, f) for f in factors],
+            "max_steps": [max(1, round(steps * f)) for f in (0.5, 1.0, 1.5, 2.0)], **knobs}
+
+
+def v3_grids() -> dict[str, list[Grid | RoundRule]]:
+    """The grids on benchmark v3: v2's round 1, then ``v3_round_two``; MANU (no rate or step budget to extend)
+    keeps v2's round 2."""
+    return {name: [rounds[0], RoundRule(v3_round_two) if "learning_rate" in rounds[0] else rounds[1]]
+            for name, rounds in TUNING_GRIDS.items()}
+
+
 def grid_points(grid: Grid | Sequence[Grid]) -> list[dict[str, Any]]:
     """Every combination of a grid, cheapest step budgets first (the order ties are broken in); for a list of
-    rounds, the points of each round in turn (a point in two rounds counts, and is run, twice)."""
+    rounds, the points of each round in turn (a point in two rounds counts twice; ``tune`` scores it once)."""
     if not isinstance(grid, Mapping):
         return [point for round_grid in grid for point in grid_points(round_grid)]
     keys = sorted(grid, key=lambda k: (k != "max_steps", k != "learning_rate", k))
@@ -127,9 +169,18 @@ def grid_rounds(grid: Grid | Sequence[Grid]) -> list[dict[str, list[Any]]]:
     return [{k: list(v) for k, v in r.items()} for r in rounds]
 
 
-def check_grids(grids: Mapping[str, Grid | Sequence[Grid]], size: int = GRID_SIZE) -> None:
+def _round_list(grid: Grid | Sequence[Grid | RoundRule]) -> list[Grid | RoundRule]:
+    return [grid] if isinstance(grid, Mapping) else list(grid)
+
+
+def _budget(grid: Grid | Sequence[Grid | RoundRule]) -> int:
+    """Points of a grid; a round still to be written by its rule counts the size the rule promises."""
+    return sum(r.size if isinstance(r, RoundRule) else len(grid_points(r)) for r in _round_list(grid))
+
+
+def check_grids(grids: Mapping[str, Grid | Sequence[Grid | RoundRule]], size: int = GRID_SIZE) -> None:
     """Every method must get the same budget: ``size`` points."""
-    wrong = {m: len(grid_points(g)) for m, g in grids.items() if len(grid_points(g)) != size}
+    wrong = {m: _budget(g) for m, g in grids.items() if _budget(g) != size}
     if wrong:
         raise ValueError(f"Every tuning grid must have {size} points (same budget for every method); got {wrong}.")
 
@@ -210,57 +261,63 @@ def tune(
     methods: Sequence[str] | None = None,
     seeds: Sequence[int] = VALIDATION_SEEDS,
     config: DemoConfig | None = None,
-    grids: Mapping[str, Grid | Sequence[Grid]] | None = None,
+    grids: Mapping[str, Grid | Sequence[Grid | RoundRule]] | None = None,
     cache_dir: str | None = None,
     output: str | None = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
     v3: bool = False,
+    reuse_scores: bool = False,
 ) -> dict[str, Any]:
-    """Run the protocol; write (and return) the record of ``tuned.json`` (``v3``: on benchmark v3, into
-    ``tuned_v3.json``; ``config`` is v2's)."""
+    """Run the protocol; write (and return) the record of ``tuned.json`` (``v3``: on benchmark v3, with
+    ``v3_grids``, into ``tuned_v3.json``; ``config`` is v2's).
+
+    Rounds run in turn over every seed, so a round written by a rule sees the scores of the rounds before it.
+    ``reuse_scores``: a point the record at ``output`` already scored under the same protocol is not re-run (valid
+    only while the methods' code is unchanged since that record)."""
     config = config or DemoConfig()
     output = output if output is not None else (TUNED_V3_FILE if v3 else TUNED_FILE)
-    grids = dict(TUNING_GRIDS if grids is None else grids)
+    grids = dict((v3_grids() if v3 else TUNING_GRIDS) if grids is None else grids)
     methods = list(methods or [m for m in grids if m in METHODS])
     missing = [m for m in methods if m not in grids or m not in METHODS]
     if missing:
         raise ValueError(f"No tuning grid or registry entry for {missing}; grids: {sorted(grids)}, "
                          f"registered: {sorted(METHODS)}.")
-    check_grids({m: grids[m] for m in methods}, size=len(grid_points(grids[methods[0]])))
-    start = time.perf_counter()
-    oracle: dict[str, dict[str, float]] = {}
-    scores: dict[str, list[dict[str, dict[str, float]]]] = {m: [{} for _ in grid_points(grids[m])] for m in methods}
-    unavailable: dict[str, str] = {}
-    # Every point starts from the untuned entry: v2's recorded pick is undone (v3's is never read while tuning).
-    neutral = {name: untuned_overrides(name) for name in methods}
-    from tqdm.auto import tqdm
-
-    with deterministic():
-        for seed in seeds:
-            setting = v3_seed(seed, cache_dir, log) if v3 else v2_seed(seed, config, cache_dir, show_progress, log)
-            oracle[str(seed)] = setting.oracle
-            for name in methods:
-                if name in unavailable:
-                    continue
-                for i, point in enumerate(tqdm(grid_points(grids[name]), desc=f"tune {name} seed {seed}",
-                                               disable=not show_progress)):
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore", UserWarning)
-                            model, *_ = run_method(name, setting.vanilla, setting.processor, setting.data,
-                                                   setting.config, **{**neutral[name], **point})
-                    except MethodUnavailableError as err:
-                        unavailable[name] = str(err)
-                        break
-                    scores[name][i][str(seed)] = setting.score(model)
-                    del model
+    grid_size = _budget(grids[methods[0]])
+    check_grids({m: grids[m] for m in methods}, size=grid_size)
     metrics = TRUSTED_DISTANCE_METRICS if v3 else DISTANCE_METRICS
     benchmark = _v3_settings() if v3 else config.settings()["benchmark"]
+    protocol = {"seeds": list(seeds), "metrics": list(metrics), "grid_size": grid_size,
+                "criterion": "mean over seeds of the Euclidean distance to the oracle", "benchmark": benchmark}
+    known = _recorded_scores(output, protocol) if reuse_scores else {}
+    start = time.perf_counter()
+    oracle: dict[str, dict[str, float]] = dict(known.get("oracle", {}))
+    plans = {m: _round_list(grids[m]) for m in methods}
+    rounds: dict[str, list[dict[str, list[Any]]]] = {m: [] for m in methods}  # the rounds as run
+    points: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    scores: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in methods}
+    unavailable: dict[str, str] = {}
+    reused = 0
+    for index in range(max(len(plan) for plan in plans.values())):
+        todo = {}
+        for name in methods:
+            if name in unavailable or index >= len(plans[name]):
+                continue
+            grid = plans[name][index]
+            if isinstance(grid, RoundRule):
+                grid = grid(rounds[name][0], select(points[name], scores[name], oracle, metrics)["hyperparameters"])
+            rounds[name].append(grid_rounds(grid)[0])
+            for point in grid_points(grid):
+                # A point scored before (an earlier round, or the record) is not run again: training is deterministic.
+                earlier = [scores[name][i] for i, p in enumerate(points[name]) if p == point]
+                recorded = known.get("points", {}).get(_point_key(name, point), {})
+                points[name].append(point)
+                scores[name].append(dict(earlier[0] if earlier else recorded))
+                reused += len(scores[name][-1])
+                todo.setdefault(name, []).append(len(points[name]) - 1)
+        _run_round(todo, points, scores, oracle, unavailable, seeds, v3, config, cache_dir, show_progress, log, index)
     record: dict[str, Any] = {
-        "protocol": {"seeds": list(seeds), "metrics": list(metrics), "grid_size": len(grid_points(grids[methods[0]])),
-                     "criterion": "mean over seeds of the Euclidean distance to the oracle",
-                     "benchmark": benchmark, "wall_time_s": round(time.perf_counter() - start)},
+        "protocol": {**protocol, "wall_time_s": round(time.perf_counter() - start), "reused_runs": reused},
         "oracle": oracle,
         "methods": {},
         "unavailable": unavailable,
@@ -268,18 +325,69 @@ def tune(
     for name in methods:
         if name in unavailable:
             continue
-        points = grid_points(grids[name])
-        pick = select(points, scores[name], oracle, metrics)
+        pick = select(points[name], scores[name], oracle, metrics)
         record["methods"][name] = {
-            "grid": grid_rounds(grids[name]), "picked": pick["hyperparameters"],
+            "grid": rounds[name], "picked": pick["hyperparameters"],
             "distance": pick["distance"],
             "points": [{"hyperparameters": p, "distance": d, "per_seed": s}
-                       for p, d, s in zip(points, pick["distances"], scores[name])],
+                       for p, d, s in zip(points[name], pick["distances"], scores[name])],
         }
         log(f"[tune] {name}: {pick['hyperparameters']} (mean distance to the oracle {pick['distance']:.3f})")
     if output:
         write_json_atomic(output, merged_record(record, output))
     return record
+
+
+def _run_round(todo: Mapping[str, Sequence[int]], points, scores, oracle, unavailable, seeds, v3: bool,
+               config: DemoConfig, cache_dir: str | None, show_progress: bool, log: Callable[[str], None],
+               index: int) -> None:
+    """Score the points ``todo`` names (per method, indices into ``points``) at every seed where they lack a
+    score, each from the untuned entry: v2's recorded pick is undone (v3's is never read while tuning)."""
+    from tqdm.auto import tqdm
+
+    with deterministic():
+        for seed in seeds:
+            key = str(seed)
+            missing = {m: [i for i in todo[m] if key not in scores[m][i]] for m in todo if m not in unavailable}
+            if not any(missing.values()) and key in oracle:
+                continue
+            setting = v3_seed(seed, cache_dir, log) if v3 else v2_seed(seed, config, cache_dir, show_progress, log)
+            oracle[key] = setting.oracle
+            for name, indices in missing.items():
+                neutral = untuned_overrides(name)
+                for i in tqdm(indices, desc=f"tune {name} round {index + 1} seed {seed}", disable=not show_progress):
+                    try:
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", UserWarning)
+                            model, *_ = run_method(name, setting.vanilla, setting.processor, setting.data,
+                                                   setting.config, **{**neutral, **points[name][i]})
+                    except MethodUnavailableError as err:
+                        unavailable[name] = str(err)
+                        break
+                    scores[name][i][key] = setting.score(model)
+                    del model
+
+
+def _point_key(name: str, point: Mapping[str, Any]) -> str:
+    return json.dumps([name, point], sort_keys=True)
+
+
+def _recorded_scores(path: str, protocol: Mapping[str, Any]) -> dict[str, Any]:
+    """The oracle and every point's scores of the record at ``path`` if it ran under ``protocol``; else empty."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    if not _same_protocol(record.get("protocol", {}), protocol):
+        return {}
+    return {"oracle": record.get("oracle", {}),
+            "points": {_point_key(name, p["hyperparameters"]): p["per_seed"]
+                       for name, entry in record.get("methods", {}).items() for p in entry.get("points", [])}}
+
+
+def _same_protocol(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    keys = ("seeds", "benchmark", "grid_size", "metrics")
+    return {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}
 
 
 def merged_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
@@ -290,8 +398,7 @@ def merged_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
         return out
     with open(path, encoding="utf-8") as f:
         previous = json.load(f)
-    keys = ("seeds", "benchmark", "grid_size", "metrics")
-    if {k: previous.get("protocol", {}).get(k) for k in keys} == {k: record["protocol"].get(k) for k in keys}:
+    if _same_protocol(previous.get("protocol", {}), record["protocol"]):
         out["methods"] = {**previous.get("methods", {}), **record["methods"]}
     if "relearn" in previous:
         out["relearn"] = previous["relearn"]
