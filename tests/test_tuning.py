@@ -143,12 +143,15 @@ def test_a_record_keeps_other_methods_picks_only_under_the_same_protocol(tmp_pat
     accuracy metrics against v3's trusted ones, other seeds) is replaced, never mixed in."""
     from hf_unlearn.demo.tuning import merged_record
 
-    protocol = {"seeds": [100, 101], "benchmark": {"v": 3}, "grid_size": 24, "metrics": ["forget_vqa_truth"]}
+    protocol = {"seeds": [100, 101], "benchmark": {"v": 3, "image_patches": [1, 2]}, "grid_size": 24,
+                "metrics": ["forget_vqa_truth"]}
     path = tmp_path / "tuned_v3.json"
     path.write_text(json.dumps({"protocol": protocol, "methods": {"ga": {"picked": {"max_steps": 5}},
                                                                  "npo": {"picked": {"max_steps": 9}}},
                                 "relearn": {"pick": 3}}))
-    record = {"protocol": protocol, "methods": {"npo": {"picked": {"max_steps": 40}}}}
+    # The settings of a run hold tuples where the record read back holds lists: the same protocol.
+    record = {"protocol": {**protocol, "benchmark": {"v": 3, "image_patches": (1, 2)}},
+              "methods": {"npo": {"picked": {"max_steps": 40}}}}
     merged = merged_record(record, str(path))
     assert merged["methods"] == {"ga": {"picked": {"max_steps": 5}}, "npo": {"picked": {"max_steps": 40}}}
     assert merged["relearn"] == {"pick": 3}

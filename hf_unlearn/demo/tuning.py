@@ -387,7 +387,9 @@ def _recorded_scores(path: str, protocol: Mapping[str, Any]) -> dict[str, Any]:
 
 def _same_protocol(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     keys = ("seeds", "benchmark", "grid_size", "metrics")
-    return {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}
+    # Compared as JSON: a record read back has lists where the settings have tuples.
+    return json.dumps({k: a.get(k) for k in keys}, sort_keys=True) == json.dumps({k: b.get(k) for k in keys},
+                                                                                   sort_keys=True)
 
 
 def merged_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
