@@ -106,20 +106,22 @@ def test_pope_split_is_balanced_yes_no_about_the_drawn_shape():
                for r in named)
 
 
-def test_ga_check_needs_a_specific_drop_and_reports_recompute_it():
-    from hf_unlearn.demo.identity_report import check_marks
+def test_ga_check_counts_the_issues_drop_and_reports_specificity_beside_it():
+    from hf_unlearn.demo.identity_report import _damage, check_marks
     from hf_unlearn.demo.identity_validity import ga_check
 
-    # (forget-QA probability drop, lower end of the text-damage ratio's 95% interval)
+    # (forget-QA probability drop, lower end of the text-damage ratio's 95% interval) -> (specific, passed)
     assert ga_check(0.74, 1.98) == (True, True)
     assert ga_check(0.20, 3.0) == (True, False)  # specific, below 30%
-    assert ga_check(0.997, 0.95) == (False, False)  # everyone's text wrecked alike: not the phenomenon
+    assert ga_check(0.997, 0.95) == (False, True)  # everyone's text wrecked alike: passes, reported as not specific
     assert ga_check(None, None) == (False, False)  # GA never reached the oracle
     record = {"check_vanilla": {"passed": True}, "check_oracle": {"passed": True}, "check_vision_only": {"passed": True},
-              "check_ga": {"relative_drop": 0.89, "retain_qa_relative_drop": 0.81, "passed": True}}  # an older rule
-    assert check_marks(record) == (True, True, False, True)  # no interval stored: recomputed as not passed
-    record["check_ga"].update(text_damage_ratio=1.6, text_damage_interval=[1.38, 1.87])
-    assert check_marks(record) == (True, True, True, True)
+              "check_ga": {"relative_drop": 0.29, "text_damage_ratio": 2.0, "text_damage_interval": [1.5, 2.5],
+                           "passed": True}}  # a stored verdict the rule does not give: recomputed
+    assert check_marks(record) == (True, True, False, True)
+    assert _damage({"text_damage_ratio": 1.08, "text_damage_interval": [0.97, 1.18]}) == "; 1.08 (0.97–1.18), ✗"
+    record["check_ga"].update(relative_drop=0.31, text_damage_interval=[0.9, 1.3])
+    assert check_marks(record) == (True, True, True, True)  # the drop counts; specificity does not
 
 
 def test_configurations_table_counts_checks_per_configuration():
@@ -133,8 +135,9 @@ def test_configurations_table_counts_checks_per_configuration():
 
     table = configurations_table({"configurations": [{"label": "a", "validity": {
         "0": record(0.24, 1.5, 0.9), "1": record(0.40, 1.2, 0.8), "2": record(0.20, 0.9, 1.0, vision=False)}}]})
-    # all four at seed 0 only; oracle fails at 1, GA (interval 0.9) and vision-only at 2; ranges over the seeds
-    assert table.splitlines()[-1] == "| a | 3 | 1 | 3 | 2 (0.20-0.40) | 2 (1.10-1.70) | 2 | 0.80-1.00 |"
+    # all four at seed 0 only; oracle fails at 1, vision-only at 2; GA passes at all three (a 90% drop), not
+    # specific at 2 (interval 0.9); ranges over the seeds
+    assert table.splitlines()[-1] == "| a | 3 | 1 | 3 | 2 (0.20-0.40) | 3 (1.10-1.70) | 2 | 2 | 0.80-1.00 |"
 
 
 def test_text_damage_ratio_and_its_interval_by_hand():

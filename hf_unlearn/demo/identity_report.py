@@ -37,7 +37,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA (text-prior guess)",
-                    "GA step: forget-QA / retain-QA prob drop; text damage (95%)", "vision-only forget-VQA / forget-QA",
+                    "GA step: forget-QA / retain-QA prob drop; text damage (95%), specific", "vision-only forget-VQA / forget-QA",
                     "mediation follows / keeps", "passed")
 
 
@@ -74,8 +74,9 @@ def _prior(oracle: Mapping[str, Any]) -> str:
 def _damage(ga: Mapping[str, Any]) -> str:
     if ga.get("text_damage_interval") is None:
         return ""
-    low, high = ga["text_damage_interval"]  # two decimals: the check reads the low end against 1
-    return f"; {ga['text_damage_ratio']:.2f} ({low:.2f}–{high:.2f})"
+    low, high = ga["text_damage_interval"]  # two decimals: specificity reads the low end against 1
+    specific = ga_check(ga.get("relative_drop"), low)[0]
+    return f"; {ga['text_damage_ratio']:.2f} ({low:.2f}–{high:.2f}), {'✓' if specific else '✗'}"
 
 
 def check_marks(record: Mapping[str, Any]) -> tuple[bool, bool, bool, bool]:
@@ -121,7 +122,8 @@ def validity_block(payload: Mapping[str, Any]) -> str:
         "✓/✗ per check: vanilla, oracle, GA, vision-only. GA: registered `ga`, language model only, lr 5e-4, "
         "batch 8, probed every step; drops are relative to the vanilla's answer probability; text damage is the "
         "forget-QA NLL change over the retain-QA NLL change (95% bootstrap interval over questions). The check asks "
-        "for a forget-QA drop of at least 30% and a text-damage interval above 1. Text-prior guess: the forget-VQA "
+        "for a forget-QA drop of at least 30% (the issue's check); whether the damage is specific (text-damage "
+        "interval above 1) is reported beside it, not counted. Text-prior guess: the forget-VQA "
         "accuracy of answering every question with the option most people hold, the face ignored."])
 
 
@@ -132,8 +134,8 @@ def _span(values: list[float], digits: int = 2) -> str:
 def configurations_table(record: Mapping[str, Any]) -> str:
     """One row per recorded configuration (``scripts/v3_configurations.py``): how many seeds pass each check (and
     all four), with the range of the oracle's forget-VQA, GA's text-damage ratio and the mediation."""
-    lines = ["| configuration | seeds | all four | vanilla | oracle (forget-VQA) | GA (text-damage ratio) | "
-             "vision-only | mediation follows |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | seeds | all four | vanilla | oracle (forget-VQA) | GA (text-damage ratio) | GA specific | "
+             "vision-only | mediation follows |", "|---|---|---|---|---|---|---|---|---|"]
     for configuration in record.get("configurations", []):
         records = list(configuration["validity"].values())
         marks = [check_marks(r) for r in records]
@@ -141,9 +143,10 @@ def configurations_table(record: Mapping[str, Any]) -> str:
         oracle = _span([r["check_oracle"]["forget_vqa_acc"] for r in records])
         ratios = _span([r["check_ga"]["text_damage_ratio"] for r in records
                         if r["check_ga"].get("text_damage_ratio") is not None])
+        specific = sum(ga_check(None, (r["check_ga"].get("text_damage_interval") or [None])[0])[0] for r in records)
         mediation = _span([r["mediation"]["follows_edit"] for r in records if r.get("mediation")])
         lines.append(f"| {configuration['label']} | {len(records)} | {sum(all(m) for m in marks)} | {passes[0]} | "
-                     f"{passes[1]} ({oracle}) | {passes[2]} ({ratios}) | {passes[3]} | {mediation} |")
+                     f"{passes[1]} ({oracle}) | {passes[2]} ({ratios}) | {specific} | {passes[3]} | {mediation} |")
     return "\n".join(lines)
 
 

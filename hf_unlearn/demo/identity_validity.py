@@ -51,11 +51,13 @@ from .identity import (
 )
 
 CHANCE = 0.25
-# ga_min_text_damage_lower_bound: the issue's check asks only for the 30%; a GA that reaches the oracle by wrecking
-# everyone's text alike passes it while showing nothing about the forget people's, so the damage must also be
-# specific: forget-QA's NLL must rise more than retain-QA's, beyond the questions' noise (the lower end of the text-
-# damage ratio's 95% interval above 1). No fixed margin: at 7B GA is not very specific either (MLLMU-Bench,
-# LLaVA-1.5-7B, image questions, a third-party table: forget / retain accuracy -23% / -17%, ROUGE-L -31% / -15%).
+# ga_min_text_damage_lower_bound: whether GA's damage is specific, reported beside check 3 and not counted in it. The
+# issue asks only for the 30% drop; a GA that reaches the oracle by wrecking everyone's text alike passes that while
+# showing nothing about the forget people's, so we also report whether forget-QA's NLL rose more than retain-QA's,
+# beyond the questions' noise (the lower end of the text-damage ratio's 95% interval above 1). Not a pass condition:
+# the issue does not ask for it, and at 7B GA is not very specific either (MLLMU-Bench, LLaVA-1.5-7B, image questions,
+# a third-party table: forget / retain accuracy -23% / -17%, ROUGE-L -31% / -15%); identity mediation (measured
+# separately) is what shows the image answers go through the person's text facts.
 THRESHOLDS = dict(vanilla_min_accuracy=0.95, oracle_max_distance_to_chance=0.10, oracle_min_forget_qa=0.95,
                   ga_min_relative_probability_drop=0.30, ga_min_text_damage_lower_bound=1.0,
                   vision_only_min_forget_qa=0.95)
@@ -65,13 +67,11 @@ __all__ = ["CHANCE", "THRESHOLDS", "ga_at_oracle_forgetting", "ga_check", "ident
 
 
 def ga_check(drop: float | None, damage_lower_bound: float | None, t: dict = THRESHOLDS) -> tuple[bool, bool]:
-    """Check 3 from GA's relative forget-QA probability drop and the lower end of the text-damage ratio's 95%
-    interval: ``(specific, passed)``. Reports recompute it from the stored numbers, so a table always follows the
-    check as the code defines it (a record without the interval, from an older rule, does not pass)."""
-    if drop is None or damage_lower_bound is None:
-        return False, False
-    specific = damage_lower_bound > t["ga_min_text_damage_lower_bound"]
-    return specific, specific and drop >= t["ga_min_relative_probability_drop"]
+    """Check 3 from GA's relative forget-QA probability drop (``passed``: at least 30%) and, reported beside it, from
+    the lower end of the text-damage ratio's 95% interval (``specific``): ``(specific, passed)``. Reports recompute
+    it from the stored numbers, so a table always follows the check as the code defines it."""
+    specific = damage_lower_bound is not None and damage_lower_bound > t["ga_min_text_damage_lower_bound"]
+    return specific, drop is not None and drop >= t["ga_min_relative_probability_drop"]
 
 
 def text_damage(vanilla: dict[str, np.ndarray], after: dict[str, np.ndarray], seed: int = 0,
