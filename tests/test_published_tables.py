@@ -107,3 +107,22 @@ def test_the_v3_run_ran_the_v3_picks_and_reports_no_validation_seed():
             assert all(hyperparameters[k] == v for k, v in UNTUNED[name].items() if k not in picked), name
         else:
             assert source == "v2" and name not in tuned["methods"], name
+
+
+def test_the_v3_tuning_record_ran_v3s_grids_and_picked_its_closest_point():
+    """Every method of ``tuned_v3.json`` ran v2's round 1 and the round 2 that ``v3_round_two`` writes from that
+    round's closest point (the rule, not a hand-written grid), and its pick is the closest of all its points."""
+    from hf_unlearn.demo.tables import V3_TUNING_FILE
+    from hf_unlearn.demo.tuning import TUNING_GRIDS, grid_points, v3_grids
+
+    tuned = json.loads((ROOT / V3_TUNING_FILE).read_text())
+    assert tuned["methods"]
+    for name, entry in tuned["methods"].items():
+        round_one, rule = v3_grids()[name]
+        points = entry["points"]
+        assert entry["grid"][0] == round_one and [p["hyperparameters"] for p in points[:12]] == grid_points(round_one)
+        best = min(points[:12], key=lambda p: p["distance"])["hyperparameters"]
+        expected = rule(round_one, best) if callable(rule) else TUNING_GRIDS[name][1]
+        assert entry["grid"][1] == expected, name
+        assert [p["hyperparameters"] for p in points[12:]] == grid_points(expected), name
+        assert entry["picked"] == min(points, key=lambda p: p["distance"])["hyperparameters"], name
