@@ -53,6 +53,8 @@ def test_v3_round_two_extends_past_the_edge_round_one_picked_and_holds_the_metho
                for m, rounds in grids.items() if m != "manu")
     assert all(len(grid_points(RoundRule(v3_round_two)(rounds[0], {**grid_points(rounds[0])[0]})))
                == 12 for rounds in TUNING_GRIDS.values() if "learning_rate" in rounds[0])
+    with pytest.raises(ValueError, match="round 1 to write from"):
+        check_grids({"ga": [RoundRule(v3_round_two), TUNING_GRIDS["ga"][0]]})
     with pytest.raises(ValueError, match="not 3"):
         RoundRule(lambda *_: {"learning_rate": [1, 2]}, size=3)({}, {})
 
@@ -111,8 +113,10 @@ def test_tune_end_to_end_writes_the_record_the_registry_reads(tmp_path):
 
     ruled = {"ga": [{"learning_rate": [1e-7], "max_steps": [2]}, RoundRule(repeat_the_pick, size=1)],
              "npo": grids["npo"]}
+    said = []
     again = tune(["ga", "npo"], seeds=[7, 8], config=config, grids=ruled, cache_dir=str(tmp_path / "cache"),
-                 output=str(out), show_progress=False, log=lambda s: None, reuse_scores=True)
+                 output=str(out), show_progress=False, log=said.append, reuse_scores=True)
+    assert f"[tune] reusing 4 scored points of {out}" in said  # the first record: two of ga, two of npo
     assert seen == [(ruled["ga"][0], {"max_steps": 2, "learning_rate": 1e-7})]
     assert again["methods"]["ga"]["grid"] == [ruled["ga"][0], ruled["ga"][0]]
     ga_points = again["methods"]["ga"]["points"]
@@ -146,15 +150,20 @@ def test_a_record_keeps_other_methods_picks_only_under_the_same_protocol(tmp_pat
     protocol = {"seeds": [100, 101], "benchmark": {"v": 3, "image_patches": [1, 2]}, "grid_size": 24,
                 "metrics": ["forget_vqa_truth"]}
     path = tmp_path / "tuned_v3.json"
-    path.write_text(json.dumps({"protocol": protocol, "methods": {"ga": {"picked": {"max_steps": 5}},
+    path.write_text(json.dumps({"protocol": {**protocol, "wall_time_s": 100}, "methods": {"ga": {"picked": {"max_steps": 5}},
                                                                  "npo": {"picked": {"max_steps": 9}}},
                                 "relearn": {"pick": 3}}))
     # The settings of a run hold tuples where the record read back holds lists: the same protocol.
-    record = {"protocol": {**protocol, "benchmark": {"v": 3, "image_patches": (1, 2)}},
+    record = {"protocol": {**protocol, "benchmark": {"v": 3, "image_patches": (1, 2)}, "wall_time_s": 30,
+                           "reused_runs": 4},
               "methods": {"npo": {"picked": {"max_steps": 40}}}}
     merged = merged_record(record, str(path))
     assert merged["methods"] == {"ga": {"picked": {"max_steps": 5}}, "npo": {"picked": {"max_steps": 40}}}
     assert merged["relearn"] == {"pick": 3}
+    # The merged record lists the runs that went into it and their total time.
+    assert merged["protocol"]["runs"] == [{"methods": ["ga", "npo"], "wall_time_s": 100, "reused_runs": 0},
+                                          {"methods": ["npo"], "wall_time_s": 30, "reused_runs": 4}]
+    assert merged["protocol"]["wall_time_s"] == 130
     other = {**record, "protocol": {**protocol, "metrics": ["forget_vqa_acc"]}}
     assert merged_record(other, str(path))["methods"] == other["methods"]
     assert merged_record(record, str(tmp_path / "absent.json")) == record

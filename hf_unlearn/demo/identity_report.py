@@ -13,7 +13,7 @@ import numpy as np
 from ..evaluation.report import markdown_table, write_text
 from ..provenance import describe
 from .identity_evaluation import text_damage_ratio
-from .identity_validity import ga_check
+from .identity_validity import damage_is_specific, ga_check
 
 # The table's columns: what a reader needs to judge MMUnlearner's and VKD's problem (forget the face, keep the text).
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -75,8 +75,7 @@ def _damage(ga: Mapping[str, Any]) -> str:
     if ga.get("text_damage_interval") is None:
         return ""
     low, high = ga["text_damage_interval"]  # two decimals: specificity reads the low end against 1
-    specific = ga_check(ga.get("relative_drop"), low)[0]
-    return f"; {ga['text_damage_ratio']:.2f} ({low:.2f}–{high:.2f}), {'✓' if specific else '✗'}"
+    return f"; {ga['text_damage_ratio']:.2f} ({low:.2f}–{high:.2f}), {'✓' if damage_is_specific(low) else '✗'}"
 
 
 def check_marks(record: Mapping[str, Any]) -> tuple[bool, bool, bool, bool]:
@@ -143,7 +142,7 @@ def configurations_table(record: Mapping[str, Any]) -> str:
         oracle = _span([r["check_oracle"]["forget_vqa_acc"] for r in records])
         ratios = _span([r["check_ga"]["text_damage_ratio"] for r in records
                         if r["check_ga"].get("text_damage_ratio") is not None])
-        specific = sum(ga_check(None, (r["check_ga"].get("text_damage_interval") or [None])[0])[0] for r in records)
+        specific = sum(damage_is_specific((r["check_ga"].get("text_damage_interval") or [None])[0]) for r in records)
         mediation = _span([r["mediation"]["follows_edit"] for r in records if r.get("mediation")])
         lines.append(f"| {configuration['label']} | {len(records)} | {sum(all(m) for m in marks)} | {passes[0]} | "
                      f"{passes[1]} ({oracle}) | {passes[2]} ({ratios}) | {specific} | {passes[3]} | {mediation} |")

@@ -62,16 +62,20 @@ THRESHOLDS = dict(vanilla_min_accuracy=0.95, oracle_max_distance_to_chance=0.10,
                   ga_min_relative_probability_drop=0.30, ga_min_text_damage_lower_bound=1.0,
                   vision_only_min_forget_qa=0.95)
 
-__all__ = ["CHANCE", "THRESHOLDS", "ga_at_oracle_forgetting", "ga_check", "identity_mediation", "validity_checks",
-           "text_damage", "text_prior_accuracy", "vision_only_to_oracle"]
+__all__ = ["CHANCE", "THRESHOLDS", "damage_is_specific", "ga_at_oracle_forgetting", "ga_check", "identity_mediation",
+           "validity_checks", "text_damage", "text_prior_accuracy", "vision_only_to_oracle"]
 
 
 def ga_check(drop: float | None, damage_lower_bound: float | None, t: dict = THRESHOLDS) -> tuple[bool, bool]:
     """Check 3 from GA's relative forget-QA probability drop (``passed``: at least 30%) and, reported beside it, from
     the lower end of the text-damage ratio's 95% interval (``specific``): ``(specific, passed)``. Reports recompute
     it from the stored numbers, so a table always follows the check as the code defines it."""
-    specific = damage_lower_bound is not None and damage_lower_bound > t["ga_min_text_damage_lower_bound"]
-    return specific, drop is not None and drop >= t["ga_min_relative_probability_drop"]
+    return damage_is_specific(damage_lower_bound, t), drop is not None and drop >= t["ga_min_relative_probability_drop"]
+
+
+def damage_is_specific(damage_lower_bound: float | None, t: dict = THRESHOLDS) -> bool:
+    """Whether GA's text damage hit the forget people's text more than the others', beyond the questions' noise."""
+    return damage_lower_bound is not None and damage_lower_bound > t["ga_min_text_damage_lower_bound"]
 
 
 def text_damage(vanilla: dict[str, np.ndarray], after: dict[str, np.ndarray], seed: int = 0,

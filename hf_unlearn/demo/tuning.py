@@ -179,7 +179,10 @@ def _budget(grid: Grid | Sequence[Grid | RoundRule]) -> int:
 
 
 def check_grids(grids: Mapping[str, Grid | Sequence[Grid | RoundRule]], size: int = GRID_SIZE) -> None:
-    """Every method must get the same budget: ``size`` points."""
+    """Every method must get the same budget: ``size`` points; a rule writes a later round, never the first."""
+    ruled_first = [m for m, g in grids.items() if isinstance(_round_list(g)[0], RoundRule)]
+    if ruled_first:
+        raise ValueError(f"A round rule needs round 1 to write from; {ruled_first} start with one.")
     wrong = {m: _budget(g) for m, g in grids.items() if _budget(g) != size}
     if wrong:
         raise ValueError(f"Every tuning grid must have {size} points (same budget for every method); got {wrong}.")
@@ -290,6 +293,9 @@ def tune(
     protocol = {"seeds": list(seeds), "metrics": list(metrics), "grid_size": grid_size,
                 "criterion": "mean over seeds of the Euclidean distance to the oracle", "benchmark": benchmark}
     known = _recorded_scores(output, protocol) if reuse_scores else {}
+    if reuse_scores:  # say it when nothing can be reused, rather than silently re-running everything
+        log(f"[tune] reusing {len(known.get('points', {}))} scored points of {output}" if known else
+            f"[tune] --reuse-scores: {output} holds no record under this protocol; every point runs")
     start = time.perf_counter()
     oracle: dict[str, dict[str, float]] = dict(known.get("oracle", {}))
     plans = {m: _round_list(grids[m]) for m in methods}
@@ -402,9 +408,19 @@ def merged_record(record: Mapping[str, Any], path: str) -> dict[str, Any]:
         previous = json.load(f)
     if _same_protocol(previous.get("protocol", {}), record["protocol"]):
         out["methods"] = {**previous.get("methods", {}), **record["methods"]}
+        # Each run that went into the record, and their total time.
+        runs = previous["protocol"].get("runs") or [_run_entry(previous)]
+        runs = [*runs, _run_entry(record)]
+        out["protocol"] = {**record["protocol"], "runs": runs, "wall_time_s": sum(r["wall_time_s"] for r in runs)}
     if "relearn" in previous:
         out["relearn"] = previous["relearn"]
     return out
+
+
+def _run_entry(record: Mapping[str, Any]) -> dict[str, Any]:
+    protocol = record["protocol"]
+    return {"methods": sorted(record.get("methods", {})), "wall_time_s": protocol.get("wall_time_s", 0),
+            "reused_runs": protocol.get("reused_runs", 0)}
 
 
 def _v3_settings() -> dict[str, Any]:
