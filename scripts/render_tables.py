@@ -6,7 +6,7 @@
 
 Sources: docs/results/demo.json (a multi-seed `hf-unlearn demo --seeds ...` results.json),
 docs/results/text_demo.json (`hf-unlearn demo --text --seeds ...`), docs/results/demo_real_quick.json
-(`hf-unlearn demo --real --quick`), docs/results/v3_preliminary.json (`hf-unlearn demo --v3 --seeds ...`), docs/results/v3_validity.json,
+(`hf-unlearn demo --real --quick`), docs/results/v3.json (`hf-unlearn demo --seeds ...`), docs/results/v3_validity.json,
 docs/results/v3_configurations.json, docs/results/v3_costs.json and hf_unlearn/demo/tuned.json (the tuning
 protocol's record). Never edit the blocks by hand.
 """

@@ -359,6 +359,10 @@ CLI_CASES: dict[str, CliCase] = {
     "demo-seed-and-seeds": CliCase(("demo", "--seed", "1", "--seeds", "2,3"), "pass --seed N or --seeds A,B,..."),
     "demo-threads-zero": CliCase(("demo", "--threads", "0"), "--threads must be >= 1, got 0"),
     "demo-two-benchmarks": CliCase(("demo", "--text", "--v3"), "--text and --v3 pick different benchmarks; pass one"),
+    "demo-v2-and-v3": CliCase(("demo", "--v2", "--v3"), "--v2 and --v3 pick different benchmarks; pass one"),
+    "demo-workers-on-v2": CliCase(("demo", "--v2", "--workers", "2"), "--workers 2: pass a number >= 1, and more "
+                                  "than 1 only on benchmark v3"),
+    "demo-workers-zero": CliCase(("demo", "--workers", "0"), "--workers 0: pass a number >= 1"),
     "demo-unknown-method": CliCase(("demo", "--methods", "ga,bogus"), "unknown method(s) ['bogus']"),
     "demo-output-is-a-file": CliCase(("demo", "--output", "@TMP@/out"), "--output '@TMP@/out' is a file; pass a folder",
                                      setup=_file_at_out),

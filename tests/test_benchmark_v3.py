@@ -5,6 +5,8 @@ torch on 1 thread (conftest). docs/benchmark_v3.md has the full table. The slow 
 all on that machine with another run on the second core (66 s of references and checks, 11 s of the pipeline).
 """
 
+import json
+
 import pytest
 import torch
 
@@ -235,15 +237,29 @@ def test_identity_mediation_is_measured(checks):
     assert med["follows_edit"] >= 0.8 and med["keeps_old"] <= 0.2
 
 
-@pytest.mark.slow
-def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks):
-    """``run_identity_demo`` on the cached references, GA only, 12 questions per split (the quick look)."""
-    from hf_unlearn.demo.identity_evaluation import PER_SPLIT, TRUSTED_DISTANCE_METRICS
-    from hf_unlearn.demo.identity_pipeline import run_identity_demo
-    from hf_unlearn.demo.identity_report import render_identity_report
+@pytest.fixture(scope="module")
+def quick_run(checks, tmp_path_factory):
+    """``hf-unlearn demo --quick --methods ga`` (no benchmark flag: v3) on the cached references: 12 questions per
+    split, both attacks, no validity checks. Returns its output folder."""
+    from hf_unlearn.cli import main
 
-    payload = run_identity_demo([0], ["ga"], cache_dir=checks["cache_dir"], log=lambda *_: None, validity=False,
-                                rows_per_split=12)
+    out = tmp_path_factory.mktemp("v3_demo")
+    assert main(["demo", "--quick", "--methods", "ga", "--output", str(out), "--cache-dir", checks["cache_dir"],
+                 "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def quick_payload(quick_run):
+    return json.loads((quick_run / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks, quick_payload):
+    from hf_unlearn.demo.identity_evaluation import PER_SPLIT, TRUSTED_DISTANCE_METRICS
+    from hf_unlearn.demo.identity_report import readme_block, render_identity_report
+
+    payload = quick_payload
     points = payload["per_seed"]["0"]
     vanilla, oracle, ga = points["vanilla"], points["oracle"], points["ga"]
     # Vanilla and oracle share one language model: every text metric is the same computation, so exactly equal.
@@ -262,9 +278,50 @@ def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks):
     assert set(payload["distance"]) >= {"vanilla", "ga"} and payload["distance"]["oracle"]["value"] == 0.0
     report = render_identity_report(payload)
     assert "| ga |" in report and "Forget VQA truth" in report and "Seeds 0;" in report
+    # The README's part: vanilla and oracle first, then the methods by distance; the caption says what was run.
+    block = readme_block(payload)
+    assert [line.split("|")[1].strip() for line in block.splitlines()[2:5]] == ["vanilla", "oracle", "ga"]
+    assert "Distance (trusted)" in block and "Mean over seeds 0 " in block and "the tuning protocol's pick on v3" in block
     forget_names = {q.split(" of ")[-1].rstrip("?") for q in checks["benchmark"]["forget_qa"]["question"]
                     if q.startswith("What is the job of ")}
     assert forget_names and not any(name in report for name in forget_names)  # aggregate numbers only
+
+
+@pytest.mark.slow
+def test_seeds_in_worker_processes_give_the_numbers_of_one_process(checks, quick_payload):
+    """``workers=2`` runs each seed in its own spawned process. Seed 0 twice (its references are cached; a second
+    seed would train its own): both workers must reproduce the in-process run's every number but the timings."""
+    import numpy as np
+
+    from hf_unlearn.demo.identity_pipeline import run_identity_demo
+    from hf_unlearn.demo.identity_report import v3_tables
+
+    payload = run_identity_demo([0, 0], ["ga"], cache_dir=checks["cache_dir"], log=print, validity=False,
+                                quantize=False, rows_per_split=12, workers=2)  # no attacks: the in-process run has them
+    here, there = quick_payload["per_seed"]["0"], payload["per_seed"]["0"]
+    assert there["ga"].keys() < here["ga"].keys() and "forget_vqa_truth" in there["ga"]
+    for model, values in there.items():  # assert_equal: exact, and a NaN equals a NaN
+        np.testing.assert_equal({k: v for k, v in values.items() if k != "wall_time_s"},
+                                {k: here[model][k] for k in values if k != "wall_time_s"}, err_msg=model)
+    # The mean over two copies of one seed is that seed's value.
+    assert payload["methods"]["ga"]["forget_vqa_nll"] == pytest.approx(quick_payload["methods"]["ga"]["forget_vqa_nll"])
+    assert payload["run"]["workers"] == 2 and "(2 seeds at once)" in v3_tables(payload)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_identity_demo([0], ["ga"], cache_dir=checks["cache_dir"], workers=0)
+
+
+@pytest.mark.slow
+def test_the_demo_command_runs_benchmark_v3_by_default(quick_run, quick_payload):
+    """``hf-unlearn demo`` (no benchmark flag) is v3 with both attacks; ``--quick`` is its 12-question look."""
+    from hf_unlearn.demo.recipe import v3_relearn
+
+    bench = quick_payload["benchmark"]
+    assert bench["name"] == "v3-quick" and bench["rows_per_split"] == 12 and bench["seeds"] == [0]
+    assert bench["quantize"] and bench["relearn"] == v3_relearn().to_dict()  # the calibrated budget
+    assert set(quick_payload["methods"]) == {"vanilla", "oracle", "ga"}
+    ga = quick_payload["per_seed"]["0"]["ga"]
+    assert {"quant8_forget_vqa_acc", "quant4_forget_vqa_acc", "relearn_acc", "forget_vqa_truth"} <= set(ga)
+    assert "benchmark v3" in (quick_run / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -301,3 +358,33 @@ def test_tuning_on_v3_scores_by_the_trusted_metrics_and_the_pipeline_runs_the_pi
     assert payload["benchmark"]["hyperparameters"]["ga"]["learning_rate"] == record["methods"]["ga"]["picked"]["learning_rate"]
     assert 0 < payload["per_seed"]["0"]["ga"]["train_steps"] <= 5
 
+
+
+@pytest.mark.slow
+def test_v3_relearning_calibration_trains_v3s_parts_and_the_demo_reads_its_pick(checks, tmp_path, monkeypatch):
+    """``calibrate(v3=True)`` on the cached seed-0 references, two budgets: the hiding model (forget faces answered
+    as a retain person's) starts low where the vanilla knows every test row; the record lands under ``relearn`` beside
+    the methods' picks, and ``v3_relearn`` (the demo's attack) is its pick."""
+    import hf_unlearn.demo.recipe as recipe
+    from hf_unlearn.demo.tuning import calibrate
+    from hf_unlearn.evaluation.attacks import RelearnConfig
+
+    out = tmp_path / "tuned_v3.json"
+    out.write_text(json.dumps({"methods": {"ga": {"picked": {"learning_rate": 1e-4, "max_steps": 30}}}}))
+    record = calibrate([0], cache_dir=checks["cache_dir"], output=str(out), log=lambda *_: None, v3=True,
+                       budgets=[(3e-5, 10), (1e-3, 30)])
+    weak, strong = (b["per_seed"]["0"] for b in record["budgets"])
+    assert weak["vanilla"]["before"] == 1.0 and weak["hidden"]["before"] < 0.5
+    assert weak["oracle"]["before"] == strong["oracle"]["before"]  # same test rows for every budget
+    # The strong budget teaches the hiding model back more than the weak one.
+    assert strong["hidden"]["after"] - strong["hidden"]["before"] > weak["hidden"]["after"] - weak["hidden"]["before"]
+    saved = json.loads(out.read_text())
+    assert saved["methods"]["ga"]["picked"]["max_steps"] == 30 and saved["relearn"]["seeds"] == [0]
+
+    monkeypatch.setattr(recipe, "TUNED_V3_FILE", str(out))
+    pick = record["pick"] or {}
+    assert recipe.v3_relearn() == (RelearnConfig(**pick) if pick else RelearnConfig())
+    saved["relearn"]["pick"] = {"learning_rate": 3e-5, "steps": 10}
+    out.write_text(json.dumps(saved))
+    recipe._read_picks.cache_clear()  # a rewrite within the file system's timestamp granularity keeps the mtime
+    assert recipe.v3_relearn() == RelearnConfig(learning_rate=3e-5, steps=10)

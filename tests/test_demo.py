@@ -147,7 +147,7 @@ def test_quick_demo_command_end_to_end(tmp_path, quick_demo_cache):
     # The seed methods and the baselines they are compared with; every other method runs with the demo's recipe in
     # test_every_method_trains_with_the_demo_recipe (the whole quick demo over 18 methods cost about 2 minutes).
     methods = "ga,ga_diff,npo,mmunlearner,vkd"
-    assert main(["demo", "--quick", "--output", str(out), "--cache-dir", quick_demo_cache, "--no-progress",
+    assert main(["demo", "--v2", "--quick", "--output", str(out), "--cache-dir", quick_demo_cache, "--no-progress",
                  "--methods", methods]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["methods"]) == {"vanilla", "oracle", *methods.split(",")}

@@ -27,20 +27,22 @@ def test_readme_and_docs_tables_equal_the_script_output():
     blocks = load_blocks(str(ROOT / RESULTS_FILE), str(ROOT / TUNING_FILE))
     readme = (ROOT / "README.md").read_text()
     docs = (ROOT / "docs" / "benchmark.md").read_text()
-    assert block_in(readme, "demo-table") == blocks["demo-table"]
-    assert block_in(docs, "demo-table-full") == blocks["demo-table-full"]
+    assert block_in(readme, "v3-demo-table") == blocks["v3-demo-table"]
+    assert block_in(docs, "demo-table-full") == blocks["demo-table-full"]  # v2's last run, retired
+    assert block_in(docs, "v3-validity-table") == blocks["v3-validity-table"]
     assert block_in(docs, "tuning-table") == blocks["tuning-table"]
     text_docs = (ROOT / "docs" / "text.md").read_text()
     assert block_in(text_docs, "text-demo-table") == blocks["text-demo-table"]
     real_docs = (ROOT / "docs" / "real_weights.md").read_text()
     assert block_in(real_docs, "real-demo-table") == blocks["real-demo-table"]
     v3_docs = (ROOT / "docs" / "benchmark_v3.md").read_text()
-    assert block_in(v3_docs, "v3-preliminary-table") == blocks["v3-preliminary-table"]
+    assert block_in(v3_docs, "v3-demo-table-full") == blocks["v3-demo-table-full"]
+    assert block_in(v3_docs, "v3-relearn-calibration") == blocks["v3-relearn-calibration"]
     for name in ("ga", "npo", "mmunlearner", "vkd"):  # every method page carries its tuning grid
         assert f"tuning-{name}" in blocks
     # The check can fail: an edited cell is caught by the script's --check mode.
-    edited = readme.replace(blocks["demo-table"], blocks["demo-table"].replace("| vanilla |", "| vanilla* |"))
-    assert block_in(edited, "demo-table") != blocks["demo-table"]
+    edited = readme.replace(blocks["v3-demo-table"], blocks["v3-demo-table"].replace("| vanilla |", "| vanilla* |"))
+    assert block_in(edited, "v3-demo-table") != blocks["v3-demo-table"]
     assert replace_blocks(edited, blocks) == readme
     check = subprocess.run([sys.executable, str(ROOT / "scripts" / "render_tables.py"), "--check"],
                            capture_output=True, text=True)
@@ -90,14 +92,21 @@ def test_the_relearning_attack_does_not_damage_a_model_that_knows_the_answers(re
 
 
 def test_the_v3_run_ran_the_v3_picks_and_reports_no_validation_seed():
-    """Each method of the committed v3 run ran the pick the run says it ran (v3's tuning record, or v2's where not
-    tuned on v3), and no seed it reports was a v3 validation seed."""
+    """The published v3 run: every registered method, each with the pick the run says it ran (v3's tuning record,
+    or v2's where not tuned on v3), the calibrated relearning budget, five seeds none of which was a v3 validation
+    seed (tuning or calibration)."""
+    from hf_unlearn import METHODS
     from hf_unlearn.demo.recipe import UNTUNED
     from hf_unlearn.demo.tables import V3_RESULTS_FILE, V3_TUNING_FILE
 
-    run = json.loads((ROOT / V3_RESULTS_FILE).read_text())["benchmark"]
+    published = json.loads((ROOT / V3_RESULTS_FILE).read_text())
+    run = published["benchmark"]
     tuned = json.loads((ROOT / V3_TUNING_FILE).read_text())
-    assert not set(run["seeds"]) & set(tuned["protocol"]["seeds"])
+    assert run["seeds"] == [0, 1, 2, 3, 4] and set(run["methods"]) == set(METHODS)
+    assert not set(run["seeds"]) & (set(tuned["protocol"]["seeds"]) | set(tuned["relearn"]["seeds"]))
+    assert {k: run["relearn"][k] for k in ("learning_rate", "steps")} == tuned["relearn"]["pick"]
+    assert run["quantize"] and published["validity"] and all(published["validity"].values())
+    assert set(run["tuning"].values()) == {"v3"}  # every method tuned on v3 itself
     assert set(run["tuning"]) == set(run["methods"])
     for name, source in run["tuning"].items():
         hyperparameters = run["hyperparameters"][name]
@@ -126,3 +135,29 @@ def test_the_v3_tuning_record_ran_v3s_grids_and_picked_its_closest_point():
         assert entry["grid"][1] == expected, name
         assert [p["hyperparameters"] for p in points[12:]] == grid_points(expected), name
         assert entry["picked"] == min(points, key=lambda p: p["distance"])["hyperparameters"], name
+
+
+def test_a_published_seed_reproduces_itself_and_a_moved_cell_is_reported(tmp_path):
+    """``scripts/compare_to_published.py``: the published seed 0 against the published run is equal and inside the
+    spread in every cell; a cell moved past the spread is listed and fails the script."""
+    import copy
+
+    from hf_unlearn.demo.reproduction import compare_to_published
+    from hf_unlearn.demo.tables import V3_RESULTS_FILE
+
+    published = json.loads((ROOT / V3_RESULTS_FILE).read_text())
+    seed0 = {"per_seed": {"0": published["per_seed"]["0"]}}
+    report = compare_to_published(seed0, published)
+    assert report["cells"] >= 15 * 18 // 2 and report["equal"] == report["inside_spread"] == report["cells"]
+    assert report["inside_interval"] < report["cells"]  # one seed is not expected inside the mean's interval
+    moved = copy.deepcopy(seed0)
+    highest = max(p["vkd"]["forget_vqa_truth"] for p in published["per_seed"].values())
+    moved["per_seed"]["0"]["vkd"]["forget_vqa_truth"] = highest + 0.01
+    report = compare_to_published(moved, published)
+    assert [(c["model"], c["metric"]) for c in report["outside_spread"]] == [("vkd", "forget_vqa_truth")]
+    (tmp_path / "moved.json").write_text(json.dumps(moved))
+    script = [sys.executable, str(ROOT / "scripts" / "compare_to_published.py")]
+    out = subprocess.run(script + [str(tmp_path / "moved.json")], capture_output=True, text=True)
+    assert out.returncode == 1 and "outside the spread: seed 0 vkd forget_vqa_truth" in out.stdout
+    (tmp_path / "seed0.json").write_text(json.dumps(seed0))
+    assert subprocess.run(script + [str(tmp_path / "seed0.json")], capture_output=True).returncode == 0

@@ -49,6 +49,14 @@ def test_pick_budget_takes_the_strongest_harmless_budget_that_exposes_hiding():
     }
     assert pick_budget(reports) == (3e-4, 10)
     assert pick_budget({(1e-3, 30): reports[(1e-3, 30)]}) is None
+    # v3's rule: no exposure asked for, so the strongest harmless budget; damage judged where vanilla was sure.
+    assert pick_budget(reports, require_exposure=False) == (3e-4, 30)
+    unsure = {"vanilla": {"before": 0.96, "after": 0.8}, "oracle": {"before": 0.2, "after": 0.3},
+              "hidden": {"before": 0.5, "after": 0.5}}
+    stronger = {**reports, (3e-3, 30): [seed(1.0, 0.4, 0.4), unsure]}
+    assert pick_budget(stronger, require_exposure=False) == (3e-4, 30)
+    assert pick_budget(stronger, require_exposure=False, sure_seeds_only=True) == (3e-3, 30)
+    assert pick_budget({(3e-3, 30): [unsure]}, require_exposure=False, sure_seeds_only=True) is None  # nothing judged
 
 
 @pytest.mark.slow

@@ -1,12 +1,15 @@
-"""``hf-unlearn demo [--output DIR] [--seeds 0,1,2,3,4] [--methods ga,npo,...] [--quick] [--text]``: the benchmark.
+"""``hf-unlearn demo [--output DIR] [--seeds 0,1,2,3,4] [--methods ga,npo,...] [--quick] [--workers N]``: the benchmark.
 
-At each seed: builds the synthetic benchmark, trains (or loads from the cache) a vanilla and an oracle tiny LLaVA,
-runs every registered unlearning method from the vanilla model and evaluates all of them. Over the seeds it reports
-each metric's mean and a 95% interval (bootstrap over seeds and questions) and each method's paired difference to
-vanilla and oracle, and writes DIR/results.json, DIR/report.md and DIR/tradeoff.png. The vanilla and oracle models
-are cached under ``--cache-dir`` (default ``$HF_UNLEARN_CACHE`` or ``~/.cache/hf_unlearn``), so later runs only
-unlearn and evaluate. One seed proves nothing: publish numbers from several. ``--text`` runs the text demo instead
-(a tiny Llama that memorised fictitious authors, TOFU-shaped).
+At each seed: builds benchmark v3 (docs/benchmark_v3.md: people whose facts are learnt from text and whose faces are
+recognised as them), trains (or loads from the cache) a vanilla and an oracle tiny LLaVA to their criterion, runs
+every registered unlearning method from the vanilla under the official protocol and evaluates all of them on
+accuracy, answer probability, truth ratio, ROUGE-L and BLEU, after 8- and 4-bit quantization and after the
+relearning attack, beside the instrument's own validity checks. Over the seeds it reports each metric's mean and a 95%
+interval (bootstrap over seeds and questions) and each method's distance to the oracle, and writes DIR/results.json
+and DIR/report.md. The vanilla and oracle models are cached under ``--cache-dir`` (default ``$HF_UNLEARN_CACHE`` or
+``~/.cache/hf_unlearn``), so later runs only unlearn and evaluate. One seed proves nothing: publish numbers from
+several. ``--text`` runs the text demo instead (a tiny Llama that memorised fictitious authors, TOFU-shaped);
+``--real`` the real-weights demo; ``--v2`` the retired benchmark v2 (docs/benchmark.md says why it was retired).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "needs the `real` extra, see docs/real_weights.md) on fictitious characters on skimage "
                              "photos. Slow on CPU: minutes per method.")
     parser.add_argument("--quick", action="store_true",
-                        help="Reduced benchmark and budgets (8 people), for tests and CI: a few minutes on a CPU (197 s "
-                             "measured for every method on 2 shared cores).")
+                        help="A first look: on v3, 12 questions per split and no validity checks; with --v2, the "
+                             "reduced benchmark and budgets (8 people). Not for conclusions.")
     parser.add_argument("--cache-dir", default=None,
                         help="Where vanilla/oracle models are cached (default: $HF_UNLEARN_CACHE or "
                              "~/.cache/hf_unlearn).")
@@ -46,13 +49,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="torch CPU threads (default 1: the demo's tiny models gain nothing from more threads, and "
                              "training slows down many times when other processes share the cores; with --real, "
                              "torch's default).")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="With --v3: run this many seeds at once, each in its own process with --threads "
+                             "threads (same numbers as one process; 2 on 2 cores halves the wall time).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--list-methods", action="store_true", help="List the registered methods and exit.")
     parser.add_argument("--v3", action="store_true",
-                        help="Benchmark v3 (quick configuration, docs/benchmark_v3.md): identity-mediated knowledge, "
-                             "the official protocol, truth ratio / ROUGE-L / BLEU on every split, the quantization "
-                             "and relearning attacks, and the instrument's validity checks at every seed (with "
-                             "--quick: 12 questions per split, no validity checks).")
+                        help="Benchmark v3, the default (quick configuration, docs/benchmark_v3.md): identity-"
+                             "mediated knowledge, the official protocol, truth ratio / ROUGE-L / BLEU on every split, "
+                             "the quantization and relearning attacks, and the instrument's validity checks at every "
+                             "seed (with --quick: 12 questions per split, no validity checks).")
+    parser.add_argument("--v2", action="store_true",
+                        help="The retired benchmark v2 (its protocol protects text knowledge for every method; "
+                             "docs/benchmark.md), for comparison with earlier releases; writes tradeoff.png too.")
     parser.add_argument("--text", action="store_true",
                         help="The text demo instead: a tiny Llama that memorised fictitious authors (TOFU-shaped), "
                              "every text method, vanilla and a retain-only oracle, TOFU's metrics.")
@@ -61,7 +70,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    chosen = [flag for flag, on in (("--text", args.text), ("--real", args.real), ("--v3", args.v3)) if on]
+    chosen = [flag for flag, on in (("--text", args.text), ("--real", args.real), ("--v2", args.v2),
+                                    ("--v3", args.v3)) if on]
     if len(chosen) > 1:
         print(f"hf-unlearn demo: error: {' and '.join(chosen)} pick different benchmarks; pass one of them.",
               file=sys.stderr)
@@ -101,12 +111,17 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         print(f"hf-unlearn demo: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
         return 2
+    v3 = not (args.real or args.v2)
+    if args.workers < 1 or (args.workers > 1 and not v3):
+        print(f"hf-unlearn demo: error: --workers {args.workers}: pass a number >= 1, and more than 1 only on "
+              "benchmark v3.", file=sys.stderr)
+        return 2
     problem = _unwritable(args)
     if problem:
         print(f"hf-unlearn demo: error: {problem}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads or (torch.get_num_threads() if args.real else 1))
-    if args.v3:
+    if v3:
         return _run_v3(args, seeds, methods)
     if args.real:
         from ..demo.real import RealDemoConfig, run_real_demo
@@ -123,11 +138,12 @@ def run(args: argparse.Namespace) -> int:
 def _run_v3(args: argparse.Namespace, seeds: list[int], methods: list[str] | None) -> int:
     from ..demo.identity_pipeline import run_identity_demo
     from ..demo.identity_report import render_identity_report, write_identity_outputs
-    from ..evaluation.attacks import RelearnConfig
+    from ..demo.recipe import v3_relearn
 
     # --quick: a first look, 12 questions per split and no validity checks (the report's header says so).
-    payload = run_identity_demo(seeds, methods, cache_dir=args.cache_dir, relearn=RelearnConfig(),
-                                validity=not args.quick, rows_per_split=12 if args.quick else None)
+    payload = run_identity_demo(seeds, methods, cache_dir=args.cache_dir, relearn=v3_relearn(),
+                                validity=not args.quick, rows_per_split=12 if args.quick else None,
+                                workers=args.workers)
     write_identity_outputs(payload, args.output)
     print(render_identity_report(payload))
     print(f"[demo] benchmark v3, seeds {seeds}: results in {os.path.abspath(args.output)}")

@@ -6,6 +6,7 @@ forget-VQA, forget-QA, retain-VQA and general accuracy, and records the grid, ev
 ``hf_unlearn/demo/tuned.json`` (``--output``), which the demo reads as its defaults. ``--v3`` runs it on benchmark v3
 (scored by its trusted metrics: truth ratio and ROUGE-L) into ``hf_unlearn/demo/tuned_v3.json``, its round 2 written
 from its own round-1 pick (``tuning.v3_round_two``). ``--reuse-scores`` keeps the points a record already scored.
+``--calibrate-relearn`` calibrates the relearning attack's budget instead (with ``--v3``: v3's, into tuned_v3.json).
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="The demo's reduced benchmark (for tests, not conclusions).")
     parser.add_argument("--v3", action="store_true",
                         help="Tune on benchmark v3 (the identity benchmark, scored by its trusted metrics) into "
-                             "hf_unlearn/demo/tuned_v3.json; `hf-unlearn demo --v3` runs these picks.")
+                             "hf_unlearn/demo/tuned_v3.json; `hf-unlearn demo` runs these picks.")
     parser.add_argument("--reuse-scores", action="store_true",
                         help="Do not re-run a point the record at --output already scored under the same protocol "
                              "(seeds, benchmark, metrics, budget); valid only while the methods' code is unchanged "
                              "since that record.")
     parser.add_argument("--calibrate-relearn", action="store_true",
                         help="Instead of the methods: calibrate the relearning attack's budget (no damage to vanilla, "
-                             "exposes a model that only hides) on the validation seeds.")
+                             "exposes a model that only hides) on the validation seeds; with --v3, v3's attack.")
     parser.add_argument("--cache-dir", default=None, help="Where vanilla/oracle models are cached.")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
@@ -71,12 +72,17 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = DemoConfig.quick() if args.quick else DemoConfig()
     kwargs = {"output": args.output} if args.output else {}
-    if args.v3 and (args.quick or args.calibrate_relearn):
-        print("hf-unlearn tune: error: --v3 tunes the methods at v3's one configuration; drop --quick and "
-              "--calibrate-relearn.", file=sys.stderr)
+    if args.v3 and args.quick:
+        print("hf-unlearn tune: error: --v3 tunes the methods at v3's one configuration; drop --quick.",
+              file=sys.stderr)
         return 2
     if args.calibrate_relearn:
-        calibrate(seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, **kwargs)
+        from ..demo.recipe import TUNED_V3_FILE
+
+        if args.v3:
+            kwargs.setdefault("output", TUNED_V3_FILE)
+        calibrate(seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress, v3=args.v3,
+                  **kwargs)
         return 0
     tune(methods, seeds=seeds, config=config, cache_dir=args.cache_dir, show_progress=not args.no_progress,
          v3=args.v3, reuse_scores=args.reuse_scores, **kwargs)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +33,9 @@ from ..evaluation.attacks import RelearnConfig, relearn_rows
 
 # Candidate budgets, weakest first; all at the attack's batch size and fraction.
 CANDIDATE_BUDGETS = tuple((lr, steps) for lr in (1e-4, 3e-4, 1e-3) for steps in (10, 30))
+# v3 (fixed before its first calibration): v2's budgets and one rate below them, since v2's pick (3e-4 x 10) cost v3's
+# vanilla up to 0.20 of its test rows (language model and projector relearn, not the projector alone).
+V3_CANDIDATE_BUDGETS = tuple((lr, steps) for lr in (3e-5, 1e-4, 3e-4, 1e-3) for steps in (10, 30))
 
 
 def _rows(dataset: datasets.Dataset) -> list[dict[str, Any]]:
@@ -73,45 +76,58 @@ def identity_swap_model(vanilla, processor, benchmark: datasets.DatasetDict, see
     return model.eval()
 
 
+ParameterChoice = Callable[[torch.nn.Module], list[torch.nn.Parameter]]
+
+
 def budget_report(models: dict[str, torch.nn.Module], processor, forget: datasets.Dataset, budget: RelearnConfig,
-                  batch_size: int = 16) -> dict[str, dict[str, float]]:
-    """``{model: {"before", "after"}}`` accuracy on the attack's test rows under ``budget``."""
+                  batch_size: int = 16, select_parameters: ParameterChoice | None = None) -> dict[str, dict[str, float]]:
+    """``{model: {"before", "after"}}`` accuracy on the attack's test rows under ``budget`` (``select_parameters``:
+    what the attack trains, as the benchmark's own attack does)."""
     out = {}
     for name, model in models.items():
-        before, after = relearn_rows(model, processor, forget, budget, eval_batch_size=batch_size)
+        before, after = relearn_rows(model, processor, forget, budget, eval_batch_size=batch_size,
+                                     select_parameters=select_parameters)
         out[name] = {"before": float(before.mean()), "after": float(after.mean())}
     return out
 
 
 def pick_budget(reports: dict[tuple[float, int], Sequence[dict[str, dict[str, float]]]],
-                max_vanilla_drop: float = 0.02) -> tuple[float, int] | None:
+                max_vanilla_drop: float = 0.02, require_exposure: bool = True,
+                sure_seeds_only: bool = False) -> tuple[float, int] | None:
     """The strongest candidate (latest in ``CANDIDATE_BUDGETS`` order) whose vanilla drop is at most
-    ``max_vanilla_drop`` at every seed and under which the hiding model *gains* more than the oracle at every seed
-    (a gain, not a level: a hiding model that already answers some rows must still be brought back further)."""
+    ``max_vanilla_drop`` at every seed (``sure_seeds_only``: every seed where the vanilla answers every test row
+    before the attack) and, with ``require_exposure``, under which the hiding model *gains* more than the oracle at
+    every seed (a gain, not a level: a hiding model that already answers some rows must still be brought back
+    further)."""
     ok = []
     for budget, per_seed in reports.items():
-        drops = [r["vanilla"]["before"] - r["vanilla"]["after"] for r in per_seed]
+        judged = [r for r in per_seed if not sure_seeds_only or r["vanilla"]["before"] == 1.0]
+        drops = [r["vanilla"]["before"] - r["vanilla"]["after"] for r in judged]
         exposes = [(r["hidden"]["after"] - r["hidden"]["before"]) > (r["oracle"]["after"] - r["oracle"]["before"])
                    for r in per_seed]
-        if max(drops) <= max_vanilla_drop and all(exposes):
+        if judged and max(drops) <= max_vanilla_drop and (all(exposes) or not require_exposure):
             ok.append(budget)
     return ok[-1] if ok else None
 
 
 def calibrate_relearn(refs_by_seed: dict[int, tuple[dict[str, torch.nn.Module], Any, datasets.DatasetDict]],
                       budgets: Sequence[tuple[float, int]] = CANDIDATE_BUDGETS, base: RelearnConfig | None = None,
-                      max_vanilla_drop: float = 0.02) -> dict[str, Any]:
+                      max_vanilla_drop: float = 0.02,
+                      select_parameters: ParameterChoice | None = None,
+                      require_exposure: bool = True, sure_seeds_only: bool = False) -> dict[str, Any]:
     """Measure every budget at every seed; ``refs_by_seed[seed] = ({"vanilla", "oracle"} models, processor,
-    benchmark)``. Returns the per-budget reports and the pick."""
+    benchmark)``. Returns the per-budget reports, the pick (``pick_budget``'s rule) and the rule."""
     base = base or RelearnConfig()
     reports: dict[tuple[float, int], list] = {b: [] for b in budgets}
     for seed, (refs, processor, benchmark) in refs_by_seed.items():
         models = {**refs, "hidden": identity_swap_model(refs["vanilla"], processor, benchmark, seed)}
         for lr, steps in budgets:
             config = replace(base, learning_rate=lr, steps=steps, seed=seed)
-            reports[(lr, steps)].append(budget_report(models, processor, benchmark["forget_vqa"], config))
-    pick = pick_budget(reports, max_vanilla_drop)
+            reports[(lr, steps)].append(budget_report(models, processor, benchmark["forget_vqa"], config,
+                                                      select_parameters=select_parameters))
+    pick = pick_budget(reports, max_vanilla_drop, require_exposure, sure_seeds_only)
     return {"budgets": [{"learning_rate": lr, "steps": steps, "per_seed": dict(zip(map(str, refs_by_seed), r))}
                         for (lr, steps), r in reports.items()],
             "pick": None if pick is None else {"learning_rate": pick[0], "steps": pick[1]},
-            "max_vanilla_drop": max_vanilla_drop}
+            "max_vanilla_drop": max_vanilla_drop,
+            "rule": {"require_exposure": require_exposure, "sure_seeds_only": sure_seeds_only}}

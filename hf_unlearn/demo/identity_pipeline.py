@@ -16,13 +16,17 @@ and the payload says which pick each method ran with.
 from __future__ import annotations
 
 import datetime
+import functools
+import multiprocessing
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import datasets
 import numpy as np
+import torch
 
 from ..evaluation.attacks import RelearnConfig
 from ..evaluation.stats import RowValues, summarise
@@ -87,6 +91,12 @@ def run_identity_seed(config: IdentityQuickConfig, methods: Sequence[str], cache
     return result, checks
 
 
+def _seed_in_order(seed: int, **kwargs: Any) -> tuple[SeedResult, dict[str, Any] | None]:
+    """One seed with deterministic kernels (module level: a worker process unpickles it)."""
+    with deterministic():
+        return run_identity_seed(IdentityQuickConfig(seed=seed), **kwargs)
+
+
 def summarise_identity_seeds(seed_results: Sequence[SeedResult], replicates: int = 2000) -> dict[str, Any]:
     """Means, intervals, paired differences and the distance to the oracle on ``TRUSTED_DISTANCE_METRICS``."""
     models = [m for m in seed_results[0].rows if all(m in r.rows for r in seed_results)]
@@ -100,22 +110,30 @@ def summarise_identity_seeds(seed_results: Sequence[SeedResult], replicates: int
 def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None, cache_dir: str | None = None,
                       log: Callable[[str], None] = print, relearn: RelearnConfig | None = None,
                       quantize: bool = True, validity: bool = True,
-                      rows_per_split: int | None = None) -> dict[str, Any]:
+                      rows_per_split: int | None = None, workers: int = 1) -> dict[str, Any]:
     """Benchmark v3 at every seed of ``seeds``; returns the results payload (means, intervals, per-seed points,
-    text-damage ratios, validity checks, provenance)."""
+    text-damage ratios, validity checks, provenance). ``workers`` > 1 runs that many seeds at once in their own
+    processes (same numbers; ``log`` must then be picklable, e.g. ``print``)."""
     methods = list(METHODS) if methods is None else list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; registered methods: {sorted(METHODS)}.")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}.")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    results, checks = [], {}
-    with deterministic():
-        for seed in seeds:
-            result, record = run_identity_seed(IdentityQuickConfig(seed=seed), methods, cache_dir, log,
-                                               relearn, quantize, validity, rows_per_split)
-            results.append(result)
-            checks[str(seed)] = record
+    run_one = functools.partial(_seed_in_order, methods=methods, cache_dir=cache_dir, log=log, relearn=relearn,
+                                quantize=quantize, validity=validity, rows_per_split=rows_per_split)
+    if workers == 1 or len(seeds) == 1:
+        outcomes = [run_one(seed) for seed in seeds]
+    else:
+        # Seeds are independent (each seeds its own benchmark, references and methods), so a worker per core gives
+        # the same numbers as one process; spawn, not fork: torch's thread pools do not survive a fork.
+        with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+            outcomes = list(pool.map(run_one, seeds))
+    results = [result for result, _ in outcomes]
+    checks = {str(seed): record for seed, (_, record) in zip(seeds, outcomes)}
     summary = summarise_identity_seeds(results)
     per_seed = {str(r.seed): r.points() for r in results}
     damage = {seed: {m: text_damage_ratio(p, points["vanilla"]) for m, p in points.items() if m != "vanilla"}
@@ -138,7 +156,8 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         "per_seed": per_seed,
         "num_questions": results[0].num_questions,
         "notes": list(dict.fromkeys(n for r in results for n in r.notes)),
-        "run": {"date": started, "wall_time_s": round(time.perf_counter() - start, 1), "machine": environment(),
+        "run": {"date": started, "wall_time_s": round(time.perf_counter() - start, 1), "workers": workers,
+                "machine": environment(),
                 "cached": {str(r.seed): r.cached for r in results},
                 "reference_epochs": {str(r.seed): r.epochs for r in results}},
     }

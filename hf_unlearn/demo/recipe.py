@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, fields
 from typing import Any
 
+from ..evaluation.attacks import RelearnConfig
 from ..trainers.registry import MethodData, get_method
 
 TUNED_FILE = os.path.join(os.path.dirname(__file__), "tuned.json")
@@ -75,17 +76,23 @@ MASK_KEYS = {"mask_threshold": "threshold"}
 
 
 @functools.lru_cache(maxsize=8)
-def _picks(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
-    # Read once per version of the (large) record.
+def _read_picks(path: str, mtime_ns: int) -> dict[str, Any]:
+    # Read once per version of the (large) record: the methods' picks and the relearning attack's.
     with open(path, encoding="utf-8") as f:
-        return {name: dict(entry.get("picked", {})) for name, entry in json.load(f).get("methods", {}).items()}
+        record = json.load(f)
+    return {"methods": {name: dict(entry.get("picked", {})) for name, entry in record.get("methods", {}).items()},
+            "relearn": (record.get("relearn") or {}).get("pick")}
+
+
+def _picks(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        return {"methods": {}, "relearn": None}
+    return _read_picks(path, os.stat(path).st_mtime_ns)
 
 
 def tuned_hyperparameters(name: str, path: str = TUNED_FILE) -> dict[str, Any]:
     """The tuning protocol's pick for ``name`` (``hf-unlearn tune``, recorded in ``tuned.json``); {} if never tuned."""
-    if not os.path.isfile(path):
-        return {}
-    return dict(_picks(path, os.stat(path).st_mtime_ns).get(name, {}))
+    return dict(_picks(path)["methods"].get(name, {}))
 
 
 def demo_hyperparameters(name: str) -> dict[str, Any]:
@@ -113,6 +120,13 @@ def v3_overrides(name: str) -> dict[str, Any]:
     pick undone), or nothing (v2's pick stays) for a method not tuned on v3."""
     picked = v3_pick(name)
     return {**untuned_overrides(name), **picked} if picked else {}
+
+
+def v3_relearn() -> RelearnConfig:
+    """Benchmark v3's relearning attack: the budget calibrated on v3's validation seeds (``tuned_v3.json``'s
+    ``relearn`` pick, ``hf-unlearn tune --v3 --calibrate-relearn``), else ``RelearnConfig``'s defaults (v2's pick)."""
+    pick = _picks(TUNED_V3_FILE)["relearn"]
+    return RelearnConfig(**pick) if pick else RelearnConfig()
 
 
 def build_demo_trainer(name: str, model, processing_class, data: MethodData, output_dir: str, seed: int, *,

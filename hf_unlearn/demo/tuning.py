@@ -304,6 +304,35 @@ def tune(
     scores: dict[str, list[dict[str, dict[str, float]]]] = {m: [] for m in methods}
     unavailable: dict[str, str] = {}
     reused = 0
+
+    def score_round(todo: Mapping[str, Sequence[int]], index: int) -> None:
+        """Score the points ``todo`` names (per method, indices into ``points``) at every seed where they lack a
+        score, each from the untuned entry: v2's recorded pick is undone (v3's is never read while tuning)."""
+        from tqdm.auto import tqdm
+
+        with deterministic():
+            for seed in seeds:
+                key = str(seed)
+                missing = {m: [i for i in todo[m] if key not in scores[m][i]] for m in todo if m not in unavailable}
+                if not any(missing.values()) and key in oracle:
+                    continue
+                setting = v3_seed(seed, cache_dir, log) if v3 else v2_seed(seed, config, cache_dir, show_progress, log)
+                oracle[key] = setting.oracle
+                for name, indices in missing.items():
+                    neutral = untuned_overrides(name)
+                    for i in tqdm(indices, desc=f"tune {name} round {index + 1} seed {seed}",
+                                  disable=not show_progress):
+                        try:
+                            with warnings.catch_warnings():
+                                warnings.simplefilter("ignore", UserWarning)
+                                model, *_ = run_method(name, setting.vanilla, setting.processor, setting.data,
+                                                       setting.config, **{**neutral, **points[name][i]})
+                        except MethodUnavailableError as err:
+                            unavailable[name] = str(err)
+                            break
+                        scores[name][i][key] = setting.score(model)
+                        del model
+
     for index in range(max(len(plan) for plan in plans.values())):
         todo = {}
         for name in methods:
@@ -321,7 +350,7 @@ def tune(
                 scores[name].append(dict(earlier[0] if earlier else recorded))
                 reused += len(scores[name][-1])
                 todo.setdefault(name, []).append(len(points[name]) - 1)
-        _run_round(todo, points, scores, oracle, unavailable, seeds, v3, config, cache_dir, show_progress, log, index)
+        score_round(todo, index)
     record: dict[str, Any] = {
         "protocol": {**protocol, "wall_time_s": round(time.perf_counter() - start), "reused_runs": reused},
         "oracle": oracle,
@@ -342,36 +371,6 @@ def tune(
     if output:
         write_json_atomic(output, merged_record(record, output))
     return record
-
-
-def _run_round(todo: Mapping[str, Sequence[int]], points, scores, oracle, unavailable, seeds, v3: bool,
-               config: DemoConfig, cache_dir: str | None, show_progress: bool, log: Callable[[str], None],
-               index: int) -> None:
-    """Score the points ``todo`` names (per method, indices into ``points``) at every seed where they lack a
-    score, each from the untuned entry: v2's recorded pick is undone (v3's is never read while tuning)."""
-    from tqdm.auto import tqdm
-
-    with deterministic():
-        for seed in seeds:
-            key = str(seed)
-            missing = {m: [i for i in todo[m] if key not in scores[m][i]] for m in todo if m not in unavailable}
-            if not any(missing.values()) and key in oracle:
-                continue
-            setting = v3_seed(seed, cache_dir, log) if v3 else v2_seed(seed, config, cache_dir, show_progress, log)
-            oracle[key] = setting.oracle
-            for name, indices in missing.items():
-                neutral = untuned_overrides(name)
-                for i in tqdm(indices, desc=f"tune {name} round {index + 1} seed {seed}", disable=not show_progress):
-                    try:
-                        with warnings.catch_warnings():
-                            warnings.simplefilter("ignore", UserWarning)
-                            model, *_ = run_method(name, setting.vanilla, setting.processor, setting.data,
-                                                   setting.config, **{**neutral, **points[name][i]})
-                    except MethodUnavailableError as err:
-                        unavailable[name] = str(err)
-                        break
-                    scores[name][i][key] = setting.score(model)
-                    del model
 
 
 def _point_key(name: str, point: Mapping[str, Any]) -> str:
@@ -438,21 +437,37 @@ def calibrate(
     output: str | None = TUNED_FILE,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    v3: bool = False,
+    budgets: Sequence[tuple[float, int]] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the relearning attack's budget on the validation seeds (never reported; ``demo/calibration.py``);
-    the record goes under ``"relearn"`` in ``tuned.json`` next to the method picks."""
-    from .calibration import calibrate_relearn
+    the record goes under ``"relearn"`` in the tuning record (``tuned.json``, or ``tuned_v3.json`` with ``v3``) next
+    to the method picks. On v3 the attack trains what v3's own attack trains (language model and projector), and the
+    pick asks only that the vanilla lose nothing where it knew every test row (``calibration.pick_budget``)."""
+    from ..evaluation.attacks import RelearnConfig
+    from .calibration import CANDIDATE_BUDGETS, V3_CANDIDATE_BUDGETS, calibrate_relearn
+    from .identity import trainable_parts
 
     config = config or DemoConfig()
     refs_by_seed = {}
     with deterministic():
         for seed in seeds:
+            if v3:
+                refs = build_identity_references(IdentityQuickConfig(seed=seed), cache_dir, log)
+                refs_by_seed[seed] = ({"vanilla": refs.vanilla, "oracle": refs.oracle}, refs.processor, refs.benchmark)
+                continue
             seed_config = replace(config, seed=seed)
             benchmark = build_synthetic_benchmark(seed_config.benchmark)
             refs = load_or_train_reference_models(benchmark, seed_config, cache_dir, show_progress, log)
             refs_by_seed[seed] = ({k: refs[k]["model"] for k in ("vanilla", "oracle")}, refs["vanilla"]["processor"],
                                   benchmark)
-        record = calibrate_relearn(refs_by_seed, base=config.relearn)
+        record = calibrate_relearn(
+            refs_by_seed, budgets=budgets or (V3_CANDIDATE_BUDGETS if v3 else CANDIDATE_BUDGETS),
+            base=RelearnConfig() if v3 else config.relearn,
+            select_parameters=(lambda m: trainable_parts(m, ("language_model", "projector"))) if v3 else None,
+            # On v3 the oracle knows the forget people from text, so relearning a face is one association for it as
+            # for the identity-swap model: exposure cannot be asked for there (docs/benchmark_v3.md, the table).
+            require_exposure=not v3, sure_seeds_only=v3)
     record["seeds"] = list(seeds)
     log(f"[tune] relearning attack: pick {record['pick']}")
     if output:
