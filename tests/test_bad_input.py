@@ -363,6 +363,7 @@ CLI_CASES: dict[str, CliCase] = {
     "demo-workers-on-v2": CliCase(("demo", "--v2", "--workers", "2"), "--workers 2: pass a number >= 1, and more "
                                   "than 1 only on benchmark v3"),
     "demo-workers-zero": CliCase(("demo", "--workers", "0"), "--workers 0: pass a number >= 1"),
+    "demo-workers-on-text": CliCase(("demo", "--text", "--workers", "2"), "more than 1 only on benchmark v3"),
     "demo-unknown-method": CliCase(("demo", "--methods", "ga,bogus"), "unknown method(s) ['bogus']"),
     "demo-output-is-a-file": CliCase(("demo", "--output", "@TMP@/out"), "--output '@TMP@/out' is a file; pass a folder",
                                      setup=_file_at_out),

@@ -76,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"hf-unlearn demo: error: {' and '.join(chosen)} pick different benchmarks; pass one of them.",
               file=sys.stderr)
         return 2
+    v3 = not (args.real or args.v2 or args.text)
+    if args.workers < 1 or (args.workers > 1 and not v3):
+        print(f"hf-unlearn demo: error: --workers {args.workers}: pass a number >= 1, and more than 1 only on "
+              "benchmark v3.", file=sys.stderr)
+        return 2
     if args.text:
         from ..demo.text import run_text_cli
 
@@ -110,11 +115,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.threads is not None and args.threads < 1:
         print(f"hf-unlearn demo: error: --threads must be >= 1, got {args.threads}.", file=sys.stderr)
-        return 2
-    v3 = not (args.real or args.v2)
-    if args.workers < 1 or (args.workers > 1 and not v3):
-        print(f"hf-unlearn demo: error: --workers {args.workers}: pass a number >= 1, and more than 1 only on "
-              "benchmark v3.", file=sys.stderr)
         return 2
     problem = _unwritable(args)
     if problem:
