@@ -91,7 +91,7 @@ def run_identity_seed(config: IdentityQuickConfig, methods: Sequence[str], cache
     return result, checks
 
 
-def _seed_in_order(seed: int, **kwargs: Any) -> tuple[SeedResult, dict[str, Any] | None]:
+def _run_seed_deterministically(seed: int, **kwargs: Any) -> tuple[SeedResult, dict[str, Any] | None]:
     """One seed with deterministic kernels (module level: a worker process unpickles it)."""
     with deterministic():
         return run_identity_seed(IdentityQuickConfig(seed=seed), **kwargs)
@@ -122,7 +122,7 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         raise ValueError(f"workers must be >= 1, got {workers}.")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    run_one = functools.partial(_seed_in_order, methods=methods, cache_dir=cache_dir, log=log, relearn=relearn,
+    run_one = functools.partial(_run_seed_deterministically, methods=methods, cache_dir=cache_dir, log=log, relearn=relearn,
                                 quantize=quantize, validity=validity, rows_per_split=rows_per_split)
     if workers == 1 or len(seeds) == 1:
         outcomes = [run_one(seed) for seed in seeds]

@@ -93,7 +93,7 @@ def tuning_table(record: Mapping[str, Any]) -> str:
     lines += ["", f"Validation seeds {_span(seeds)} (never reported); {protocol.get('grid_size', '?')} points per "
                   f"method per seed; criterion: {protocol.get('criterion', '?')} over "
                   f"{', '.join(protocol.get('metrics', []))}; wall time {protocol.get('wall_time_s', '?')} s"
-                  + (f", the sum of {len(protocol['runs'])} runs (one process each, two at once; a point scored in "
+                  + (f", the sum of {len(protocol['runs'])} runs (one process each, some at once; a point scored in "
                      f"an earlier run is not run again)." if protocol.get("runs") else ".")]
     return "\n".join(lines)
 
