@@ -7,6 +7,7 @@ crashed the collator with a bare TypeError; ChatML templates put a newline after
 import warnings
 
 import pytest
+import torch
 
 from hf_unlearn import UnlearnDataCollator
 from hf_unlearn.real_llava import SMOLLM2_CHAT_TEMPLATE
@@ -80,3 +81,41 @@ def test_newline_kept_when_no_special_token_ends_the_turn():
                                "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
     batch = UnlearnDataCollator(processor)([ROWS[1]])
     assert _decoded(processor.tokenizer, batch, 0, labels=True) == "pilot\n"
+
+
+def test_renderings_are_kept_per_conversation_and_a_changed_template_renders_afresh(monkeypatch):
+    """Evaluation renders each question once per candidate answer and per scored model: the text is kept (it cost
+    more than the forward passes), and the batch is the one the template renders every time."""
+    from transformers.processing_utils import ProcessorMixin
+
+    from hf_unlearn.data.chat_rendering import render_chat_template
+
+    model, processor = tiny_vlm("llava")
+    processor.chat_template = SMOLLM2_CHAT_TEMPLATE
+    fresh = UnlearnDataCollator(processor)(ROWS)  # before any counting: what an uncached render gives
+    calls = []
+    original = ProcessorMixin.apply_chat_template
+
+    def counting(self, conversation, *args, **kwargs):
+        calls.append(repr(conversation))
+        return original(self, conversation, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessorMixin, "apply_chat_template", counting)
+    again = UnlearnDataCollator(processor)(ROWS)  # a new collator: the cache belongs to the processor
+    assert calls == []
+    assert all(torch.equal(fresh[k], again[k]) for k in ("input_ids", "attention_mask", "labels"))
+
+    processor.chat_template = SMOLLM2_CHAT_TEMPLATE.replace("<|im_start|>", "<|im_start|> ")
+    changed = UnlearnDataCollator(processor)(ROWS)
+    rows_rendered = [c for c in calls if "hf-unlearn-probe" not in c]  # not the new template's one-time probe
+    assert len(rows_rendered) == 2 * len(ROWS)  # prompt and full conversation of each row, rendered afresh
+    assert changed["input_ids"].shape != fresh["input_ids"].shape or not torch.equal(changed["input_ids"],
+                                                                                      fresh["input_ids"])
+
+    # A part holding an object (an image inside the message) cannot be keyed: rendered every time, same text.
+    _, processor = tiny_vlm("llava")  # its own template renders content parts
+    messages = [{"role": "user", "content": [{"type": "image", "image": toy_portrait(0)},
+                                             {"type": "text", "text": "Who is in the image?"}]}]
+    calls.clear()
+    texts = [render_chat_template(processor, messages, add_generation_prompt=True) for _ in range(2)]
+    assert len(calls) == 2 and texts[0] == texts[1]

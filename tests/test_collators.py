@@ -86,3 +86,38 @@ def test_paired_collator_carries_row_indices_and_passes_plain_rows_through():
     assert batch["forget"]["pixel_values"].shape[0] == 2 and "pixel_values" not in batch["retain"]
     # Plain rows (evaluation) go straight through the inner collator.
     assert set(paired([ROWS[1]])) >= {"input_ids", "labels"}
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_memoized_image_processing_gives_the_same_batch_and_preprocesses_each_picture_once(arch):
+    """Scoring asks about each picture once per candidate answer: while memoised, LLaVA's processor preprocesses a
+    picture once; Qwen2-VL's patches (with image_grid_thw) are not one row per picture and run as usual."""
+    from hf_unlearn.data.image_processing_memo import memoized_image_processing
+
+    _, processor = tiny_vlm(arch)
+    rows = [{**row, "answer": answer} for row in ROWS for answer in ("yes", "no", row["answer"])]  # 6 asked pictures
+    collator = UnlearnDataCollator(processor)
+    plain = collator(rows)
+    image_processor = processor.image_processor
+    seen = []
+    original = type(image_processor).preprocess
+
+    def counting(self, images, *args, **kwargs):
+        seen.append(len(images) if isinstance(images, list) else 1)
+        return original(self, images, *args, **kwargs)
+
+    type_preprocess = type(image_processor).preprocess
+    type(image_processor).preprocess = counting
+    try:
+        with memoized_image_processing(processor):
+            first, again = collator(rows), collator(rows)
+        after = collator(rows)
+    finally:
+        type(image_processor).preprocess = type_preprocess
+    for batch in (first, again, after):
+        assert batch.keys() == plain.keys() and all(torch.equal(batch[k], plain[k]) for k in plain)
+    if arch == "llava":  # the 2 distinct pictures once each, then nothing until the memo ends
+        assert seen == [1, 1, 6]
+    else:  # tried on one picture, found patches, then every batch as usual
+        assert seen == [1, 6, 6, 6]
+    assert "preprocess" not in vars(image_processor)

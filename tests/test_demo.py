@@ -183,3 +183,26 @@ def test_every_method_trains_with_the_demo_recipe(name, two_runs, tmp_path):
     trainer.train()
     assert trainer.state.global_step >= 1
     assert any(not torch.equal(p.detach(), start[n]) for n, p in trainer.model.named_parameters())
+
+
+def test_the_demo_probe_checks_the_stop_rule_quietly_without_option_scoring(two_runs, tmp_path, capsys):
+    """The demo's probe serves the stop rule (NLLs, every 5 steps): no per-option accuracy at each check (it was 7 of
+    a 12 s GA_Diff run on v3) and no log line per check on the terminal; the Evaluator scores accuracy afterwards."""
+    import copy
+
+    from hf_unlearn.data.synthetic import build_synthetic_benchmark
+    from hf_unlearn.demo.pipeline import method_data
+    from hf_unlearn.demo.recipe import build_demo_trainer
+
+    _, cache, _, _ = two_runs
+    config = micro_config()
+    bench = build_synthetic_benchmark(config.benchmark)
+    refs = references.load_or_train_reference_models(bench, config, str(cache), False, lambda *_: None)
+    trainer = build_demo_trainer("ga_diff", copy.deepcopy(refs["vanilla"]["model"]), refs["vanilla"]["processor"],
+                                 method_data(bench), str(tmp_path), 0, max_steps=2, probe_steps=1)
+    capsys.readouterr()
+    trainer.train()
+    probes = [log for log in trainer.state.log_history if "eval_forget_nll" in log]
+    assert len(probes) == 3  # before training and after each of the 2 steps
+    assert not any(key.endswith("_acc") for log in probes for key in log)
+    assert "eval_forget_nll" not in capsys.readouterr().out

@@ -21,6 +21,7 @@ import torch
 from transformers import ProcessorMixin
 from trl.trainer.utils import flush_left, pad
 
+from .chat_rendering import render_chat_template
 from .rows import RowError, parse_row
 
 IGNORE_INDEX = -100
@@ -95,8 +96,8 @@ class UnlearnDataCollator:
             else:
                 msgs, answer_content = _plain_text(messages), answer
             full_msgs = msgs + [{"role": "assistant", "content": answer_content}]
-            prompt = template_owner.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-            full = template_owner.apply_chat_template(full_msgs, tokenize=False)
+            prompt = render_chat_template(template_owner, msgs, add_generation_prompt=True)
+            full = render_chat_template(template_owner, full_msgs)
             if not full.startswith(prompt):
                 raise CollationError("The chat template does not render the prompt as a prefix of the full "
                                      "conversation; pass rows whose template is prefix-consistent or set a simple "

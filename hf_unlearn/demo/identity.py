@@ -52,6 +52,7 @@ from ..data.identity_benchmark import (
     image_training_set,
     text_training_set,
 )
+from ..data.image_processing_memo import memoized_image_processing
 from ..evaluation.evaluator import Evaluator
 from ..features import memoized_image_features
 from ..trainers.registry import MethodData
@@ -149,13 +150,13 @@ def _evaluator(model, processor, batch_size: int = 64) -> Evaluator:
 
 def accuracy(model, processor, rows: datasets.Dataset) -> float:
     """4-way accuracy by option likelihood (the ``Evaluator``'s), the frozen tower run once per image."""
-    with memoized_image_features(model):
+    with memoized_image_features(model), memoized_image_processing(processor):
         return _evaluator(model, processor).mcq_accuracy(rows)
 
 
 def answer_nll(model, processor, rows: datasets.Dataset) -> np.ndarray:
     """Per row, the mean NLL of the true answer's tokens (the ``Evaluator``'s), the frozen tower run once per image."""
-    with memoized_image_features(model):
+    with memoized_image_features(model), memoized_image_processing(processor):
         return _evaluator(model, processor).answer_nll(rows)
 
 

@@ -36,6 +36,7 @@ import torch
 from transformers import set_seed
 
 from ..data.identity_benchmark import POPE_ANSWERS
+from ..data.image_processing_memo import memoized_image_processing
 from ..data.rows import row_answers
 from ..evaluation import metrics, text_metrics
 from ..evaluation.attacks import RelearnConfig, relearn_rows
@@ -90,6 +91,26 @@ def evaluate_identity_rows(
     attack (``demo.evaluation.reference_nll``)."""
     set_seed(seed)
     evaluator = Evaluator(model, processor, benchmark, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    with memoized_image_processing(processor):  # each picture is asked about ~10 times per split
+        rows = _split_and_membership_rows(evaluator, model, benchmark, reference)
+        if quantize:
+            for bits in BITS:
+                quantized = Evaluator(quantized_copy(model, bits), processor, benchmark, batch_size=batch_size)
+                rows[f"quant{bits}_forget_vqa_acc"] = RowValues.of(quantized.mcq_correct("forget_vqa"))
+                del quantized
+        if relearn is not None:
+            # Every model relearns through the parts the references trained (language model and projector),
+            # whatever the method left trainable: the same attack for every method.
+            before, after = relearn_rows(model, processor, benchmark["forget_vqa"], relearn,
+                                         eval_batch_size=batch_size, select_parameters=lambda m: trainable_parts(
+                                             m, ("language_model", "projector")))
+            rows["relearn_acc"], rows["relearn_pre_acc"] = RowValues.of(after), RowValues.of(before)
+    return rows
+
+
+def _split_and_membership_rows(evaluator: Evaluator, model: torch.nn.Module, benchmark: datasets.DatasetDict,
+                               reference: Mapping[str, np.ndarray] | None) -> dict[str, RowValues]:
+    """``PER_SPLIT``'s rows of every split and the membership AUCs, the frozen tower run once per image."""
     rows: dict[str, RowValues] = {}
     with memoized_image_features(model):
         for split in SPLITS:
@@ -100,17 +121,6 @@ def evaluate_identity_rows(
             ref = reference or {}
             members, nonmembers = (evaluator.mia_scores(split, reference=ref.get(split)) for split in MIA_SPLITS)
             rows.update({key: RowValues.of(members[a], nonmembers[a]) for a, key in MIA_KEYS.items() if a in members})
-    if quantize:
-        for bits in BITS:
-            quantized = Evaluator(quantized_copy(model, bits), processor, benchmark, batch_size=batch_size)
-            rows[f"quant{bits}_forget_vqa_acc"] = RowValues.of(quantized.mcq_correct("forget_vqa"))
-            del quantized
-    if relearn is not None:
-        # Every model relearns through the parts the references trained (language model and projector), whatever
-        # the method left trainable: the same attack for every method.
-        before, after = relearn_rows(model, processor, benchmark["forget_vqa"], relearn, eval_batch_size=batch_size,
-                                     select_parameters=lambda m: trainable_parts(m, ("language_model", "projector")))
-        rows["relearn_acc"], rows["relearn_pre_acc"] = RowValues.of(after), RowValues.of(before)
     return rows
 
 

@@ -34,6 +34,7 @@ import datasets
 import torch
 from transformers import set_seed
 
+from ..data.image_processing_memo import memoized_image_processing
 from ..data.synthetic import build_synthetic_benchmark
 from ..evaluation.report import plot_tradeoff, render_report, results_table, write_text
 from ..evaluation.stats import RowValues, summarise
@@ -97,7 +98,8 @@ def run_method(
         # Quiet: the demo prints one table, not every method's loss log.
         trainer = build_demo_trainer(name, model, processor, data, tmp, config.seed, logging_strategy="no", **overrides)
         try:
-            trainer.train()
+            with memoized_image_processing(processor):  # the probe asks about each picture at every check
+                trainer.train()
         except UnlearningDivergedError:
             # The diverging step never touched the weights: evaluate the model as it was before it.
             note = f"{name}: the loss diverged at step {trainer.state.global_step}; evaluated the last finite model."
