@@ -6,6 +6,7 @@ is cold), its wall time and the 1-minute load average before and after recorded.
 goals are absolute. A step whose load exceeded ``common.LOAD_RULE`` is marked "under load" (not a verdict).
 
     python benchmarks/bench_v3_costs.py                       # every registered method, seed 0
+    python benchmarks/bench_v3_costs.py --workers 2                           # the demo's --workers 2
     python benchmarks/bench_v3_costs.py --methods ga,mmunlearner,vkd --out /tmp/v3_costs.json
 
 Results: JSON (``--out``, default ``docs/results/v3_costs.json``) with the environment (versions, CPU flags);
@@ -38,9 +39,9 @@ STEPS = (
 )
 
 
-def run_step(flags: list[str], cache: str, out: str, seed: int, methods: str | None) -> dict:
+def run_step(flags: list[str], cache: str, out: str, seed: int, methods: str | None, workers: int) -> dict:
     command = [sys.executable, "-m", "hf_unlearn.cli", "demo", "--v3", "--seeds", str(seed), "--cache-dir", cache,
-               "--output", out, *flags, *(["--methods", methods] if methods else [])]
+               "--output", out, "--workers", str(workers), *flags, *(["--methods", methods] if methods else [])]
     before, start = load_average(), time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds, after = time.perf_counter() - start, load_average()
@@ -53,24 +54,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", default=None, help="Comma-separated methods (default: every registered one).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="The demo's --workers (2 on 2 cores: its methods and checks shared out between two "
+                             "processes).")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "results" /
                                              "v3_costs.json"))
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)  # the measured command runs torch on one thread: the load limit is for one
-    limit = load_limit()
+    limit = load_limit(args.workers)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hf_unlearn_v3_costs_") as work:
         cache = os.path.join(work, "cache")
         for i, (name, flags, goal) in enumerate(STEPS):
-            result = run_step(flags, cache, os.path.join(work, f"out{i}"), args.seed, args.methods)
+            result = run_step(flags, cache, os.path.join(work, f"out{i}"), args.seed, args.methods, args.workers)
             under_load = max(result["load"]) > limit
             rows.append({"step": name, "goal_s": goal, **result, "under_load": under_load,
                          "meets_goal": None if under_load else result["seconds"] <= goal})
             print(f"[v3 costs] {name}: {result['seconds']} s (goal {goal} s), load {result['load']}", flush=True)
     env = environment()
-    payload = {"methods": args.methods or "all registered", "seed": args.seed, "load_rule": LOAD_RULE,
+    payload = {"methods": args.methods or "all registered", "seed": args.seed, "workers": args.workers,
+               "load_rule": LOAD_RULE,
                "load_limit": limit, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": env, "steps": rows}
     atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
     print("\n" + costs_block(payload))

@@ -305,7 +305,7 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(checks, quick
                                 {k: here[model][k] for k in values if k != "wall_time_s"}, err_msg=model)
     # The mean over two copies of one seed is that seed's value.
     assert payload["methods"]["ga"]["forget_vqa_nll"] == pytest.approx(quick_payload["methods"]["ga"]["forget_vqa_nll"])
-    assert payload["run"]["workers"] == 2 and "(2 seeds at once)" in v3_tables(payload)
+    assert payload["run"]["workers"] == 2 and "(2 worker processes)" in v3_tables(payload)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_identity_demo([0], ["ga"], cache_dir=checks["cache_dir"], workers=0)
 

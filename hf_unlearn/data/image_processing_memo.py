@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature
 
-MAX_MEMOIZED_PICTURES = 4096
+MAX_MEMOIZED_BYTES = 256 * 2**20  # about 430 LLaVA-1.5 pictures (336 px), 7000 of the demo's
 
 
 def _picture_key(image: Image.Image) -> tuple:
@@ -34,10 +34,11 @@ def memoized_image_processing(processing_class):
         return
     original = image_processor.preprocess
     cache: OrderedDict = OrderedDict()
+    held = 0  # bytes in cache
     per_picture = True
 
     def preprocess(images, *args, **kwargs):
-        nonlocal per_picture
+        nonlocal per_picture, held
         pictures = images if isinstance(images, (list, tuple)) else [images]
         if not per_picture or args or not pictures or not all(isinstance(p, Image.Image) for p in pictures):
             return original(images, *args, **kwargs)
@@ -52,8 +53,9 @@ def memoized_image_processing(processing_class):
                     per_picture = False  # not one row per picture: this processor runs as usual from now on
                     return original(images, *args, **kwargs)
                 cache[key] = values
-                if len(cache) > MAX_MEMOIZED_PICTURES:
-                    cache.popitem(last=False)
+                held += values.nbytes
+                while held > MAX_MEMOIZED_BYTES and len(cache) > 1:
+                    held -= cache.popitem(last=False)[1].nbytes
             cache.move_to_end(key)
             rows.append(cache[key])
         return BatchFeature({"pixel_values": torch.cat(rows)})

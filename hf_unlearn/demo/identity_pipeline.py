@@ -22,6 +22,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -53,48 +54,110 @@ def evaluation_subset(benchmark: datasets.DatasetDict, rows_per_split: int | Non
         for name, split in benchmark.items()})
 
 
+# A seed's units of work, each independent of the others once the references are trained: a worker process can run
+# any of them (``run_identity_demo(workers=)``). Every unit seeds itself, so its numbers do not depend on which units
+# ran before it in the same process.
+REFERENCES_UNIT, VALIDITY_UNIT = "vanilla and oracle", "validity checks"
+
+
+def seed_units(methods: Sequence[str], validity: bool) -> list[str]:
+    """A seed's units, the longest first (the validity checks train GA and a vision-side update to the oracle)."""
+    return [*([VALIDITY_UNIT] if validity else []), REFERENCES_UNIT, *methods]
+
+
+@dataclass
+class _Seed:
+    """What every unit of a seed reads: the config, the references, the scored subset and the evaluation settings."""
+
+    config: IdentityQuickConfig
+    refs: Any
+    bench: datasets.DatasetDict
+    common: dict[str, Any]
+
+
+def _seed(seed: int, cache_dir: str | None, log: Callable[[str], None], relearn: RelearnConfig | None,
+          quantize: bool, rows_per_split: int | None) -> _Seed:
+    config = IdentityQuickConfig(seed=seed)
+    refs = build_identity_references(config, cache_dir, log)
+    bench = evaluation_subset(refs.benchmark, rows_per_split, seed)
+    common = dict(seed=seed, relearn=relearn, quantize=quantize,
+                  reference=reference_nll(refs.oracle, refs.processor, bench))
+    return _Seed(config, refs, bench, common)
+
+
+def _run_unit(state: _Seed, unit: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """One unit's outcome: ``rows`` ({model: {metric: rows}}), ``notes`` and, for the validity unit, ``checks``."""
+    refs, config = state.refs, state.config
+    if unit == VALIDITY_UNIT:
+        return {"rows": {}, "notes": [], "checks": validity_checks(refs, seed=config.seed)}
+    if unit == REFERENCES_UNIT:
+        return {"notes": [], "num_questions": {k: len(v) for k, v in state.bench.items()}, "rows": {kind: {
+            **evaluate_identity_rows(model, refs.processor, state.bench, **state.common),
+            "wall_time_s": RowValues.of([refs.info[kind]["train_time_s"] or 0.0])}
+            for kind, model in (("vanilla", refs.vanilla), ("oracle", refs.oracle))}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model, seconds, note, steps = run_method(unit, refs.vanilla, refs.processor, method_data(refs.benchmark),
+                                                     config, **v3_overrides(unit))
+    except MethodUnavailableError as err:
+        return {"rows": {}, "notes": [f"{unit}: skipped, its trainer is not importable ({err})."]}
+    rows = {**evaluate_identity_rows(model, refs.processor, state.bench, **state.common),
+            "wall_time_s": RowValues.of([seconds]), "train_steps": RowValues.of([steps])}
+    log(f"[v3] seed {config.seed}: {unit} done ({seconds:.1f} s, {steps} steps)")
+    return {"rows": {unit: rows}, "notes": [f"seed {config.seed}: {note}"] if note else []}
+
+
+def _seed_result(seed: int, units: Sequence[str], outcomes: Sequence[dict[str, Any]],
+                 info: dict[str, Any]) -> tuple[SeedResult, dict[str, Any] | None]:
+    """The seed's ``SeedResult`` from its units' outcomes, vanilla and oracle first, then the methods in the order of
+    ``units``. ``info``: the references' record (whether they came from the cache, their epochs)."""
+    ordered = sorted(zip(units, outcomes), key=lambda pair: pair[0] != REFERENCES_UNIT)
+    result = SeedResult(seed=seed, num_questions=ordered[0][1]["num_questions"],
+                        cached={k: info[k]["cached"] for k in REFERENCE_MODELS},
+                        epochs={k: info[k].get("epochs") for k in REFERENCE_MODELS})
+    checks = None
+    for _, outcome in ordered:
+        result.rows.update(outcome["rows"])
+        result.notes += outcome["notes"]
+        checks = outcome.get("checks", checks)
+    return result, checks
+
+
 def run_identity_seed(config: IdentityQuickConfig, methods: Sequence[str], cache_dir: str | None = None,
                       log: Callable[[str], None] = print, relearn: RelearnConfig | None = None,
                       quantize: bool = True, validity: bool = True,
                       rows_per_split: int | None = None) -> tuple[SeedResult, dict[str, Any] | None]:
-    """Vanilla, oracle and every method of ``methods`` at ``config.seed``; with ``validity``, the validity checks'
-    record too. Methods train on the whole benchmark; ``rows_per_split`` evaluates a seeded subset of each split (a
-    quick look: intervals then cover fewer questions)."""
-    refs = build_identity_references(config, cache_dir, log)
-    processor = refs.processor
-    bench = evaluation_subset(refs.benchmark, rows_per_split, config.seed)
-    result = SeedResult(seed=config.seed, num_questions={k: len(v) for k, v in bench.items()},
-                        cached={k: refs.info[k]["cached"] for k in REFERENCE_MODELS},
-                        epochs={k: refs.info[k].get("epochs") for k in REFERENCE_MODELS})
-    common = dict(seed=config.seed, relearn=relearn, quantize=quantize,
-                  reference=reference_nll(refs.oracle, processor, bench))
-    for kind, model in (("vanilla", refs.vanilla), ("oracle", refs.oracle)):
-        result.rows[kind] = {**evaluate_identity_rows(model, processor, bench, **common),
-                             "wall_time_s": RowValues.of([refs.info[kind]["train_time_s"] or 0.0])}
-    data = method_data(refs.benchmark)
-    for name in methods:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                model, seconds, note, steps = run_method(name, refs.vanilla, processor, data, config,
-                                                         **v3_overrides(name))
-        except MethodUnavailableError as err:
-            result.notes.append(f"{name}: skipped, its trainer is not importable ({err}).")
-            continue
-        if note:
-            result.notes.append(f"seed {config.seed}: {note}")
-        result.rows[name] = {**evaluate_identity_rows(model, processor, bench, **common),
-                             "wall_time_s": RowValues.of([seconds]), "train_steps": RowValues.of([steps])}
-        log(f"[v3] seed {config.seed}: {name} done ({seconds:.1f} s, {steps} steps)")
-        del model
-    checks = validity_checks(refs, seed=config.seed) if validity else None
-    return result, checks
+    """Vanilla, oracle and every method of ``methods`` at ``config.seed``, in this process; with ``validity``, the
+    validity checks' record too. Methods train on the whole benchmark; ``rows_per_split`` evaluates a seeded subset
+    of each split (a quick look: intervals then cover fewer questions)."""
+    state = _seed(config.seed, cache_dir, log, relearn, quantize, rows_per_split)
+    units = [REFERENCES_UNIT, *methods, *([VALIDITY_UNIT] if validity else [])]
+    return _seed_result(config.seed, units, [_run_unit(state, unit, log) for unit in units], state.refs.info)
 
 
 def _run_seed_deterministically(seed: int, **kwargs: Any) -> tuple[SeedResult, dict[str, Any] | None]:
-    """One seed with deterministic kernels (module level: a worker process unpickles it)."""
+    """One seed with deterministic kernels, in this process."""
     with deterministic():
         return run_identity_seed(IdentityQuickConfig(seed=seed), **kwargs)
+
+
+def _references_in_worker(seed: int, cache_dir: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train (or find) a seed's references in a worker, before any unit loads them; their record."""
+    with deterministic():
+        return build_identity_references(IdentityQuickConfig(seed=seed), cache_dir, log).info
+
+
+def _unit_in_worker(task: tuple[int, str], **kwargs: Any) -> dict[str, Any]:
+    """One (seed, unit) in a worker process, with deterministic kernels (module level: the worker unpickles it)."""
+    from transformers.utils import logging as transformers_logging
+
+    seed, unit = task
+    log = kwargs.pop("log")
+    # The references were built before: loading them again for every unit is worth no line and no progress bar.
+    transformers_logging.disable_progress_bar()  # in this worker process only
+    with deterministic():
+        return _run_unit(_seed(seed, log=lambda *_: None, **kwargs), unit, log)
 
 
 def summarise_identity_seeds(seed_results: Sequence[SeedResult], replicates: int = 2000) -> dict[str, Any]:
@@ -112,8 +175,9 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
                       quantize: bool = True, validity: bool = True,
                       rows_per_split: int | None = None, workers: int = 1) -> dict[str, Any]:
     """Benchmark v3 at every seed of ``seeds``; returns the results payload (means, intervals, per-seed points,
-    text-damage ratios, validity checks, provenance). ``workers`` > 1 runs that many seeds at once in their own
-    processes (same numbers; ``log`` must then be picklable, e.g. ``print``)."""
+    text-damage ratios, validity checks, provenance). ``workers`` > 1 runs the seeds' units (``seed_units``: the
+    references' evaluation, each method, the validity checks) in that many processes (same numbers; ``log`` must
+    then be picklable, e.g. ``print``)."""
     methods = list(METHODS) if methods is None else list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -122,16 +186,23 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         raise ValueError(f"workers must be >= 1, got {workers}.")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    run_one = functools.partial(_run_seed_deterministically, methods=methods, cache_dir=cache_dir, log=log, relearn=relearn,
-                                quantize=quantize, validity=validity, rows_per_split=rows_per_split)
-    if workers == 1 or len(seeds) == 1:
-        outcomes = [run_one(seed) for seed in seeds]
+    settings = dict(cache_dir=cache_dir, log=log, relearn=relearn, quantize=quantize, rows_per_split=rows_per_split)
+    if workers == 1:
+        outcomes = [_run_seed_deterministically(seed, methods=methods, validity=validity, **settings)
+                    for seed in seeds]
     else:
-        # Seeds are independent (each seeds its own benchmark, references and methods), so a worker per core gives
-        # the same numbers as one process; spawn, not fork: torch's thread pools do not survive a fork.
-        with ProcessPoolExecutor(min(workers, len(seeds)), mp_context=multiprocessing.get_context("spawn"),
+        # Spawn, not fork: torch's thread pools do not survive a fork. Each seed's references first (trained once,
+        # in parallel across seeds), then every (seed, unit) on whichever worker is free.
+        units = seed_units(methods, validity)
+        tasks = [(seed, unit) for seed in seeds for unit in units]
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
-            outcomes = list(pool.map(run_one, seeds))
+            infos = list(pool.map(functools.partial(_references_in_worker, cache_dir=cache_dir, log=log),
+                                  dict.fromkeys(seeds)))
+            done = list(pool.map(functools.partial(_unit_in_worker, **settings), tasks))
+        info_of = dict(zip(dict.fromkeys(seeds), infos))
+        outcomes = [_seed_result(seed, units, done[i * len(units):(i + 1) * len(units)], info_of[seed])
+                    for i, seed in enumerate(seeds)]
     results = [result for result, _ in outcomes]
     checks = {str(seed): record for seed, (_, record) in zip(seeds, outcomes)}
     summary = summarise_identity_seeds(results)

@@ -161,7 +161,9 @@ def costs_block(payload: Mapping[str, Any]) -> str:
     for r in payload["steps"]:
         verdict = "under load (not a verdict)" if r["under_load"] else ("meets" if r["meets_goal"] else "misses")
         lines.append(f"| {r['step']} | {r['seconds']} | {r['goal_s']} | {r['load'][0]} / {r['load'][1]} | {verdict} |")
-    return "\n".join(lines + ["", f"Methods: {payload['methods']}; seed {payload['seed']}; {payload['date']}; "
+    workers = payload.get("workers", 1)
+    return "\n".join(lines + ["", f"Methods: {payload['methods']}; seed {payload['seed']}; "
+                               f"{workers} worker process{'es' if workers > 1 else ''}; {payload['date']}; "
                                f"{env['cpu_count']} CPUs; {describe(env)}; load rule: {payload['load_rule']} "
                                f"({payload['load_limit']:g})."])
 
@@ -226,7 +228,7 @@ def readme_block(payload: Mapping[str, Any]) -> str:
 
 def _wall_time(run: Mapping[str, Any]) -> str:
     workers = run.get("workers", 1)
-    return f"{run['wall_time_s']} s" + (f" ({workers} seeds at once)" if workers > 1 else "")
+    return f"{run['wall_time_s']} s" + (f" ({workers} worker processes)" if workers > 1 else "")
 
 
 def render_identity_report(payload: Mapping[str, Any]) -> str:
