@@ -61,8 +61,11 @@ REFERENCES_UNIT, VALIDITY_UNIT = "vanilla and oracle", "validity checks"
 
 
 def seed_units(methods: Sequence[str], validity: bool) -> list[str]:
-    """A seed's units, the longest first (the validity checks train GA and a vision-side update to the oracle)."""
-    return [*([VALIDITY_UNIT] if validity else []), REFERENCES_UNIT, *methods]
+    """A seed's units, the longest first so that no worker is left with a long one at the end: the validity checks
+    (GA and a vision-side update trained to the oracle), the two references' evaluations, then the methods by their
+    step budget (every unit's evaluation costs the same)."""
+    by_budget = sorted(methods, key=lambda m: -{**demo_hyperparameters(m), **v3_overrides(m)}.get("max_steps", 0))
+    return [*([VALIDITY_UNIT] if validity else []), REFERENCES_UNIT, *by_budget]
 
 
 @dataclass
@@ -148,6 +151,9 @@ def _references_in_worker(seed: int, cache_dir: str | None, log: Callable[[str],
         return build_identity_references(IdentityQuickConfig(seed=seed), cache_dir, log).info
 
 
+_WORKER_SEED: dict[tuple, _Seed] = {}  # the seed a worker process read last; its next unit is mostly of the same seed
+
+
 def _unit_in_worker(task: tuple[int, str], **kwargs: Any) -> dict[str, Any]:
     """One (seed, unit) in a worker process, with deterministic kernels (module level: the worker unpickles it)."""
     from transformers.utils import logging as transformers_logging
@@ -156,8 +162,12 @@ def _unit_in_worker(task: tuple[int, str], **kwargs: Any) -> dict[str, Any]:
     log = kwargs.pop("log")
     # The references were built before: loading them again for every unit is worth no line and no progress bar.
     transformers_logging.disable_progress_bar()  # in this worker process only
+    key = (seed, *sorted((k, repr(v)) for k, v in kwargs.items()))
     with deterministic():
-        return _run_unit(_seed(seed, log=lambda *_: None, **kwargs), unit, log)
+        if key not in _WORKER_SEED:  # every unit copies the references before it changes anything
+            _WORKER_SEED.clear()
+            _WORKER_SEED[key] = _seed(seed, log=lambda *_: None, **kwargs)
+        return _run_unit(_WORKER_SEED[key], unit, log)
 
 
 def summarise_identity_seeds(seed_results: Sequence[SeedResult], replicates: int = 2000) -> dict[str, Any]:
