@@ -306,6 +306,8 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(checks, quick
     # The mean over two copies of one seed is that seed's value.
     assert payload["methods"]["ga"]["forget_vqa_nll"] == pytest.approx(quick_payload["methods"]["ga"]["forget_vqa_nll"])
     assert payload["run"]["workers"] == 2 and "(2 worker processes)" in v3_tables(payload)
+    # The workers share this process's torch threads: more threads than cores slowed training 30-60 times.
+    assert payload["run"]["threads_per_process"] == max(1, torch.get_num_threads() // 2)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_identity_demo([0], ["ga"], cache_dir=checks["cache_dir"], workers=0)
 

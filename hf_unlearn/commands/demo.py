@@ -50,9 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "training slows down many times when other processes share the cores; with --real, "
                              "torch's default).")
     parser.add_argument("--workers", type=int, default=1,
-                        help="Benchmark v3 only: this many worker processes with --threads threads each, sharing out "
-                             "the seeds' methods, reference evaluations and validity checks (same numbers as one "
-                             "process; 2 on 2 cores about halves the wall time, of one seed too).")
+                        help="Benchmark v3 only: this many worker processes, sharing out the seeds' methods, "
+                             "reference evaluations and validity checks, and the --threads threads (at least 1 each; "
+                             "same numbers as one process; 2 on 2 cores about halves the wall time, of one seed too).")
     parser.add_argument("--no-progress", action="store_true", help="Hide progress bars.")
     parser.add_argument("--list-methods", action="store_true", help="List the registered methods and exit.")
     parser.add_argument("--v3", action="store_true",

@@ -197,6 +197,7 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
     settings = dict(cache_dir=cache_dir, log=log, relearn=relearn, quantize=quantize, rows_per_split=rows_per_split)
+    threads = torch.get_num_threads()
     if workers == 1:
         outcomes = [_run_seed_deterministically(seed, methods=methods, validity=validity, **settings)
                     for seed in seeds]
@@ -205,8 +206,11 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         # in parallel across seeds), then every (seed, unit) on whichever worker is free.
         units = seed_units(methods, validity)
         tasks = [(seed, unit) for seed in seeds for unit in units]
+        # This process's torch threads, divided among the workers: more threads than cores made training steps 30-60
+        # times slower here (docs/benchmark_v3.md); the CLI's default of 1 thread gives each worker 1.
+        threads = max(1, threads // workers)
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+                                 initializer=torch.set_num_threads, initargs=(threads,)) as pool:
             infos = list(pool.map(functools.partial(_references_in_worker, cache_dir=cache_dir, log=log),
                                   dict.fromkeys(seeds)))
             done = list(pool.map(functools.partial(_unit_in_worker, **settings), tasks))
@@ -238,6 +242,7 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         "num_questions": results[0].num_questions,
         "notes": list(dict.fromkeys(n for r in results for n in r.notes)),
         "run": {"date": started, "wall_time_s": round(time.perf_counter() - start, 1), "workers": workers,
+                "threads_per_process": threads,
                 "machine": environment(),
                 "cached": {str(r.seed): r.cached for r in results},
                 "reference_epochs": {str(r.seed): r.epochs for r in results}},
