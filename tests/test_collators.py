@@ -89,7 +89,7 @@ def test_paired_collator_carries_row_indices_and_passes_plain_rows_through():
 
 
 @pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
-def test_memoized_image_processing_gives_the_same_batch_and_preprocesses_each_picture_once(arch):
+def test_memoized_image_processing_gives_the_same_batch_and_preprocesses_each_picture_once(arch, monkeypatch):
     """Scoring asks about each picture once per candidate answer: while memoised, LLaVA's processor preprocesses a
     picture once; Qwen2-VL's patches (with image_grid_thw) are not one row per picture and run as usual."""
     from hf_unlearn.data.image_processing_memo import memoized_image_processing
@@ -106,14 +106,10 @@ def test_memoized_image_processing_gives_the_same_batch_and_preprocesses_each_pi
         seen.append(len(images) if isinstance(images, list) else 1)
         return original(self, images, *args, **kwargs)
 
-    type_preprocess = type(image_processor).preprocess
-    type(image_processor).preprocess = counting
-    try:
-        with memoized_image_processing(processor):
-            first, again = collator(rows), collator(rows)
-        after = collator(rows)
-    finally:
-        type(image_processor).preprocess = type_preprocess
+    monkeypatch.setattr(type(image_processor), "preprocess", counting)
+    with memoized_image_processing(processor):
+        first, again = collator(rows), collator(rows)
+    after = collator(rows)
     for batch in (first, again, after):
         assert batch.keys() == plain.keys() and all(torch.equal(batch[k], plain[k]) for k in plain)
     if arch == "llava":  # the 2 distinct pictures once each, then nothing until the memo ends

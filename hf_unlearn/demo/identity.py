@@ -63,7 +63,7 @@ from .references import cached_reference_models
 __all__ = [
     "IdentityModelConfig", "IdentityQuickConfig", "IdentityReferences", "StageRecipe", "accuracy", "answer_nll",
     "answer_probability",
-    "build_identity_references", "fit", "method_data", "trainable_parts",
+    "build_identity_references", "fit", "method_data", "relearned_parts", "trainable_parts",
 ]  # fmt: skip
 
 # Bump when the reference models trained for a given config change.
@@ -186,6 +186,12 @@ def trainable_parts(model, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
                 p.requires_grad_(True)
                 params.append(p)
     return params
+
+
+def relearned_parts(model) -> list[torch.nn.Parameter]:
+    """What v3's relearning attack trains, whatever a method left trainable: the parts the references learnt
+    (language model and projector), the same attack for every method and for its calibration."""
+    return trainable_parts(model, ("language_model", "projector"))
 
 
 def collate_all(processor, rows: datasets.Dataset) -> dict[str, torch.Tensor]:

@@ -45,7 +45,7 @@ from ..evaluation.quantization import BITS, quantized_copy
 from ..evaluation.stats import RowValues
 from ..features import memoized_image_features
 from .evaluation import MIA_KEYS, MIA_SPLITS
-from .identity import trainable_parts
+from .identity import relearned_parts
 
 SPLITS = ("forget_vqa", "forget_qa", "retain_vqa", "retain_qa", "test_vqa", "test_retain_vqa", "general",
           "general_qa", "pope")
@@ -99,11 +99,8 @@ def evaluate_identity_rows(
                 rows[f"quant{bits}_forget_vqa_acc"] = RowValues.of(quantized.mcq_correct("forget_vqa"))
                 del quantized
         if relearn is not None:
-            # Every model relearns through the parts the references trained (language model and projector),
-            # whatever the method left trainable: the same attack for every method.
             before, after = relearn_rows(model, processor, benchmark["forget_vqa"], relearn,
-                                         eval_batch_size=batch_size, select_parameters=lambda m: trainable_parts(
-                                             m, ("language_model", "projector")))
+                                         eval_batch_size=batch_size, select_parameters=relearned_parts)
             rows["relearn_acc"], rows["relearn_pre_acc"] = RowValues.of(after), RowValues.of(before)
     return rows
 

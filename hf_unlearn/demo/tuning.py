@@ -446,7 +446,7 @@ def calibrate(
     pick asks only that the vanilla lose nothing where it knew every test row (``calibration.pick_budget``)."""
     from ..evaluation.attacks import RelearnConfig
     from .calibration import CANDIDATE_BUDGETS, V3_CANDIDATE_BUDGETS, calibrate_relearn
-    from .identity import trainable_parts
+    from .identity import relearned_parts
 
     config = config or DemoConfig()
     refs_by_seed = {}
@@ -464,7 +464,7 @@ def calibrate(
         record = calibrate_relearn(
             refs_by_seed, budgets=budgets or (V3_CANDIDATE_BUDGETS if v3 else CANDIDATE_BUDGETS),
             base=RelearnConfig() if v3 else config.relearn,
-            select_parameters=(lambda m: trainable_parts(m, ("language_model", "projector"))) if v3 else None,
+            select_parameters=relearned_parts if v3 else None,
             # On v3 the oracle knows the forget people from text, so relearning a face is one association for it as
             # for the identity-swap model: exposure cannot be asked for there (docs/benchmark_v3.md, the table).
             require_exposure=not v3, sure_seeds_only=v3)
