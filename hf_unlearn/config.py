@@ -59,6 +59,9 @@ class UnlearnConfig(TrainingArguments):
             ``noop_check_steps`` and at the start and end.
         probe_rows (`int`, defaults to `32`): rows per set in the probe (a fixed subset seeded by ``seed``); 0
             turns the probe off (no stop rule, no no-op warning, no before/after log).
+        probe_batch_size (`int` or `None`): rows per forward pass of the probe; ``None``: ``per_device_eval_batch_size``.
+            The probe runs every few steps on ~100 rows, so on a small model the number of passes, not their size,
+            is its cost.
         noop_check_steps, noop_min_nll_change: warn once if the forget NLL moved less than ``noop_min_nll_change``
             after ``noop_check_steps`` steps (0 skips the check).
 
@@ -138,6 +141,9 @@ class UnlearnConfig(TrainingArguments):
     probe_rows: int = field(
         default=32, metadata={"help": "Rows per set in the probe (seeded fixed subset); 0 turns the probe off."}
     )
+    probe_batch_size: int | None = field(
+        default=None, metadata={"help": "Rows per forward pass of the probe; None: per_device_eval_batch_size."}
+    )
     noop_check_steps: int = field(
         default=10, metadata={"help": "Warn if the forget NLL hardly moved after this many steps (0: no check)."}
     )
@@ -175,3 +181,5 @@ class UnlearnConfig(TrainingArguments):
             raise ValueError(f"stop_criterion={self.stop_criterion!r}; use 'nll' or 'auc'.")
         if self.probe_steps is not None and self.probe_steps < 1:
             raise ValueError(f"probe_steps must be >= 1 or None, got {self.probe_steps}.")
+        if self.probe_batch_size is not None and self.probe_batch_size < 1:
+            raise ValueError(f"probe_batch_size must be >= 1 or None, got {self.probe_batch_size}.")

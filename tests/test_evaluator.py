@@ -69,6 +69,36 @@ def test_option_scores_match_a_hand_computation(bench):
     assert (summed <= got + 1e-6).all()  # a sum of >= 1 negative log-probs is below their mean
 
 
+def test_candidate_scores_give_each_columns_scores_and_forward_each_distinct_answer_once(bench):
+    model, proc = tiny_llava(corpus=benchmark_corpus(bench))
+    other = bench["retain_vqa"]["answer"]
+    split = bench["forget_vqa"].select(range(3)).map(lambda row, i: {"perturbed_answers": [  # truth-ratio rows
+        *(o for o in row["options"] if o != row["answer"]), other[i]]}, with_indices=True)
+    ev = Evaluator(model, proc, bench, batch_size=2)
+    forwarded = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: forwarded.append(len(kwargs["input_ids"])),
+                                           with_kwargs=True)
+    try:
+        scores = ev.candidate_scores(split)
+    finally:
+        hook.remove()
+    # The true answer is an option; the perturbed answers repeat some wrong options: each is scored once.
+    distinct = [len({row["answer"], *row["options"], *row["perturbed_answers"]}) for row in split]
+    assert sum(forwarded) == sum(distinct) < sum(1 + len(r["options"]) + len(r["perturbed_answers"]) for r in split)
+    assert len(forwarded) == 2  # one forward per batch of 2 questions, whatever each row's number of candidates
+    # The same numbers as scoring each column on its own, up to float32 rounding of a differently padded batch.
+    close = dict(rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores["options"].table(), ev.option_scores(split), **close)
+    np.testing.assert_allclose(-np.concatenate(scores["answer"].mean), ev.answer_nll(split), **close)
+    for got, alone in zip(scores["perturbed_answers"].mean, ev.perturbed_nll(split)):
+        np.testing.assert_allclose(-got, alone, **close)
+    labels = np.asarray(split["label"])
+    np.testing.assert_array_equal(  # the true answer's score is its option's
+        np.concatenate(scores["answer"].mean), scores["options"].table()[np.arange(len(split)), labels])
+    summed = scores["options"].table("sum")
+    assert (summed <= scores["options"].table() + 1e-6).all()
+
+
 def test_memorised_rows_score_one_and_relabelled_rows_score_zero(memorised_llama, bench):
     model, tok = memorised_llama
     ev = Evaluator(model, tok, bench, batch_size=8)

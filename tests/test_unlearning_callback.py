@@ -122,3 +122,30 @@ def test_configuration_errors(memorised_people, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="extra_sets may not be named"):
         UnlearningEvalCallback(extra_sets={"forget": sets["forget"]})
     assert make(probe_rows=0, holdout_dataset=sets["holdout"], stop_at_holdout=False).unlearning_eval.enabled is False
+
+
+def test_probe_batch_size_sets_the_probes_forward_passes_and_falls_back_to_the_eval_batch(
+        memorised_people, tmp_path):  # noqa: F811
+    model, processor = load(memorised_people)
+    sets = splits(benchmark())
+
+    def probe_of(**kw):
+        args = GAConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, probe_rows=8, **kw)
+        trainer = GATrainer(model, args=args, train_dataset=sets["forget"], retain_dataset=sets["retain"],
+                            processing_class=processor, holdout_dataset=sets["holdout"])
+        return trainer.unlearning_eval._build_probe()  # what on_train_begin builds
+
+    forwarded = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: forwarded.append(len(kwargs["input_ids"])),
+                                           with_kwargs=True)
+    try:
+        by_probe_batch = probe_of(probe_batch_size=8, per_device_eval_batch_size=2).evaluate(model, accuracy=False)
+        passes_at_8, forwarded[:] = list(forwarded), []
+        by_eval_batch = probe_of(per_device_eval_batch_size=2).evaluate(model, accuracy=False)
+    finally:
+        hook.remove()
+    assert passes_at_8 == [8, 8, 8]  # forget, retain and holdout: one pass of 8 rows each
+    assert forwarded == [2] * 12  # None: per_device_eval_batch_size
+    assert by_probe_batch == pytest.approx(by_eval_batch, rel=1e-5)  # float32 rounding of other batch shapes
+    with pytest.raises(ValueError, match="probe_batch_size must be >= 1"):
+        GAConfig(output_dir=str(tmp_path), probe_batch_size=0)

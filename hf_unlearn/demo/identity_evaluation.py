@@ -59,10 +59,11 @@ TRUSTED_DISTANCE_METRICS = tuple(f"{s}_{m}" for s in ("forget_vqa", "forget_qa",
 
 def split_rows(evaluator: Evaluator, dataset: datasets.Dataset, yes_no: bool = False) -> dict[str, RowValues]:
     """``PER_SPLIT``'s rows for one split, plus ``yes`` (the yes-ratio) for a yes/no split."""
-    nll = evaluator.answer_nll(dataset)
-    ratios = text_metrics.truth_ratio(nll, evaluator.perturbed_nll(dataset))
+    scores = evaluator.candidate_scores(dataset)  # answer, options and perturbed answers in one pass
+    nll = -np.concatenate(scores["answer"].mean)
+    ratios = text_metrics.truth_ratio(nll, [-values for values in scores["perturbed_answers"].mean])
     generated, answers = evaluator.generate(dataset), row_answers(dataset)
-    chosen = metrics.mcq_predictions(evaluator.option_scores(dataset))
+    chosen = metrics.mcq_predictions(scores["options"].table(evaluator.option_score))
     extra = {}
     if yes_no:
         extra["yes"] = RowValues.of([options[i] == POPE_ANSWERS[0] for options, i in zip(dataset["options"], chosen)])

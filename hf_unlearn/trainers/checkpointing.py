@@ -61,8 +61,8 @@ _REPLACED_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)\.old$")
 _OPERATIONAL_FIELDS = {
     "stop_forget_loss_above", "precompute_ref_log_probs", "precompute_teacher_features",
     "precompute_retain_activations", "divergence_guard", "max_weight_norm_change", "stop_at_holdout",
-    "stop_criterion", "stop_nll_margin", "stop_auc_delta", "probe_steps", "probe_rows", "noop_check_steps",
-    "noop_min_nll_change",
+    "stop_criterion", "stop_nll_margin", "stop_auc_delta", "probe_steps", "probe_rows", "probe_batch_size",
+    "noop_check_steps", "noop_min_nll_change",
 }
 
 
