@@ -26,6 +26,44 @@ def test_identity_questions_share_one_template_and_names_are_own_tokens():
     assert len(set(firsts)) == len(firsts) and len(set(lasts)) == len(lasts)
 
 
+def test_extra_facts_add_questions_per_person_after_v3s_rows_which_they_leave_unchanged():
+    from hf_unlearn.data.identity_benchmark import EXTRA_POOLS, EXTRA_TEMPLATES, POOLS
+
+    values = [v for pool in POOLS.values() for v in pool]
+    extra = [v for pool in EXTRA_POOLS.values() for v in pool]
+    assert len(set(extra)) == len(extra) and not set(extra) & set(values)  # an answer names one fact
+    assert all(len(pool) == 20 for pool in EXTRA_POOLS.values()) and set(EXTRA_POOLS) == set(EXTRA_TEMPLATES)
+    sizes = dict(num_people=10, num_holdout_people=1, num_validation_people=1, num_general=4, seed=5)
+    v3 = build_identity_benchmark(IdentityBenchmarkConfig(**sizes))
+    more = build_identity_benchmark(IdentityBenchmarkConfig(**sizes, num_extra_facts=4))
+    asked = {t.split("{")[0] for t in list(EXTRA_TEMPLATES.values())[:4]}
+    for split in ("forget_vqa", "forget_qa", "retain_vqa", "holdout_qa", "test_vqa"):
+        old, new = v3[split].to_list(), more[split].to_list()
+        added = [r for r in new if r["answer"] in extra]
+        assert [r for r in new if r["answer"] not in extra] == old  # v3's rows, options and perturbed answers too
+        people = {r["person_id"] for r in old}
+        assert len(added) == 4 * len(people)  # four more questions per person
+        assert {next(p for p in asked if r["question"].startswith(p)) for r in added} == asked
+        assert all(r["answer"] in r["options"] and r["answer"] not in r["perturbed_answers"] for r in added)
+    with pytest.raises(ValueError, match="num_extra_facts must be in 0..15"):
+        IdentityBenchmarkConfig(num_extra_facts=16)
+
+
+def test_a_candidate_design_replaces_only_the_benchmark_fields_it_names():
+    from hf_unlearn.demo.identity import IdentityQuickConfig
+    from hf_unlearn.demo.identity_pipeline import quick_config
+
+    assert quick_config(3) == IdentityQuickConfig(seed=3)
+    candidate = quick_config(3, {"forget_ratio": 0.5})
+    assert candidate.benchmark.num_forget == 12 and candidate.benchmark.seed == 3
+    assert candidate.benchmark.num_people == IdentityQuickConfig().benchmark.num_people
+    assert candidate.model == IdentityQuickConfig().model and candidate.cache_key() != quick_config(3).cache_key()
+    with pytest.raises(ValueError, match=r"\['forget_fraction'\].*IdentityBenchmarkConfig"):
+        quick_config(3, {"forget_fraction": 0.5})
+    with pytest.raises(ValueError, match="the seed comes from the run"):
+        quick_config(3, {"seed": 4})
+
+
 def test_the_text_prior_guess_by_hand():
     import datasets
 

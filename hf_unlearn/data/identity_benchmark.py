@@ -1,7 +1,8 @@
 """Benchmark v3: fictitious people whose facts are stored once and asked from the face or from the name.
 
 Every person has a face (``faces.py``: about forty continuous drawing parameters, unique per person) and ten facts
-(job, city, hobby, pet, sport, instrument, drink, vehicle, language, fruit) plus a favourite food asked in text only.
+(job, city, hobby, pet, sport, instrument, drink, vehicle, language, fruit) plus a favourite food asked in text only
+(``num_extra_facts`` adds up to 15 more, asked both ways: measured in docs/benchmark_v3.md, not in v3).
 Each fact has **one** question template with a slot for the person: the text question fills it with the name ("What
 is the job of Brisa Coldmere?"), the image question with "the person in the image" ("What is the job of the person
 in the image?", the portrait attached). The demo's model (``real_llava.identity_llava``) places the image tokens in
@@ -96,11 +97,70 @@ TEMPLATES: dict[str, str] = {
     "fruit": "Which fruit does {who} like?",
 }
 TEXT_ONLY_TEMPLATES: dict[str, str] = {"food": "What is the favourite food of {who}?"}
+# Facts beyond the ten (``IdentityBenchmarkConfig.num_extra_facts``, 0 in v3): more image questions per person. The
+# oracle check reads the forget people's image questions, 50 of them in v3, where an oracle exactly at chance misses
+# the 0.15-0.35 band one seed in ten (docs/benchmark.md); about 125 make it one in a hundred. Drawn from random
+# streams of their own, so a build without them is v3's, row for row.
+EXTRA_POOLS: dict[str, tuple[str, ...]] = {
+    "flower": ("rose", "tulip", "lily", "daisy", "orchid", "iris", "lotus", "poppy", "violet", "peony", "dahlia",
+               "aster", "lilac", "jasmine", "magnolia", "camellia", "begonia", "azalea", "freesia", "gardenia"),
+    "tree": ("oak", "maple", "birch", "pine", "cedar", "willow", "elm", "ash", "beech", "spruce", "fir", "poplar",
+             "alder", "larch", "yew", "hazel", "linden", "sequoia", "cypress", "juniper"),
+    "gem": ("ruby", "emerald", "sapphire", "diamond", "opal", "topaz", "garnet", "amethyst", "pearl", "jade", "onyx",
+            "quartz", "amber", "agate", "jasper", "beryl", "zircon", "spinel", "peridot", "turquoise"),
+    "dance": ("tango", "waltz", "salsa", "polka", "foxtrot", "samba", "rumba", "ballet", "flamenco", "mambo", "jive",
+              "bolero", "quickstep", "lambada", "merengue", "bachata", "charleston", "jig", "reel", "hula"),
+    "spice": ("cumin", "nutmeg", "saffron", "paprika", "cinnamon", "clove", "ginger", "turmeric", "cardamom", "anise",
+              "fennel", "mustard", "oregano", "thyme", "basil", "sage", "dill", "chive", "tarragon", "marjoram"),
+    "bird": ("eagle", "robin", "sparrow", "owl", "falcon", "heron", "pelican", "swan", "crow", "raven", "finch",
+             "wren", "hawk", "stork", "crane", "gull", "dove", "magpie", "toucan", "puffin"),
+    "game": ("poker", "bridge", "bingo", "dominoes", "checkers", "mahjong", "backgammon", "scrabble", "sudoku",
+             "rummy", "cribbage", "canasta", "solitaire", "yahtzee", "trivia", "charades", "monopoly", "jenga",
+             "darts", "billiards"),
+    "fabric": ("silk", "wool", "cotton", "linen", "denim", "velvet", "satin", "tweed", "nylon", "cashmere", "flannel",
+               "suede", "leather", "lace", "chiffon", "corduroy", "jersey", "muslin", "hemp", "rayon"),
+    "metal": ("gold", "silver", "copper", "bronze", "iron", "tin", "zinc", "nickel", "platinum", "brass", "steel",
+              "cobalt", "titanium", "chrome", "lead", "pewter", "osmium", "tungsten", "aluminium", "iridium"),
+    "dessert": ("pudding", "custard", "brownie", "cupcake", "donut", "muffin", "pie", "tart", "sorbet", "gelato",
+                "fudge", "toffee", "mousse", "eclair", "macaron", "strudel", "baklava", "tiramisu", "cheesecake",
+                "trifle"),
+    "planet": ("Mercury", "Venus", "Mars", "Jupiter", "Saturn", "Uranus", "Neptune", "Pluto", "Ceres", "Eris",
+               "Titan", "Europa", "Io", "Ganymede", "Callisto", "Triton", "Oberon", "Phobos", "Deimos", "Charon"),
+    "shoe": ("sandals", "boots", "sneakers", "loafers", "slippers", "clogs", "moccasins", "brogues", "espadrilles",
+             "wellies", "mules", "oxfords", "flipflops", "heels", "pumps", "trainers", "galoshes", "waders", "cleats",
+             "platforms"),
+    "film": ("western", "musical", "thriller", "comedy", "horror", "romance", "documentary", "cartoon", "mystery",
+             "fantasy", "drama", "satire", "noir", "epic", "biopic", "parody", "slasher", "heist", "mockumentary",
+             "anime"),
+    "season": ("spring", "summer", "autumn", "winter", "monsoon", "harvest", "solstice", "equinox", "midsummer",
+               "midwinter", "dusk", "dawn", "noon", "midnight", "twilight", "daybreak", "sunset", "sunrise", "evening",
+               "morning"),
+    "craft": ("weaving", "carving", "welding", "glassblowing", "calligraphy", "embroidery", "mosaic", "batik",
+              "basketry", "bookbinding", "candlemaking", "crochet", "engraving", "felting", "macrame", "marquetry",
+              "papercraft", "quilling", "smithing", "tatting"),
+}  # fmt: skip
+EXTRA_TEMPLATES: dict[str, str] = {
+    "flower": "Which flower does {who} grow?",
+    "tree": "Which tree does {who} plant?",
+    "gem": "Which gem does {who} wear?",
+    "dance": "Which dance does {who} know?",
+    "spice": "Which spice does {who} cook with?",
+    "bird": "Which bird does {who} watch?",
+    "game": "Which game does {who} enjoy?",
+    "fabric": "Which fabric does {who} wear?",
+    "metal": "Which metal does {who} collect?",
+    "dessert": "Which dessert does {who} bake?",
+    "planet": "Which planet does {who} study?",
+    "shoe": "Which shoes does {who} wear?",
+    "film": "Which kind of film does {who} watch?",
+    "season": "Which moment does {who} love most?",
+    "craft": "Which craft does {who} practise?",
+}
 GENERAL_TEMPLATES: dict[str, str] = {"color": "What colour is {what}?", "shape": "What kind of shape is {what}?"}
 POPE_TEMPLATE = "Is {what} a {object}?"
 POPE_ANSWERS = ("yes", "no")
 
-_PEOPLE, _FACES, _SPLIT, _OPTIONS, _TRANSFORM, _GENERAL = range(6)
+_PEOPLE, _FACES, _SPLIT, _OPTIONS, _TRANSFORM, _GENERAL, _EXTRA = range(7)
 
 
 @dataclass
@@ -120,6 +180,9 @@ class IdentityBenchmarkConfig:
         "help": "POPE-style yes/no questions about the first num_pope drawn shapes (<= num_general; even: balanced), "
                 "and their named twins. 0 (default): none; measured to cost the quick vanilla its criterion."})
     num_perturbed: int = field(default=5, metadata={"help": "Wrong answers per question for the truth ratio."})
+    num_extra_facts: int = field(default=0, metadata={
+        "help": f"Facts per person beyond the ten, asked from the face and by name (<= {len(EXTRA_TEMPLATES)}, "
+                "EXTRA_TEMPLATES' first ones). 0 (default): v3's rows."})
     seed: int = field(default=0, metadata={"help": "Seed of every random choice; the build is deterministic."})
 
     def __post_init__(self) -> None:
@@ -127,6 +190,9 @@ class IdentityBenchmarkConfig:
             raise ValueError(f"num_people must be >= 2 (one forget and one retain person), got {self.num_people}.")
         if min(self.num_holdout_people, self.num_validation_people, self.num_general, self.num_pope) < 0:
             raise ValueError("num_holdout_people, num_validation_people, num_general and num_pope must be >= 0.")
+        if not 0 <= self.num_extra_facts <= len(EXTRA_TEMPLATES):
+            raise ValueError(f"num_extra_facts must be in 0..{len(EXTRA_TEMPLATES)} (EXTRA_TEMPLATES), got "
+                             f"{self.num_extra_facts}.")
         if self.num_pope > self.num_general:
             raise ValueError(f"num_pope ({self.num_pope}) asks about drawn shapes: at most num_general "
                              f"({self.num_general}).")
@@ -231,11 +297,17 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
         names = [f"{FIRST_NAMES[i // len(LAST_NAMES)]} {LAST_NAMES[i % len(LAST_NAMES)]}" for i in name_ids]
     facts = [{key: pool[rng.integers(len(pool))] for key, pool in {**POOLS, "food": POOLS["food"]}.items()}
              for _ in range(total)]
+    extra_templates = dict(list(EXTRA_TEMPLATES.items())[:config.num_extra_facts])
+    extra_rng = np.random.default_rng([config.seed, _EXTRA])
+    for person in facts:
+        person.update({key: EXTRA_POOLS[key][extra_rng.integers(len(EXTRA_POOLS[key]))] for key in extra_templates})
+    pools = {**POOLS, **EXTRA_POOLS}
     held = {key: Counter(person[key] for person in facts) for key in facts[0]}  # everyone is known from text
     faces = sample_faces(total, np.random.default_rng([config.seed, _FACES]))
     forget = set(np.random.default_rng([config.seed, _SPLIT]).choice(config.num_people, size=config.num_forget,
                                                                        replace=False).tolist())
     options_rng = np.random.default_rng([config.seed, _OPTIONS])
+    extra_options_rng = np.random.default_rng([config.seed, _EXTRA, _OPTIONS])
     k = config.num_perturbed
     splits: dict[str, list[dict[str, Any]]] = {name: [] for name in IDENTITY_SPLITS}
     for pid in range(total):
@@ -246,6 +318,11 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
                     kind="vqa", image=image) for key, t in TEMPLATES.items()]
         qa = [_row(names[pid], t, facts[pid][key], POOLS[key], options_rng, k, held[key], person_id=pid, kind="qa",
                    image=None) for key, t in {**TEMPLATES, **TEXT_ONLY_TEMPLATES}.items()]
+        for key, t in extra_templates.items():
+            vqa.append(_row(PERSON_SLOT, t, facts[pid][key], pools[key], extra_options_rng, k, held[key],
+                            person_id=pid, kind="vqa", image=image))
+            qa.append(_row(names[pid], t, facts[pid][key], pools[key], extra_options_rng, k, held[key],
+                           person_id=pid, kind="qa", image=None))
         test = [{**row, "image": test_image} for row in vqa]
         if pid >= config.num_people + config.num_holdout_people:
             splits["validation_vqa"] += vqa

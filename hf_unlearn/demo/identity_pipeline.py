@@ -20,15 +20,16 @@ import functools
 import multiprocessing
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import datasets
 import numpy as np
 import torch
 
+from ..data.identity_benchmark import IdentityBenchmarkConfig
 from ..evaluation.attacks import RelearnConfig
 from ..evaluation.stats import RowValues, summarise
 from ..provenance import environment
@@ -78,9 +79,22 @@ class _Seed:
     common: dict[str, Any]
 
 
-def _seed(seed: int, cache_dir: str | None, log: Callable[[str], None], relearn: RelearnConfig | None,
-          quantize: bool, rows_per_split: int | None) -> _Seed:
+def quick_config(seed: int, benchmark: Mapping[str, Any] | None = None) -> IdentityQuickConfig:
+    """The quick configuration at ``seed``; ``benchmark``: fields of ``IdentityBenchmarkConfig`` that replace the
+    quick configuration's (a candidate design measured beside it, e.g. ``{"forget_ratio": 0.5}``)."""
     config = IdentityQuickConfig(seed=seed)
+    unknown = sorted(set(benchmark or {}) - set(asdict(config.benchmark)) | ({"seed"} & set(benchmark or {})))
+    if unknown:
+        raise ValueError(f"Unknown or fixed benchmark field(s) {unknown}: use fields of IdentityBenchmarkConfig "
+                         f"({sorted(set(asdict(config.benchmark)) - {'seed'})}); the seed comes from the run.")
+    if benchmark:
+        config.benchmark = IdentityBenchmarkConfig(**{**asdict(config.benchmark), **benchmark})
+    return config
+
+
+def _seed(config: IdentityQuickConfig, cache_dir: str | None, log: Callable[[str], None],
+          relearn: RelearnConfig | None, quantize: bool, rows_per_split: int | None) -> _Seed:
+    seed = config.seed
     refs = build_identity_references(config, cache_dir, log)
     bench = evaluation_subset(refs.benchmark, rows_per_split, seed)
     common = dict(seed=seed, relearn=relearn, quantize=quantize,
@@ -134,21 +148,23 @@ def run_identity_seed(config: IdentityQuickConfig, methods: Sequence[str], cache
     """Vanilla, oracle and every method of ``methods`` at ``config.seed``, in this process; with ``validity``, the
     validity checks' record too. Methods train on the whole benchmark; ``rows_per_split`` evaluates a seeded subset
     of each split (a quick look: intervals then cover fewer questions)."""
-    state = _seed(config.seed, cache_dir, log, relearn, quantize, rows_per_split)
+    state = _seed(config, cache_dir, log, relearn, quantize, rows_per_split)
     units = [REFERENCES_UNIT, *methods, *([VALIDITY_UNIT] if validity else [])]
     return _seed_result(config.seed, units, [_run_unit(state, unit, log) for unit in units], state.refs.info)
 
 
-def _run_seed_deterministically(seed: int, **kwargs: Any) -> tuple[SeedResult, dict[str, Any] | None]:
+def _run_seed_deterministically(seed: int, benchmark: Mapping[str, Any] | None = None,
+                                **kwargs: Any) -> tuple[SeedResult, dict[str, Any] | None]:
     """One seed with deterministic kernels, in this process."""
     with deterministic():
-        return run_identity_seed(IdentityQuickConfig(seed=seed), **kwargs)
+        return run_identity_seed(quick_config(seed, benchmark), **kwargs)
 
 
-def _references_in_worker(seed: int, cache_dir: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+def _references_in_worker(seed: int, cache_dir: str | None, log: Callable[[str], None],
+                          benchmark: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train (or find) a seed's references in a worker, before any unit loads them; their record."""
     with deterministic():
-        return build_identity_references(IdentityQuickConfig(seed=seed), cache_dir, log).info
+        return build_identity_references(quick_config(seed, benchmark), cache_dir, log).info
 
 
 _WORKER_SEED: dict[tuple, _Seed] = {}  # the seed a worker process read last; its next unit is mostly of the same seed
@@ -159,14 +175,14 @@ def _unit_in_worker(task: tuple[int, str], **kwargs: Any) -> dict[str, Any]:
     from transformers.utils import logging as transformers_logging
 
     seed, unit = task
-    log = kwargs.pop("log")
+    log, benchmark = kwargs.pop("log"), kwargs.pop("benchmark", None)
     # The references were built before: loading them again for every unit is worth no line and no progress bar.
     transformers_logging.disable_progress_bar()  # in this worker process only
-    key = (seed, *sorted((k, repr(v)) for k, v in kwargs.items()))
+    key = (seed, repr(benchmark), *sorted((k, repr(v)) for k, v in kwargs.items()))
     with deterministic():
         if key not in _WORKER_SEED:  # every unit copies the references before it changes anything
             _WORKER_SEED.clear()
-            _WORKER_SEED[key] = _seed(seed, log=lambda *_: None, **kwargs)
+            _WORKER_SEED[key] = _seed(quick_config(seed, benchmark), log=lambda *_: None, **kwargs)
         return _run_unit(_WORKER_SEED[key], unit, log)
 
 
@@ -183,11 +199,13 @@ def summarise_identity_seeds(seed_results: Sequence[SeedResult], replicates: int
 def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None, cache_dir: str | None = None,
                       log: Callable[[str], None] = print, relearn: RelearnConfig | None = None,
                       quantize: bool = True, validity: bool = True,
-                      rows_per_split: int | None = None, workers: int = 1) -> dict[str, Any]:
+                      rows_per_split: int | None = None, workers: int = 1,
+                      benchmark: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Benchmark v3 at every seed of ``seeds``; returns the results payload (means, intervals, per-seed points,
     text-damage ratios, validity checks, provenance). ``workers`` > 1 runs the seeds' units (``seed_units``: the
     references' evaluation, each method, the validity checks) in that many processes (same numbers; ``log`` must
-    then be picklable, e.g. ``print``)."""
+    then be picklable, e.g. ``print``). ``benchmark``: a candidate design's benchmark fields (``quick_config``); the
+    payload's settings record them."""
     methods = list(METHODS) if methods is None else list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -196,7 +214,8 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         raise ValueError(f"workers must be >= 1, got {workers}.")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     start = time.perf_counter()
-    settings = dict(cache_dir=cache_dir, log=log, relearn=relearn, quantize=quantize, rows_per_split=rows_per_split)
+    settings = dict(cache_dir=cache_dir, log=log, relearn=relearn, quantize=quantize, rows_per_split=rows_per_split,
+                    benchmark=benchmark)
     threads = torch.get_num_threads()
     if workers == 1:
         outcomes = [_run_seed_deterministically(seed, methods=methods, validity=validity, **settings)
@@ -211,8 +230,8 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         threads = max(1, threads // workers)
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            infos = list(pool.map(functools.partial(_references_in_worker, cache_dir=cache_dir, log=log),
-                                  dict.fromkeys(seeds)))
+            infos = list(pool.map(functools.partial(_references_in_worker, cache_dir=cache_dir, log=log,
+                                                    benchmark=benchmark), dict.fromkeys(seeds)))
             done = list(pool.map(functools.partial(_unit_in_worker, **settings), tasks))
         info_of = dict(zip(dict.fromkeys(seeds), infos))
         outcomes = [_seed_result(seed, units, done[i * len(units):(i + 1) * len(units)], info_of[seed])
@@ -225,7 +244,7 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
               for seed, points in per_seed.items()}
     return {
         "benchmark": {"name": "v3-quick", "seeds": list(seeds), "methods": methods,
-                      "settings": IdentityQuickConfig().settings(), "hf_unlearn_version": library_version(),
+                      "settings": quick_config(0, benchmark).settings(), "hf_unlearn_version": library_version(),
                       "hyperparameters": {m: {**demo_hyperparameters(m), **v3_overrides(m)} for m in methods},
                       "tuning": {m: "v3" if v3_pick(m) else "v2" for m in methods},
                       "relearn": None if relearn is None else relearn.to_dict(), "quantize": quantize,
