@@ -230,7 +230,7 @@ class Evaluator:
         ``"perturbed_answers"``), the answer log-probability of each of a row's candidates, asked with the row's own
         question and image. A row's distinct candidates are scored once for all columns: the true answer is one of
         the options and the wrong options are mostly among the perturbed answers, so the truth ratio, the accuracy
-        and the answer NLL of a split take 6-7 forward rows per question instead of 10."""
+        and the answer NLL of a benchmark-v3 split take 6-7 forward rows per question instead of 10."""
         check_columns(dataset, tuple(columns), desc)
         scored = {column: CandidateScores([], []) for column in columns}
         with self._eval_mode():
