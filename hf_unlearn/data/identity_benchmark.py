@@ -301,7 +301,6 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
     extra_rng = np.random.default_rng([config.seed, _EXTRA])
     for person in facts:
         person.update({key: EXTRA_POOLS[key][extra_rng.integers(len(EXTRA_POOLS[key]))] for key in extra_templates})
-    pools = {**POOLS, **EXTRA_POOLS}
     held = {key: Counter(person[key] for person in facts) for key in facts[0]}  # everyone is known from text
     faces = sample_faces(total, np.random.default_rng([config.seed, _FACES]))
     forget = set(np.random.default_rng([config.seed, _SPLIT]).choice(config.num_people, size=config.num_forget,
@@ -319,9 +318,9 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
         qa = [_row(names[pid], t, facts[pid][key], POOLS[key], options_rng, k, held[key], person_id=pid, kind="qa",
                    image=None) for key, t in {**TEMPLATES, **TEXT_ONLY_TEMPLATES}.items()]
         for key, t in extra_templates.items():
-            vqa.append(_row(PERSON_SLOT, t, facts[pid][key], pools[key], extra_options_rng, k, held[key],
+            vqa.append(_row(PERSON_SLOT, t, facts[pid][key], EXTRA_POOLS[key], extra_options_rng, k, held[key],
                             person_id=pid, kind="vqa", image=image))
-            qa.append(_row(names[pid], t, facts[pid][key], pools[key], extra_options_rng, k, held[key],
+            qa.append(_row(names[pid], t, facts[pid][key], EXTRA_POOLS[key], extra_options_rng, k, held[key],
                            person_id=pid, kind="qa", image=None))
         test = [{**row, "image": test_image} for row in vqa]
         if pid >= config.num_people + config.num_holdout_people:

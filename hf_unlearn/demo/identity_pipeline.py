@@ -83,10 +83,11 @@ def quick_config(seed: int, benchmark: Mapping[str, Any] | None = None) -> Ident
     """The quick configuration at ``seed``; ``benchmark``: fields of ``IdentityBenchmarkConfig`` that replace the
     quick configuration's (a candidate design measured beside it, e.g. ``{"forget_ratio": 0.5}``)."""
     config = IdentityQuickConfig(seed=seed)
-    unknown = sorted(set(benchmark or {}) - set(asdict(config.benchmark)) | ({"seed"} & set(benchmark or {})))
+    settable = set(asdict(config.benchmark)) - {"seed"}
+    unknown = sorted(set(benchmark or {}) - settable)
     if unknown:
         raise ValueError(f"Unknown or fixed benchmark field(s) {unknown}: use fields of IdentityBenchmarkConfig "
-                         f"({sorted(set(asdict(config.benchmark)) - {'seed'})}); the seed comes from the run.")
+                         f"({sorted(settable)}); the seed comes from the run.")
     if benchmark:
         config.benchmark = IdentityBenchmarkConfig(**{**asdict(config.benchmark), **benchmark})
     return config

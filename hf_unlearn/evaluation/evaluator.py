@@ -69,6 +69,16 @@ class CandidateScores:
         return out
 
 
+def _candidates(row: dict, cols: dict[str, list], i: int, column: str, desc: str) -> list[str]:
+    """The answers of row ``i`` that ``column`` lists (``"answer"``: the true one); an empty list is an error."""
+    answers = [row["answer"]] if column == "answer" else cols[column][i]
+    if not answers:
+        raise ValueError(f"Split {desc!r} has a row without {column}: " + (
+            "it is generation-only; score it with rouge_l (evaluate() does so for splits without options)."
+            if column == "options" else "every row needs at least one."))
+    return answers
+
+
 def _has_images(dataset: datasets.Dataset) -> bool:
     """Whether a split's rows carry images (read from ``kind`` when present, so no image is decoded)."""
     if "kind" in dataset.column_names:
@@ -221,8 +231,8 @@ class Evaluator:
         asked with the row's own question and image."""
         dataset = self._split(dataset) if isinstance(dataset, str) else dataset
         check_columns(dataset, ("perturbed_answers",), desc)
-        return [-values for values in self.candidate_scores(dataset, ("perturbed_answers",), desc)[
-            "perturbed_answers"].mean]
+        scores = self.candidate_scores(dataset, ("perturbed_answers",), desc)["perturbed_answers"]
+        return [-values for values in scores.mean]
 
     def candidate_scores(self, dataset: datasets.Dataset, columns: Sequence[str] = CANDIDATE_COLUMNS,
                          desc: str = "answers") -> dict[str, CandidateScores]:
@@ -235,30 +245,20 @@ class Evaluator:
         scored = {column: CandidateScores([], []) for column in columns}
         with self._eval_mode():
             for cols in self._batches(dataset, desc):
-                rows, where = [], []  # the forward rows; per row, per column, the positions of its candidates
+                rows, where = [], []  # the forward rows; per row and column, the positions of its candidates
                 for i, row in enumerate(self._rows(cols)):
-                    position: dict[str, int] = {}
-                    per_column = {}
-                    for column in columns:
-                        answers = [row["answer"]] if column == "answer" else cols[column][i]
-                        if not answers:
-                            raise ValueError(f"Split {desc!r} has a row without {column}: "
-                                             + ("it is generation-only; score it with rouge_l (evaluate() does so "
-                                                "for splits without options)." if column == "options" else
-                                                "every row needs at least one."))
-                        for answer in answers:
-                            if answer not in position:
-                                position[answer] = len(rows)
-                                rows.append({**row, "answer": answer})
-                        per_column[column] = [position[a] for a in answers]
-                    where.append(per_column)
+                    answers = {column: _candidates(row, cols, i, column, desc) for column in columns}
+                    distinct = list(dict.fromkeys(a for listed in answers.values() for a in listed))
+                    position = {answer: len(rows) + j for j, answer in enumerate(distinct)}
+                    rows += [{**row, "answer": answer} for answer in distinct]
+                    where.append({column: [position[a] for a in listed] for column, listed in answers.items()})
                 logps, counts = self._answer_log_probs(rows)
                 sums = logps.float().cpu().numpy()
                 means = (logps / counts.clamp(min=1)).float().cpu().numpy()
-                for per_column in where:
-                    for column, positions in per_column.items():
-                        scored[column].sum.append(sums[positions])
-                        scored[column].mean.append(means[positions])
+                for positions in where:
+                    for column, at in positions.items():
+                        scored[column].sum.append(sums[at])
+                        scored[column].mean.append(means[at])
         return scored
 
     def answer_nll(self, dataset: datasets.Dataset, desc: str = "nll") -> np.ndarray:
