@@ -371,29 +371,39 @@ def real_llava(image_size: int = 56, seed: int = 0, cache_dir: str | None = None
 # space ("Ġof", "ĠAlice"), so the image tokens take exactly the name's positions. Without the phrase, the image goes
 # first (llava-hf layout).
 IMAGE_SLOT_PHRASES = ("the person in the image", "the shape in the image")
-IMAGE_SLOT_CHAT_TEMPLATE = (
-    "{%- set phrases = " + repr(list(IMAGE_SLOT_PHRASES)) + " -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif -%}"
-    "{%- if message['content'] is string %}{{ message['content'] }}{% else -%}"
-    "{%- set ns = namespace(text='', images=0, placed=false) -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' %}{% set ns.images = ns.images + 1 %}"
-    "{%- elif item['type'] == 'text' %}{% set ns.text = ns.text + item['text'] %}{% endif -%}"
-    "{%- endfor -%}"
-    "{%- if ns.images == 1 -%}{%- for phrase in phrases -%}"
-    "{%- if not ns.placed and (' ' + phrase) in ns.text -%}"
-    "{%- set ns.text = ns.text.replace(' ' + phrase, '<image>') -%}{%- set ns.placed = true -%}"
-    "{%- elif not ns.placed and phrase in ns.text -%}"
-    "{%- set ns.text = ns.text.replace(phrase, '<image>') -%}{%- set ns.placed = true -%}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{%- if not ns.placed %}{% for i in range(ns.images) %}<image>\n{% endfor %}{% endif -%}"
-    "{{ ns.text }}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'user' %} {% else %}</s>{% endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt %}ASSISTANT:{% endif -%}"
-)
+# ``identity_llava(shapes_named=True)``: a drawn shape keeps its article ("What colour is the<image>?" / "What colour
+# is the red star?"), so its two image tokens stand where the colour and shape words do.
+NAMED_SHAPE_SLOT_PHRASES = ("the person in the image", "shape in the image")
+
+
+def image_slot_chat_template(phrases: tuple[str, ...] = IMAGE_SLOT_PHRASES) -> str:
+    """The chat template that puts a single image where the first of ``phrases`` found in the user's text stands."""
+    return (
+        "{%- set phrases = " + repr(list(phrases)) + " -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif -%}"
+        "{%- if message['content'] is string %}{{ message['content'] }}{% else -%}"
+        "{%- set ns = namespace(text='', images=0, placed=false) -%}"
+        "{%- for item in message['content'] -%}"
+        "{%- if item['type'] == 'image' %}{% set ns.images = ns.images + 1 %}"
+        "{%- elif item['type'] == 'text' %}{% set ns.text = ns.text + item['text'] %}{% endif -%}"
+        "{%- endfor -%}"
+        "{%- if ns.images == 1 -%}{%- for phrase in phrases -%}"
+        "{%- if not ns.placed and (' ' + phrase) in ns.text -%}"
+        "{%- set ns.text = ns.text.replace(' ' + phrase, '<image>') -%}{%- set ns.placed = true -%}"
+        "{%- elif not ns.placed and phrase in ns.text -%}"
+        "{%- set ns.text = ns.text.replace(phrase, '<image>') -%}{%- set ns.placed = true -%}"
+        "{%- endif -%}{%- endfor -%}{%- endif -%}"
+        "{%- if not ns.placed %}{% for i in range(ns.images) %}<image>\n{% endfor %}{% endif -%}"
+        "{{ ns.text }}"
+        "{%- endif -%}"
+        "{%- if message['role'] == 'user' %} {% else %}</s>{% endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt %}ASSISTANT:{% endif -%}"
+    )
+
+
+IMAGE_SLOT_CHAT_TEMPLATE = image_slot_chat_template()
 
 
 def dinov2_tower(num_layers: int = 4, image_size: int = 56, feature_scale: float = 1.0):
@@ -438,7 +448,7 @@ def dinov2_tower(num_layers: int = 4, image_size: int = 56, feature_scale: float
 
 def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, corpus=None, vocab_size: int = 1024,
                    hidden_size: int = 128, num_layers: int = 4, tower=None, feature_scale: float = 1.0,
-                   patch_grid: tuple[int, int] | None = None):
+                   patch_grid: tuple[int, int] | None = None, shapes_named: bool = False):
     """Benchmark v3's LLaVA: the first ``vision_layers`` blocks of the real DINOv2-S/14 (``dinov2_tower``), a fresh
     2-layer projector and a small Llama language model with a BPE tokenizer trained on ``corpus``, both seeded;
     the processor at ``image_size`` px (ImageNet mean/std; 56 px -> 16 image tokens) with
@@ -446,7 +456,7 @@ def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, 
     ``feature_scale``: passed to ``dinov2_tower`` when ``tower`` is None. ``patch_grid`` (rows, columns): the
     processor resizes every picture to that many 14-px patches instead (no crop), so an image is rows x columns
     tokens; the tower's square position table is interpolated to that grid at every forward, as DINOv2 does for any
-    size it was not built for."""
+    size it was not built for. ``shapes_named``: the chat template of ``NAMED_SHAPE_SLOT_PHRASES``."""
     import copy
 
     from transformers import (
@@ -463,7 +473,8 @@ def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, 
     image_processor, image_tokens = image_processor_for(image_size, patch_grid)
     processor = LlavaProcessor(
         image_processor=image_processor, tokenizer=tok, patch_size=PATCH_SIZE, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, image_token=IMAGE_TOKEN, chat_template=IMAGE_SLOT_CHAT_TEMPLATE,
+        num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
+        chat_template=image_slot_chat_template(NAMED_SHAPE_SLOT_PHRASES if shapes_named else IMAGE_SLOT_PHRASES),
     )
     text = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,

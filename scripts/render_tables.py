@@ -7,7 +7,8 @@
 Sources: docs/results/demo.json (a multi-seed `hf-unlearn demo --seeds ...` results.json),
 docs/results/text_demo.json (`hf-unlearn demo --text --seeds ...`), docs/results/demo_real_quick.json
 (`hf-unlearn demo --real --quick`), docs/results/v3.json (`hf-unlearn demo --seeds ...`), docs/results/v3_validity.json,
-docs/results/v3_configurations.json, docs/results/v3_costs.json and hf_unlearn/demo/tuned.json (the tuning
+docs/results/v3_configurations.json, docs/results/v3_costs.json, docs/results/typographic_reading.json and
+hf_unlearn/demo/tuned.json (the tuning
 protocol's record). Never edit the blocks by hand.
 """
 
@@ -22,6 +23,7 @@ from hf_unlearn.demo.tables import RESULTS_FILE, TUNING_FILE, block_in, load_blo
 
 FILES = ("README.md", os.path.join("docs", "benchmark.md"), os.path.join("docs", "text.md"),
          os.path.join("docs", "real_weights.md"), os.path.join("docs", "benchmark_v3.md"),
+         os.path.join("docs", "robustness.md"),
          *sorted(os.path.join("docs", "methods", f) for f in os.listdir(os.path.join(ROOT, "docs", "methods"))
                  if f.endswith(".md")))
 

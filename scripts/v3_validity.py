@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--output", default=V3_VALIDITY_FILE)
     parser.add_argument("--benchmark", type=json.loads, default=None,
-                        help='IdentityBenchmarkConfig fields as JSON, e.g. \'{"forget_ratio": 0.5}\'.')
+                        help='IdentityBenchmarkConfig fields as JSON, e.g. \'{"forget_ratio": 0.5}\'; IdentityModelConfig fields under "model".')
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     import torch

@@ -62,6 +62,13 @@ def test_a_candidate_design_replaces_only_the_benchmark_fields_it_names():
         quick_config(3, {"forget_fraction": 0.5})
     with pytest.raises(ValueError, match="the seed comes from the run"):
         quick_config(3, {"seed": 4})
+    # Model fields go under "model"; the shapes-named candidate is its own cache entry.
+    named = quick_config(3, {"num_pope": 100, "model": {"shapes_named": True}})
+    assert named.model.shapes_named and not IdentityQuickConfig().model.shapes_named
+    assert named.benchmark.num_pope == 100 and named.model.hidden_size == IdentityQuickConfig().model.hidden_size
+    assert named.cache_key() not in (quick_config(3).cache_key(), quick_config(3, {"num_pope": 100}).cache_key())
+    with pytest.raises(ValueError, match=r"Unknown model field\(s\) \['shape_named'\]"):
+        quick_config(3, {"model": {"shape_named": True}})
 
 
 def test_the_text_prior_guess_by_hand():
@@ -132,13 +139,15 @@ def test_pope_split_is_balanced_yes_no_about_the_drawn_shape():
     assert all(row["options"][row["label"]] == row["answer"] and row["perturbed_answers"] != [row["answer"]]
                for row in pope)
     for row, shape_row in zip(pope, general):
-        # The same drawn picture; "yes" exactly when the asked object is the one drawn.
-        assert row["image"] == shape_row["image"]
-        drawn = [s for s in SHAPES if shape_row["question"].startswith("What kind") and s == shape_row["answer"]]
+        # The same drawn picture, named alike ("the red star"); "yes" exactly when the asked object is the one drawn.
+        assert row["image"] == shape_row["image"] and row["slot_name"] == shape_row["slot_name"]
+        drawn = row["slot_name"].split()[-1]
+        if shape_row["question"].startswith("What kind"):
+            assert shape_row["answer"] == drawn
         asked = row["question"].removeprefix("Is the shape in the image a ").rstrip("?")
-        assert asked in SHAPES
-        if drawn:
-            assert (row["answer"] == "yes") == (asked == drawn[0])
+        assert asked in SHAPES and (row["answer"] == "yes") == (asked == drawn)
+    # People are named by their text rows, not by this column.
+    assert set(bench["retain_vqa"]["slot_name"]) == {None} and set(bench["general_qa"]["slot_name"]) == {None}
     # The text twins: every colour x shape once present, once absent.
     named = bench["pope_qa"]
     assert len(named) == 2 * 8 * len(SHAPES) and named["answer"].count("yes") == len(named) // 2

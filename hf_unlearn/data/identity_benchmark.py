@@ -59,6 +59,9 @@ ORACLE_IMAGE_SPLITS = ("retain_vqa", "general", "pope")
 
 PERSON_SLOT = "the person in the image"
 SHAPE_SLOT = "the shape in the image"
+# A drawn shape's name in words ("the red star"): what its image questions go through, their text twins' slot filler
+# (stage B aligns the shape's image tokens to it, identity_alignment). None for people, named by their text rows.
+SLOT_NAME = "slot_name"
 
 # Twenty values per fact (v2's ten plus ten): each answer is shared by few people, so unlearning one person's answer
 # by gradient ascent reaches few others (with ten values and 10 of 36 people forgotten, GA pushed down nearly every
@@ -342,23 +345,30 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
     general_shapes = []
     for i in range(config.num_general):
         shape, color = SHAPES[general_rng.integers(len(SHAPES))], colors[general_rng.integers(len(colors))]
-        general_shapes.append(shape)
+        general_shapes.append((shape, f"the {color} {shape}"))
         image = png_image(draw_shape(shape, color, config.image_size, general_rng))
         key = "color" if i % 2 == 0 else "shape"
         answer, pool = (color, colors) if key == "color" else (shape, SHAPES)
         options, label = mcq_options(answer, list(pool), general_rng)
         splits["general"].append(dict(
             person_id=-1, kind="general", image=image, question=GENERAL_TEMPLATES[key].format(what=SHAPE_SLOT),
-            answer=answer, options=options, label=label, paraphrased_answer=None,
+            slot_name=general_shapes[-1][1], answer=answer, options=options, label=label, paraphrased_answer=None,
             perturbed_answers=_perturbed(answer, pool, min(k, len(pool) - 1), general_rng)))
     splits["general_qa"] = general_text_rows(k, config.seed)
     if config.num_pope:  # one question per drawn shape, alternately about the object shown and another one
         pope_rng = np.random.default_rng([config.seed, _GENERAL, 3])
-        splits["pope"] = [pope_row(SHAPE_SLOT, shape, i % 2 == 0, pope_rng, kind="general", image=row["image"])
-                          for i, (row, shape) in enumerate(zip(splits["general"][:config.num_pope], general_shapes))]
+        splits["pope"] = [pope_row(SHAPE_SLOT, shape, i % 2 == 0, pope_rng, kind="general", image=row["image"],
+                                   slot_name=name)
+                          for i, (row, (shape, name)) in enumerate(zip(splits["general"][:config.num_pope],
+                                                                       general_shapes))]
         splits["pope_qa"] = pope_text_rows(config.seed)
-    extra = truth_ratio_features()
+    extra = identity_features()
     return datasets.DatasetDict({name: rows_to_dataset(rows, extra) for name, rows in splits.items()})
+
+
+def identity_features() -> dict[str, Any]:
+    """The columns benchmark v3 adds to the common schema: the truth ratio's and ``SLOT_NAME``."""
+    return {**truth_ratio_features(), SLOT_NAME: datasets.Value("string")}
 
 
 def _concat(dsd: datasets.DatasetDict, names: tuple[str, ...]) -> datasets.Dataset:

@@ -110,6 +110,11 @@ class IdentityModelConfig:
                 "gives two, as many as a name has (a first and a last name of one token each), so stage B can write "
                 "the face where and as the name is read (NameAlignment). 4 x 4 (the 56-px picture, 16 tokens) left "
                 "the image answers a soft prompt that a text edit reached for 0.34-0.52 of them (docs/benchmark_v3.md)."})
+    shapes_named: bool = field(default=False, metadata={
+        "help": "A drawn shape read as its name, as a face is: the chat template keeps the shape's article ('What "
+                "colour is the<image>?' / 'What colour is the red star?') and stage B aligns its two image tokens to "
+                "the colour and shape words (the rows' slot_name). Off in version 3; with POPE it let the vanilla "
+                "learn the shapes at every measured seed (docs/benchmark_v3.md)."})
 
 
 @dataclass
@@ -281,20 +286,22 @@ def identity_llava_for(config: IdentityQuickConfig, benchmark: datasets.DatasetD
     m = config.model
     return identity_llava(seed=config.seed, image_size=config.benchmark.image_size, vision_layers=m.vision_layers,
                           corpus=identity_corpus(benchmark), vocab_size=m.vocab_size, hidden_size=m.hidden_size,
-                          num_layers=m.num_layers, feature_scale=m.feature_scale, patch_grid=m.image_patches)
+                          num_layers=m.num_layers, feature_scale=m.feature_scale, patch_grid=m.image_patches,
+                          shapes_named=m.shapes_named)
 
 
 def _criterion_splits(benchmark: datasets.DatasetDict, names: tuple[str, ...]) -> dict[str, datasets.Dataset]:
     return {n: benchmark[n] for n in names if len(benchmark.get(n, [])) > 0}
 
 
-def name_alignment(model, processor, rows: datasets.Dataset, benchmark: datasets.DatasetDict, recipe: StageRecipe):
-    """Stage B's ``NameAlignment`` of ``rows`` against the people's named questions, or None when the recipe does not
-    align (``align_weight`` 0)."""
+def name_alignment(model, processor, rows: datasets.Dataset, benchmark: datasets.DatasetDict, recipe: StageRecipe,
+                   shapes_named: bool = False):
+    """Stage B's ``NameAlignment`` of ``rows`` against the people's named questions (and the drawn shapes' names when
+    ``shapes_named``), or None when the recipe does not align (``align_weight`` 0)."""
     if recipe.align_weight <= 0:
         return None
     return NameAlignment(model, processor, rows, datasets.concatenate_datasets([
-        benchmark[n] for n in ("forget_qa", "retain_qa") if len(benchmark.get(n, [])) > 0]))
+        benchmark[n] for n in ("forget_qa", "retain_qa") if len(benchmark.get(n, [])) > 0]), shapes=shapes_named)
 
 
 def train_identity_reference(kind: str, benchmark: datasets.DatasetDict, config: IdentityQuickConfig,
@@ -314,7 +321,8 @@ def train_identity_reference(kind: str, benchmark: datasets.DatasetDict, config:
         image_epochs = fit(model, processor, rows, ("projector",), config.image, config.seed,
                            criterion_check(model, processor, _criterion_splits(benchmark, VANILLA_IMAGE_SPLITS),
                                            config.image.criterion, checks),
-                           alignment=name_alignment(model, processor, rows, benchmark, config.image))
+                           alignment=name_alignment(model, processor, rows, benchmark, config.image,
+                                                    config.model.shapes_named))
         log(f"[v3] vanilla stage B (faces): {image_epochs} epochs, {time.perf_counter() - start:.0f} s")
     elif kind == "oracle":
         if vanilla is None or vanilla_epochs is None:
@@ -326,7 +334,8 @@ def train_identity_reference(kind: str, benchmark: datasets.DatasetDict, config:
         rows = image_training_set(benchmark, "oracle")
         image_epochs = fit(model, processor, rows, ("projector",), config.image, config.seed,
                            epochs=vanilla_epochs["image"],
-                           alignment=name_alignment(model, processor, rows, benchmark, config.image))
+                           alignment=name_alignment(model, processor, rows, benchmark, config.image,
+                                                    config.model.shapes_named))
         log(f"[v3] oracle stage B (faces, no forget people): {image_epochs} epochs, "
             f"{time.perf_counter() - start:.0f} s")
     else:

@@ -36,7 +36,7 @@ from ..provenance import environment
 from ..trainers.registry import METHODS, MethodUnavailableError
 from .config import library_version
 from .evaluation import reference_nll
-from .identity import IdentityQuickConfig, build_identity_references, method_data
+from .identity import IdentityModelConfig, IdentityQuickConfig, build_identity_references, method_data
 from .identity_evaluation import METRIC_KEYS, TRUSTED_DISTANCE_METRICS, evaluate_identity_rows, text_damage_ratio
 from .identity_validity import validity_checks
 from .pipeline import SeedResult, deterministic, run_method
@@ -80,16 +80,25 @@ class _Seed:
 
 
 def quick_config(seed: int, benchmark: Mapping[str, Any] | None = None) -> IdentityQuickConfig:
-    """The quick configuration at ``seed``; ``benchmark``: fields of ``IdentityBenchmarkConfig`` that replace the
-    quick configuration's (a candidate design measured beside it, e.g. ``{"forget_ratio": 0.5}``)."""
+    """The quick configuration at ``seed``; ``benchmark``: a candidate design measured beside it, as fields of
+    ``IdentityBenchmarkConfig`` that replace the quick configuration's (e.g. ``{"forget_ratio": 0.5}``) and, under
+    ``"model"``, fields of ``IdentityModelConfig`` (e.g. ``{"num_pope": 100, "model": {"shapes_named": true}}``)."""
     config = IdentityQuickConfig(seed=seed)
+    fields = dict(benchmark or {})
+    model = fields.pop("model", None) or {}
     settable = set(asdict(config.benchmark)) - {"seed"}
-    unknown = sorted(set(benchmark or {}) - settable)
+    unknown = sorted(set(fields) - settable)
     if unknown:
         raise ValueError(f"Unknown or fixed benchmark field(s) {unknown}: use fields of IdentityBenchmarkConfig "
-                         f"({sorted(settable)}); the seed comes from the run.")
-    if benchmark:
-        config.benchmark = IdentityBenchmarkConfig(**{**asdict(config.benchmark), **benchmark})
+                         f"({sorted(settable)}) or 'model'; the seed comes from the run.")
+    unknown = sorted(set(model) - set(asdict(config.model)))
+    if unknown:
+        raise ValueError(f"Unknown model field(s) {unknown}: use fields of IdentityModelConfig "
+                         f"({sorted(asdict(config.model))}).")
+    if fields:
+        config.benchmark = IdentityBenchmarkConfig(**{**asdict(config.benchmark), **fields})
+    if model:
+        config.model = IdentityModelConfig(**{**asdict(config.model), **model})
     return config
 
 

@@ -36,9 +36,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("distance_to_oracle", "Distance (trusted)", "↓"),
 )
 
-# The README's columns: forget the face, keep the text, keep everything else, stay forgotten, and the one number.
+# The README's columns: forget the face, keep the text, keep everything else (general utility: the drawn shapes and
+# POPE's object presence), stay forgotten, and the one number.
 README_COLUMNS = tuple(c for c in COLUMNS if c[0] in (
-    "forget_vqa_truth", "forget_qa_prob", "retain_vqa_truth", "general_truth", "quant4_forget_vqa_acc",
+    "forget_vqa_truth", "forget_qa_prob", "retain_vqa_truth", "general_truth", "pope_acc", "quant4_forget_vqa_acc",
     "relearn_acc", "distance_to_oracle"))
 
 VALIDITY_COLUMNS = ("seed", "vanilla min acc", "oracle forget-VQA / forget-QA (text-prior guess)",

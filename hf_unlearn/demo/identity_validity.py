@@ -34,9 +34,10 @@ from ..data.identity_benchmark import (
     PERSON_SLOT,
     TEXT_TRAINING_SPLITS,
     VANILLA_IMAGE_SPLITS,
+    identity_features,
     image_training_set,
 )
-from ..data.schema import rows_to_dataset, truth_ratio_features
+from ..data.schema import rows_to_dataset
 from ..features import memoized_image_features
 from .identity import (
     IdentityReferences,
@@ -268,7 +269,7 @@ def _edited_rows(benchmark, people: list[int], seed: int) -> tuple[datasets.Data
         relabelled.append({**changed, "image": row["image"]})
         edited_text.append({**changed, "image": None, "kind": "qa",
                             "question": row["question"].replace(PERSON_SLOT, names[row["person_id"]])})
-    extra = truth_ratio_features()
+    extra = identity_features()
     return rows_to_dataset(edited_text, extra), rows_to_dataset(relabelled, extra), images
 
 

@@ -24,6 +24,7 @@ V3_RESULTS_FILE = os.path.join("docs", "results", "v3.json")
 V3_VALIDITY_FILE = os.path.join("docs", "results", "v3_validity.json")
 V3_CONFIGURATIONS_FILE = os.path.join("docs", "results", "v3_configurations.json")
 V3_COSTS_FILE = os.path.join("docs", "results", "v3_costs.json")
+TYPOGRAPHIC_READING_FILE = os.path.join("docs", "results", "typographic_reading.json")
 REAL_COLUMNS = tuple(c for c in COLUMNS if c[0] in ("forget_vqa_acc", "retain_vqa_acc", "test_vqa_acc",
                                                     "forget_rougeL", "wall_time_s"))
 TUNING_FILE = os.path.join("hf_unlearn", "demo", "tuned.json")
@@ -197,7 +198,8 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
                     v3_validity: Mapping[str, Any] | None = None,
                     v3_costs: Mapping[str, Any] | None = None,
                     v3_configurations: Mapping[str, Any] | None = None,
-                    v3_tuning: Mapping[str, Any] | None = None) -> dict[str, str]:
+                    v3_tuning: Mapping[str, Any] | None = None,
+                    typographic_reading: Mapping[str, Any] | None = None) -> dict[str, str]:
     """``{block name: Markdown}`` for every generated block."""
     blocks = {
         "demo-table": results_table(payload, README_COLUMNS) + "\n\n" + caption(payload),
@@ -235,6 +237,8 @@ def rendered_blocks(payload: Mapping[str, Any], tuning: Mapping[str, Any] | None
         from .identity_report import costs_block
 
         blocks["v3-costs-table"] = costs_block(v3_costs)
+    if typographic_reading:
+        blocks["typographic-reading"] = typographic_reading_table(typographic_reading)
     if v3_tuning:
         blocks["v3-tuning-table"] = tuning_table(v3_tuning)
         if v3_tuning.get("relearn"):
@@ -269,6 +273,26 @@ def replace_blocks(text: str, blocks: Mapping[str, str]) -> str:
     return text
 
 
+def typographic_reading_table(record: Mapping[str, Any]) -> str:
+    """``scripts/typographic_reading.py``'s measurement: per seed, each model's typographic accuracy on the forget
+    canvases before and after learning the retain people's canvases, and how well it learnt those."""
+    lines = ["| seed | vanilla: forget canvases before → after | oracle: before → after | retain canvases after "
+             "(vanilla / oracle) | vanilla forget-VQA after |", "|---|---|---|---|---|"]
+    for seed, point in record["per_seed"].items():
+        v, o = point["vanilla"], point["oracle"]
+        lines.append(f"| {seed} | {v['before']['typographic_acc']:.2f} → {v['after']['typographic_acc']:.2f} | "
+                     f"{o['before']['typographic_acc']:.2f} → {o['after']['typographic_acc']:.2f} | "
+                     f"{v['after']['retain_canvases_acc']:.2f} / {o['after']['retain_canvases_acc']:.2f} | "
+                     f"{v['after']['forget_vqa_acc']:.2f} |")
+    first = next(iter(record["per_seed"].values()))
+    settings, env = record["settings"], record["environment"]
+    return "\n".join(lines) + (
+        f"\n\n{first['num_forget_questions']} forget canvases and {first['num_retain_canvases']} retain canvases per "
+        f"seed; {settings['epochs']} epochs at {settings['learning_rate']:g}, batch {settings['batch_size']}, every "
+        f"parameter; {env.get('cpu_count')} CPU cores ({describe(env)}). Generated from "
+        f"`{TYPOGRAPHIC_READING_FILE}` (`scripts/typographic_reading.py`).")
+
+
 def _json_or_none(path: str | None) -> Any:
     if not path or not os.path.isfile(path):
         return None
@@ -291,10 +315,12 @@ def load_blocks(results_path: str = RESULTS_FILE, tuning_path: str | None = TUNI
     v3_costs_path = os.path.join(folder, os.path.basename(V3_COSTS_FILE))
     v3_configurations_path = os.path.join(folder, os.path.basename(V3_CONFIGURATIONS_FILE))
     v3_tuning_path = tuning_path and os.path.join(os.path.dirname(tuning_path), os.path.basename(V3_TUNING_FILE))
+    typographic_path = os.path.join(folder, os.path.basename(TYPOGRAPHIC_READING_FILE))
     return rendered_blocks(payload, _json_or_none(tuning_path), _json_or_none(text_results_path),
                            _json_or_none(real_results_path), _json_or_none(v3_results_path),
                            _json_or_none(v3_validity_path), _json_or_none(v3_costs_path),
-                           _json_or_none(v3_configurations_path), _json_or_none(v3_tuning_path))
+                           _json_or_none(v3_configurations_path), _json_or_none(v3_tuning_path),
+                           _json_or_none(typographic_path))
 
 
 def update_files(results_path: str, files: list[str], tuning_path: str | None = TUNING_FILE) -> list[str]:

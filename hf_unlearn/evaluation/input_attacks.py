@@ -112,18 +112,22 @@ def typographic_image(img: Image.Image | None, text: str, side: int = TYPOGRAPHI
     return canvas
 
 
-def typographic_attack(ctx: AttackContext) -> dict[str, float]:
-    """``typographic_acc``: the forget questions rendered into their images, asked with a neutral instruction."""
-    forget = ctx.forget_split(images=True)
-    rows = ctx.benchmark[forget]
+def typographic_rows(rows):
+    """``rows`` with each question drawn into its image (``typographic_image``) and the neutral instruction asked."""
 
     def render(row):
         return {"image": typographic_image(row["image"], row["question"]), "question": TYPOGRAPHIC_INSTRUCTION}
 
+    return rows.map(render, desc="typographic images", load_from_cache_file=False)
+
+
+def typographic_attack(ctx: AttackContext) -> dict[str, float]:
+    """``typographic_acc``: the forget questions rendered into their images, asked with a neutral instruction."""
+    forget = ctx.forget_split(images=True)
+    rows = ctx.benchmark[forget]
     if "question" not in rows.column_names:
         raise AttackSkipped(f"needs question/answer rows in {forget}")
-    attacked = rows.map(render, desc="typographic images", load_from_cache_file=False)
-    return {"typographic_acc": ctx.evaluator.mcq_accuracy(attacked)}
+    return {"typographic_acc": ctx.evaluator.mcq_accuracy(typographic_rows(rows))}
 
 
 # ------------------------------------------------------------------------------------------------------ jailbreak
