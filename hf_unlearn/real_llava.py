@@ -403,9 +403,6 @@ def image_slot_chat_template(phrases: tuple[str, ...] = IMAGE_SLOT_PHRASES) -> s
     )
 
 
-IMAGE_SLOT_CHAT_TEMPLATE = image_slot_chat_template()
-
-
 def dinov2_tower(num_layers: int = 4, image_size: int = 56, feature_scale: float = 1.0):
     """The first ``num_layers`` blocks of the real DINOv2-S/14 (``load_vision_model``) as a ``Dinov2Model`` for
     ``image_size`` px inputs: position embeddings interpolated once to the (image_size / 14)^2 grid, exactly as the
@@ -452,7 +449,7 @@ def identity_llava(seed: int = 0, image_size: int = 56, vision_layers: int = 4, 
     """Benchmark v3's LLaVA: the first ``vision_layers`` blocks of the real DINOv2-S/14 (``dinov2_tower``), a fresh
     2-layer projector and a small Llama language model with a BPE tokenizer trained on ``corpus``, both seeded;
     the processor at ``image_size`` px (ImageNet mean/std; 56 px -> 16 image tokens) with
-    ``IMAGE_SLOT_CHAT_TEMPLATE``. ``tower``: an already built ``dinov2_tower`` (copied), to convert it once;
+    ``image_slot_chat_template()``. ``tower``: an already built ``dinov2_tower`` (copied), to convert it once;
     ``feature_scale``: passed to ``dinov2_tower`` when ``tower`` is None. ``patch_grid`` (rows, columns): the
     processor resizes every picture to that many 14-px patches instead (no crop), so an image is rows x columns
     tokens; the tower's square position table is interpolated to that grid at every forward, as DINOv2 does for any

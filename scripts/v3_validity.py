@@ -2,6 +2,7 @@
 
     python scripts/v3_validity.py --seeds 0,1,2,3,4,100,101,102,103 [--cache-dir DIR]
     python scripts/v3_validity.py --benchmark '{"forget_ratio": 0.5}' --output /tmp/candidate.json   # a candidate
+    python scripts/v3_validity.py --benchmark '{"num_pope": 100, "model": {"shapes_named": true}}' --output ...
 
 Runs ``run_identity_demo(seeds, methods=[])`` (references trained or loaded, vanilla and oracle evaluated without
 the attacks, the four checks and the mediation measurement) and writes ``docs/results/v3_validity.json``;
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--output", default=V3_VALIDITY_FILE)
     parser.add_argument("--benchmark", type=json.loads, default=None,
-                        help='IdentityBenchmarkConfig fields as JSON, e.g. \'{"forget_ratio": 0.5}\'; IdentityModelConfig fields under "model".')
+                        help='IdentityBenchmarkConfig fields as JSON, e.g. \'{"forget_ratio": 0.5}\'; '
+                             'IdentityModelConfig fields under "model".')
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     import torch
