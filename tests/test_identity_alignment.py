@@ -86,6 +86,9 @@ def test_a_drawn_shapes_image_tokens_stand_where_its_colour_and_shape_words_do(s
     # Version 3's template puts the image in place of the article too: "the red star" is 3 tokens against 2.
     with pytest.raises(ValueError, match="as many image tokens as name tokens.*3 tokens, an image is 2"):
         NameAlignment(default_model, default_processor, rows, text, shapes=True)
+    # Shapes asked for but not named: refused, not skipped.
+    with pytest.raises(ValueError, match="no slot_name for 4 drawn-shape rows"):
+        NameAlignment(model, processor, rows.remove_columns(SLOT_NAME), text, shapes=True)
 
 
 def test_the_loss_is_the_mean_squared_gap_to_the_names_input_embeddings(small):

@@ -345,14 +345,15 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
     general_shapes = []
     for i in range(config.num_general):
         shape, color = SHAPES[general_rng.integers(len(SHAPES))], colors[general_rng.integers(len(colors))]
-        general_shapes.append((shape, f"the {color} {shape}"))
+        name = f"the {color} {shape}"
+        general_shapes.append((shape, name))
         image = png_image(draw_shape(shape, color, config.image_size, general_rng))
         key = "color" if i % 2 == 0 else "shape"
         answer, pool = (color, colors) if key == "color" else (shape, SHAPES)
         options, label = mcq_options(answer, list(pool), general_rng)
         splits["general"].append(dict(
             person_id=-1, kind="general", image=image, question=GENERAL_TEMPLATES[key].format(what=SHAPE_SLOT),
-            slot_name=general_shapes[-1][1], answer=answer, options=options, label=label, paraphrased_answer=None,
+            slot_name=name, answer=answer, options=options, label=label, paraphrased_answer=None,
             perturbed_answers=_perturbed(answer, pool, min(k, len(pool) - 1), general_rng)))
     splits["general_qa"] = general_text_rows(k, config.seed)
     if config.num_pope:  # one question per drawn shape, alternately about the object shown and another one

@@ -70,8 +70,9 @@ class NameAlignment:
         shapes: align the drawn shapes too, to their ``slot_name``'s colour and shape words (a model whose chat
             template keeps the shape's article: ``identity_llava(shapes_named=True)``).
 
-    Raises ``ValueError`` when a person row has no named twin in ``text_rows`` (the alignment would silently skip
-    it), or when a name has a different number of tokens than an image has.
+    Raises ``ValueError`` when a person row has no named twin in ``text_rows`` or, with ``shapes``, a drawn-shape row
+    has no ``slot_name`` (the alignment would silently skip them), or when a name has a different number of tokens
+    than an image has.
     """
 
     def __init__(self, model, processor, image_rows: datasets.Dataset, text_rows: datasets.Dataset,
@@ -83,6 +84,11 @@ class NameAlignment:
         if orphans:
             raise ValueError(f"NameAlignment found no named twin for {orphans} person rows: pass the named text "
                              "questions of every person in image_rows as text_rows.")
+        unnamed = sum(SHAPE_SLOT in q and twin is None for q, twin in zip(questions, named)) if shapes else 0
+        if unnamed:
+            raise ValueError(f"NameAlignment(shapes=True) found no {SLOT_NAME} for {unnamed} drawn-shape rows: build "
+                             "the benchmark with build_identity_benchmark (it names every drawn shape) or pass "
+                             "shapes=False.")
         paired = [row for row, twin in enumerate(named) if twin is not None]
         answers = image_rows["answer"]
         image = _collate(processor, image_rows)

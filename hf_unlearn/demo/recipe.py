@@ -31,8 +31,8 @@ TUNED_V3_FILE = os.path.join(os.path.dirname(__file__), "tuned_v3.json")
 # on v3.
 DEMO_ARGS: dict[str, Any] = dict(
     per_device_train_batch_size=4, probe_batch_size=64, max_steps=20, learning_rate=1e-3,
-    lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_steps=5, save_strategy="no", report_to="none", disable_tqdm=True,
-    dataloader_num_workers=0, dataloader_pin_memory=False, probe_steps=5,
+    lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, logging_steps=5, save_strategy="no",
+    report_to="none", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, probe_steps=5,
 )
 
 # Each method's starting point before the tuning protocol's pick. Budgets are modest for the tiny models (2 decoder

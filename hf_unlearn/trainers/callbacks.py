@@ -126,8 +126,7 @@ class UnlearningEvalCallback(TrainerCallback):
         return Probe(
             sets, trainer.row_collator, prepare=trainer._prepare_inputs, model_inputs=trainer.model_inputs,
             max_rows=args.probe_rows, batch_size=args.probe_batch_size or args.per_device_eval_batch_size,
-            seed=args.seed,
-            show_progress=not args.disable_tqdm and trainer.is_world_process_zero(),
+            seed=args.seed, show_progress=not args.disable_tqdm and trainer.is_world_process_zero(),
         )
 
     # ---------------------------------------------------------------------------------------------------- probing
