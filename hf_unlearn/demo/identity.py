@@ -123,8 +123,8 @@ class IdentityQuickConfig:
 
     seed: int = 0
     benchmark: IdentityBenchmarkConfig = field(default_factory=lambda: IdentityBenchmarkConfig(
-        num_people=24, num_holdout_people=3, num_validation_people=3, forget_ratio=0.2, num_general=100))
-    model: IdentityModelConfig = field(default_factory=IdentityModelConfig)
+        num_people=24, num_holdout_people=3, num_validation_people=3, forget_ratio=0.5, num_general=100, num_pope=100))
+    model: IdentityModelConfig = field(default_factory=lambda: IdentityModelConfig(shapes_named=True))
     text: StageRecipe = field(default_factory=lambda: StageRecipe(learning_rate=1.5e-3, max_epochs=100))
     image: StageRecipe = field(default_factory=lambda: StageRecipe(learning_rate=2e-3, max_epochs=100,
                                                                    align_weight=1.0))
