@@ -54,19 +54,22 @@ def test_a_candidate_design_replaces_only_the_benchmark_fields_it_names():
     from hf_unlearn.demo.identity_pipeline import quick_config
 
     assert quick_config(3) == IdentityQuickConfig(seed=3)
-    candidate = quick_config(3, {"forget_ratio": 0.5})
-    assert candidate.benchmark.num_forget == 12 and candidate.benchmark.seed == 3
+    # Version 3's quick configuration (5 forget people, no POPE, shapes not named), as the configurations table
+    # reproduces it: only the named fields change.
+    candidate = quick_config(3, {"forget_ratio": 0.2, "num_pope": 0, "model": {"shapes_named": False}})
+    assert candidate.benchmark.num_forget == 5 and candidate.benchmark.seed == 3
+    assert IdentityQuickConfig().benchmark.num_forget == 12 and IdentityQuickConfig().benchmark.num_pope == 100
     assert candidate.benchmark.num_people == IdentityQuickConfig().benchmark.num_people
-    assert candidate.model == IdentityQuickConfig().model and candidate.cache_key() != quick_config(3).cache_key()
+    assert not candidate.model.shapes_named and IdentityQuickConfig().model.shapes_named
+    assert candidate.model.hidden_size == IdentityQuickConfig().model.hidden_size
+    assert candidate.cache_key() != quick_config(3).cache_key()
     with pytest.raises(ValueError, match=r"\['forget_fraction'\].*IdentityBenchmarkConfig"):
         quick_config(3, {"forget_fraction": 0.5})
     with pytest.raises(ValueError, match="the seed comes from the run"):
         quick_config(3, {"seed": 4})
-    # Model fields go under "model"; the shapes-named candidate is its own cache entry.
-    named = quick_config(3, {"num_pope": 100, "model": {"shapes_named": True}})
-    assert named.model.shapes_named and not IdentityQuickConfig().model.shapes_named
-    assert named.benchmark.num_pope == 100 and named.model.hidden_size == IdentityQuickConfig().model.hidden_size
-    assert named.cache_key() not in (quick_config(3).cache_key(), quick_config(3, {"num_pope": 100}).cache_key())
+    # Model fields go under "model", each candidate its own cache entry.
+    assert quick_config(3, {"model": {"shapes_named": False}}).cache_key() not in (
+        quick_config(3).cache_key(), candidate.cache_key())
     with pytest.raises(ValueError, match=r"Unknown model field\(s\) \['shape_named'\]"):
         quick_config(3, {"model": {"shape_named": True}})
 
@@ -207,44 +210,53 @@ def test_text_damage_ratio_and_its_interval_by_hand():
     assert text_damage(vanilla, {"forget_qa": np.ones(40), "retain_qa": np.zeros(60)})[0] == float("inf")
 
 
+# The quick configuration's seed these tests train. Every check passes at all 9 validity seeds; seed 4 is a reported
+# seed whose references reach the criterion in 35 text and 20 image epochs (seed 0 takes 65 and 50: the suite's time).
+SEED = 4
+KEY = str(SEED)
+
+
 @pytest.fixture(scope="module")
 def checks(tmp_path_factory):
-    """Cold build of the quick configuration at seed 0 (vanilla and oracle trained to the criterion, about 60 s on
-    the shared 2-core machine) and every validity check (about 30 s)."""
+    """Cold build of the quick configuration at ``SEED`` (vanilla and oracle trained to the criterion, about 2 min on
+    the shared 2-core machine) and every validity check (about 40 s)."""
     from hf_unlearn.demo.identity import IdentityQuickConfig, build_identity_references
     from hf_unlearn.demo.identity_validity import validity_checks
 
     torch.manual_seed(0)
     cache = str(tmp_path_factory.mktemp("v3"))
-    refs = build_identity_references(IdentityQuickConfig(seed=0), cache_dir=cache, log=lambda *_: None)
-    return {"info": refs.info, "cache_dir": cache, "benchmark": refs.benchmark, **validity_checks(refs, seed=0)}
+    refs = build_identity_references(IdentityQuickConfig(seed=SEED), cache_dir=cache, log=lambda *_: None)
+    return {"info": refs.info, "cache_dir": cache, "benchmark": refs.benchmark, **validity_checks(refs, seed=SEED)}
 
 
 @pytest.mark.slow
 def test_vanilla_trained_to_the_criterion(checks):
-    # Measured here: text 25, image 10 epochs (20-30 and 5-65 at the 9 validity seeds). The criterion, not a fixed
+    # Measured here: text 35, image 20 epochs (25-65 and 15-50 at the 9 validity seeds). The criterion, not a fixed
     # count, ends each stage (other CPUs round differently and may need more): within the recipe's decay plus top-up.
     epochs = checks["info"]["vanilla"]["epochs"]
     assert set(epochs) == {"text", "image"} and all(0 < e <= 150 for e in epochs.values()), epochs
-    # Every trained split >= 0.95 (measured: 0.995 the lowest).
+    # Every trained split >= 0.95, POPE and its text twins included (measured: 0.96 the lowest, POPE).
     assert checks["check_vanilla"]["passed"], checks["vanilla"]
-    # Faces are recognised beyond their training view (measured: test_retain_vqa 0.98, test_vqa 0.94; the oracle's
-    # test_vqa 0.16): the transformed portraits keep the identity.
+    assert checks["vanilla"]["pope"] >= 0.95 and checks["vanilla"]["pope_qa"] >= 0.95
+    # Faces are recognised beyond their training view (measured: test_retain_vqa 0.91, test_vqa 1.00; the oracle's
+    # test_vqa 0.21): the transformed portraits keep the identity.
     assert checks["vanilla"]["test_retain_vqa"] > 0.6
 
 
 @pytest.mark.slow
 def test_oracle_does_not_know_the_forget_faces_and_knows_the_forget_people_in_text(checks):
-    # Measured: forget-VQA 0.24 (chance 0.25; 0.14-0.34 at the 9 validity seeds), forget-QA 1.00 (the vanilla's
+    # Measured: forget-VQA 0.25 (chance 0.25; 0.17-0.30 at the 9 validity seeds), forget-QA 0.99 (the vanilla's
     # language model, untouched). The oracle never saw the forget faces, but its language model knows the forget
-    # people from text: answering every question with the option most people hold, the face ignored, scores 0.39 at
+    # people from text: answering every question with the option most people hold, the face ignored, scores 0.375 at
     # this seed even with wrong options as common as the answer (ties with nearer counts). The issue's check (within
-    # 0.10 of chance) is reported, not asserted: at 50 questions an oracle exactly at chance misses it about one time
-    # in ten. Asserted: no better than that guess plus 3 standard deviations of a 50-question accuracy at its rate (a
-    # bound from the benchmark's facts, the same on every CPU), far below the vanilla's 0.95.
-    oracle, n = checks["check_oracle"], 50  # the quick configuration: 5 forget people x 10 image questions
+    # 0.10 of chance) is reported, not asserted: at 120 questions an oracle exactly at chance misses it about one time
+    # in 120 (binomial), and a CPU that rounds a few answers the other way can be that time. Asserted: no better than
+    # that guess plus 3 standard deviations of a 120-question accuracy at its rate (a bound from the benchmark's
+    # facts, the same on every CPU), far below the vanilla's 0.95.
+    oracle, n = checks["check_oracle"], 120  # the quick configuration: 12 forget people x 10 image questions
+    assert len(checks["benchmark"]["forget_vqa"]) == n
     rate = max(oracle["text_prior_acc"], 0.25)
-    assert oracle["text_prior_acc"] == pytest.approx(0.39, abs=0.001)  # computed from the facts alone
+    assert oracle["text_prior_acc"] == pytest.approx(0.375, abs=0.001)  # computed from the facts alone
     assert oracle["forget_vqa_acc"] <= rate + 3 * (rate * (1 - rate) / n) ** 0.5, oracle
     assert oracle["forget_qa_acc"] >= 0.95
     assert checks["oracle"]["forget_qa"] == checks["vanilla"]["forget_qa"]
@@ -252,33 +264,34 @@ def test_oracle_does_not_know_the_forget_faces_and_knows_the_forget_people_in_te
 
 @pytest.mark.slow
 def test_a_vision_side_only_update_reaches_the_oracle(checks):
-    # Projector-only distillation toward the oracle: measured forget-VQA 0.18 at epoch 7, forget-QA 1.00 and its
-    # probability unchanged (text never passes through the projector), retain-VQA 0.958, general 0.95.
+    # Projector-only distillation toward the oracle: measured forget-VQA 0.25 at epoch 6, forget-QA 0.99 and its
+    # probability unchanged (text never passes through the projector), retain-VQA 0.98, general 0.99.
     check = checks["check_vision_only"]
     assert check["passed"], check["reached"]
     assert check["reached"]["forget_qa_prob"] == pytest.approx(checks["vanilla_prob"]["forget_qa"])
 
 
 @pytest.mark.slow
-def test_ga_damages_the_forget_peoples_text_more_than_the_others(checks):
+def test_ga_damages_the_forget_peoples_text(checks):
     # GA on forget-VQA, language model only (MLLMU-Bench's setting), lr 5e-4, probed every step: forget-VQA reaches
-    # the oracle's at step 20; forget-QA answer probability -95.3%, retain-QA -77.6%; text-damage ratio (NLL) 1.79,
-    # 95% interval 1.56-2.03. The face is read as the name, so GA on the faces is GA on the names: the forget
-    # people's text takes the damage, more than the others'. A CPU that crosses a step earlier or later moves these
-    # numbers, not the verdict at this seed: the drop is three times the 30% and the interval's low end 0.56 above 1
-    # (at 5 of the 9 validity seeds GA is only narrowly specific; docs/benchmark_v3.md).
+    # the oracle's at step 33; forget-QA answer probability -100%, retain-QA -100% too; text-damage ratio (NLL) 1.06,
+    # 95% interval 1.01-1.12. The face is read as the name, so GA on the faces is GA on the names; with twelve forget
+    # people of 24 it takes everyone's text alike (ratios 0.99-1.12 at the 9 validity seeds; docs/benchmark_v3.md).
+    # The issue's check is the drop, asserted; whether the damage is specific is reported beside it, so only its
+    # consistency with the interval is asserted.
     ga = checks["check_ga"]
     assert ga["reached"] is not None and ga["passed"], ga
+    assert ga["relative_drop"] >= 0.3
     low, high = ga["text_damage_interval"]
     assert low <= ga["text_damage_ratio"] <= high and ga["specific"] == (low > 1.0)
 
 
 @pytest.mark.slow
 def test_identity_mediation_is_measured(checks):
-    # A text-only edit of 5 retain people's facts (50 questions, learnt to 0.98): measured 0.96 of their image
-    # answers follow the new value, 0.04 keep the old one (0.98 correct before); the unedited people's image and text
-    # accuracy stay 1.0 (0.84-1.00 follow at the 9 validity seeds). The face is read as the name (16 image tokens
-    # without the name alignment: 0.34-0.52).
+    # A text-only edit of 5 retain people's facts (50 questions, learnt to 0.96): measured 0.92 of their image
+    # answers follow the new value, 0.08 keep the old one (1.00 correct before); the unedited people's image
+    # accuracy stays 1.0 and their text 0.97 (0.76-0.94 follow at the 9 validity seeds). The face is read as the
+    # name (16 image tokens without the name alignment: 0.34-0.52).
     med = checks["mediation"]
     assert med["edited_text_acc"] >= 0.95
     assert med["follows_edit"] >= 0.8 and med["keeps_old"] <= 0.2
@@ -286,12 +299,13 @@ def test_identity_mediation_is_measured(checks):
 
 @pytest.fixture(scope="module")
 def quick_run(checks, tmp_path_factory):
-    """``hf-unlearn demo --quick --methods ga`` (no benchmark flag: v3) on the cached references: 12 questions per
+    """``hf-unlearn demo --quick --seeds 4 --methods ga`` (no benchmark flag: v3) on the cached references: 12 questions per
     split, both attacks, no validity checks. Returns its output folder."""
     from hf_unlearn.cli import main
 
     out = tmp_path_factory.mktemp("v3_demo")
-    assert main(["demo", "--quick", "--methods", "ga", "--output", str(out), "--cache-dir", checks["cache_dir"],
+    assert main(["demo", "--quick", "--seeds", KEY, "--methods", "ga", "--output", str(out),
+                 "--cache-dir", checks["cache_dir"],
                  "--no-progress"]) == 0
     return out
 
@@ -307,12 +321,12 @@ def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks, q
     from hf_unlearn.demo.identity_report import readme_block, render_identity_report
 
     payload = quick_payload
-    points = payload["per_seed"]["0"]
+    points = payload["per_seed"][KEY]
     vanilla, oracle, ga = points["vanilla"], points["oracle"], points["ga"]
     # Vanilla and oracle share one language model: every text metric is the same computation, so exactly equal.
     for split in ("forget_qa", "retain_qa", "general_qa"):
         assert all(vanilla[f"{split}_{m}"] == oracle[f"{split}_{m}"] for m in PER_SPLIT), split
-    assert payload["text_damage_ratio"]["0"]["oracle"] is None  # retain-QA did not move: no ratio
+    assert payload["text_damage_ratio"][KEY]["oracle"] is None  # retain-QA did not move: no ratio
     # The oracle never saw the forget faces (ROUGE-L = BLEU = exact word on one-word answers).
     assert vanilla["forget_vqa_truth"] - oracle["forget_vqa_truth"] > 0.25
     assert vanilla["forget_vqa_rougeL"] - oracle["forget_vqa_rougeL"] > 0.5
@@ -324,11 +338,11 @@ def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks, q
     assert payload["distance_metrics"] == list(TRUSTED_DISTANCE_METRICS)
     assert set(payload["distance"]) >= {"vanilla", "ga"} and payload["distance"]["oracle"]["value"] == 0.0
     report = render_identity_report(payload)
-    assert "| ga |" in report and "Forget VQA truth" in report and "Seeds 0;" in report
+    assert "| ga |" in report and "Forget VQA truth" in report and f"Seeds {SEED};" in report
     # The README's part: vanilla and oracle first, then the methods by distance; the caption says what was run.
     block = readme_block(payload)
     assert [line.split("|")[1].strip() for line in block.splitlines()[2:5]] == ["vanilla", "oracle", "ga"]
-    assert "Distance (trusted)" in block and "Mean over seeds 0 " in block and "the tuning protocol's pick on v3" in block
+    assert "Distance (trusted)" in block and f"Mean over seeds {SEED} " in block and "the tuning protocol's pick on v3" in block
     forget_names = {q.split(" of ")[-1].rstrip("?") for q in checks["benchmark"]["forget_qa"]["question"]
                     if q.startswith("What is the job of ")}
     assert forget_names and not any(name in report for name in forget_names)  # aggregate numbers only
@@ -343,9 +357,9 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(checks, quick
     from hf_unlearn.demo.identity_pipeline import run_identity_demo
     from hf_unlearn.demo.identity_report import v3_tables
 
-    payload = run_identity_demo([0, 0], ["ga"], cache_dir=checks["cache_dir"], log=print, validity=False,
+    payload = run_identity_demo([SEED, SEED], ["ga"], cache_dir=checks["cache_dir"], log=print, validity=False,
                                 quantize=False, rows_per_split=12, workers=2)  # no attacks: the in-process run has them
-    here, there = quick_payload["per_seed"]["0"], payload["per_seed"]["0"]
+    here, there = quick_payload["per_seed"][KEY], payload["per_seed"][KEY]
     assert there["ga"].keys() < here["ga"].keys() and "forget_vqa_truth" in there["ga"]
     for model, values in there.items():  # assert_equal: exact, and a NaN equals a NaN
         np.testing.assert_equal({k: v for k, v in values.items() if k != "wall_time_s"},
@@ -356,7 +370,7 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(checks, quick
     # The workers share this process's torch threads: more threads than cores slowed training 30-60 times.
     assert payload["run"]["threads_per_process"] == max(1, torch.get_num_threads() // 2)
     with pytest.raises(ValueError, match="workers must be >= 1"):
-        run_identity_demo([0], ["ga"], cache_dir=checks["cache_dir"], workers=0)
+        run_identity_demo([SEED], ["ga"], cache_dir=checks["cache_dir"], workers=0)
 
 
 @pytest.mark.slow
@@ -365,10 +379,10 @@ def test_the_demo_command_runs_benchmark_v3_by_default(quick_run, quick_payload)
     from hf_unlearn.demo.recipe import v3_relearn
 
     bench = quick_payload["benchmark"]
-    assert bench["name"] == "v3-quick" and bench["rows_per_split"] == 12 and bench["seeds"] == [0]
+    assert bench["name"] == "v3-quick" and bench["rows_per_split"] == 12 and bench["seeds"] == [SEED]
     assert bench["quantize"] and bench["relearn"] == v3_relearn().to_dict()  # the calibrated budget
     assert set(quick_payload["methods"]) == {"vanilla", "oracle", "ga"}
-    ga = quick_payload["per_seed"]["0"]["ga"]
+    ga = quick_payload["per_seed"][KEY]["ga"]
     assert {"quant8_forget_vqa_acc", "quant4_forget_vqa_acc", "relearn_acc", "forget_vqa_truth"} <= set(ga)
     assert "benchmark v3" in (quick_run / "report.md").read_text()
 
@@ -387,11 +401,11 @@ def test_tuning_on_v3_scores_by_the_trusted_metrics_and_the_pipeline_runs_the_pi
 
     out = tmp_path / "tuned_v3.json"
     grid = {"ga": {"learning_rate": [1e-7, 1e-3], "max_steps": [5]}}
-    record = tune(["ga"], seeds=[0], grids=grid, cache_dir=checks["cache_dir"], output=str(out),
+    record = tune(["ga"], seeds=[SEED], grids=grid, cache_dir=checks["cache_dir"], output=str(out),
                   show_progress=False, log=lambda *_: None, v3=True)
     assert record["protocol"]["metrics"] == list(TRUSTED_DISTANCE_METRICS) and "seed" not in record["protocol"]["benchmark"]
-    oracle = record["oracle"]["0"]
-    still, moved = (p["per_seed"]["0"] for p in record["methods"]["ga"]["points"])
+    oracle = record["oracle"][KEY]
+    still, moved = (p["per_seed"][KEY] for p in record["methods"]["ga"]["points"])
     # Measured: 5 steps at 1e-7 leave the vanilla's answers (forget-VQA ROUGE-L 1.0, the oracle's 0.04); at 1e-3 GA
     # takes the forget faces' truth score from 0.89 to 0.29 (oracle 0.25) and retain-VQA's from 0.89 to 0.48.
     assert still["forget_vqa_rougeL"] > 0.9 > oracle["forget_vqa_rougeL"]
@@ -401,11 +415,11 @@ def test_tuning_on_v3_scores_by_the_trusted_metrics_and_the_pipeline_runs_the_pi
     assert record["methods"]["ga"]["picked"] == grid_points(grid["ga"])[int(np.argmin(distances))]
 
     monkeypatch.setattr(recipe, "TUNED_V3_FILE", str(out))
-    payload = run_identity_demo([0], ["ga"], cache_dir=checks["cache_dir"], log=lambda *_: None, validity=False,
+    payload = run_identity_demo([SEED], ["ga"], cache_dir=checks["cache_dir"], log=lambda *_: None, validity=False,
                                 quantize=False, rows_per_split=4)
     assert payload["benchmark"]["tuning"] == {"ga": "v3"}
     assert payload["benchmark"]["hyperparameters"]["ga"]["learning_rate"] == record["methods"]["ga"]["picked"]["learning_rate"]
-    assert 0 < payload["per_seed"]["0"]["ga"]["train_steps"] <= 5
+    assert 0 < payload["per_seed"][KEY]["ga"]["train_steps"] <= 5
 
 
 
@@ -420,15 +434,15 @@ def test_v3_relearning_calibration_trains_v3s_parts_and_the_demo_reads_its_pick(
 
     out = tmp_path / "tuned_v3.json"
     out.write_text(json.dumps({"methods": {"ga": {"picked": {"learning_rate": 1e-4, "max_steps": 30}}}}))
-    record = calibrate([0], cache_dir=checks["cache_dir"], output=str(out), log=lambda *_: None, v3=True,
+    record = calibrate([SEED], cache_dir=checks["cache_dir"], output=str(out), log=lambda *_: None, v3=True,
                        budgets=[(3e-5, 10), (1e-3, 30)])
-    weak, strong = (b["per_seed"]["0"] for b in record["budgets"])
+    weak, strong = (b["per_seed"][KEY] for b in record["budgets"])
     assert weak["vanilla"]["before"] == 1.0 and weak["hidden"]["before"] < 0.5
     assert weak["oracle"]["before"] == strong["oracle"]["before"]  # same test rows for every budget
     # The strong budget teaches the hiding model back more than the weak one.
     assert strong["hidden"]["after"] - strong["hidden"]["before"] > weak["hidden"]["after"] - weak["hidden"]["before"]
     saved = json.loads(out.read_text())
-    assert saved["methods"]["ga"]["picked"]["max_steps"] == 30 and saved["relearn"]["seeds"] == [0]
+    assert saved["methods"]["ga"]["picked"]["max_steps"] == 30 and saved["relearn"]["seeds"] == [SEED]
 
     monkeypatch.setattr(recipe, "TUNED_V3_FILE", str(out))
     pick = record["pick"] or {}
