@@ -24,11 +24,11 @@ transformed face: rotated, cropped, re-coloured, blurred), ``holdout_vqa`` / ``h
 ``validation_qa`` (people known by text whose faces are never trained on: membership non-members, and the stop
 rule's target), ``general`` (shape and colour questions about a drawn shape, "the shape in the image") and
 ``general_qa`` (the same questions about a named shape, "the red star": what the image answers go through), and
-``pope`` / ``pope_qa`` (opt-in, ``num_pope``): POPE-style object presence (Li et al. 2023, the "random" setting):
+``pope`` / ``pope_qa`` (``num_pope``; 0 by default, 100 in the demo's quick configuration): POPE-style object presence (Li et al. 2023, the "random" setting):
 balanced yes/no questions whether a drawn (or named) shape is a given object, half of them about the object shown and
 half about another one drawn at random ("Is the shape in the image a star?"). A picture holds one shape, so presence
-is its identity. Off by default: learning them slowed the quick configuration's reference training and cost the
-vanilla its criterion (docs/benchmark_v3.md).
+is its identity. A small model learns them reliably only with the drawn shapes read as their names
+(``IdentityModelConfig.shapes_named``, docs/benchmark_v3.md).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class IdentityBenchmarkConfig:
     num_general: int = field(default=200, metadata={"help": "Shape / colour questions about drawn shapes."})
     num_pope: int = field(default=0, metadata={
         "help": "POPE-style yes/no questions about the first num_pope drawn shapes (<= num_general; even: balanced), "
-                "and their named twins. 0 (default): none; measured to cost the quick vanilla its criterion."})
+                "and their named twins. 0 (default): none; the demo's quick configuration asks 100."})
     num_perturbed: int = field(default=5, metadata={"help": "Wrong answers per question for the truth ratio."})
     num_extra_facts: int = field(default=0, metadata={
         "help": f"Facts per person beyond the ten, asked from the face and by name (<= {len(EXTRA_TEMPLATES)}, "

@@ -113,13 +113,15 @@ class IdentityModelConfig:
     shapes_named: bool = field(default=False, metadata={
         "help": "A drawn shape read as its name, as a face is: the chat template keeps the shape's article ('What "
                 "colour is the<image>?' / 'What colour is the red star?') and stage B aligns its two image tokens to "
-                "the colour and shape words (the rows' slot_name). Off in version 3; with POPE it let the vanilla "
-                "learn the shapes at every measured seed (docs/benchmark_v3.md)."})
+                "the colour and shape words (the rows' slot_name). On in the quick configuration: with POPE it let "
+                "the vanilla learn the shapes at every measured seed, where a soft prompt stalled (docs/benchmark_v3.md)."})
 
 
 @dataclass
 class IdentityQuickConfig:
-    """The v3 quick configuration: benchmark, model and the two stages' recipes at one seed."""
+    """The v3 quick configuration: benchmark, model and the two stages' recipes at one seed. Twelve of the 24 trained
+    people are forgotten (120 forget image questions: at 50 an oracle exactly at chance left the validity check's
+    0.10 band one time in ten), with 100 POPE questions and the drawn shapes read as their names."""
 
     seed: int = 0
     benchmark: IdentityBenchmarkConfig = field(default_factory=lambda: IdentityBenchmarkConfig(
