@@ -114,7 +114,8 @@ class IdentityModelConfig:
         "help": "A drawn shape read as its name, as a face is: the chat template keeps the shape's article ('What "
                 "colour is the<image>?' / 'What colour is the red star?') and stage B aligns its two image tokens to "
                 "the colour and shape words (the rows' slot_name). On in the quick configuration: with POPE it let "
-                "the vanilla learn the shapes at every measured seed, where a soft prompt stalled (docs/benchmark_v3.md)."})
+                "the vanilla learn the shapes at every measured seed, where a soft prompt stalled "
+                "(docs/benchmark_v3.md)."})
 
 
 @dataclass
