@@ -299,8 +299,8 @@ def test_identity_mediation_is_measured(checks):
 
 @pytest.fixture(scope="module")
 def quick_run(checks, tmp_path_factory):
-    """``hf-unlearn demo --quick --seeds 4 --methods ga`` (no benchmark flag: v3) on the cached references: 12 questions per
-    split, both attacks, no validity checks. Returns its output folder."""
+    """``hf-unlearn demo --quick --seeds 4 --methods ga`` (no benchmark flag: v3) on the cached references: 12
+    questions per split, both attacks, no validity checks. Returns its output folder."""
     from hf_unlearn.cli import main
 
     out = tmp_path_factory.mktemp("v3_demo")
@@ -342,7 +342,8 @@ def test_the_v3_pipeline_reports_every_metric_and_the_trusted_distance(checks, q
     # The README's part: vanilla and oracle first, then the methods by distance; the caption says what was run.
     block = readme_block(payload)
     assert [line.split("|")[1].strip() for line in block.splitlines()[2:5]] == ["vanilla", "oracle", "ga"]
-    assert "Distance (trusted)" in block and f"Mean over seeds {SEED} " in block and "the tuning protocol's pick on v3" in block
+    assert "Distance (trusted)" in block and f"Mean over seeds {SEED} " in block
+    assert "the tuning protocol's pick on v3" in block
     forget_names = {q.split(" of ")[-1].rstrip("?") for q in checks["benchmark"]["forget_qa"]["question"]
                     if q.startswith("What is the job of ")}
     assert forget_names and not any(name in report for name in forget_names)  # aggregate numbers only

@@ -27,8 +27,8 @@ rule's target), ``general`` (shape and colour questions about a drawn shape, "th
 ``pope`` / ``pope_qa`` (``num_pope``; 0 by default, 100 in the demo's quick configuration): POPE-style object
 presence (Li et al. 2023, the "random" setting): balanced yes/no questions whether a drawn (or named) shape is a given
 object, half of them about the object shown and half about another one drawn at random ("Is the shape in the image a
-star?"). A picture holds one shape, so presence is its identity. A small model learns them reliably only with the drawn shapes read as their names
-(``IdentityModelConfig.shapes_named``, docs/benchmark_v3.md).
+star?"). A picture holds one shape, so presence is its identity. A small model learns them reliably only with the
+drawn shapes read as their names (``IdentityModelConfig.shapes_named``, docs/benchmark_v3.md).
 """
 
 from __future__ import annotations
