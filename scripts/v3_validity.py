@@ -7,7 +7,8 @@
 Runs ``run_identity_demo(seeds, methods=[])`` (references trained or loaded, vanilla and oracle evaluated without
 the attacks, the four checks and the mediation measurement) and writes ``docs/results/v3_validity.json``;
 ``scripts/render_tables.py`` renders it into docs/benchmark_v3.md. ``--benchmark``: a candidate design (fields of
-``IdentityBenchmarkConfig`` over the quick configuration's, ``IdentityModelConfig`` fields under ``"model"``), whose run ``scripts/v3_configurations.py`` records.
+``IdentityBenchmarkConfig`` over the quick configuration's, ``IdentityModelConfig`` fields under ``"model"``), whose
+run ``scripts/v3_configurations.py`` records.
 """
 
 from __future__ import annotations

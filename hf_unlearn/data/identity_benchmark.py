@@ -345,23 +345,21 @@ def build_identity_benchmark(config: IdentityBenchmarkConfig | None = None) -> d
     general_shapes = []
     for i in range(config.num_general):
         shape, color = SHAPES[general_rng.integers(len(SHAPES))], colors[general_rng.integers(len(colors))]
-        name = f"the {color} {shape}"
-        general_shapes.append((shape, name))
+        general_shapes.append(shape)
         image = png_image(draw_shape(shape, color, config.image_size, general_rng))
         key = "color" if i % 2 == 0 else "shape"
         answer, pool = (color, colors) if key == "color" else (shape, SHAPES)
         options, label = mcq_options(answer, list(pool), general_rng)
         splits["general"].append(dict(
             person_id=-1, kind="general", image=image, question=GENERAL_TEMPLATES[key].format(what=SHAPE_SLOT),
-            slot_name=name, answer=answer, options=options, label=label, paraphrased_answer=None,
+            slot_name=f"the {color} {shape}", answer=answer, options=options, label=label, paraphrased_answer=None,
             perturbed_answers=_perturbed(answer, pool, min(k, len(pool) - 1), general_rng)))
     splits["general_qa"] = general_text_rows(k, config.seed)
     if config.num_pope:  # one question per drawn shape, alternately about the object shown and another one
         pope_rng = np.random.default_rng([config.seed, _GENERAL, 3])
         splits["pope"] = [pope_row(SHAPE_SLOT, shape, i % 2 == 0, pope_rng, kind="general", image=row["image"],
-                                   slot_name=name)
-                          for i, (row, (shape, name)) in enumerate(zip(splits["general"][:config.num_pope],
-                                                                       general_shapes))]
+                                   slot_name=row[SLOT_NAME])
+                          for i, (row, shape) in enumerate(zip(splits["general"][:config.num_pope], general_shapes))]
         splits["pope_qa"] = pope_text_rows(config.seed)
     extra = identity_features()
     return datasets.DatasetDict({name: rows_to_dataset(rows, extra) for name, rows in splits.items()})
