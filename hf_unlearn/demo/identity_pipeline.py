@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import gc
 import multiprocessing
 import time
 import warnings
@@ -171,10 +170,6 @@ def _run_seed_deterministically(seed: int, benchmark: Mapping[str, Any] | None =
         return run_identity_seed(quick_config(seed, benchmark), **kwargs)
 
 
-def _worker_ready(_: int) -> None:
-    """Nothing: submitting one per worker starts them all (module level: the worker imports this module for it)."""
-
-
 def _references_in_worker(seed: int, cache_dir: str | None, log: Callable[[str], None],
                           benchmark: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train (or find) a seed's references in a worker, before any unit loads them; their record."""
@@ -196,12 +191,8 @@ def _unit_in_worker(task: tuple[int, str], **kwargs: Any) -> dict[str, Any]:
     key = (seed, repr(benchmark), *sorted((k, repr(v)) for k, v in kwargs.items()))
     with deterministic():
         if key not in _WORKER_SEED:  # every unit copies the references before it changes anything
-            gc.unfreeze()  # the previous seed's objects may be collected again
             _WORKER_SEED.clear()
             _WORKER_SEED[key] = _seed(quick_config(seed, benchmark), log=lambda *_: None, **kwargs)
-            # The seed's half a million objects live as long as it does: every Trainer's gc.collect (one per method)
-            # walked them, 0.3 s each.
-            gc.freeze()
         return _run_unit(_WORKER_SEED[key], unit, log)
 
 
@@ -249,9 +240,6 @@ def run_identity_demo(seeds: Sequence[int], methods: Sequence[str] | None = None
         threads = max(1, threads // workers)
         with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            # Every worker started now, not when the units come (the pool starts one per task waiting): their imports
-            # overlap the references instead of delaying the first units by about 6 s.
-            list(pool.map(_worker_ready, range(min(workers, len(tasks)))))
             infos = list(pool.map(functools.partial(_references_in_worker, cache_dir=cache_dir, log=log,
                                                     benchmark=benchmark), dict.fromkeys(seeds)))
             done = list(pool.map(functools.partial(_unit_in_worker, **settings), tasks))
